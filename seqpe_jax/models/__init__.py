@@ -1,0 +1,1 @@
+"""Host models: attention with PE hooks, the shared Transformer stack, ViT and GPT."""

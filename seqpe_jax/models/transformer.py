@@ -1,0 +1,54 @@
+"""The pre-LN Transformer stack shared by the ViT and the GPT, with PE hooks wired in."""
+
+import flax.linen as nn
+import jax
+
+from seqpe_jax import posenc
+from seqpe_jax.models import attention
+
+
+class Block(nn.Module):
+  """x += Drop(Attn(LN x)); x += Drop(MLP(LN x))."""
+  num_heads: int
+  mlp_dim: int
+  pe: posenc.PositionalEncoding
+  causal: bool = False
+  dropout: float = 0.0
+  ln_eps: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x_BLD, pe_state, *, deterministic: bool):
+    h = nn.LayerNorm(epsilon=self.ln_eps, name='ln_attn')(x_BLD)
+    h = attention.MultiHeadAttention(self.num_heads, pe_hook=self.pe.layer_hook,
+                                     causal=self.causal, name='attn')(h, pe_state)
+    x_BLD = x_BLD + nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    h = nn.LayerNorm(epsilon=self.ln_eps, name='ln_mlp')(x_BLD)
+    h = nn.Dense(self.mlp_dim, kernel_init=nn.initializers.normal(0.02), name='mlp_in')(h)
+    h = nn.Dense(x_BLD.shape[-1], kernel_init=nn.initializers.normal(0.02),
+                 name='mlp_out')(nn.gelu(h))
+    return x_BLD + nn.Dropout(self.dropout)(h, deterministic=deterministic)
+
+
+class Transformer(nn.Module):
+  """Token embeddings [B, P+N, D] + PE features -> final hidden states [B, P+N, D].
+
+  `features` come from `pe.features(...)`, computed once per set of positions outside the
+  model; the model hook turns them into the per-forward PE state every layer reads.
+  """
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  pe: posenc.PositionalEncoding
+  causal: bool = False
+  dropout: float = 0.0
+  ln_eps: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x_BLD: jax.Array, features, *, deterministic: bool = True):
+    hook = self.pe.model_hook(name='pe_inject')
+    pe_state = hook(features)
+    x_BLD = hook.embed(x_BLD, pe_state)
+    for i in range(self.num_layers):
+      x_BLD = Block(self.num_heads, self.mlp_dim, self.pe, self.causal, self.dropout,
+                    self.ln_eps, name=f'block_{i}')(x_BLD, pe_state, deterministic=deterministic)
+    return nn.LayerNorm(epsilon=self.ln_eps, name='ln_final')(x_BLD)

@@ -1,0 +1,211 @@
+"""Position encodings by name: a source of per-position features plus injection hooks.
+
+    pe = posenc.build(config.pe, posenc.HostSpec(...))
+    pe_params = pe.init(key, host.train_shape)
+    features = pe.features(pe_params, shape)        # once per set of positions
+    # in the host:  state = pe.model_hook()(features); x = hook.embed(x, state)
+    #               q, k, bias = pe.layer_hook()(q, k, state) in every attention layer
+
+The host model never branches on the PE's name: it only calls these hooks.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from seqpe_jax import positions
+from seqpe_jax.posenc import inject, seqpe, sources
+
+# Injection methods each PE supports; the first is its default.
+PE_METHODS = {
+    'seqpe': ('attn_mul', 'attn_add', 'attn_scalar', 'input_add'),
+    'ape': ('input_add',),
+    'sincos': ('input_add',),
+    'sincos2d': ('input_add',),
+    'rope': ('rotary',),
+    'rope2d': ('rotary',),
+    'rope_mixed': ('rotary',),
+    'alibi': ('bias',),
+    'none': ('none',),
+}
+QK_PROJ = ('per_layer', 'shared', 'none')
+
+
+@dataclasses.dataclass(frozen=True)
+class HostSpec:
+  """What a PE needs to know about the model it feeds.
+
+  Attributes:
+    d_model: host width D.
+    num_heads: host attention heads H; the head width is D / H.
+    train_shape: the training length (L,) or patch grid (h, w).
+    num_prefix: tokens before the grid (the ViT's CLS), which get no grid position.
+    causal: whether the host's attention is causal (ALiBi needs it).
+  """
+  d_model: int
+  num_heads: int
+  train_shape: tuple[int, ...]
+  num_prefix: int = 0
+  causal: bool = False
+
+  def __post_init__(self):
+    if self.d_model % self.num_heads:
+      raise ValueError(f'Model width {self.d_model} is not divisible by {self.num_heads} heads.')
+
+  @property
+  def ndim(self) -> int:
+    return len(self.train_shape)
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.num_heads
+
+
+@dataclasses.dataclass(frozen=True)
+class PositionalEncoding:
+  """A PE built by name: its source (own parameters) and its injection hooks (host parameters)."""
+  name: str
+  method: str
+  source: nn.Module
+  model_hook: Callable[..., inject.ModelHook]
+  layer_hook: Callable[..., inject.LayerHook]
+
+  def init(self, key: jax.Array, shape: Sequence[int]):
+    """Parameters of the source (possibly an empty dict)."""
+    return self.source.init(key, tuple(shape)).get('params', {})
+
+  def features(self, params, shape: Sequence[int], offsets: jax.Array | None = None, *,
+               deterministic: bool = True, rngs=None):
+    """Source features for `shape`, one window per row of `offsets` (one window at 0 if None)."""
+    return self.source.apply({'params': params}, tuple(shape), offsets,
+                             deterministic=deterministic, rngs=rngs)
+
+  @property
+  def seqpe_encoder(self) -> seqpe.SeqPEEncoder | None:
+    """The SeqPE encoder, for the regularisers and notebooks; None for the baselines."""
+    return getattr(self.source, 'encoder', None)
+
+
+class TableCache:
+  """Evaluation-mode features per shape for fixed parameters: each shape is encoded once."""
+
+  def __init__(self, pe: PositionalEncoding, params):
+    self._pe, self._params, self._tables = pe, params, {}
+
+  def __call__(self, shape: Sequence[int]):
+    shape = tuple(shape)
+    if shape not in self._tables:
+      self._tables[shape] = _jitted_features(self._pe, shape)(self._params)
+    return self._tables[shape]
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_features(pe: PositionalEncoding, shape: tuple[int, ...]):
+  return jax.jit(lambda params: pe.features(params, shape))
+
+
+def seqpe_num_digits(cfg: ml_collections.ConfigDict) -> int:
+  """Digits per axis: the explicit override, else enough for max_position."""
+  return cfg.num_digits or positions.num_digits(cfg.max_position, cfg.base)
+
+
+def build(cfg: ml_collections.ConfigDict, host: HostSpec) -> PositionalEncoding:
+  """Builds the PE named `cfg.name` for `host`, validating every choice up front."""
+  if cfg.name not in PE_METHODS:
+    raise ValueError(f"Unknown PE '{cfg.name}'; choose one of: {', '.join(PE_METHODS)}.")
+  method = cfg.inject.method or PE_METHODS[cfg.name][0]
+  if method not in PE_METHODS[cfg.name]:
+    raise ValueError(f"PE '{cfg.name}' does not support injection '{method}'; it supports: "
+                     f"{', '.join(PE_METHODS[cfg.name])}.")
+  source = _build_source(cfg, host, method)
+  model_hook, layer_hook = _build_hooks(cfg, host, method)
+  return PositionalEncoding(cfg.name, method, source, model_hook, layer_hook)
+
+
+def _build_source(cfg, host: HostSpec, method: str) -> nn.Module:
+  name, prefix = cfg.name, host.num_prefix
+  if name == 'seqpe':
+    return sources.SeqPESource(_build_encoder(cfg, host, method), num_prefix=prefix)
+  if name == 'ape':
+    return sources.LearnedSource(host.train_shape, host.d_model, prefix, cfg.ape.cubic)
+  if name == 'sincos':
+    _even('A sinusoidal PE', host.d_model, 2)
+    return sources.SinCosSource(host.d_model, prefix, cfg.sincos.base)
+  if name == 'sincos2d':
+    _even(f'A {host.ndim}D sinusoidal PE', host.d_model, 2 * host.ndim)
+    return sources.SinCosGridSource(host.d_model, prefix, cfg.sincos.base)
+  if name in ('rope', 'rope2d'):
+    axial = name == 'rope2d'
+    if axial:
+      _need_2d(name, host)
+    _even(f'{name} (head dimension)', host.head_dim, 4 if axial else 2)
+    return sources.RotarySource(host.head_dim, axial, prefix, cfg.rope.base)
+  if name == 'rope_mixed':
+    _need_2d(name, host)
+    _even('rope_mixed (head dimension)', host.head_dim, 4)
+    return sources.CoordinateSource(prefix)
+  if name == 'alibi':
+    if not host.causal:
+      raise ValueError('ALiBi adds a bias on key positions, which equals the relative bias only '
+                       'under a causal mask; use it with the causal (GPT) model.')
+    return sources.KeyPositionSource(prefix)
+  return sources.NoSource()
+
+
+def _build_encoder(cfg, host: HostSpec, method: str) -> seqpe.SeqPEEncoder:
+  s = cfg.seqpe
+  per_head = method == 'input_add' or cfg.inject.multi_head
+  d_out = s.d_out or (host.d_model if per_head else host.head_dim)
+  expected = host.d_model if per_head else host.head_dim
+  if d_out != expected:
+    raise ValueError(f"SeqPE d_out={d_out} does not fit injection '{method}': it must equal "
+                     f"{'the model width' if per_head else 'the head width'} {expected}.")
+  num_digits = seqpe_num_digits(s)
+  positions.check_extent_fits(host.train_shape, base=s.base, width=num_digits)
+  return seqpe.SeqPEEncoder(
+      ndim=host.ndim, num_digits=num_digits, d_out=d_out, base=s.base, d_model=s.d_model,
+      num_heads=s.num_heads, num_layers=s.num_layers, dropout=s.dropout,
+      attention=s.attention, mask_padding=s.mask_padding, slot_ids=s.slot_ids,
+      temperature=s.temperature, param_init=s.init)
+
+
+def _build_hooks(cfg, host: HostSpec, method: str):
+  if method == 'input_add':
+    return inject.InputAdd, inject.LayerHook
+  if method in ('attn_mul', 'attn_add', 'attn_scalar'):
+    qk_proj = cfg.inject.qk_proj
+    if qk_proj not in QK_PROJ:
+      raise ValueError(f"Unknown pe.inject.qk_proj '{qk_proj}'; use one of {', '.join(QK_PROJ)}.")
+    if cfg.inject.scalar_impl not in ('concat', 'bias'):
+      raise ValueError(f"pe.inject.scalar_impl must be 'concat' or 'bias', got "
+                       f"'{cfg.inject.scalar_impl}'.")
+    d_out = host.d_model if cfg.inject.multi_head else host.head_dim
+    model_hook = {'per_layer': inject.ModelHook, 'none': inject.DuplicateQK,
+                  'shared': functools.partial(inject.SharedQKProjection, d_out=d_out)}[qk_proj]
+    layer_hook = functools.partial(
+        inject.QKInjection, method=method, per_layer=qk_proj == 'per_layer',
+        multi_head=cfg.inject.multi_head, scalar_scale=cfg.inject.scalar_scale,
+        scalar_impl=cfg.inject.scalar_impl)
+    return model_hook, layer_hook
+  if method == 'rotary':
+    if cfg.name == 'rope_mixed':
+      return inject.ModelHook, functools.partial(inject.MixedRotary, base=cfg.rope.base)
+    return inject.ModelHook, inject.Rotary
+  if method == 'bias':
+    return inject.ModelHook, functools.partial(inject.KeyPositionBias,
+                                               pre_scale=cfg.alibi.pre_scale)
+  return inject.ModelHook, inject.LayerHook
+
+
+def _even(what: str, value: int, multiple: int) -> None:
+  if value % multiple:
+    raise ValueError(f'{what} needs a width divisible by {multiple}, got {value}.')
+
+
+def _need_2d(name: str, host: HostSpec) -> None:
+  if host.ndim != 2:
+    raise ValueError(f"PE '{name}' is defined on 2D grids; this host has {host.ndim}D positions.")

@@ -1,0 +1,65 @@
+"""Default `config.pe` block: every field a PE reads, so unknown keys fail on assignment."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """The PE section of an experiment config; experiment files override fields."""
+  pe = ml_collections.ConfigDict()
+  # Which PE: seqpe | ape | sincos | sincos2d | rope | rope2d | rope_mixed | alibi | none.
+  pe.name = 'seqpe'
+
+  pe.inject = ml_collections.ConfigDict()
+  # How the PE enters the host; '' takes the PE's default (see posenc.PE_METHODS).
+  pe.inject.method = ''
+  # Where SeqPE's q/k projection lives: per_layer (ViT) | shared (LM) | none (p_q = p_k = e).
+  pe.inject.qk_proj = 'per_layer'
+  # Split p_q, p_k into heads (d_out = model width) or share one head-width vector.
+  pe.inject.multi_head = True
+  # s in attn_scalar: logit = (q.k + s p_q.p_k) / sqrt(d_h).
+  pe.inject.scalar_scale = 1.0
+  # attn_scalar as concatenated q/k channels (fused attention, KV cache) or a dense bias.
+  pe.inject.scalar_impl = 'concat'
+
+  pe.seqpe = ml_collections.ConfigDict()
+  # Numeral base of the digit sequences, 2..36.
+  pe.seqpe.base = 10
+  # Extent of the position space per axis; sets the digits per axis.
+  pe.seqpe.max_position = 100
+  # Digits per axis; 0 derives it from max_position and base.
+  pe.seqpe.num_digits = 0
+  # Encoder width, heads (width / 64 in the paper) and layers.
+  pe.seqpe.d_model = 384
+  pe.seqpe.num_heads = 6
+  pe.seqpe.num_layers = 2
+  # Output width; 0 = the host's width (per-head split) or head width (no split).
+  pe.seqpe.d_out = 0
+  # Residual dropout inside the encoder.
+  pe.seqpe.dropout = 0.1
+  # causal (reference) | bidirectional.
+  pe.seqpe.attention = 'causal'
+  # Hide leading-zero digits from the encoder's attention.
+  pe.seqpe.mask_padding = False
+  # Digit-slot ids: global (reference code) | per_axis (paper figure).
+  pe.seqpe.slot_ids = 'global'
+  # Output divided by this temperature.
+  pe.seqpe.temperature = 1.0
+  # normal (std 0.02, reference) | truncated_2sigma.
+  pe.seqpe.init = 'normal'
+
+  pe.sincos = ml_collections.ConfigDict()
+  # Frequency base of the sinusoidal tables.
+  pe.sincos.base = 10_000.
+
+  pe.rope = ml_collections.ConfigDict()
+  # Frequency base of RoPE, RoPE-2D and RoPE-Mixed's initial frequencies.
+  pe.rope.base = 10_000.
+
+  pe.alibi = ml_collections.ConfigDict()
+  # Add the bias before the 1/sqrt(d_h) scale (reference); False gives textbook slopes.
+  pe.alibi.pre_scale = True
+
+  pe.ape = ml_collections.ConfigDict()
+  # Grid resampling of the learned table: cubic-pytorch (a=-0.75) | cubic (Keys a=-0.5).
+  pe.ape.cubic = 'cubic-pytorch'
+  return pe

@@ -1,0 +1,165 @@
+"""How a PE's features enter the host Transformer.
+
+Two kinds of hook, both Linen modules whose parameters belong to the host model:
+
+- a model hook, one per host (`pe_inject`): runs once per forward on the source's features
+  (e.g. the shared q/k projection) and may add a PE to the token embeddings (`embed`);
+- a layer hook, one per attention layer (`pe`): `(q, k, state) -> (q, k, bias)`.
+
+The host calls both without knowing which PE it has. Features carry a window axis W;
+example b of the batch uses window b mod W (`per_example`).
+
+Injection methods: `input_add`, `attn_mul`, `attn_add`, `attn_scalar` (SeqPE and the
+additive tables), `rotary` (RoPE family), `bias` (ALiBi) and `none`.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from seqpe_jax.posenc import baselines
+
+METHODS = ('input_add', 'attn_mul', 'attn_add', 'attn_scalar', 'rotary', 'bias', 'none')
+
+
+def per_example(x_W: jax.Array, batch_size: int) -> jax.Array:
+  """Maps window-major features [W, ...] to [B or 1, ...] with example b -> window b mod W."""
+  num_windows = x_W.shape[0]
+  if num_windows == 1:
+    return x_W  # Broadcasts over the batch.
+  if batch_size % num_windows:
+    raise ValueError(f'A batch of {batch_size} cannot share {num_windows} position windows evenly.')
+  return jnp.tile(x_W, (batch_size // num_windows,) + (1,) * (x_W.ndim - 1))
+
+
+class ModelHook(nn.Module):
+  """Passes the features through and leaves the token embeddings alone."""
+
+  def __call__(self, features):
+    return features
+
+  def embed(self, x_BLD: jax.Array, state) -> jax.Array:
+    del state
+    return x_BLD
+
+
+class InputAdd(ModelHook):
+  """Adds the PE table to the token embeddings (APE, sinusoidal, SeqPE `input_add`)."""
+
+  def embed(self, x_BLD, state):
+    return x_BLD + per_example(state['e'], x_BLD.shape[0]).astype(x_BLD.dtype)
+
+
+class SharedQKProjection(ModelHook):
+  """One Dense e -> [p_q; p_k] owned by the host and applied once per forward."""
+  d_out: int
+
+  @nn.compact
+  def __call__(self, features):
+    pqk = nn.Dense(2 * self.d_out, kernel_init=nn.initializers.normal(0.02),
+                   name='qk_proj')(features['e'])
+    return {'pq': pqk[..., :self.d_out], 'pk': pqk[..., self.d_out:]}
+
+
+class DuplicateQK(ModelHook):
+  """p_q = p_k = e, no projection (the reference GPT-2 `qk_proj='none'` path)."""
+
+  def __call__(self, features):
+    return {'pq': features['e'], 'pk': features['e']}
+
+
+class LayerHook(nn.Module):
+  """No change to q and k, no bias."""
+
+  def __call__(self, q_BLHD, k_BLHD, state):
+    del state
+    return q_BLHD, k_BLHD, None
+
+
+class QKInjection(LayerHook):
+  """SeqPE's attn_mul / attn_add / attn_scalar with per-layer, shared or no q/k projection.
+
+  Attributes:
+    method: 'attn_mul' (q*p_q, k*p_k), 'attn_add' (q+p_q, k+p_k) or 'attn_scalar'
+      (logit += s * p_q.p_k before the 1/sqrt(d_h) scale).
+    per_layer: this layer owns its Dense e -> [p_q; p_k]; otherwise the model hook
+      provides p_q, p_k.
+    multi_head: p_q, p_k split into heads (d_out = D); else one d_h vector for all heads.
+    scalar_scale: s of attn_scalar.
+    scalar_impl: 'concat' ([q; s p_q].[k; p_k], no L x L tensor, fused attention and KV
+      cache work) or 'bias' (materialised [B, H, L, L] bias; the test oracle).
+  """
+  method: str
+  per_layer: bool
+  multi_head: bool = True
+  scalar_scale: float = 1.0
+  scalar_impl: str = 'concat'
+
+  @nn.compact
+  def __call__(self, q_BLHD, k_BLHD, state):
+    batch, _, heads, head_dim = q_BLHD.shape
+    if self.per_layer:
+      d_out = state['e'].shape[-1]
+      pqk = nn.Dense(2 * d_out, kernel_init=nn.initializers.normal(0.02),
+                     name='qk_proj')(state['e'])
+      pq, pk = pqk[..., :d_out], pqk[..., d_out:]
+    else:
+      pq, pk = state['pq'], state['pk']
+    split = (heads, head_dim) if self.multi_head else (1, head_dim)
+    pq = per_example(pq.reshape(*pq.shape[:-1], *split), batch).astype(q_BLHD.dtype)
+    pk = per_example(pk.reshape(*pk.shape[:-1], *split), batch).astype(k_BLHD.dtype)
+    if self.method == 'attn_mul':
+      return q_BLHD * pq, k_BLHD * pk, None
+    if self.method == 'attn_add':
+      return q_BLHD + pq, k_BLHD + pk, None
+    if self.scalar_impl == 'bias':
+      bias_BHLL = jnp.einsum('...qhd,...khd->...hqk', pq, pk)
+      return q_BLHD, k_BLHD, self.scalar_scale * bias_BHLL * head_dim**-0.5
+    # [q; s p_q].[k; p_k] = q.k + s p_q.p_k exactly; the attention keeps 1/sqrt(d_h).
+    pq = jnp.broadcast_to(pq, (q_BLHD.shape[0],) + q_BLHD.shape[1:])
+    pk = jnp.broadcast_to(pk, (k_BLHD.shape[0],) + k_BLHD.shape[1:])
+    return (jnp.concatenate([q_BLHD, self.scalar_scale * pq], axis=-1),
+            jnp.concatenate([k_BLHD, pk], axis=-1), None)
+
+
+class Rotary(LayerHook):
+  """Rotates q and k by precomputed angles shared by every head (RoPE, RoPE-2D)."""
+
+  def __call__(self, q_BLHD, k_BLHD, state):
+    cos = per_example(state['cos'], q_BLHD.shape[0])[:, :, None]
+    sin = per_example(state['sin'], q_BLHD.shape[0])[:, :, None]
+    return baselines.rotate_pairs(q_BLHD, cos, sin), baselines.rotate_pairs(k_BLHD, cos, sin), None
+
+
+class MixedRotary(LayerHook):
+  """RoPE-Mixed: this layer's learnable per-head 2D frequencies, angle = col f_x + row f_y."""
+  base: float = 10_000.
+
+  @nn.compact
+  def __call__(self, q_BLHD, k_BLHD, state):
+    _, _, heads, head_dim = q_BLHD.shape
+    freqs = self.param('freqs', lambda key: baselines.rope_mixed_init(key, heads, head_dim,
+                                                                      self.base))
+    pos = per_example(state['pos'], q_BLHD.shape[0])  # [B, L, 2] as (row, col).
+    angles = (pos[..., 1, None, None] * freqs[0] + pos[..., 0, None, None] * freqs[1])
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    return baselines.rotate_pairs(q_BLHD, cos, sin), baselines.rotate_pairs(k_BLHD, cos, sin), None
+
+
+class KeyPositionBias(LayerHook):
+  """ALiBi as the reference computes it: logit += m_h * j for key position j.
+
+  Under a causal mask this is softmax-equivalent to -m_h (i - j), needs only an
+  [B, H, 1, L] bias (no L x L tensor) and stays correct with a KV cache because it
+  depends on absolute key positions alone. With `pre_scale` the bias is added before
+  the 1/sqrt(d_h) scaling, as in the reference, so the effective slopes are m_h/sqrt(d_h).
+  """
+  pre_scale: bool = True
+
+  def __call__(self, q_BLHD, k_BLHD, state):
+    _, _, heads, head_dim = q_BLHD.shape
+    slopes = jnp.asarray(baselines.alibi_slopes(heads))
+    bias_BH1L = per_example(state['key_pos'], q_BLHD.shape[0])[:, None, None, :] * slopes[:, None, None]
+    if self.pre_scale:
+      bias_BH1L = bias_BH1L * head_dim**-0.5
+    return q_BLHD, k_BLHD, bias_BH1L

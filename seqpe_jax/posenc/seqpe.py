@@ -1,0 +1,165 @@
+"""The SeqPE encoder: a small pre-LN Transformer that reads a position's digits.
+
+Input tokens are the n*k digits of a position (`positions.digitize`) followed by a learned
+CLS vector; CLS sits last so that, under the default causal mask, it is the only token
+that sees every digit. Its final hidden state -> LayerNorm -> Dense -> 1/temperature is the
+position's embedding e(p). Nothing here depends on the number of axes beyond the size of
+the axis-embedding table, so 1D text, 2D images and 3D video positions share one module.
+"""
+
+import functools
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqpe_jax import positions
+
+LN_EPS = 1e-5
+
+
+def embedding_init(init: str) -> nn.initializers.Initializer:
+  """The reference's normal(0, 0.02), or Flax's truncated normal cut at +-2 sigma."""
+  if init == 'normal':
+    return nn.initializers.normal(0.02)
+  if init == 'truncated_2sigma':
+    return nn.initializers.truncated_normal(0.02)
+  raise ValueError(f"Unknown SeqPE init '{init}'; use 'normal' or 'truncated_2sigma'.")
+
+
+class EncoderBlock(nn.Module):
+  """GPT-2 style pre-LN block: x += Drop(Wo Attn(LN x)); x += Drop(MLP(LN x))."""
+  num_heads: int
+  dropout: float
+  param_init: str
+
+  @nn.compact
+  def __call__(self, x_BTd, mask_BHTT, *, deterministic: bool):
+    d = x_BTd.shape[-1]
+    head_dim = d // self.num_heads
+    dense = functools.partial(nn.Dense, kernel_init=embedding_init(self.param_init))
+    h = nn.LayerNorm(epsilon=LN_EPS, name='ln_attn')(x_BTd)
+    qkv = dense(3 * d, name='qkv')(h).reshape(*h.shape[:-1], 3, self.num_heads, head_dim)
+    q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+    attn = jax.nn.dot_product_attention(q, k, v, mask=mask_BHTT, scale=head_dim**-0.5)
+    attn = dense(d, name='attn_out')(attn.reshape(h.shape))
+    x_BTd = x_BTd + nn.Dropout(self.dropout)(attn, deterministic=deterministic)
+    h = nn.LayerNorm(epsilon=LN_EPS, name='ln_mlp')(x_BTd)
+    h = nn.gelu(dense(4 * d, name='mlp_in')(h), approximate=True)  # GPT-2 "gelu_new".
+    h = dense(d, name='mlp_out')(h)
+    return x_BTd + nn.Dropout(self.dropout)(h, deterministic=deterministic)
+
+
+class SeqPEEncoder(nn.Module):
+  """Digits int[..., ndim * num_digits] -> embeddings float[..., d_out].
+
+  Attributes:
+    ndim: number of position axes (1 text, 2 images, 3 video, ...).
+    num_digits: digits per axis (k).
+    base: numeral base; the digit table has `base` rows and digit 0 doubles as padding.
+    d_model: encoder width; heads are d_model // num_heads wide.
+    num_heads, num_layers: encoder shape (the paper uses d_model / 64 heads, 2 layers).
+    d_out: output width (host width D, or the host head width without per-head split).
+    dropout: residual dropout, active on every position set when not deterministic.
+    attention: 'causal' (reference) or 'bidirectional'.
+    mask_padding: hide leading-zero digits from attention (off in released models).
+    slot_ids: 'global' ids 0 .. n*k-1 (reference code) or 'per_axis' 0 .. k-1 (Fig. 1).
+    temperature: the output is divided by it.
+    param_init: 'normal' (std 0.02) or 'truncated_2sigma'.
+  """
+  ndim: int
+  num_digits: int
+  d_out: int
+  base: int = 10
+  d_model: int = 384
+  num_heads: int = 6
+  num_layers: int = 2
+  dropout: float = 0.1
+  attention: str = 'causal'
+  mask_padding: bool = False
+  slot_ids: str = 'global'
+  temperature: float = 1.0
+  param_init: str = 'normal'
+
+  def setup(self):
+    if self.d_model % self.num_heads:
+      raise ValueError(f'SeqPE width {self.d_model} is not divisible by its {self.num_heads} heads.')
+    if self.attention not in ('causal', 'bidirectional'):
+      raise ValueError(f"SeqPE attention must be 'causal' or 'bidirectional', got '{self.attention}'.")
+    if self.slot_ids not in ('global', 'per_axis'):
+      raise ValueError(f"SeqPE slot_ids must be 'global' or 'per_axis', got '{self.slot_ids}'.")
+    init = embedding_init(self.param_init)
+    num_slots = self.ndim * self.num_digits if self.slot_ids == 'global' else self.num_digits
+    self.digit_embed = self.param('digit_embed', init, (self.base, self.d_model))
+    self.slot_embed = self.param('slot_embed', init, (num_slots, self.d_model))
+    if self.ndim > 1:  # The reference has no axis table for 1D positions.
+      self.axis_embed = self.param('axis_embed', init, (self.ndim, self.d_model))
+    self.cls = self.param('cls', init, (self.d_model,))
+    self.blocks = [
+        EncoderBlock(self.num_heads, self.dropout, self.param_init, name=f'block_{i}')
+        for i in range(self.num_layers)
+    ]
+    self.ln_final = nn.LayerNorm(epsilon=LN_EPS)
+    self.out_proj = nn.Dense(self.d_out, kernel_init=init)
+
+  def __call__(self, digits: jax.Array, *, deterministic: bool = True) -> jax.Array:
+    seq_len = self.ndim * self.num_digits
+    if digits.shape[-1] != seq_len:
+      raise ValueError(f'SeqPE expects {seq_len} digits per position ({self.ndim} axes x '
+                       f'{self.num_digits} digits), got {digits.shape[-1]}.')
+    batch_shape = digits.shape[:-1]
+    digits_BS = digits.reshape(-1, seq_len)
+    x_BTd = self.embed_digits(digits_BS)
+    mask_BHTT = self.attention_mask(digits_BS)
+    for block in self.blocks:
+      x_BTd = block(x_BTd, mask_BHTT, deterministic=deterministic)
+    e = self.out_proj(self.ln_final(x_BTd[:, -1]))  # Read out the CLS token only.
+    return (e / self.temperature).reshape(*batch_shape, self.d_out)
+
+  def embed_digits(self, digits_BS: jax.Array) -> jax.Array:
+    """Digit + slot (+ axis) embeddings, CLS appended last: [B, n*k + 1, d]."""
+    k = self.num_digits
+    slot = np.arange(self.ndim * k) % (k if self.slot_ids == 'per_axis' else self.ndim * k)
+    x = self.digit_embed[digits_BS] + self.slot_embed[slot]
+    if self.ndim > 1:
+      x = x + self.axis_embed[np.arange(self.ndim * k) // k]  # Axis id broadcast over its digits.
+    cls = jnp.broadcast_to(self.cls, (x.shape[0], 1, self.d_model))
+    return jnp.concatenate([x, cls], axis=1)
+
+  def attention_mask(self, digits_BS: jax.Array) -> jax.Array | None:
+    """Boolean [B or 1, 1, T, T] mask (True = attend), or None when everything is visible."""
+    num_tokens = digits_BS.shape[-1] + 1
+    mask = None
+    if self.attention == 'causal':
+      mask = jnp.tril(jnp.ones((num_tokens, num_tokens), bool))[None, None]
+    if self.mask_padding:
+      real = positions.leading_zero_mask(digits_BS, width=self.num_digits)
+      keys = jnp.concatenate([real, jnp.ones_like(real[:, :1])], axis=1)  # CLS always visible.
+      keys = keys[:, None, None, :]
+      mask = keys if mask is None else mask & keys
+    return mask
+
+
+def encode_positions(encoder: SeqPEEncoder, params, pos: jax.Array, *,
+                     deterministic: bool = True, rngs=None) -> jax.Array:
+  """Digitises int[..., ndim] coordinates and encodes them: float[..., d_out]."""
+  digits = positions.digitize(pos, base=encoder.base, width=encoder.num_digits)
+  return encoder.apply({'params': params}, digits, deterministic=deterministic, rngs=rngs)
+
+
+def encoder_table(encoder: SeqPEEncoder, params, shape: Sequence[int]) -> jax.Array:
+  """The evaluation-mode PE of every position of a grid starting at 0: [prod(shape), d_out].
+
+  Checks the range once on the concrete shape and runs one jitted program per
+  (encoder, shape); callers keep the result (see `posenc.TableCache`) instead of
+  re-encoding the same positions.
+  """
+  positions.check_extent_fits(shape, base=encoder.base, width=encoder.num_digits)
+  return _jitted_table(encoder, tuple(shape))(params)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_table(encoder: SeqPEEncoder, shape: tuple[int, ...]):
+  return jax.jit(lambda params: encode_positions(encoder, params, positions.grid(shape)))

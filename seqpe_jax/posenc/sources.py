@@ -1,0 +1,168 @@
+"""Position sources: what each PE computes from positions, once per forward.
+
+A source maps a grid `shape` (and optional per-window start offsets) to the features its
+injection needs, with a leading window axis W: an embedding table `e` [W, P+N, d], rotary
+`cos`/`sin` [W, P+N, d_h/2], raw coordinates, or ALiBi key positions. P is the number of
+prefix tokens the host puts before the grid (the ViT's CLS); each source decides what a
+prefix token's position is. Sources depend only on positions, never on the batch, so the
+result is shared by every example and cached per shape at evaluation.
+"""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqpe_jax import positions
+from seqpe_jax.posenc import baselines, seqpe
+
+
+def window_positions(shape: Sequence[int], offsets: jax.Array | None) -> jax.Array:
+  """int32[W, N, ndim]: the grid of `shape` shifted by each window's offset (W=1 if None)."""
+  pos = positions.grid(shape)[None]
+  return pos if offsets is None else pos + jnp.asarray(offsets, jnp.int32)[:, None, :]
+
+
+def flat_positions(pos_WNn: jax.Array, shape: Sequence[int]) -> jax.Array:
+  """Row-major flat index of each coordinate within `shape`: int32[W, N]."""
+  strides = np.cumprod((1,) + tuple(shape[:0:-1]))[::-1]
+  return jnp.sum(pos_WNn * jnp.asarray(strides, jnp.int32), axis=-1)
+
+
+def _with_prefix(prefix_Pd: jax.Array, grid_WNd: jax.Array) -> jax.Array:
+  prefix = jnp.broadcast_to(prefix_Pd, (grid_WNd.shape[0],) + prefix_Pd.shape)
+  return jnp.concatenate([prefix.astype(grid_WNd.dtype), grid_WNd], axis=1)
+
+
+class SeqPESource(nn.Module):
+  """SeqPE embeddings of the grid positions, after learned prefix vectors (the ViT CLS).
+
+  The prefix vectors are host-side parameters in the method (clipped and decayed with the
+  host, not with the encoder); they live here only because they are concatenated before
+  the q/k projection. The encoder's own subtree is `encoder`.
+  """
+  encoder: seqpe.SeqPEEncoder
+  num_prefix: int = 0
+
+  @nn.compact
+  def __call__(self, shape, offsets=None, *, deterministic=True):
+    enc = self.encoder
+    positions.check_extent_fits(shape, base=enc.base, width=enc.num_digits)
+    digits = positions.digitize(window_positions(shape, offsets), base=enc.base,
+                                width=enc.num_digits)
+    e_WNd = enc(digits, deterministic=deterministic)
+    if self.num_prefix:
+      prefix = self.param('prefix', nn.initializers.normal(0.02), (self.num_prefix, enc.d_out))
+      e_WNd = _with_prefix(prefix, e_WNd)
+    return {'e': e_WNd}
+
+
+class LearnedSource(nn.Module):
+  """Learned absolute PE: a table over the training grid, resampled to other grids.
+
+  Resampling is linear in 1D and PyTorch-compatible bicubic on grids (half-pixel
+  centres); prefix rows are kept as they are.
+  """
+  train_shape: tuple[int, ...]
+  dim: int
+  num_prefix: int = 0
+  cubic: str = 'cubic-pytorch'
+
+  @nn.compact
+  def __call__(self, shape, offsets=None, *, deterministic=True):
+    del deterministic
+    if offsets is not None:
+      raise ValueError('The learned APE has no rows for shifted windows; turn pe.shift off.')
+    init = nn.initializers.normal(0.02)
+    table = self.param('table', init, (*self.train_shape, self.dim))
+    method = 'linear' if len(shape) == 1 else self.cubic
+    if tuple(shape) != tuple(self.train_shape):
+      table = baselines.resample_table(table, shape, method=method)
+    e_1Nd = table.reshape(1, -1, self.dim)
+    if self.num_prefix:
+      e_1Nd = _with_prefix(self.param('prefix', init, (self.num_prefix, self.dim)), e_1Nd)
+    return {'e': e_1Nd}
+
+
+class SinCosSource(nn.Module):
+  """Fixed sinusoidal PE of the flattened position; prefix tokens take positions 0..P-1.
+
+  On a 2D grid the flat index uses the current row length, so a patch's position changes
+  meaning with resolution (the reference behaviour for this baseline).
+  """
+  dim: int
+  num_prefix: int = 0
+  base: float = 10_000.
+
+  @nn.compact
+  def __call__(self, shape, offsets=None, *, deterministic=True):
+    flat = flat_positions(window_positions(shape, offsets), shape) + self.num_prefix
+    flat = _prefixed_positions(flat, self.num_prefix)
+    return {'e': baselines.sincos_1d(flat, self.dim, self.base)}
+
+
+class SinCosGridSource(nn.Module):
+  """Fixed sinusoidal PE per axis, the width split evenly across axes; prefix rows are 0."""
+  dim: int
+  num_prefix: int = 0
+  base: float = 10_000.
+
+  @nn.compact
+  def __call__(self, shape, offsets=None, *, deterministic=True):
+    e = baselines.sincos_nd(window_positions(shape, offsets), self.dim, self.base)
+    return {'e': _with_prefix(jnp.zeros((self.num_prefix, self.dim)), e)}
+
+
+class RotarySource(nn.Module):
+  """cos/sin of RoPE angles, 1D over the flattened position (prefix at 0..P-1) or axial."""
+  head_dim: int
+  axial: bool
+  num_prefix: int = 0
+  base: float = 10_000.
+
+  @nn.compact
+  def __call__(self, shape, offsets=None, *, deterministic=True):
+    pos = window_positions(shape, offsets)
+    if self.axial:  # Prefix tokens get angle 0: they are not rotated.
+      angles = baselines.rope_axial_angles(pos, self.head_dim, self.base)
+      angles = _with_prefix(jnp.zeros((self.num_prefix, self.head_dim // 2)), angles)
+    else:
+      flat = _prefixed_positions(flat_positions(pos, shape) + self.num_prefix, self.num_prefix)
+      angles = baselines.rope_angles(flat, self.head_dim, self.base)
+    return {'cos': jnp.cos(angles), 'sin': jnp.sin(angles)}
+
+
+class CoordinateSource(nn.Module):
+  """Raw float coordinates [W, P+N, ndim] for PEs whose layers own their frequencies."""
+  num_prefix: int = 0
+
+  @nn.compact
+  def __call__(self, shape, offsets=None, *, deterministic=True):
+    pos = window_positions(shape, offsets).astype(jnp.float32)
+    return {'pos': _with_prefix(jnp.zeros((self.num_prefix, len(shape))), pos)}
+
+
+class KeyPositionSource(nn.Module):
+  """Flat key positions [W, P+N] for ALiBi's per-key bias."""
+  num_prefix: int = 0
+
+  @nn.compact
+  def __call__(self, shape, offsets=None, *, deterministic=True):
+    flat = flat_positions(window_positions(shape, offsets), shape) + self.num_prefix
+    return {'key_pos': _prefixed_positions(flat, self.num_prefix).astype(jnp.float32)}
+
+
+class NoSource(nn.Module):
+  """No positional features at all."""
+
+  @nn.compact
+  def __call__(self, shape, offsets=None, *, deterministic=True):
+    return {}
+
+
+def _prefixed_positions(flat_WN: jax.Array, num_prefix: int) -> jax.Array:
+  prefix = jnp.broadcast_to(jnp.arange(num_prefix, dtype=flat_WN.dtype),
+                            (flat_WN.shape[0], num_prefix))
+  return jnp.concatenate([prefix, flat_WN], axis=1)
