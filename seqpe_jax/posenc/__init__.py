@@ -18,7 +18,7 @@ import jax
 import ml_collections
 
 from seqpe_jax import positions
-from seqpe_jax.posenc import inject, seqpe, sources
+from seqpe_jax.posenc import config, inject, seqpe, sources
 
 # Injection methods each PE supports; the first is its default.
 PE_METHODS = {
@@ -76,7 +76,8 @@ class PositionalEncoding:
 
   def init(self, key: jax.Array, shape: Sequence[int]):
     """Parameters of the source (possibly an empty dict)."""
-    return self.source.init(key, tuple(shape)).get('params', {})
+    init = jax.jit(lambda key: self.source.init(key, tuple(shape)))  # One compile, not per op.
+    return init(key).get('params', {})
 
   def features(self, params, shape: Sequence[int], offsets: jax.Array | None = None, *,
                deterministic: bool = True, rngs=None):

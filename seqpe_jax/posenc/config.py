@@ -62,4 +62,5 @@ def get_config() -> ml_collections.ConfigDict:
   pe.ape = ml_collections.ConfigDict()
   # Grid resampling of the learned table: cubic-pytorch (a=-0.75) | cubic (Keys a=-0.5).
   pe.ape.cubic = 'cubic-pytorch'
+  pe.lock()  # A misspelt field is an error, not a silently ignored key.
   return pe

@@ -1,0 +1,143 @@
+"""Injection through attention: each method against a direct NumPy computation."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from seqpe_jax import posenc
+from seqpe_jax.models import attention, transformer
+
+HEADS, HEAD_DIM = 2, 8
+D = HEADS * HEAD_DIM
+
+
+def numpy_softmax(x):
+  x = x - x.max(-1, keepdims=True)
+  return np.exp(x) / np.exp(x).sum(-1, keepdims=True)
+
+
+def test_wider_keys_keep_the_explicit_scale():
+  rng = np.random.default_rng(0)
+  q, k = rng.normal(size=(2, 2, 5, 3, 8)).astype(np.float32)
+  v = rng.normal(size=(2, 5, 3, 4)).astype(np.float32)
+  out = attention.dot_product_attention(q, k, v, scale=0.5, causal=True)
+  logits = np.einsum('bqhd,bkhd->bhqk', q, k) * 0.5
+  logits = np.where(np.tril(np.ones((5, 5), bool)), logits, -np.inf)
+  expected = np.einsum('bhqk,bkhd->bqhd', numpy_softmax(logits), v)
+  np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def seqpe_pe(method, qk_proj='per_layer', scalar_impl='concat', multi_head=True, shape=(6,)):
+  cfg = posenc.config.get_config()
+  cfg.inject.method, cfg.inject.qk_proj = method, qk_proj
+  cfg.inject.scalar_impl, cfg.inject.multi_head = scalar_impl, multi_head
+  cfg.inject.scalar_scale = 0.7
+  cfg.seqpe.d_model, cfg.seqpe.num_heads = 32, 2
+  return posenc.build(cfg, posenc.HostSpec(D, HEADS, shape, causal=True))
+
+
+def attention_layer(pe, x, features):
+  layer = attention.MultiHeadAttention(HEADS, pe_hook=pe.layer_hook, causal=True)
+  params = jax.jit(layer.init)(jax.random.key(1), x, features)['params']
+  return jax.jit(layer.apply)({'params': params}, x, features), params
+
+
+def numpy_attention(params, x, pe_q, pe_k, method, scalar_scale=0.7):
+  """Causal MHA with the method doc's definition of each injection method."""
+  qkv = np.einsum('bld,dthk->btlhk', x, params['qkv']['kernel']) + params['qkv']['bias'][:, None]
+  q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
+  logits = np.einsum('bqhd,bkhd->bhqk', q, k)
+  if method == 'attn_mul':
+    logits = np.einsum('bqhd,bkhd->bhqk', q * pe_q, k * pe_k)
+  elif method == 'attn_add':
+    logits = np.einsum('bqhd,bkhd->bhqk', q + pe_q, k + pe_k)
+  elif method == 'attn_scalar':  # Position term added before the 1/sqrt(d_h) scale.
+    logits = logits + scalar_scale * np.einsum('bqhd,bkhd->bhqk', pe_q, pe_k)
+  length = x.shape[1]
+  logits = np.where(np.tril(np.ones((length, length), bool)), logits / np.sqrt(HEAD_DIM), -np.inf)
+  out = np.einsum('bhqk,bkhd->bqhd', numpy_softmax(logits), v)
+  return np.einsum('bqhd,hdo->bqo', out, params['out']['kernel']) + params['out']['bias']
+
+
+@pytest.mark.parametrize('method', ['attn_mul', 'attn_add', 'attn_scalar'])
+def test_per_layer_injection_matches_its_definition(method):
+  pe = seqpe_pe(method)
+  features = pe.features(pe.init(jax.random.key(0), (6,)), (6,))
+  x = jax.random.normal(jax.random.key(2), (3, 6, D))
+  out, params = attention_layer(pe, x, features)
+  e = np.asarray(features['e'])  # [1, 6, D]
+  proj = e @ params['pe']['qk_proj']['kernel'] + params['pe']['qk_proj']['bias']
+  pe_q = proj[..., :D].reshape(1, 6, HEADS, HEAD_DIM)
+  pe_k = proj[..., D:].reshape(1, 6, HEADS, HEAD_DIM)
+  expected = numpy_attention(params, np.asarray(x), pe_q, pe_k, method)
+  np.testing.assert_allclose(out, expected, atol=2e-5)
+
+
+def _run_stack(pe, x, features, params=None):
+  model = transformer.Transformer(2, HEADS, 2 * D, pe, causal=True)
+  if params is None:
+    params = jax.jit(model.init)(jax.random.key(3), x, features)
+  return jax.jit(model.apply)(params, x, features), params
+
+
+@pytest.mark.parametrize('qk_proj, multi_head', [('shared', True), ('per_layer', True),
+                                                 ('none', True), ('shared', False)])
+def test_attn_scalar_concat_equals_the_explicit_bias(qk_proj, multi_head):
+  concat = seqpe_pe('attn_scalar', qk_proj, 'concat', multi_head)
+  bias = seqpe_pe('attn_scalar', qk_proj, 'bias', multi_head)
+  pe_params = concat.init(jax.random.key(0), (6,))
+  offsets = jnp.asarray([[0], [11]])  # Two windows: examples alternate between them.
+  # Scaled up so that the position term is not negligible next to q.k at initialisation.
+  features = jax.tree.map(lambda e: 30 * e, concat.features(pe_params, (6,), offsets))
+  x = jax.random.normal(jax.random.key(2), (4, 6, D))
+  out_concat, params = _run_stack(concat, x, features)
+  out_bias, _ = _run_stack(bias, x, features, params)
+  np.testing.assert_allclose(out_concat, out_bias, atol=1e-5)
+  # The windows matter: examples 0 and 1 see different positions.
+  same_x = jnp.broadcast_to(x[:1], x.shape)
+  out_same, _ = _run_stack(concat, same_x, features, params)
+  assert np.abs(out_same[0] - out_same[1]).max() > 1e-5
+  np.testing.assert_allclose(out_same[0], out_same[2], atol=1e-6)
+
+
+def test_input_add_adds_the_table_to_tokens():
+  cfg = posenc.config.get_config()
+  cfg.name = 'sincos'
+  pe = posenc.build(cfg, posenc.HostSpec(D, HEADS, (5,)))
+  features = pe.features({}, (5,))
+  hook = pe.model_hook()
+  x = jnp.ones((2, 5, D))
+  out = hook.apply({}, x, hook.apply({}, features), method='embed')
+  np.testing.assert_allclose(out, x + features['e'], atol=1e-7)
+
+
+def test_shared_projection_lives_in_the_model_and_per_layer_in_each_block():
+  x = jnp.ones((2, 6, D))
+  for qk_proj, at_top, in_block in (('shared', True, False), ('per_layer', False, True)):
+    pe = seqpe_pe('attn_scalar', qk_proj)
+    features = pe.features(pe.init(jax.random.key(0), (6,)), (6,))
+    params = _run_stack(pe, x, features)[1]['params']
+    assert ('pe_inject' in params) == at_top
+    assert ('pe' in params['block_0']['attn']) == in_block
+    chex.assert_tree_all_finite(params)
+
+
+def test_concat_form_traces_once_for_new_positions():
+  pe = seqpe_pe('attn_scalar', 'shared')
+  pe_params = pe.init(jax.random.key(0), (6,))
+  model = transformer.Transformer(1, HEADS, 2 * D, pe, causal=True)
+  x = jnp.ones((2, 6, D))
+  params = jax.jit(model.init)(jax.random.key(3), x, pe.features(pe_params, (6,)))
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def forward(params, pe_params, offsets):
+    return model.apply(params, x, pe.features(pe_params, (6,), offsets))
+
+  chex.clear_trace_counter()
+  forward(params, pe_params, jnp.asarray([[0]]))
+  forward(params, pe_params, jnp.asarray([[40]]))

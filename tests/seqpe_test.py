@@ -1,0 +1,158 @@
+"""The SeqPE encoder: shapes for any N-D, causality, padding mask, sizes, caching."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from seqpe_jax import positions, posenc
+from seqpe_jax.posenc import seqpe
+
+
+def small_encoder(ndim=1, num_digits=3, **kw):
+  return seqpe.SeqPEEncoder(ndim=ndim, num_digits=num_digits, d_out=kw.pop('d_out', 16),
+                            d_model=32, num_heads=2, **kw)
+
+
+def init(encoder, seed=0):
+  digits = jnp.zeros((1, encoder.ndim * encoder.num_digits), jnp.int32)
+  return jax.jit(encoder.init)(jax.random.key(seed), digits)['params']
+
+
+def apply(encoder, params, digits, **kw):
+  return jax.jit(functools.partial(encoder.apply, **kw))({'params': params}, digits)
+
+
+@pytest.mark.parametrize('shape', [(20,), (5, 6), (2, 3, 4)])
+def test_runs_on_1d_2d_3d_grids(shape):
+  enc = small_encoder(ndim=len(shape), num_digits=2)
+  e = jax.jit(functools.partial(seqpe.encode_positions, enc))(init(enc), positions.grid(shape))
+  chex.assert_shape(e, (np.prod(shape), 16))
+  chex.assert_tree_all_finite(e)
+  # Distinct positions get distinct embeddings.
+  assert np.unique(np.round(np.asarray(e), 5), axis=0).shape[0] == np.prod(shape)
+
+
+def test_outputs_finite_up_to_the_largest_representable_position():
+  enc = small_encoder(num_digits=5, base=10)
+  e = apply(enc, init(enc), positions.digitize(jnp.asarray([[0], [19_999], [99_999]]), width=5))
+  chex.assert_tree_all_finite(e)
+
+
+def _hidden_states(enc, params, digits):
+  _, state = apply(enc, params, digits, capture_intermediates=True, mutable=['intermediates'])
+  inter = state['intermediates']
+  return [inter[f'block_{i}']['__call__'][0] for i in range(enc.num_layers)]
+
+
+def test_causal_encoder_changing_a_digit_changes_nothing_before_it():
+  enc = small_encoder(num_digits=5)
+  params = init(enc, seed=1)
+  base = positions.digitize(jnp.asarray([[12_345]]), width=5)
+  for t in range(5):
+    changed = base.at[0, t].set((base[0, t] + 4) % 10)
+    for h_base, h_changed in zip(_hidden_states(enc, params, base),
+                                 _hidden_states(enc, params, changed)):
+      np.testing.assert_array_equal(h_base[:, :t], h_changed[:, :t])
+      assert np.abs(h_base[:, t:] - h_changed[:, t:]).max() > 1e-4  # From t on, it matters.
+
+
+def test_bidirectional_encoder_sees_later_digits():
+  enc = small_encoder(num_digits=5, attention='bidirectional')
+  params = init(enc, seed=1)
+  base = positions.digitize(jnp.asarray([[12_345]]), width=5)
+  changed = base.at[0, 4].set(9)
+  h_base, h_changed = _hidden_states(enc, params, base)[0], _hidden_states(enc, params, changed)[0]
+  assert np.abs(h_base[:, 0] - h_changed[:, 0]).max() > 1e-4
+
+
+def test_padding_mask_hides_leading_zeros():
+  # With mask_padding the embedding of 005 cannot depend on the digit-0 embedding (its
+  # zeros are all padding); without it, it must.
+  digits = positions.digitize(jnp.asarray([[5]]), width=3)
+  outputs = {}
+  for mask_padding in (True, False):
+    enc = small_encoder(num_digits=3, mask_padding=mask_padding)
+    params = init(enc, seed=2)
+    moved = dict(params, digit_embed=params['digit_embed'].at[0].add(1.0))
+    outputs[mask_padding] = (apply(enc, params, digits), apply(enc, moved, digits))
+  chex.assert_tree_all_finite(outputs)
+  np.testing.assert_array_equal(*outputs[True])
+  assert np.abs(outputs[False][0] - outputs[False][1]).max() > 1e-6
+
+
+def test_slot_and_axis_embeddings():
+  global_ids = init(small_encoder(ndim=2, num_digits=2))
+  per_axis = init(small_encoder(ndim=2, num_digits=2, slot_ids='per_axis'))
+  one_d = init(small_encoder(ndim=1, num_digits=2))
+  chex.assert_shape([global_ids['slot_embed'], per_axis['slot_embed']], [(4, 32), (2, 32)])
+  chex.assert_shape(global_ids['axis_embed'], (2, 32))
+  assert 'axis_embed' not in one_d  # The reference has no axis table in 1D.
+  chex.assert_shape(global_ids['digit_embed'], (10, 32))
+
+
+def test_temperature_divides_the_output():
+  digits = positions.digitize(jnp.asarray([[7], [42]]), width=2)
+  enc, hot = small_encoder(num_digits=2), small_encoder(num_digits=2, temperature=2.0)
+  params = init(enc)
+  np.testing.assert_allclose(apply(hot, params, digits), apply(enc, params, digits) / 2,
+                             rtol=1e-6)
+
+
+def test_dropout_only_when_not_deterministic():
+  enc = small_encoder(num_digits=2, dropout=0.5)
+  params = init(enc)
+  digits = positions.digitize(jnp.asarray([[7], [42]]), width=2)
+  rngs = {'dropout': jax.random.key(3)}
+  eval_out = apply(enc, params, digits, deterministic=True, rngs=rngs)
+  np.testing.assert_array_equal(eval_out, apply(enc, params, digits))
+  train_out = apply(enc, params, digits, deterministic=False, rngs=rngs)
+  assert np.abs(train_out - eval_out).max() > 1e-4
+
+
+@pytest.mark.parametrize('ndim, k, d, d_out, millions', [(1, 5, 768, 768, 14.78),
+                                                         (2, 2, 384, 384, 3.70)])
+def test_paper_encoder_sizes(ndim, k, d, d_out, millions):
+  enc = seqpe.SeqPEEncoder(ndim=ndim, num_digits=k, d_out=d_out, d_model=d, num_heads=d // 64)
+  shapes = jax.eval_shape(enc.init, jax.random.key(0), jnp.zeros((1, ndim * k), jnp.int32))
+  count = sum(np.prod(x.shape) for x in jax.tree.leaves(shapes)) / 1e6
+  assert abs(count - millions) < 0.01
+
+
+def test_wrong_digit_count_is_an_error():
+  enc = small_encoder(ndim=2, num_digits=2)
+  with pytest.raises(ValueError, match='SeqPE expects 4 digits per position'):
+    enc.init(jax.random.key(0), jnp.zeros((1, 3), jnp.int32))
+
+
+def test_new_positions_of_the_same_shape_do_not_retrace():
+  enc = small_encoder(num_digits=4)
+  params = init(enc)
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def encode(params, pos):
+    return seqpe.encode_positions(enc, params, pos)
+
+  chex.clear_trace_counter()
+  a = encode(params, jnp.arange(8)[:, None])
+  b = encode(params, jnp.arange(100, 108)[:, None])
+  assert np.abs(a - b).max() > 1e-4
+
+
+def test_table_cache_encodes_each_shape_once():
+  cfg = posenc.config.get_config()
+  cfg.seqpe.d_model, cfg.seqpe.num_heads = 32, 2
+  pe = posenc.build(cfg, posenc.HostSpec(d_model=16, num_heads=2, train_shape=(4, 4)))
+  params = pe.init(jax.random.key(0), (4, 4))
+  cache = posenc.TableCache(pe, params)
+  table = cache((6, 6))
+  assert cache((6, 6)) is table
+  direct = apply(pe.seqpe_encoder, params['encoder'],
+                 positions.digitize(positions.grid((6, 6)), width=2))
+  np.testing.assert_allclose(table['e'][0], direct, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match='Position 100 does not fit 2 base-10 digits'):
+    cache((101, 4))
