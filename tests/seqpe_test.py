@@ -45,11 +45,11 @@ def test_outputs_finite_up_to_the_largest_representable_position():
 def _hidden_states(enc, params, digits):
   _, state = apply(enc, params, digits, capture_intermediates=True, mutable=['intermediates'])
   inter = state['intermediates']
-  return [inter[f'block_{i}']['__call__'][0] for i in range(enc.num_layers)]
+  return [inter[f'block_{i}']['__call__'][0] for i in range(enc.num_layers - 1)]
 
 
 def test_causal_encoder_changing_a_digit_changes_nothing_before_it():
-  enc = small_encoder(num_digits=5)
+  enc = small_encoder(num_digits=5, num_layers=3)  # The last layer computes CLS alone.
   params = init(enc, seed=1)
   base = positions.digitize(jnp.asarray([[12_345]]), width=5)
   for t in range(5):
@@ -156,3 +156,49 @@ def test_table_cache_encodes_each_shape_once():
   np.testing.assert_allclose(table['e'][0], direct, rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match='Position 100 does not fit 2 base-10 digits'):
     cache((101, 4))
+
+
+def numpy_encoder(params, digits, *, ndim, k, heads, causal=True):
+  """The method doc's encoder written out in NumPy: every token computed in every layer."""
+  def layer_norm(x, p):
+    mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + 1e-5) * p['scale'] + p['bias']
+
+  def gelu_tanh(x):
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+
+  p = jax.tree.map(np.asarray, params)
+  x = p['digit_embed'][digits] + p['slot_embed'][np.arange(ndim * k)]
+  if ndim > 1:
+    x = x + p['axis_embed'][np.arange(ndim * k) // k]
+  x = np.concatenate([x, np.broadcast_to(p['cls'], (x.shape[0], 1, x.shape[-1]))], axis=1)
+  batch, tokens, d = x.shape
+  hd = d // heads
+  for i in range(len([n for n in p if n.startswith('block_')])):
+    b = p[f'block_{i}']
+    qkv = layer_norm(x, b['ln_attn']) @ b['qkv_kernel'] + b['qkv_bias']
+    q, kk, v = (qkv[..., j * d:(j + 1) * d].reshape(batch, tokens, heads, hd) for j in range(3))
+    logits = np.einsum('bqhd,bkhd->bhqk', q, kk) / np.sqrt(hd)
+    if causal:
+      logits = np.where(np.tril(np.ones((tokens, tokens), bool)), logits, -np.inf)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    attn = np.einsum('bhqk,bkhd->bqhd', probs, v).reshape(batch, tokens, d)
+    x = x + attn @ b['attn_out']['kernel'] + b['attn_out']['bias']
+    h = gelu_tanh(layer_norm(x, b['ln_mlp']) @ b['mlp_in']['kernel'] + b['mlp_in']['bias'])
+    x = x + h @ b['mlp_out']['kernel'] + b['mlp_out']['bias']
+  cls = layer_norm(x[:, -1], p['ln_final'])
+  return cls @ p['out_proj']['kernel'] + p['out_proj']['bias']
+
+
+@pytest.mark.parametrize('ndim, attention', [(1, 'causal'), (2, 'causal'), (2, 'bidirectional')])
+def test_encoder_equals_a_direct_numpy_computation(ndim, attention):
+  enc = small_encoder(ndim=ndim, num_digits=2, num_layers=3, attention=attention)
+  params = init(enc, seed=4)
+  # Larger weights than the 0.02 init so that every term visibly matters.
+  params = jax.tree.map(lambda x: x * 20 if x.ndim == 2 else x, params)
+  pos = np.random.default_rng(0).integers(0, 100, size=(9, ndim))
+  digits = positions.digitize(jnp.asarray(pos), width=2)
+  expected = numpy_encoder(params, np.asarray(digits), ndim=ndim, k=2, heads=2,
+                           causal=attention == 'causal')
+  np.testing.assert_allclose(apply(enc, params, digits), expected, rtol=2e-4, atol=2e-4)
