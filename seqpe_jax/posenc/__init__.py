@@ -70,6 +70,7 @@ class PositionalEncoding:
   """A PE built by name: its source (own parameters) and its injection hooks (host parameters)."""
   name: str
   method: str
+  host: HostSpec
   source: nn.Module
   model_hook: Callable[..., inject.ModelHook]
   layer_hook: Callable[..., inject.LayerHook]
@@ -124,7 +125,7 @@ def build(cfg: ml_collections.ConfigDict, host: HostSpec) -> PositionalEncoding:
                      f"{', '.join(PE_METHODS[cfg.name])}.")
   source = _build_source(cfg, host, method)
   model_hook, layer_hook = _build_hooks(cfg, host, method)
-  return PositionalEncoding(cfg.name, method, source, model_hook, layer_hook)
+  return PositionalEncoding(cfg.name, method, host, source, model_hook, layer_hook)
 
 
 def _build_source(cfg, host: HostSpec, method: str) -> nn.Module:

@@ -62,5 +62,41 @@ def get_config() -> ml_collections.ConfigDict:
   pe.ape = ml_collections.ConfigDict()
   # Grid resampling of the learned table: cubic-pytorch (a=-0.75) | cubic (Keys a=-0.5).
   pe.ape.cubic = 'cubic-pytorch'
+  pe.contrastive = ml_collections.ConfigDict()
+  # Weight of the distance-contrastive loss (0 turns it off).
+  pe.contrastive.weight = 0.1
+  # Pivots per step and K candidates per pivot (ViT: 128 x 64 globally; LM: 64 x 32).
+  pe.contrastive.num_pivots = 128
+  pe.contrastive.num_candidates = 64
+  # (uniform, hard, window) mode probabilities; unset = reference mix for the ndim
+  # (1D: 0 / 0.4 / 0.6, 2D: 0.5 / 0.3 / 0.2).
+  pe.contrastive.mode_probs = ml_collections.config_dict.placeholder(tuple)
+  # Hard negatives per pivot as a share of K; unset = reference (1D: 0.25, 2D: 0.2).
+  pe.contrastive.hard_fraction = ml_collections.config_dict.placeholder(float)
+  # 1D window range r: the window is max(r, 5K) long, starting in [0, P - r).
+  pe.contrastive.window_range = 256
+  # Cross-entropy per encoder head, averaged, instead of on the full vector.
+  pe.contrastive.multi_head_loss = False
+  # Multiplier on the dot-product logits.
+  pe.contrastive.logit_scale = 1.0
+
+  pe.ood = ml_collections.ConfigDict()
+  # Weight of the out-of-distribution distillation loss (0 turns it off).
+  pe.ood.weight = 0.1
+  # Groups per step and teachers (= students) per group (ViT: 128 x 64; LM: 64 x 32).
+  pe.ood.num_groups = 128
+  pe.ood.num_teachers = 64
+  # Weight of the teacher-detached term; 1 - beta goes to the student-detached term.
+  pe.ood.beta = 1.0
+  # kl (symmetric, reference) | mse.
+  pe.ood.metric = 'kl'
+
+  pe.shift = ml_collections.ConfigDict()
+  # Probability that a training step uses shifted position windows (0 turns it off).
+  pe.shift.prob = 0.1
+  # Fixed pool of window starts drawn once from the run's seed.
+  pe.shift.pool_size = 320
+  # Windows per shifted step (global); example b uses window b mod W.
+  pe.shift.num_windows = 128
   pe.lock()  # A misspelt field is an error, not a silently ignored key.
   return pe

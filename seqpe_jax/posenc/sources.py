@@ -46,17 +46,25 @@ class SeqPESource(nn.Module):
   encoder: seqpe.SeqPEEncoder
   num_prefix: int = 0
 
-  @nn.compact
+  def setup(self):
+    if self.num_prefix:
+      self.prefix = self.param('prefix', nn.initializers.normal(0.02),
+                               (self.num_prefix, self.encoder.d_out))
+
   def __call__(self, shape, offsets=None, *, deterministic=True):
     enc = self.encoder
     positions.check_extent_fits(shape, base=enc.base, width=enc.num_digits)
-    digits = positions.digitize(window_positions(shape, offsets), base=enc.base,
-                                width=enc.num_digits)
-    e_WNd = enc(digits, deterministic=deterministic)
-    if self.num_prefix:
-      prefix = self.param('prefix', nn.initializers.normal(0.02), (self.num_prefix, enc.d_out))
-      e_WNd = _with_prefix(prefix, e_WNd)
-    return {'e': e_WNd}
+    return self.with_prefix(self.encode(window_positions(shape, offsets),
+                                        deterministic=deterministic))
+
+  def encode(self, pos: jax.Array, *, deterministic=True) -> jax.Array:
+    """Embeddings of arbitrary int[..., ndim] positions: [..., d_out]."""
+    digits = positions.digitize(pos, base=self.encoder.base, width=self.encoder.num_digits)
+    return self.encoder(digits, deterministic=deterministic)
+
+  def with_prefix(self, e_WNd: jax.Array) -> dict[str, jax.Array]:
+    """The features the injection hooks read: {'e': [W, P+N, d_out]}."""
+    return {'e': _with_prefix(self.prefix, e_WNd) if self.num_prefix else e_WNd}
 
 
 class LearnedSource(nn.Module):
