@@ -67,6 +67,7 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
       train_shape=train_shape, num_pivots=ct.num_pivots, num_candidates=ct.num_candidates,
       mode_probs=ct.mode_probs, hard_fraction=ct.hard_fraction, window_range=ct.window_range)
   sampling.check_ood(train_shape, max_position, ood.num_teachers)
+  sampling.check_shift(train_shape, max_position, shift.pool_size)
   return Regularizers(
       contrastive=spec, ct_weight=ct.weight,
       ct_heads=enc.num_heads if ct.multi_head_loss else 0, ct_logit_scale=ct.logit_scale,

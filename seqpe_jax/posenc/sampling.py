@@ -73,7 +73,10 @@ def contrastive_spec(*, ndim: int, max_position: int, base: int, num_digits: int
   if len(probs) != 3 or min(probs) < 0 or not math.isclose(sum(probs), 1.0, abs_tol=1e-6):
     raise ValueError(f'pe.contrastive.mode_probs must be three non-negative probabilities of '
                      f'(uniform, hard, window) summing to 1, got {probs}.')
-  hard = math.floor((default_hard if hard_fraction is None else hard_fraction) * num_candidates)
+  hard_fraction = default_hard if hard_fraction is None else hard_fraction
+  if not 0 <= hard_fraction < 1:
+    raise ValueError(f'pe.contrastive.hard_fraction must lie in [0, 1), got {hard_fraction}.')
+  hard = math.floor(hard_fraction * num_candidates)
   if probs[1] > 0 and ndim > 2:
     raise ValueError('Digit-edit hard negatives are defined for 1D and 2D positions; give the '
                      'hard mode probability 0 in pe.contrastive.mode_probs.')
@@ -106,7 +109,8 @@ def sample_contrastive(key: jax.Array, spec: ContrastiveSpec) -> dict[str, jax.A
   Returns:
     pivots int32[B, n]; candidates int32[B, K, n]; valid bool[B, K] (False only when the
     draws ran out of distinct positions); labels int32[B] (first nearest candidate);
-    mode int32[B] (index into MODES).
+    mode int32[B] and origin int32[B, K]: indices into MODES of each pivot's mode and
+    of the list each candidate came from.
   """
   b, k, n, p = spec.num_pivots, spec.num_candidates, spec.ndim, spec.max_position
   keys = jax.random.split(key, 5)
@@ -115,9 +119,12 @@ def sample_contrastive(key: jax.Array, spec: ContrastiveSpec) -> dict[str, jax.A
   uniform = jax.random.randint(keys[2], (b, spec.num_uniform, n), 0, p)
   window, window_ok = _window_draws(keys[3], spec)
   hard, hard_ok = hard_negatives(keys[4], pivots, spec)
-  # A hard negative must be farther than the nearest of the first K+1-n_hard uniform draws,
-  # so that it is never the label.
-  nearest_uniform = squared_distance(pivots[:, None], uniform[:, :k + 1 - spec.num_hard]).min(-1)
+  # A hard negative must be farther than the nearest of the first K-n_hard uniform draws
+  # other than the pivot, which always make it into the candidates, so that it is never
+  # the label. (The reference compares with K+1-n_hard draws, the last of which can be
+  # cut, and counts a draw of the pivot itself.)
+  first_uniform = squared_distance(pivots[:, None], uniform[:, :k - spec.num_hard])
+  nearest_uniform = jnp.where(first_uniform == 0, jnp.iinfo(jnp.int32).max, first_uniform).min(-1)
   hard_ok &= squared_distance(pivots[:, None], hard) > nearest_uniform[:, None]
   # The mode-specific list first, then the uniform pool; keep the first K usable entries.
   pool = jnp.concatenate([window, hard, uniform], axis=1)
@@ -129,10 +136,12 @@ def sample_contrastive(key: jax.Array, spec: ContrastiveSpec) -> dict[str, jax.A
   usable &= ~jnp.any(same & earlier & usable[:, None, :], axis=-1)
   order = jnp.argsort(~usable, axis=1, stable=True)[:, :k]
   candidates = jnp.take_along_axis(pool, order[..., None], axis=1)
+  origin = jnp.asarray([2] * window.shape[1] + [1] * hard.shape[1] + [0] * uniform.shape[1])
   valid = jnp.take_along_axis(usable, order, axis=1)
   distance = jnp.where(valid, squared_distance(pivots[:, None], candidates), jnp.iinfo(jnp.int32).max)
   return {'pivots': pivots, 'candidates': candidates, 'valid': valid,
-          'labels': jnp.argmin(distance, axis=1).astype(jnp.int32), 'mode': mode}
+          'labels': jnp.argmin(distance, axis=1).astype(jnp.int32), 'mode': mode,
+          'origin': origin[order]}
 
 
 def _window_draws(key, spec: ContrastiveSpec):
@@ -327,6 +336,14 @@ def sample_ood(key: jax.Array, *, train_shape: Sequence[int], max_position: int,
   return {'teachers': teachers, 'offsets': offsets}
 
 
+def check_shift(train_shape: Sequence[int], max_position: int, pool_size: int) -> None:
+  """Raises ValueError unless the shift pool fits the window starts of the space."""
+  total = int(np.prod([max_position - n + 1 for n in train_shape]))
+  if pool_size > total:
+    raise ValueError(f'The shift pool of {pool_size} exceeds the {total} window starts that fit; '
+                     'lower pe.shift.pool_size.')
+
+
 def shift_pool(key: jax.Array, *, train_shape: Sequence[int], max_position: int,
                pool_size: int) -> jax.Array:
   """The run's fixed pool of window starts: int32[M, n], drawn once from the run's seed.
@@ -334,12 +351,9 @@ def shift_pool(key: jax.Array, *, train_shape: Sequence[int], max_position: int,
   Every start whose window fits the position space ({0..P-L} or {0..P-h} x {0..P-w}) is
   listed, shuffled, and the first M kept; every process draws the same pool.
   """
+  check_shift(train_shape, max_position, pool_size)
   starts_per_axis = [max_position - n + 1 for n in train_shape]
-  total = int(np.prod(starts_per_axis))
-  if pool_size > total:
-    raise ValueError(f'The shift pool of {pool_size} exceeds the {total} window starts that fit; '
-                     'lower pe.shift.pool_size.')
-  chosen = jax.random.permutation(key, total)[:pool_size]
+  chosen = jax.random.permutation(key, int(np.prod(starts_per_axis)))[:pool_size]
   return jnp.stack(jnp.unravel_index(chosen, starts_per_axis), axis=-1).astype(jnp.int32)
 
 
