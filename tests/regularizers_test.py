@@ -65,7 +65,7 @@ def test_single_pass_equals_encoding_each_group_separately():
   key = jax.random.key(5)
   features, aux = jitted_step(pe, params, key, pool, reg)
   _, ct_key, ood_key, _ = _split_key(key)
-  ct = sampling.sample_contrastive(ct_key, reg.contrastive)
+  ct = jax.jit(sampling.sample_contrastive, static_argnums=1)(ct_key, reg.contrastive)
   ood = sampling.sample_ood(ood_key, train_shape=(12,), max_position=30, num_groups=3,
                             num_teachers=5)
   encode = jax.jit(lambda pos: pe.source.apply({'params': params}, pos, method='encode'))
