@@ -68,6 +68,9 @@ def contrastive_spec(*, ndim: int, max_position: int, base: int, num_digits: int
   if num_candidates < 1 or num_candidates > space - 1:
     raise ValueError(f'{num_candidates} contrastive candidates do not fit a position space of '
                      f'{space} positions besides the pivot; lower pe.contrastive.num_candidates.')
+  if ndim * (max_position - 1)**2 >= 2**31:
+    raise ValueError(f'Squared distances on a {max_position}-wide {ndim}D space overflow int32; '
+                     'lower pe.seqpe.max_position.')
   default_probs, default_hard = REFERENCE_MIX.get(ndim, REFERENCE_MIX[2])
   probs = tuple(float(p) for p in (mode_probs or default_probs))
   if len(probs) != 3 or min(probs) < 0 or not math.isclose(sum(probs), 1.0, abs_tol=1e-6):
