@@ -10,13 +10,13 @@ faster on-device digitisation is than the reference's host-side `str()` digitisa
 """
 
 import argparse
-import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.timing import describe_backend, median_seconds
 from seqpe_jax import positions
 from seqpe_jax.posenc import seqpe
 
@@ -24,15 +24,6 @@ CASES = {
     'text 16384 positions': dict(shape=(16_384,), k=5, d=768, heads=12, d_out=768),
     'image 42x42 grid': dict(shape=(42, 42), k=2, d=384, heads=6, d_out=384),
 }
-
-
-def median_seconds(fn, repeats):
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def reference_style_digits(shape, k):
@@ -52,12 +43,11 @@ def run_case(name, shape, k, d, heads, d_out, repeats):
   start = time.perf_counter()
   compiled = jax.jit(table).lower(params).compile()
   compile_s = time.perf_counter() - start
-  steady_s = median_seconds(lambda: compiled(params), repeats)
-  eager_s = median_seconds(lambda: table(params), 1)
-  host_s = median_seconds(lambda: reference_style_digits(shape, k), 1)
+  steady_s = median_seconds(compiled, params, repeats=repeats, warmup=False)
+  eager_s = median_seconds(table, params, repeats=1, warmup=False)
+  host_s = median_seconds(reference_style_digits, shape, k, repeats=1, warmup=False)
   device_digits = jax.jit(lambda: positions.digitize(positions.grid(shape), width=k))
-  jax.block_until_ready(device_digits())
-  device_digits_s = median_seconds(device_digits, repeats)
+  device_digits_s = median_seconds(device_digits, repeats=repeats)
   memory = compiled.memory_analysis()
   temp_mb = getattr(memory, 'temp_size_in_bytes', 0) / 2**20 if memory else float('nan')
   print(f'{name}: {int(np.prod(shape))} positions, {sum(x.size for x in jax.tree.leaves(params)) / 1e6:.2f}M params')
@@ -71,7 +61,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--repeats', type=int, default=3)
   args = parser.parse_args()
-  print(f'JAX {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}')
+  print(describe_backend())
   for name, case in CASES.items():
     run_case(name, repeats=args.repeats, **case)
 

@@ -10,12 +10,10 @@ candidates + students, sampling, losses), forward and forward+backward.
 """
 
 import argparse
-import statistics
-import time
-
 import jax
 import jax.numpy as jnp
 
+from benchmarks.timing import describe_backend, median_seconds
 from seqpe_jax import positions, posenc
 from seqpe_jax.posenc import losses, regularizers, sampling
 
@@ -29,16 +27,6 @@ SETTINGS = {
         seqpe=dict(d_model=768, num_heads=12, max_position=20_000),
         sizes=dict(pivots=16, candidates=32, groups=16, teachers=32, windows=16)),
 }
-
-
-def seconds(fn, *args, repeats):
-  jax.block_until_ready(fn(*args))  # Compile and warm up.
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def build(setting):
@@ -90,12 +78,12 @@ def run(name, setting, repeats):
   step_grad = jax.jit(jax.grad(lambda p, k: jnp.sum(regularizers.seqpe_step(
       pe, p, k, pool, reg)[0]['e']) + regularizers.seqpe_step(pe, p, k, pool, reg)[1]['loss']))
 
-  t_main = seconds(main, params, key, repeats=repeats)
-  t_sample = seconds(jax.jit(sample_all), key, repeats=repeats)
-  t_losses = seconds(jax.jit(both_losses), e, repeats=repeats)
-  t_step = seconds(step, params, key, repeats=repeats)
-  t_main_grad = seconds(main_grad, params, key, repeats=repeats)
-  t_step_grad = seconds(step_grad, params, key, repeats=repeats)
+  t_main = median_seconds(main, params, key, repeats=repeats)
+  t_sample = median_seconds(jax.jit(sample_all), key, repeats=repeats)
+  t_losses = median_seconds(jax.jit(both_losses), e, repeats=repeats)
+  t_step = median_seconds(step, params, key, repeats=repeats)
+  t_main_grad = median_seconds(main_grad, params, key, repeats=repeats)
+  t_step_grad = median_seconds(step_grad, params, key, repeats=repeats)
   n_main = grid.shape[0]
   n_all = n_main + spec.num_pivots * (1 + spec.num_candidates) + reg.ood_groups * reg.ood_teachers
   print(f'{name}: encoder sequences per unshifted step {n_all} = {n_all / n_main:.1f}x main {n_main}')
@@ -110,7 +98,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--repeats', type=int, default=5)
   args = parser.parse_args()
-  print(f'JAX {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}')
+  print(describe_backend())
   for name, setting in SETTINGS.items():
     run(name, setting, args.repeats)
 
