@@ -86,6 +86,11 @@ class PositionalEncoding:
     return self.source.apply({'params': params}, tuple(shape), offsets,
                              deterministic=deterministic, rngs=rngs)
 
+  def check_shape(self, shape: Sequence[int]) -> None:
+    """Raises ValueError now if this PE cannot produce features for `shape` (e.g. a grid
+    beyond SeqPE's digit width), by tracing the source abstractly."""
+    jax.eval_shape(lambda key: self.source.init(key, tuple(shape)), jax.random.key(0))
+
   @property
   def seqpe_encoder(self) -> seqpe.SeqPEEncoder | None:
     """The SeqPE encoder, for the regularisers and notebooks; None for the baselines."""

@@ -1,0 +1,116 @@
+"""Shared ViT experiment config; `configs/vit_<pe>.py` pick the PE.
+
+Argument string (big_vision style, after the file name):
+  (none)  Fashion-MNIST, 28 px, patch 4 (7x7 grid), a small ViT; evaluates at 28..84 px.
+          About 10 minutes on a 2-core CPU.
+  smoke   scikit-learn digits, a tiny ViT, a few steps: seconds, for tests.
+  paper   ImageNet-1k ViT-S/16 at 224 px, the paper's recipe; evaluates at 224..672 px.
+"""
+
+import ml_collections
+
+from seqpe_jax.posenc import config as pe_config
+
+VARIANTS = ('', 'smoke', 'paper')
+
+
+def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
+  variant = arg or ''
+  if variant not in VARIANTS:
+    raise ValueError(f"Unknown config variant '{variant}'; use one of: (none), smoke, paper.")
+  c = ml_collections.ConfigDict()
+  # Seed of every random draw (initialisation, data order, SeqPE sampling).
+  c.seed = 0
+  # Optimizer steps.
+  c.total_steps = 3_000
+  # Global batch size (all devices).
+  c.batch_size = 128
+  # How often to log training metrics, run the evaluation sweep, save a checkpoint.
+  c.log_every_steps = 50
+  c.eval_every_steps = 1_000
+  c.checkpoint_every_steps = 500
+  # Checkpoints kept in WORKDIR/checkpoints.
+  c.keep_checkpoints = 2
+
+  c.model = ml_collections.ConfigDict()
+  # Host model family and variant: <size>/<patch> with size nano | mu | Ti | S | B.
+  c.model.name = 'vit'
+  c.model.variant = 'mu/4'
+  # Dropout on attention and MLP outputs.
+  c.model.dropout = 0.0
+  # Label smoothing of the classification loss.
+  c.model.label_smoothing = 0.1
+
+  c.data = ml_collections.ConfigDict()
+  # fashion_mnist | digits | imagenet2012.
+  c.data.name = 'fashion_mnist'
+  # Where the data lives; '' = the dataset's default location.
+  c.data.dir = ''
+  # Training resolution in pixels.
+  c.data.image_size = 28
+
+  c.pe = pe_config.get_config()
+  c.pe.name = pe
+  # ViT default for SeqPE: per-layer projection, attn_mul (method doc, section 4.2).
+  c.pe.inject.qk_proj = 'per_layer'
+  c.pe.seqpe.max_position = 100
+  c.pe.seqpe.d_model, c.pe.seqpe.num_heads = 128, 2
+  c.pe.contrastive.num_pivots, c.pe.contrastive.num_candidates = 32, 64
+  c.pe.ood.num_groups, c.pe.ood.num_teachers = 16, 32
+  c.pe.shift.num_windows = 32
+  if pe != 'seqpe':  # Baselines train with the same recipe, without SeqPE's extras.
+    c.pe.contrastive.weight = c.pe.ood.weight = c.pe.shift.prob = 0.0
+
+  c.optimizer = ml_collections.ConfigDict()
+  # Peak learning rate, linear warm-up from warmup_init, cosine to min_lr.
+  c.optimizer.lr = 1e-3
+  c.optimizer.warmup_steps = 200
+  c.optimizer.warmup_init = 1e-6
+  c.optimizer.min_lr = 1e-5
+  # AdamW.
+  c.optimizer.b1, c.optimizer.b2, c.optimizer.eps = 0.9, 0.999, 1e-8
+  c.optimizer.weight_decay = 0.05
+  # Decay of SeqPE encoder matrices (never its embeddings); 0 in the released runs.
+  c.optimizer.seqpe_weight_decay = 0.0
+  # Separate global-norm clipping of the SeqPE encoder and of everything else.
+  c.optimizer.clip_seqpe = 5.0
+  c.optimizer.clip_host = 5.0
+
+  c.mesh = ml_collections.ConfigDict()
+  # Device mesh; one axis may be -1 (all remaining devices).
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 1, 1
+
+  c.eval = ml_collections.ConfigDict()
+  # Resolutions of the extrapolation sweep, and its batch size.
+  c.eval.resolutions = (28, 42, 56, 84)
+  c.eval.batch_size = 500
+
+  if variant == 'smoke':
+    c.total_steps, c.batch_size = 6, 16
+    c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 2, 0, 3
+    c.model.variant = 'nano/4'
+    c.data.name, c.data.image_size = 'digits', 8
+    c.pe.seqpe.max_position, c.pe.seqpe.d_model = 30, 32
+    c.pe.contrastive.num_pivots, c.pe.contrastive.num_candidates = 4, 8
+    c.pe.ood.num_groups, c.pe.ood.num_teachers = 2, 4
+    c.pe.shift.num_windows, c.pe.shift.pool_size = 4, 16
+    c.optimizer.warmup_steps = 2
+    c.eval.resolutions, c.eval.batch_size = (8, 16), 64
+  elif variant == 'paper':
+    # ImageNet-1k ViT-S/16 (method doc, section 11).
+    c.total_steps = 400 * 1_281_167 // 1024  # 400 epochs.
+    c.batch_size = 1024
+    c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 100, 12_510, 6_255
+    c.model.variant = 'S/16'
+    c.data.name, c.data.image_size = 'imagenet2012', 224
+    c.pe.seqpe.d_model, c.pe.seqpe.num_heads = 384, 6
+    c.pe.contrastive.num_pivots, c.pe.contrastive.num_candidates = 128, 64
+    c.pe.ood.num_groups, c.pe.ood.num_teachers = 128, 64
+    c.pe.shift.num_windows, c.pe.shift.pool_size = 128, 320
+    c.optimizer.lr = 1.2e-3
+    c.optimizer.warmup_steps = 20 * 1_281_167 // 1024  # 20 epochs.
+    c.optimizer.min_lr = 1e-5
+    c.eval.resolutions = (224, 320, 384, 448, 512, 640, 672)
+    c.eval.batch_size = 256
+  c.lock()
+  return c

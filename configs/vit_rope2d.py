@@ -1,0 +1,7 @@
+"""ViT with the 'rope2d' position encoding; see configs/vit_base.py for the variants."""
+
+from configs import vit_base
+
+
+def get_config(arg=None):
+  return vit_base.get_config(arg, pe='rope2d')

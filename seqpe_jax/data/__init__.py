@@ -1,0 +1,1 @@
+"""Input pipelines: images, text and retrieval tasks."""

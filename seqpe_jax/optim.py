@@ -1,0 +1,65 @@
+"""AdamW with warm-up + cosine, separate clipping of the SeqPE encoder, decay masks."""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+NO_DECAY_NAMES = ('cls', 'prefix', 'table', 'freqs')  # Class token and position vectors.
+
+
+def schedule(cfg, total_steps: int) -> optax.Schedule:
+  """Linear warm-up from `warmup_init` to `lr`, then cosine to `min_lr` (timm semantics)."""
+  warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=cfg.warmup_init, peak_value=cfg.lr, warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1), end_value=cfg.min_lr)
+
+
+def _path_names(path) -> list[str]:
+  return [str(getattr(k, 'key', k)) for k in path]
+
+
+def is_seqpe_encoder(path) -> bool:
+  """The SeqPE encoder subtree: params['pe']['encoder']."""
+  names = _path_names(path)
+  return names[:2] == ['pe', 'encoder']
+
+
+def decays(path, x) -> bool:
+  """Weight decay for host matrices only: not biases, LayerNorms, CLS or position vectors,
+  and not the SeqPE encoder (whose decay is `seqpe_weight_decay`, applied separately)."""
+  names = _path_names(path)
+  return (names[0] == 'model' and x.ndim >= 2 and names[-1] not in NO_DECAY_NAMES)
+
+
+def seqpe_decays(path, x) -> bool:
+  """SeqPE encoder matrices that may decay: never the digit/slot/axis/CLS embeddings."""
+  names = _path_names(path)
+  return is_seqpe_encoder(path) and x.ndim >= 2 and not names[-1].endswith('embed')
+
+
+def make(cfg, total_steps: int, params) -> optax.GradientTransformation:
+  """The optimizer for params {'model': ..., 'pe': ...}."""
+  labels = jax.tree_util.tree_map_with_path(
+      lambda p, _: 'seqpe' if is_seqpe_encoder(p) else 'host', params)
+  clip = optax.multi_transform({'seqpe': optax.clip_by_global_norm(cfg.clip_seqpe),
+                                'host': optax.clip_by_global_norm(cfg.clip_host)}, labels)
+  lr = schedule(cfg, total_steps)
+  decay_mask = jax.tree_util.tree_map_with_path(decays, params)
+  seqpe_mask = jax.tree_util.tree_map_with_path(seqpe_decays, params)
+  return optax.chain(
+      clip,
+      optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
+      optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),
+      optax.add_decayed_weights(cfg.seqpe_weight_decay, mask=seqpe_mask),
+      optax.scale_by_learning_rate(lr),
+  )
+
+
+def global_norms(grads) -> dict[str, jax.Array]:
+  """Gradient norms of the two clipping groups, for logging."""
+  seqpe = jax.tree_util.tree_map_with_path(
+      lambda p, g: g if is_seqpe_encoder(p) else jnp.zeros_like(g), grads)
+  host = jax.tree_util.tree_map_with_path(
+      lambda p, g: jnp.zeros_like(g) if is_seqpe_encoder(p) else g, grads)
+  return {'grad_norm/seqpe': optax.global_norm(seqpe), 'grad_norm/host': optax.global_norm(host)}

@@ -1,0 +1,92 @@
+"""Image classification with a ViT: train at one resolution, evaluate at larger ones.
+
+Evaluation resizes the test images (bicubic), so the patch grid grows while the patch
+size stays: 28 px with patch 4 is a 7x7 grid, 84 px a 21x21 grid. Each PE extends to the
+new grid its own way (SeqPE encodes new positions, APE resamples bicubically, RoPE and
+sinusoidal extend), computed once per resolution.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from seqpe_jax import posenc, sharding
+from seqpe_jax.data import images
+from seqpe_jax.models import vit
+from seqpe_jax.posenc import regularizers
+
+
+class ClassificationTask:
+  """Everything the trainer needs for a ViT experiment."""
+  metric = 'accuracy'
+  axis_label = 'resolution (px)'
+
+  def __init__(self, config):
+    self.config = config
+    size = config.data.image_size
+    self.variant = vit.parse_variant(config.model.variant)
+    for res in [size, *config.eval.resolutions]:
+      vit.patch_grid(res, self.variant['patch_size'])
+    self.splits = images.load(config.data.name, config.data.dir or None)
+    self.num_classes = images.NUM_CLASSES[config.data.name]
+    self.host = vit.host_spec(config.model.variant, size)
+    self.train_shape = self.host.train_shape
+    self.pe = posenc.build(config.pe, self.host)
+    self.regularizers = regularizers.build(config.pe, self.pe)
+    for res in config.eval.resolutions:  # Fail now, not after training, if a grid won't fit.
+      self.pe.check_shape(self.grid(res))
+    self.model = vit.ViT(self.num_classes, self.variant['width'], self.variant['depth'],
+                         self.variant['num_heads'], self.variant['mlp_dim'],
+                         self.variant['patch_size'], self.pe, dropout=config.model.dropout)
+    self.channels = self.splits['train'][0]['image'].shape[-1]
+
+  def grid(self, resolution: int) -> tuple[int, int]:
+    g = vit.patch_grid(resolution, self.variant['patch_size'])
+    return (g, g)
+
+  def dummy_inputs(self, batch_size: int = 1):
+    size = self.config.data.image_size
+    return jnp.zeros((batch_size, size, size, self.channels), jnp.uint8)
+
+  def train_batches(self, seed: int):
+    return images.train_batches(self.splits['train'], global_batch=self.config.batch_size,
+                                seed=seed, image_size=self.config.data.image_size)
+
+  def logits(self, model_params, batch_images, features, *, train: bool, rng=None):
+    x = images.normalize(batch_images)
+    rngs = {'dropout': rng} if train else None
+    return self.model.apply({'params': model_params}, x, features, deterministic=not train,
+                            rngs=rngs)
+
+  def loss(self, logits, batch):
+    """Label-smoothed cross-entropy and accuracy."""
+    smoothing = self.config.model.label_smoothing
+    targets = optax.smooth_labels(jax.nn.one_hot(batch['label'], self.num_classes), smoothing)
+    loss = optax.softmax_cross_entropy(logits, targets).mean()
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
+    return loss, {'train/accuracy': accuracy}
+
+  def sweep(self, params, mesh) -> dict[int, dict[str, float]]:
+    """Top-1 accuracy at every configured resolution; each PE table computed once."""
+    tables = posenc.TableCache(self.pe, params['pe'])
+    results = {}
+    for res in self.config.eval.resolutions:
+      features = tables(self.grid(res))
+      correct = total = 0
+      for batch in images.eval_batches(self.splits['test'], batch_size=self.config.eval.batch_size,
+                                       image_size=res):
+        batch = sharding.global_batch(batch, mesh)
+        c, n = _eval_step(self, params['model'], features, batch)
+        correct, total = correct + int(c), total + int(n)
+      results[res] = {'accuracy': correct / total}
+    return results
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _eval_step(task, model_params, features, batch):
+  logits = task.logits(model_params, batch['image'], features, train=False)
+  hits = (jnp.argmax(logits, -1) == batch['label']) & batch['mask']
+  return jnp.sum(hits), jnp.sum(batch['mask'])
