@@ -1,7 +1,8 @@
 """Shared ViT experiment config; `configs/vit_<pe>.py` pick the PE.
 
 Argument string (big_vision style, after the file name):
-  (none)  Fashion-MNIST, 28 px, patch 4 (7x7 grid), a small ViT; evaluates at 28..84 px.
+  (none)  Fashion-MNIST, 28 px, patch 4 (7x7 grid), a small ViT; evaluates at 28..84 px
+          (grids 7x7 to 21x21).
           About 10 minutes on a 2-core CPU.
   smoke   scikit-learn digits, a tiny ViT, a few steps: seconds, for tests.
   paper   ImageNet-1k ViT-S/16 at 224 px, the paper's recipe; evaluates at 224..672 px.
@@ -82,7 +83,7 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   # Resolutions of the extrapolation sweep, and its batch size.
-  c.eval.resolutions = (28, 42, 56, 84)
+  c.eval.resolutions = (28, 36, 44, 56, 84)
   c.eval.batch_size = 500
 
   if variant == 'smoke':
