@@ -62,4 +62,4 @@ def global_norms(grads) -> dict[str, jax.Array]:
       lambda p, g: g if is_seqpe_encoder(p) else jnp.zeros_like(g), grads)
   host = jax.tree_util.tree_map_with_path(
       lambda p, g: jnp.zeros_like(g) if is_seqpe_encoder(p) else g, grads)
-  return {'grad_norm/seqpe': optax.global_norm(seqpe), 'grad_norm/host': optax.global_norm(host)}
+  return {'grad_norm/seqpe': optax.tree.norm(seqpe), 'grad_norm/host': optax.tree.norm(host)}

@@ -30,9 +30,8 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
   if devices.size % known:
     raise ValueError(f'The mesh {dict(zip(AXES, sizes))} does not divide {devices.size} devices.')
   sizes = [devices.size // known if s == -1 else s for s in sizes]
-  if int(np.prod(sizes)) != devices.size:
-    raise ValueError(f'The mesh {dict(zip(AXES, sizes))} needs {int(np.prod(sizes))} devices; '
-                     f'there are {devices.size}.')
+  # A fully specified mesh may use the first devices only (e.g. 1x1x1 on a multi-device host).
+  devices = devices.reshape(-1)[:int(np.prod(sizes))]
   # Auto axes: the compiler picks intermediate shardings (an Explicit mesh would ask us to).
   return Mesh(devices.reshape(sizes), AXES, axis_types=(AxisType.Auto,) * len(AXES))
 

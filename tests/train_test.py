@@ -1,0 +1,132 @@
+"""End-to-end ViT training: every config's smoke run, exact resume, sharded = unsharded."""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import vit_base
+from seqpe_jax import metrics, train
+
+PES = ['seqpe', 'ape', 'sincos', 'rope2d', 'rope_mixed', 'none']
+
+
+def smoke_config(pe='seqpe', **overrides):
+  config = vit_base.get_config('smoke', pe=pe)
+  config.mesh.data = 1  # One device unless a test asks for more.
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def read_metrics(workdir):
+  lines = (pathlib.Path(workdir) / 'metrics.jsonl').read_text().splitlines()
+  return [json.loads(line) for line in lines]
+
+
+def saved_params(workdir, step):
+  path = pathlib.Path(workdir) / 'checkpoints' / str(step) / 'state'
+  return ocp.StandardCheckpointer().restore(path)['params']
+
+
+@pytest.fixture(scope='module')
+def seqpe_run(tmp_path_factory):
+  """An uninterrupted 8-step SeqPE smoke run, shared by several tests."""
+  workdir = tmp_path_factory.mktemp('seqpe8')
+  results = train.train_and_evaluate(smoke_config(total_steps=8), str(workdir))
+  return workdir, results
+
+
+@pytest.mark.parametrize('pe', PES)
+def test_smoke_run_writes_the_contract_files(pe, tmp_path, seqpe_run):
+  if pe == 'seqpe':
+    workdir, results = seqpe_run
+  else:
+    workdir = tmp_path
+    results = train.train_and_evaluate(smoke_config(pe), str(workdir))
+  assert set(results) == {8, 16}  # Two resolutions: the 2x2 training grid and 4x4.
+  rows = read_metrics(workdir)
+  assert all('step' in r for r in rows)
+  assert any('train/loss' in r for r in rows)
+  final = rows[-1]
+  assert 0 <= final['eval/res16/accuracy'] <= 1 and 'eval/res8/accuracy' in final
+  table = json.loads((workdir / 'extrapolation.json').read_text())
+  assert table['metric'] == 'accuracy' and set(table['results']) == {'8', '16'}
+  assert (workdir / 'extrapolation.png').stat().st_size > 0
+  assert list(workdir.glob('events.out.tfevents.*'))
+  assert (workdir / 'checkpoints').is_dir()
+
+
+def test_preempted_run_resumes_exactly(tmp_path, seqpe_run, monkeypatch):
+  reference, _ = seqpe_run
+  write = metrics.MetricWriter.write
+
+  def preempt_at_step_4(self, step, scalars):  # A TPU preemption notice, delivered at step 4.
+    write(self, step, scalars)
+    if step == 4:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(metrics.MetricWriter, 'write', preempt_at_step_4)
+  assert train.train_and_evaluate(smoke_config(total_steps=8), str(tmp_path)) == {}
+  assert sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir())[-1] == 4
+  monkeypatch.setattr(metrics.MetricWriter, 'write', write)
+  train.train_and_evaluate(smoke_config(total_steps=8), str(tmp_path))  # Resumes at 4.
+  jax.tree.map(np.testing.assert_array_equal, saved_params(tmp_path, 8),
+               saved_params(reference, 8))
+  losses = lambda w: [r['train/loss'] for r in read_metrics(w) if 'train/loss' in r]
+  assert losses(tmp_path)[-2:] == losses(reference)[-2:]
+
+
+def test_sharded_losses_equal_single_device(tmp_path, seqpe_run):
+  single, _ = seqpe_run  # Trained on a 1x1x1 mesh.
+  assert jax.device_count() == 8
+  train.train_and_evaluate(smoke_config(**{'total_steps': 8, 'mesh.data': 4, 'mesh.fsdp': 2}),
+                           str(tmp_path))
+  losses = lambda w: [r['train/loss'] for r in read_metrics(w) if 'train/loss' in r]
+  np.testing.assert_allclose(losses(tmp_path), losses(single), rtol=1e-4)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4),
+               saved_params(tmp_path, 8), saved_params(single, 8))
+
+
+def test_a_checkpoint_from_another_config_is_refused(tmp_path, seqpe_run):
+  reference, _ = seqpe_run
+  workdir = tmp_path / 'copy'
+  shutil.copytree(reference, workdir)
+  before = sorted(p.name for p in (workdir / 'checkpoints').iterdir())
+  with pytest.raises(ValueError, match=r'was made by another config \(model.variant'):
+    train.train_and_evaluate(smoke_config(**{'total_steps': 10, 'model.variant': 'mu/4'}),
+                             str(workdir))
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == before
+
+
+@pytest.mark.parametrize('overrides, error, message', [
+    ({'batch_size': 10, 'mesh.data': 4, 'mesh.fsdp': 2}, ValueError,
+     'batch_size=10 is not divisible by the 8 data-parallel devices'),
+    ({'eval.resolutions': (8, 10)}, ValueError,
+     'Resolution 10 is not divisible by the patch size 4'),
+    ({'data.name': 'fashion_mnist', 'data.dir': '/nonexistent'}, FileNotFoundError,
+     'Fashion-MNIST is not in /nonexistent: install it with `apt-get install'),
+    ({'eval.resolutions': (8, 404)}, ValueError, 'Position 100 does not fit 2 base-10 digits'),
+])
+def test_bad_input_stops_with_one_sentence(tmp_path, overrides, error, message):
+  with pytest.raises(error, match=message):
+    train.train_and_evaluate(smoke_config(**overrides), str(tmp_path))
+  assert not (tmp_path / 'checkpoints').exists() or not any((tmp_path / 'checkpoints').iterdir())
+
+
+def test_unknown_config_key_is_an_error():
+  config = vit_base.get_config('smoke', pe='seqpe')
+  with pytest.raises(AttributeError, match='does not exist and cannot be added'):
+    config.optimizer.learning_rate = 1e-3
+  with pytest.raises(ValueError, match="Unknown config variant 'tiny'"):
+    vit_base.get_config('tiny', pe='seqpe')
