@@ -36,6 +36,10 @@ class ClassificationTask:
     self.train_shape = self.host.train_shape
     self.pe = posenc.build(config.pe, self.host)
     self.regularizers = regularizers.build(config.pe, self.pe)
+    if self.regularizers and config.batch_size % self.regularizers.num_windows:
+      raise ValueError(f'batch_size={config.batch_size} cannot share '
+                       f'pe.shift.num_windows={self.regularizers.num_windows} windows evenly; '
+                       'use a batch that is a multiple of it.')
     for res in config.eval.resolutions:  # Fail now, not after training, if a grid won't fit.
       self.pe.check_shape(self.grid(res))
     self.model = vit.ViT(self.num_classes, self.variant['width'], self.variant['depth'],
