@@ -23,12 +23,12 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
   # Seed of every random draw (initialisation, data order, SeqPE sampling).
   c.seed = 0
   # Optimizer steps.
-  c.total_steps = 2_000
+  c.total_steps = 1_500
   # Global batch size (all devices).
   c.batch_size = 128
   # How often to log training metrics, run the evaluation sweep, save a checkpoint.
   c.log_every_steps = 50
-  c.eval_every_steps = 1_000
+  c.eval_every_steps = 0  # 0: only the final sweep (each sweep covers all 10k test images).
   c.checkpoint_every_steps = 500
   # Checkpoints kept in WORKDIR/checkpoints.
   c.keep_checkpoints = 2
@@ -85,7 +85,7 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   # Resolutions of the extrapolation sweep, and its batch size.
   c.eval.resolutions = (28, 36, 44, 56, 84)
-  c.eval.batch_size = 500
+  c.eval.batch_size = 250
 
   if variant == 'smoke':
     c.total_steps, c.batch_size = 6, 16
