@@ -73,7 +73,11 @@ def load_digits() -> dict[str, Split]:
 
 def load_imagenet(data_dir: str | None) -> dict[str, object]:
   """ImageNet-1k prepared with TFDS (`imagenet2012`), read without TensorFlow."""
-  import tensorflow_datasets as tfds  # Optional: only the paper configs read ImageNet.
+  try:
+    import tensorflow_datasets as tfds  # Optional: only the paper configs read ImageNet.
+  except ImportError as e:
+    raise ImportError('Reading ImageNet needs tensorflow-datasets: pip install '
+                      'tensorflow-datasets.') from e
   try:
     return {split: tfds.data_source('imagenet2012', split=split, data_dir=data_dir,
                                     download=False)
