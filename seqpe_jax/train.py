@@ -127,11 +127,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         pending = (step, time.perf_counter())
       if config.eval_every_steps and step % config.eval_every_steps == 0:
         writer.write(step, evaluate.flatten(task.sweep(state['params'], mesh), task.metric))
-      if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
-        checkpointer.save(step, state)
+      periodic = step % config.checkpoint_every_steps == 0 or step == config.total_steps
+      if periodic or preempted:
+        checkpointer.save(step, state, force=bool(preempted))
       if preempted:
         logging.warning('SIGTERM at step %d: saved a checkpoint, stopping.', step)
-        checkpointer.save(step, state, force=True)
         return {}
     # ---------------------------------------------------------------- Final sweep.
     results = task.sweep(state['params'], mesh)

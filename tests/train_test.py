@@ -15,6 +15,8 @@ from configs import vit_base
 from seqpe_jax import metrics, train
 
 PES = ['seqpe', 'ape', 'sincos', 'rope2d', 'rope_mixed', 'none']
+# One xdist worker runs this file, so the shared SeqPE run below is trained once.
+pytestmark = pytest.mark.xdist_group('train')
 
 
 def smoke_config(pe='seqpe', **overrides):
