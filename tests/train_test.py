@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import vit_base
-from seqpe_jax import metrics, train
+from seqpe_jax import evaluate, metrics, train
 
 PES = ['seqpe', 'ape', 'sincos', 'rope2d', 'rope_mixed', 'none']
 # One xdist worker runs this file, so the shared SeqPE run below is trained once.
@@ -132,3 +132,11 @@ def test_unknown_config_key_is_an_error():
     config.optimizer.learning_rate = 1e-3
   with pytest.raises(ValueError, match="Unknown config variant 'tiny'"):
     vit_base.get_config('tiny', pe='seqpe')
+
+
+def test_evaluate_reruns_the_sweep_from_the_checkpoint(seqpe_run):
+  workdir, results = seqpe_run
+  (workdir / 'extrapolation.json').unlink()
+  again = evaluate.evaluate_workdir(str(workdir))
+  assert again == results
+  assert json.loads((workdir / 'extrapolation.json').read_text())['results']['16'] == results[16]
