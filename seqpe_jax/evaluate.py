@@ -12,6 +12,7 @@ import pathlib
 import jax
 import matplotlib
 import ml_collections
+import optax
 from absl import app, flags
 
 matplotlib.use('Agg')  # Files only; no display on training hosts.
@@ -56,7 +57,7 @@ def evaluate_workdir(workdir: str) -> dict:
   mesh = sharding.make_mesh(config.mesh)
   task = tasks.build(config)
   key = jax.random.key(0)
-  params = jax.eval_shape(lambda k: train.init_state(task, optax_identity(), k), key)['params']
+  params = jax.eval_shape(lambda k: train.init_state(task, optax.identity(), k), key)['params']
   optimizer = optim.make(config.optimizer, config.total_steps, params)
   abstract = jax.eval_shape(lambda k: train.init_state(task, optimizer, k), key)
   shardings = sharding.tree_shardings(abstract, mesh)
@@ -73,11 +74,6 @@ def evaluate_workdir(workdir: str) -> dict:
   write_extrapolation(workdir, results, task.metric, task.axis_label,
                       title=f'{config.model.name} {config.pe.name}')
   return results
-
-
-def optax_identity():
-  import optax
-  return optax.identity()
 
 
 def main(argv):
