@@ -15,11 +15,10 @@ import argparse
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from benchmarks.timing import describe_backend, median_seconds
 from configs import vit_base
-from seqpe_jax import optim, posenc, train
+from seqpe_jax import posenc, train
 from seqpe_jax.tasks import classification
 
 
@@ -36,12 +35,9 @@ def build(pe_name, args):
 def measure(pe_name, args):
   config, task = build(pe_name, args)
   key = jax.random.key(0)
-  params = jax.eval_shape(lambda k: train.init_state(task, optax.identity(), k), key)['params']
-  optimizer = optim.make(config.optimizer, config.total_steps, params)
+  optimizer = train.make_optimizer(task, config)
   state = jax.jit(lambda k: train.init_state(task, optimizer, k))(key)
-  pool = (task.regularizers.shift_pool(key) if task.regularizers is not None
-          else jnp.zeros((1, 2), jnp.int32))
-  step = jax.jit(train.make_train_step(task, optimizer, key, pool))
+  step = jax.jit(train.make_train_step(task, optimizer, key, train.make_shift_pool(task, key)))
   rng = np.random.default_rng(0)
   batch = {'image': jnp.asarray(rng.integers(0, 255, (args.batch, args.image_size,
                                                        args.image_size, 1), np.uint8)),

@@ -9,10 +9,8 @@ DIR/extrapolation.json and DIR/extrapolation.png.
 import json
 import pathlib
 
-import jax
 import matplotlib
 import ml_collections
-import optax
 from absl import app, flags
 
 matplotlib.use('Agg')  # Files only; no display on training hosts.
@@ -49,20 +47,14 @@ def write_extrapolation(workdir: str, results: dict[int, dict[str, float]], metr
 
 def evaluate_workdir(workdir: str) -> dict:
   """Restores the latest checkpoint of the run in `workdir` and re-runs its sweep."""
-  from seqpe_jax import checkpoint, optim, sharding, tasks, train  # Avoids an import cycle.
+  from seqpe_jax import checkpoint, sharding, tasks, train  # Avoids an import cycle.
   path = pathlib.Path(workdir) / 'config.json'
   if not path.exists():
     raise FileNotFoundError(f'{path} does not exist: point --workdir at a training run.')
   config = ml_collections.ConfigDict(json.loads(path.read_text()))
   mesh = sharding.make_mesh(config.mesh)
   task = tasks.build(config)
-  key = jax.random.key(0)
-  params = jax.eval_shape(lambda k: train.init_state(task, optax.identity(), k), key)['params']
-  optimizer = optim.make(config.optimizer, config.total_steps, params)
-  abstract = jax.eval_shape(lambda k: train.init_state(task, optimizer, k), key)
-  shardings = sharding.tree_shardings(abstract, mesh)
-  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        abstract, shardings)
+  target = train.abstract_state(task, train.make_optimizer(task, config), mesh)
   checkpointer = checkpoint.Checkpointer(workdir, config, keep=config.keep_checkpoints)
   try:
     state = checkpointer.restore(target)

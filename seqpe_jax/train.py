@@ -4,7 +4,6 @@ Sections follow big_vision's order: mesh, input pipeline, model and optimizer, s
 state, update step, checkpoint restore, evaluation, loop.
 """
 
-import json
 import pathlib
 import signal
 import time
@@ -29,6 +28,27 @@ def init_state(task, optimizer, key):
                                  features)['params']
   params = {'model': model_params, 'pe': pe_params}
   return {'params': params, 'opt_state': optimizer.init(params), 'step': jnp.zeros((), jnp.int32)}
+
+
+def make_optimizer(task, config) -> optax.GradientTransformation:
+  """The optimizer; its clipping groups and decay masks come from the abstract parameters."""
+  params = jax.eval_shape(lambda k: init_state(task, optax.identity(), k),
+                          jax.random.key(0))['params']
+  return optim.make(config.optimizer, config.total_steps, params)
+
+
+def abstract_state(task, optimizer, mesh):
+  """Shapes, dtypes and target shardings of the train state, without allocating it."""
+  shapes = jax.eval_shape(lambda k: init_state(task, optimizer, k), jax.random.key(0))
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      shapes, sharding.tree_shardings(shapes, mesh))
+
+
+def make_shift_pool(task, key):
+  """The run's fixed SeqPE shift pool; a placeholder for PEs without regularisers."""
+  if task.regularizers is None:
+    return jnp.zeros((1, len(task.train_shape)), jnp.int32)
+  return task.regularizers.shift_pool(key)
 
 
 def make_train_step(task, optimizer, base_key, shift_pool):
@@ -78,25 +98,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---------------------------------------------------------------- Model and optimizer.
   root_key = jax.random.key(config.seed)
   init_key, step_key, pool_key = jax.random.split(root_key, 3)
-  abstract_params = jax.eval_shape(lambda k: init_state(task, optax.identity(), k),
-                                   init_key)['params']
-  optimizer = optim.make(config.optimizer, config.total_steps, abstract_params)
-  shift_pool = (task.regularizers.shift_pool(pool_key) if task.regularizers is not None
-                else jnp.zeros((1, len(task.train_shape)), jnp.int32))
+  optimizer = make_optimizer(task, config)
+  shift_pool = make_shift_pool(task, pool_key)
 
   # ---------------------------------------------------------------- Sharded state.
-  abstract_state = jax.eval_shape(lambda k: init_state(task, optimizer, k), init_key)
-  state_shardings = sharding.tree_shardings(abstract_state, mesh)
+  target = abstract_state(task, optimizer, mesh)
+  state_shardings = jax.tree.map(lambda x: x.sharding, target)
   checkpointer = checkpoint.Checkpointer(workdir, config, keep=config.keep_checkpoints)
-  state = None
-  if checkpointer.latest_step() is not None:  # ------------------ Checkpoint restore.
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            abstract_state, state_shardings)
-    state = checkpointer.restore(abstract)
-    logging.info('Resumed from step %d.', int(state['step']))
+  state = checkpointer.restore(target)  # ------------------------ Checkpoint restore.
   if state is None:
     state = jax.jit(lambda k: init_state(task, optimizer, k), out_shardings=state_shardings)(
         init_key)
+  else:
+    logging.info('Resumed from step %d.', int(state['step']))
   if jax.process_index() == 0:
     (workdir_path / 'config.json').write_text(config.to_json_best_effort(indent=2))
     logging.info('Parameters:\n%s', parameter_overview.get_parameter_overview(

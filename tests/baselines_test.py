@@ -1,6 +1,4 @@
 """Baseline PEs: closed forms, shift invariance of RoPE, ALiBi's formula, APE resampling."""
-
-import functools
 import math
 
 import chex

@@ -1,7 +1,5 @@
 """Injection through attention: each method against a direct NumPy computation."""
 
-import functools
-
 import chex
 import jax
 import jax.numpy as jnp

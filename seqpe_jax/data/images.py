@@ -8,7 +8,6 @@ the data-iterator state is just the step.
 
 import dataclasses
 import gzip
-import os
 import pathlib
 
 import grain

@@ -20,6 +20,8 @@ import ml_collections
 from seqpe_jax import positions
 from seqpe_jax.posenc import config, inject, seqpe, sources
 
+__all__ = ['HostSpec', 'PositionalEncoding', 'TableCache', 'build', 'config', 'PE_METHODS']
+
 # Injection methods each PE supports; the first is its default.
 PE_METHODS = {
     'seqpe': ('attn_mul', 'attn_add', 'attn_scalar', 'input_add'),
