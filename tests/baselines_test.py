@@ -1,4 +1,5 @@
 """Baseline PEs: closed forms, shift invariance of RoPE, ALiBi's formula, APE resampling."""
+
 import math
 
 import chex
