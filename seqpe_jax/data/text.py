@@ -1,0 +1,200 @@
+"""Language-model text: corpora in the WikiText-raw layout, tokenised once, cut into windows.
+
+Corpora (`config.data.name`):
+  wiki_gensim   the 106 English Wikipedia articles that ship in the gensim wheel, converted
+                once by our own cleaner (`wikimarkup`) and split by whole articles in file
+                order: articles under 50 words dropped, the last 10 give 5 valid + 5 test.
+  pydoc_topics  the Python reference prose in the standard library (no install), split by
+                entry the same way; for unit tests.
+  wikitext      a directory (`config.data.dir`) with wiki.train.raw, wiki.valid.raw,
+                wiki.test.raw, e.g. WikiText-103 for the paper run.
+
+Token arrays are cached under the cache directory, keyed by the corpus content and the
+tokenizer. Training windows are non-overlapping blocks of the train length in a shuffled,
+repeated grain `MapDataset` (element s is the global batch of step s, so the iterator state
+is the step). Evaluation cuts a split into non-overlapping windows of each evaluation
+length, keeps the last partial one (padded, masked) and starts every window at position 0.
+"""
+
+import hashlib
+import importlib.util
+import os
+import pathlib
+
+import grain
+import jax
+import numpy as np
+
+from seqpe_jax.data import tokenizers, wikimarkup
+
+SPLITS = ('train', 'valid', 'test')
+CORPORA = ('wiki_gensim', 'pydoc_topics', 'wikitext')
+GENSIM_DUMP = 'test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2'
+MIN_ARTICLE_WORDS = 50
+HELD_OUT_ARTICLES = 5  # Each of valid and test.
+
+
+def cache_root(configured: str = '') -> pathlib.Path:
+  """Where built corpora, tokenizers and token arrays live."""
+  root = configured or os.environ.get('SEQPE_CACHE_DIR') or '~/.cache/seqpe_jax'
+  return pathlib.Path(root).expanduser()
+
+
+def raw_files(directory: pathlib.Path) -> dict[str, pathlib.Path]:
+  return {split: directory / f'wiki.{split}.raw' for split in SPLITS}
+
+
+def corpus_dir(name: str, data_dir: str = '', cache_dir: str = '') -> pathlib.Path:
+  """The directory holding wiki.{train,valid,test}.raw for corpus `name` (built if needed)."""
+  if name not in CORPORA:
+    raise ValueError(f"Unknown text corpus '{name}'; use one of: {', '.join(CORPORA)}.")
+  if name == 'wikitext':
+    if not data_dir:
+      raise ValueError("data.name='wikitext' needs data.dir, a directory with wiki.train.raw, "
+                       'wiki.valid.raw and wiki.test.raw (e.g. the unzipped wikitext-103-raw-v1).')
+    directory = pathlib.Path(data_dir).expanduser()
+  else:
+    directory = cache_root(cache_dir) / name
+    if not all(p.exists() for p in raw_files(directory).values()):
+      articles = _gensim_articles() if name == 'wiki_gensim' else _pydoc_articles()
+      _write_splits(directory, articles)
+  missing = [p.name for p in raw_files(directory).values() if not p.exists()]
+  if missing:
+    raise FileNotFoundError(f"{directory} lacks {', '.join(missing)}: a text corpus directory "
+                            'needs wiki.train.raw, wiki.valid.raw and wiki.test.raw (the layout '
+                            'of wikitext-103-raw-v1.zip).')
+  return directory
+
+
+def _gensim_articles() -> list[list[str]]:
+  spec = importlib.util.find_spec('gensim')
+  if spec is None:
+    raise FileNotFoundError('The default LM corpus is the Wikipedia sample inside the gensim '
+                            'wheel; install it with `pip install gensim==4.4.0` (or set '
+                            'data.name to pydoc_topics or wikitext).')
+  dump = pathlib.Path(spec.submodule_search_locations[0]) / GENSIM_DUMP
+  return [wikimarkup.to_wikitext_lines(title, markup)
+          for title, markup in wikimarkup.iter_articles(str(dump))]
+
+
+def _pydoc_articles() -> list[list[str]]:
+  from pydoc_data import topics  # pylint: disable=g-import-not-at-top
+  articles = []
+  for name, body in sorted(topics.topics.items()):
+    paragraphs = [' '.join(p.split()) for p in body.split('\n\n') if p.strip()]
+    articles.append([f' = {name} = ', ''] + [line for p in paragraphs for line in (f' {p} ', '')])
+  return articles
+
+
+def _write_splits(directory: pathlib.Path, articles: list[list[str]]) -> None:
+  """Whole articles in file order: all but the last 2*5 train, then 5 valid, 5 test."""
+  articles = [a for a in articles if wikimarkup.article_words(a) >= MIN_ARTICLE_WORDS]
+  k = HELD_OUT_ARTICLES
+  splits = {'train': articles[:-2 * k], 'valid': articles[-2 * k:-k], 'test': articles[-k:]}
+  for split, path in raw_files(directory).items():
+    text = ''.join(line + '\n' for article in splits[split] for line in article)
+    tokenizers._atomic_write(path, text)  # pylint: disable=protected-access
+
+
+def load_tokenizer(kind: str, directory: pathlib.Path, vocab_size: int = 0,
+                   cache_dir: str = '') -> tokenizers.Tokenizer:
+  """`gpt2`, `byte`, or `bpe` trained on this corpus's train split."""
+  if kind == 'gpt2':
+    return tokenizers.gpt2()
+  if kind == 'byte':
+    return tokenizers.byte_level()
+  if kind == 'bpe':
+    if vocab_size < 257:
+      raise ValueError(f'data.vocab_size={vocab_size} is too small for a byte-level BPE; use '
+                       'at least 257 (256 bytes and end-of-text).')
+    train = raw_files(directory)['train']
+    path = cache_root(cache_dir) / 'tokenizers' / f'{_digest(train)}-bpe{vocab_size}.json'
+    return tokenizers.trained_bpe(train, vocab_size, path)
+  raise ValueError(f"Unknown tokenizer '{kind}'; use gpt2, bpe or byte.")
+
+
+def tokenize_splits(directory: pathlib.Path, tokenizer: tokenizers.Tokenizer,
+                    cache_dir: str = '') -> dict[str, np.ndarray]:
+  """int32 tokens of each split, cached per (file content, tokenizer)."""
+  out = {}
+  for split, path in raw_files(directory).items():
+    cached = cache_root(cache_dir) / 'tokens' / f'{_digest(path)}-{tokenizer.name}.npy'
+    if cached.exists():
+      out[split] = np.load(cached).astype(np.int32)
+      continue
+    with path.open(encoding='utf-8') as f:
+      tokens = tokenizer.encode_lines(f.readlines())
+    dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.int32
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_name(f'{cached.stem}.{os.getpid()}.tmp.npy')
+    np.save(tmp, tokens.astype(dtype))
+    tmp.replace(cached)
+    out[split] = tokens
+  return out
+
+
+def _digest(path: pathlib.Path) -> str:
+  h = hashlib.sha1()
+  with path.open('rb') as f:
+    for block in iter(lambda: f.read(1 << 24), b''):
+      h.update(block)
+  return h.hexdigest()[:16]
+
+
+class Windows:
+  """Non-overlapping windows of `length` tokens of a token array (the last partial dropped)."""
+
+  def __init__(self, tokens: np.ndarray, length: int, split: str = 'train'):
+    if len(tokens) < length:
+      raise ValueError(f'The {split} split has {len(tokens)} tokens, fewer than one window of '
+                       f'{length}; use a shorter length or a larger corpus.')
+    self.tokens, self.length = tokens, length
+
+  def __len__(self):
+    return len(self.tokens) // self.length
+
+  def __getitem__(self, index):
+    start = int(index) * self.length
+    return self.tokens[start:start + self.length]
+
+
+def train_batches(tokens: np.ndarray, *, length: int, global_batch: int,
+                  seed: int) -> grain.MapDataset:
+  """Shuffled, repeated batches {'tokens': int32[B/processes, length]}; element s = step s."""
+  if global_batch % jax.process_count():
+    raise ValueError(f'The batch of {global_batch} does not split over {jax.process_count()} '
+                     'processes.')
+  windows = Windows(tokens, length)
+  per_process = global_batch // jax.process_count()
+  first = jax.process_index() * per_process
+
+  def read(idx):
+    return {'tokens': np.stack([windows[i] for i in idx[first:first + per_process]])
+                        .astype(np.int32)}
+  return (grain.MapDataset.range(len(windows)).shuffle(seed=seed).repeat()
+          .batch(global_batch, drop_remainder=True).map(read))
+
+
+def eval_windows(tokens: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+  """Non-overlapping windows of `length` (stride = length, last partial kept and padded).
+
+  Returns tokens int32[n, length] and `mask` bool[n, length], true where the token exists;
+  a window of r tokens predicts r - 1 of them.
+  """
+  n = -(-len(tokens) // length)
+  padded = np.zeros(n * length, np.int32)
+  padded[:len(tokens)] = tokens
+  mask = np.arange(n * length) < len(tokens)
+  return padded.reshape(n, length), mask.reshape(n, length)
+
+
+def eval_batches(tokens: np.ndarray, *, length: int, batch_size: int):
+  """Batches of evaluation windows; padding windows (to fill the last batch) are all-masked."""
+  windows, mask = eval_windows(tokens, length)
+  for start in range(0, len(windows), batch_size):
+    w, m = windows[start:start + batch_size], mask[start:start + batch_size]
+    pad = batch_size - len(w)
+    if pad:
+      w = np.concatenate([w, np.zeros((pad, length), np.int32)])
+      m = np.concatenate([m, np.zeros((pad, length), bool)])
+    yield {'tokens': w, 'mask': m}

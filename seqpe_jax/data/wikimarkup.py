@@ -1,0 +1,114 @@
+"""MediaWiki dump -> WikiText-raw layout, with our own markup cleaner (standard library only).
+
+The embedded LM corpus is the shortened English Wikipedia dump that ships in the gensim
+wheel. We read its pages with `xml.etree.ElementTree.iterparse`, strip the markup with the
+regular expressions below and write ` = Title = ` / ` = = Section = = ` headings and one
+paragraph per line, the layout of `wiki.{train,valid,test}.raw` in WikiText-103, so that
+the embedded corpus and the real one share one loader.
+
+We do not imitate WikiText's punctuation spacing (` @-@ `); nothing downstream needs it.
+"""
+
+import bz2
+import html
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+
+# Link prefixes whose whole link disappears (media, categories, other-language wikis).
+_DROP_LINK = re.compile(r'^\s*:?\s*(file|image|category|media|[a-z]{2,3}(-[a-z]+)?|simple|wikt'
+                        r'|wiktionary|s|q|commons|meta)\s*:', re.IGNORECASE)
+_COMMENT = re.compile(r'<!--.*?-->', re.DOTALL)
+_REF = re.compile(r'<ref[^>/]*/>|<ref[^>]*>.*?</ref>', re.DOTALL | re.IGNORECASE)
+# Tags whose content is not prose.
+_DROP_BLOCK = re.compile(r'<(math|gallery|timeline|score|syntaxhighlight|source|imagemap|chem)'
+                         r'\b[^>]*>.*?</\1>', re.DOTALL | re.IGNORECASE)
+_TAG = re.compile(r'</?[a-zA-Z][^>]*>')
+_TEMPLATE = re.compile(r'\{\{[^{}]*\}\}')  # Innermost template; applied until none is left.
+_TABLE = re.compile(r'\{\|(?:(?!\{\|).)*?\|\}', re.DOTALL)  # Innermost table.
+_LINK = re.compile(r'\[\[([^\[\]]*)\]\]')  # Innermost internal link.
+_EXTERNAL = re.compile(r'\[(?:https?:)?//[^\s\]]+\s*([^\]]*)\]')
+_EMPHASIS = re.compile(r"'{2,5}")
+_HEADING = re.compile(r'^(={1,6})\s*(.*?)\s*\1\s*$')
+_MAGIC = re.compile(r'__[A-Z]+__')
+_SPACES = re.compile(r'[ \t\u00a0]+')
+
+
+def _until_stable(pattern: re.Pattern, repl, text: str) -> str:
+  """Applies an innermost-match substitution until nothing changes (handles nesting)."""
+  while True:
+    text, n = pattern.subn(repl, text)
+    if not n:
+      return text
+
+
+def _link(match: re.Match) -> str:
+  inner = match.group(1)
+  if _DROP_LINK.match(inner):
+    return ''
+  return inner.split('|')[-1] if '|' in inner else inner
+
+
+def clean_markup(text: str) -> str:
+  """MediaWiki source -> plain text, keeping `==` headings and line structure."""
+  text = _COMMENT.sub('', text)
+  text = _REF.sub('', text)
+  text = _DROP_BLOCK.sub('', text)
+  text = _until_stable(_TEMPLATE, '', text)
+  text = _until_stable(_TABLE, '', text)
+  text = _until_stable(_LINK, _link, text)
+  text = _EXTERNAL.sub(r'\1', text)
+  text = _TAG.sub('', text)
+  text = _EMPHASIS.sub('', text)
+  text = _MAGIC.sub('', text)
+  return html.unescape(text)
+
+
+def to_wikitext_lines(title: str, markup: str) -> list[str]:
+  """One article in the WikiText-raw layout: title, headings, one paragraph per line."""
+  lines = [f' = {title} = ', '']
+  for raw in clean_markup(markup).split('\n'):
+    line = _SPACES.sub(' ', raw).strip()
+    heading = _HEADING.match(line)
+    if heading:
+      level = len(heading.group(1))
+      name = heading.group(2).strip()
+      if name:
+        marks = ' '.join('=' * max(level, 2))
+        lines += [f' {marks} {name} {marks} ', '']
+      continue
+    line = line.lstrip('*#:;').strip()
+    if len(line.split()) < 3 or line.startswith(('|', '!', '{', '}')):
+      continue  # List stubs, leftover table rows and templates are not prose.
+    lines += [f' {line} ', '']
+  # Drop headings of sections left empty (e.g. "References" after its list was removed).
+  kept = []
+  for line in lines:
+    if kept and line.startswith(' = = ') and len(kept) >= 2 and kept[-2].startswith(' = = '):
+      kept = kept[:-2]
+    kept.append(line)
+  while len(kept) >= 2 and kept[-2].startswith(' = = '):
+    kept = kept[:-2]
+  return kept
+
+
+def iter_articles(dump_bz2: str) -> Iterator[tuple[str, str]]:
+  """(title, markup) of every main-namespace, non-redirect page of a bz2 MediaWiki dump."""
+  with bz2.open(dump_bz2, 'rb') as f:
+    for _, elem in ET.iterparse(f, events=('end',)):
+      if not elem.tag.endswith('}page'):
+        continue
+      ns = '{' + elem.tag[1:].split('}')[0] + '}'
+      title = elem.findtext(f'{ns}title') or ''
+      namespace = elem.findtext(f'{ns}ns') or '0'
+      text = elem.findtext(f'{ns}revision/{ns}text') or ''
+      redirect = elem.find(f'{ns}redirect') is not None or text.lstrip().upper().startswith(
+          '#REDIRECT')
+      elem.clear()
+      if namespace == '0' and not redirect and text:
+        yield title, text
+
+
+def article_words(lines: list[str]) -> int:
+  """Words of prose (headings excluded)."""
+  return sum(len(line.split()) for line in lines if line and not line.startswith(' = '))
