@@ -1,5 +1,20 @@
-"""Multi-head attention whose positional behaviour comes only from a PE layer hook."""
+"""Multi-head attention whose positional behaviour comes only from a PE layer hook.
 
+Three ways to compute the same attention (`implementation`):
+
+- 'xla' / 'cudnn': `jax.nn.dot_product_attention` (cuDNN's fused kernel on GPUs in half
+  precision; XLA's dense softmax elsewhere, which holds an L x L score matrix);
+- 'blockwise': query blocks x key blocks with an online softmax (`blockwise_attention`),
+  O(L) memory on any backend, and the only path with attention-probability dropout;
+- 'auto': the fused/dense call up to `block_size` tokens, and beyond it cuDNN on a GPU in
+  half precision or the blockwise path otherwise (CPU, TPU, float32).
+
+All paths take an explicit scale (attn_scalar widens q/k to 2 d_h but keeps 1/sqrt(d_h)),
+values narrower than keys, and an additive bias in key-position form [B, H, 1, S] (ALiBi)
+or full form [B, H, L, S].
+"""
+
+import functools
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -8,8 +23,10 @@ import jax.numpy as jnp
 
 from seqpe_jax.posenc import inject
 
+IMPLEMENTATIONS = ('auto', 'xla', 'cudnn', 'blockwise')
 
-def dot_product_attention(q_BLHK, k_BSHK, v_BSHD, *, scale: float, bias=None,
+
+def dot_product_attention(q_BLHK, k_BSHK, v_BSHD, *, scale: float, bias=None, mask=None,
                           causal: bool = False, implementation: str | None = None):
   """`jax.nn.dot_product_attention` that also takes keys wider than values.
 
@@ -22,13 +39,124 @@ def dot_product_attention(q_BLHK, k_BSHK, v_BSHD, *, scale: float, bias=None,
   if k_BSHK.shape[-1] != value_dim:
     pad = [(0, 0)] * (v_BSHD.ndim - 1) + [(0, k_BSHK.shape[-1] - value_dim)]
     v_BSHD = jnp.pad(v_BSHD, pad)
-  out = jax.nn.dot_product_attention(q_BLHK, k_BSHK, v_BSHD, bias=bias, scale=scale,
+  out = jax.nn.dot_product_attention(q_BLHK, k_BSHK, v_BSHD, bias=bias, mask=mask, scale=scale,
                                      is_causal=causal, implementation=implementation)
   return out[..., :value_dim]
 
 
+def blockwise_attention(q_BLHK, k_BSHK, v_BSHD, *, scale: float, bias=None, causal: bool = False,
+                        block_q: int = 512, block_k: int = 512, dropout_rate: float = 0.0,
+                        dropout_rng=None):
+  """Exact softmax attention in query x key blocks with an online softmax.
+
+  Memory is O(block_q x S) instead of O(L x S): each query block runs a scan over key
+  blocks carrying the running max, normaliser and weighted sum; under a causal mask key
+  blocks entirely in the future are skipped (`lax.cond`). The query block is
+  rematerialised in the backward pass, so training memory stays linear as well.
+  Attention dropout (if any) drops normalised probabilities, as in dense attention.
+  Causal masking aligns query i with key i (L == S).
+  """
+  batch, length, heads, _ = q_BLHK.shape
+  keys, value_dim = k_BSHK.shape[1], v_BSHD.shape[-1]
+  bq, bk = min(block_q, length), min(block_k, keys)
+  nq, nk = -(-length // bq), -(-keys // bk)
+
+  def blocks(x, n, b):  # [B, n*b, H, C] -> [n, B, H, b, C]
+    x = jnp.pad(x, [(0, 0), (0, n * b - x.shape[1]), (0, 0), (0, 0)])
+    return x.reshape(batch, n, b, heads, x.shape[-1]).transpose(1, 0, 3, 2, 4)
+
+  q_blocks, k_blocks, v_blocks = blocks(q_BLHK, nq, bq), blocks(k_BSHK, nk, bk), blocks(
+      v_BSHD, nk, bk)
+  if bias is not None:
+    rows = bias.shape[-2]
+    bias = jnp.broadcast_to(bias, (batch, heads, rows, keys)).astype(jnp.float32)
+    bias = jnp.pad(bias, [(0, 0), (0, 0), (0, nq * bq - rows if rows > 1 else 0),
+                          (0, nk * bk - keys)])
+  keep = 1.0 - dropout_rate
+  use_dropout = dropout_rate > 0.0 and dropout_rng is not None
+
+  @jax.checkpoint
+  def query_block(i, q_BHqK):
+    q_pos = i * bq + jnp.arange(bq)
+
+    def key_block(carry, j):
+      def update(carry):
+        m, l, acc = carry
+        k_pos = j * bk + jnp.arange(bk)
+        s = jnp.einsum('bhqk,bhsk->bhqs', q_BHqK, k_blocks[j],
+                       preferred_element_type=jnp.float32) * scale
+        if bias is not None:
+          row = i * bq if bias.shape[2] > 1 else 0
+          s = s + jax.lax.dynamic_slice(bias, (0, 0, row, j * bk),
+                                        (batch, heads, min(bq, bias.shape[2]), bk))
+        valid = (k_pos < keys)[None, :]
+        if causal:
+          valid = valid & (k_pos[None, :] <= q_pos[:, None])
+        s = jnp.where(valid, s, -jnp.inf)
+        m_new = jax.lax.stop_gradient(jnp.maximum(m, s.max(-1)))
+        m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+        p = jnp.exp(s - m_safe[..., None])
+        correction = jnp.exp(m - m_safe)
+        l = l * correction + p.sum(-1)
+        if use_dropout:
+          drop_key = jax.random.fold_in(jax.random.fold_in(dropout_rng, i), j)
+          p = jnp.where(jax.random.bernoulli(drop_key, keep, p.shape), p / keep, 0.0)
+        acc = acc * correction[..., None] + jnp.einsum(
+            'bhqs,bhsd->bhqd', p.astype(v_blocks.dtype), v_blocks[j],
+            preferred_element_type=jnp.float32)
+        return m_new, l, acc
+
+      if causal:  # Key block j starts after the last query of block i: nothing to add.
+        return jax.lax.cond(j * bk <= i * bq + bq - 1, update, lambda c: c, carry), None
+      return update(carry), None
+
+    init = (jnp.full((batch, heads, bq), -jnp.inf, jnp.float32),
+            jnp.zeros((batch, heads, bq), jnp.float32),
+            jnp.zeros((batch, heads, bq, value_dim), jnp.float32))
+    (_, l, acc), _ = jax.lax.scan(key_block, init, jnp.arange(nk))
+    return acc / jnp.where(l > 0, l, 1.0)[..., None]
+
+  out = jax.lax.map(lambda args: query_block(*args), (jnp.arange(nq), q_blocks))
+  out = out.transpose(1, 0, 3, 2, 4).reshape(batch, nq * bq, heads, value_dim)
+  return out[:, :length].astype(q_BLHK.dtype)
+
+
+def attend(q_BLHK, k_BSHK, v_BSHD, *, scale: float, bias=None, causal: bool = False,
+           implementation: str = 'auto', block_size: int = 512, dropout_rate: float = 0.0,
+           dropout_rng=None):
+  """Softmax attention by `implementation` (module docstring); dropout forces 'blockwise'."""
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"Unknown attention implementation '{implementation}'; use one of "
+                     f"{', '.join(IMPLEMENTATIONS)}.")
+  if implementation == 'auto':
+    implementation = _auto(q_BLHK, block_size)
+  if dropout_rng is not None and dropout_rate > 0.0:
+    implementation = 'blockwise'  # The fused kernels have no probability dropout.
+  if implementation == 'blockwise':
+    return blockwise_attention(q_BLHK, k_BSHK, v_BSHD, scale=scale, bias=bias, causal=causal,
+                               block_q=block_size, block_k=block_size,
+                               dropout_rate=dropout_rate, dropout_rng=dropout_rng)
+  return dot_product_attention(q_BLHK, k_BSHK, v_BSHD, scale=scale, bias=bias, causal=causal,
+                               implementation=implementation)
+
+
+def _auto(q_BLHK, block_size: int) -> str:
+  if q_BLHK.shape[1] <= block_size:
+    return 'xla'
+  on_gpu = jax.default_backend() == 'gpu'
+  if on_gpu and q_BLHK.dtype in (jnp.bfloat16, jnp.float16):
+    return 'cudnn'
+  return 'blockwise'
+
+
 class MultiHeadAttention(nn.Module):
   """Self-attention; q/k get their positions from `pe_hook` (an `inject.LayerHook`).
+
+  With `decode=True` the layer keeps a KV cache (collection 'cache'): initialise it by
+  calling the model once on an input of the maximum length, then feed one token per call
+  (a first call with several tokens is the prefill from position 0). The cache stores
+  what the PE hook made of each key (rotated k, k * p_k, or [k; p_k] for attn_scalar)
+  and its key-position bias (ALiBi), so every cached key keeps its true position.
 
   Attributes:
     num_heads: heads H; the head width is D / H.
@@ -36,7 +164,9 @@ class MultiHeadAttention(nn.Module):
     causal: mask future keys.
     use_bias: biases on the q/k/v and output projections.
     kernel_init / out_init: initialisers of the q/k/v and output projections.
-    implementation: passed to `jax.nn.dot_product_attention` (None = best available).
+    implementation / block_size: see `attend`.
+    dropout: attention-probability dropout (training only).
+    decode: use and update the KV cache.
   """
   num_heads: int
   pe_hook: Callable[..., inject.LayerHook] = inject.LayerHook
@@ -44,10 +174,13 @@ class MultiHeadAttention(nn.Module):
   use_bias: bool = True
   kernel_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
   out_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
-  implementation: str | None = None
+  implementation: str = 'auto'
+  block_size: int = 512
+  dropout: float = 0.0
+  decode: bool = False
 
   @nn.compact
-  def __call__(self, x_BLD: jax.Array, pe_state) -> jax.Array:
+  def __call__(self, x_BLD: jax.Array, pe_state, *, deterministic: bool = True) -> jax.Array:
     d_model = x_BLD.shape[-1]
     if d_model % self.num_heads:
       raise ValueError(f'Model width {d_model} is not divisible by {self.num_heads} heads.')
@@ -56,7 +189,39 @@ class MultiHeadAttention(nn.Module):
                           kernel_init=self.kernel_init, name='qkv')(x_BLD)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     q, k, bias = self.pe_hook(name='pe')(q, k, pe_state)
-    out = dot_product_attention(q, k, v, scale=head_dim**-0.5, bias=bias, causal=self.causal,
-                                implementation=self.implementation)
+    rng = None if deterministic or not self.dropout else self.make_rng('dropout')
+    attention = functools.partial(attend, scale=head_dim**-0.5, causal=self.causal,
+                                  implementation=self.implementation, block_size=self.block_size,
+                                  dropout_rate=self.dropout, dropout_rng=rng)
+    if self.decode:
+      out = self._cached(q, k, v, bias, attention)
+    else:
+      out = attention(q, k, v, bias=bias)
     return nn.DenseGeneral(d_model, axis=(-2, -1), use_bias=self.use_bias,
                            kernel_init=self.out_init, name='out')(out)
+
+  def _cached(self, q, k, v, bias, attention):
+    if bias is not None and bias.shape[-2] != 1:
+      raise ValueError('This PE adds a bias per (query, key) pair, which a KV cache cannot '
+                       'hold; use pe.inject.scalar_impl="concat" for cached decoding.')
+    batch, new, heads, _ = k.shape
+    first_call = not self.has_variable('cache', 'key')
+    key = self.variable('cache', 'key', jnp.zeros, k.shape, k.dtype)
+    value = self.variable('cache', 'value', jnp.zeros, v.shape, v.dtype)
+    key_bias = self.variable('cache', 'key_bias', jnp.zeros, (batch, heads, 1, new), jnp.float32)
+    index = self.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
+    if first_call:  # Initialisation at the maximum length only shapes the cache.
+      return attention(q, k, v, bias=bias)
+    start = index.value
+    key.value = jax.lax.dynamic_update_slice(key.value, k, (0, start, 0, 0))
+    value.value = jax.lax.dynamic_update_slice(value.value, v, (0, start, 0, 0))
+    if bias is not None:
+      new_bias = jnp.broadcast_to(bias, (batch, heads, 1, new)).astype(jnp.float32)
+      key_bias.value = jax.lax.dynamic_update_slice(key_bias.value, new_bias, (0, 0, 0, start))
+    index.value = start + new
+    if new > 1:  # Prefill from position 0: the new block is the whole context so far.
+      return attention(q, k, v, bias=bias)
+    visible = jnp.arange(key.value.shape[1]) <= start
+    return dot_product_attention(q, key.value, value.value, scale=attention.keywords['scale'],
+                                 bias=key_bias.value if bias is not None else None,
+                                 mask=visible[None, None, None, :])

@@ -1,10 +1,20 @@
 """The pre-LN Transformer stack shared by the ViT and the GPT, with PE hooks wired in."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 
 from seqpe_jax import posenc
 from seqpe_jax.models import attention
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionOptions:
+  """How attention is computed (see `attention.attend`) and its probability dropout."""
+  implementation: str = 'auto'
+  block_size: int = 512
+  dropout: float = 0.0
 
 
 class Block(nn.Module):
@@ -15,17 +25,22 @@ class Block(nn.Module):
   causal: bool = False
   dropout: float = 0.0
   ln_eps: float = 1e-6
+  attention: AttentionOptions = AttentionOptions()
+  out_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
+  decode: bool = False
 
   @nn.compact
   def __call__(self, x_BLD, pe_state, *, deterministic: bool):
     h = nn.LayerNorm(epsilon=self.ln_eps, name='ln_attn')(x_BLD)
-    h = attention.MultiHeadAttention(self.num_heads, pe_hook=self.pe.layer_hook,
-                                     causal=self.causal, name='attn')(h, pe_state)
+    h = attention.MultiHeadAttention(
+        self.num_heads, pe_hook=self.pe.layer_hook, causal=self.causal, out_init=self.out_init,
+        implementation=self.attention.implementation, block_size=self.attention.block_size,
+        dropout=self.attention.dropout, decode=self.decode,
+        name='attn')(h, pe_state, deterministic=deterministic)
     x_BLD = x_BLD + nn.Dropout(self.dropout)(h, deterministic=deterministic)
     h = nn.LayerNorm(epsilon=self.ln_eps, name='ln_mlp')(x_BLD)
     h = nn.Dense(self.mlp_dim, kernel_init=nn.initializers.normal(0.02), name='mlp_in')(h)
-    h = nn.Dense(x_BLD.shape[-1], kernel_init=nn.initializers.normal(0.02),
-                 name='mlp_out')(nn.gelu(h))
+    h = nn.Dense(x_BLD.shape[-1], kernel_init=self.out_init, name='mlp_out')(nn.gelu(h))
     return x_BLD + nn.Dropout(self.dropout)(h, deterministic=deterministic)
 
 
@@ -42,13 +57,17 @@ class Transformer(nn.Module):
   causal: bool = False
   dropout: float = 0.0
   ln_eps: float = 1e-6
+  attention: AttentionOptions = AttentionOptions()
+  out_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
+  decode: bool = False
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array, features, *, deterministic: bool = True):
     hook = self.pe.model_hook(name='pe_inject')
     pe_state = hook(features)
-    x_BLD = hook.embed(x_BLD, pe_state)
+    x_BLD = nn.Dropout(self.dropout)(hook.embed(x_BLD, pe_state), deterministic=deterministic)
     for i in range(self.num_layers):
       x_BLD = Block(self.num_heads, self.mlp_dim, self.pe, self.causal, self.dropout,
-                    self.ln_eps, name=f'block_{i}')(x_BLD, pe_state, deterministic=deterministic)
+                    self.ln_eps, self.attention, self.out_init, self.decode,
+                    name=f'block_{i}')(x_BLD, pe_state, deterministic=deterministic)
     return nn.LayerNorm(epsilon=self.ln_eps, name='ln_final')(x_BLD)

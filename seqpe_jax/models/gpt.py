@@ -1,0 +1,133 @@
+"""GPT-style decoder (pre-LN, tied embeddings) and greedy KV-cache generation.
+
+Positions enter only through the PE's hooks, as in the ViT: SeqPE's LM default adds
+s * p_q.p_k to every logit through the concatenated q/k form, APE/sinusoidal add a table
+to the token embeddings, RoPE rotates q/k, ALiBi adds a key-position bias. With a KV cache
+each hook's output per key is cached, so decoding sees the true position of every cached
+key (the reference loses it for attn_scalar and ALiBi).
+"""
+
+import functools
+import math
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from seqpe_jax import posenc
+from seqpe_jax.models import transformer
+
+# width, depth, heads, MLP width. `nano` and `tiny` are CPU sizes for tests and defaults.
+SIZES = {
+    'nano': (64, 2, 2, 256),
+    'tiny': (128, 4, 4, 512),
+    'mini': (256, 6, 8, 1024),
+    'small': (768, 12, 12, 3072),  # GPT-2 small.
+    'medium': (1024, 24, 16, 4096),
+}
+
+
+def parse_variant(variant: str) -> dict[str, int]:
+  """'small' -> width, depth, heads, MLP width."""
+  if not re.fullmatch(r'\w+', variant) or variant not in SIZES:
+    raise ValueError(f"Unknown GPT variant '{variant}'; use one of: {', '.join(SIZES)}.")
+  width, depth, heads, mlp = SIZES[variant]
+  return dict(width=width, depth=depth, num_heads=heads, mlp_dim=mlp)
+
+
+def host_spec(variant: str, length: int) -> posenc.HostSpec:
+  """What the PE needs to know about a GPT variant trained on `length` tokens."""
+  v = parse_variant(variant)
+  return posenc.HostSpec(v['width'], v['num_heads'], (length,), num_prefix=0, causal=True)
+
+
+class GPT(nn.Module):
+  """Tokens [B, L] + PE features for positions 0..L-1 -> next-token logits [B, L, V].
+
+  HF GPT-2 initialisation: normal(0.02) everywhere, residual output projections
+  0.02 / sqrt(2 * depth); LayerNorm eps 1e-5; output projection tied to the embedding.
+  The token embeddings pass through `perturb('embeddings')`, so tests can take gradients
+  with respect to them.
+  """
+  vocab_size: int
+  width: int
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  pe: posenc.PositionalEncoding
+  dropout: float = 0.0
+  attention: transformer.AttentionOptions = transformer.AttentionOptions()
+  ln_eps: float = 1e-5
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, tokens_BL: jax.Array, features, *, deterministic: bool = True):
+    embed = nn.Embed(self.vocab_size, self.width, embedding_init=nn.initializers.normal(0.02),
+                     name='embed')
+    x = self.perturb('embeddings', embed(tokens_BL))
+    x = transformer.Transformer(
+        self.depth, self.num_heads, self.mlp_dim, self.pe, causal=True, dropout=self.dropout,
+        ln_eps=self.ln_eps, attention=self.attention,
+        out_init=nn.initializers.normal(0.02 / math.sqrt(2 * self.depth)), decode=self.decode,
+        name='decoder')(x, features, deterministic=deterministic)
+    return embed.attend(x)
+
+
+def slice_features(features, start, size: int):
+  """Positions start..start+size-1 of a feature table (every leaf is [W, N, ...])."""
+  return jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, size, axis=1), features)
+
+
+def feature_length(features) -> int:
+  leaves = jax.tree.leaves(features)
+  return leaves[0].shape[1] if leaves else 0
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'max_new_tokens'))
+def generate(model: GPT, params, features, prompt_BT: jax.Array, max_new_tokens: int):
+  """Greedy decoding with a KV cache.
+
+  Args:
+    model: the GPT (its `decode` flag is set here).
+    params: the model's parameters.
+    features: the PE table for positions 0..N-1 with N >= T + max_new_tokens - 1 (compute
+      it once, e.g. with `posenc.TableCache`); step t reads row t.
+    prompt_BT: prompts of equal length T.
+    max_new_tokens: tokens to generate.
+
+  Returns:
+    (tokens [B, max_new_tokens], logits [B, max_new_tokens, V]): each generated token and
+    the logits it was chosen from.
+  """
+  batch, prompt_len = prompt_BT.shape
+  needed = prompt_len + max_new_tokens - 1
+  available = feature_length(features)
+  if features and available < needed:
+    raise ValueError(f'The PE table covers {available} positions; a prompt of {prompt_len} '
+                     f'plus {max_new_tokens} new tokens needs {needed}.')
+  decoder = model.clone(decode=True)
+  shapes = jax.eval_shape(lambda: decoder.init(
+      jax.random.key(0), jnp.zeros((batch, max(needed, 1)), jnp.int32),
+      slice_features(features, 0, max(needed, 1))))
+  cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes['cache'])
+
+  def run(cache, tokens, start):
+    logits, updated = decoder.apply(
+        {'params': params, 'cache': cache}, tokens,
+        slice_features(features, start, tokens.shape[1]), mutable=['cache'])
+    last = logits[:, -1].astype(jnp.float32)
+    return updated['cache'], jnp.argmax(last, -1).astype(jnp.int32), last
+
+  cache, token, logits = run(cache, prompt_BT, 0)
+
+  def step(carry, t):
+    cache, token = carry
+    cache, new_token, new_logits = run(cache, token[:, None], t)
+    return (cache, new_token), (new_token, new_logits)
+
+  _, (tokens, all_logits) = jax.lax.scan(
+      step, (cache, token), prompt_len + jnp.arange(max_new_tokens - 1))
+  tokens = jnp.concatenate([token[None], tokens], axis=0).T
+  all_logits = jnp.concatenate([logits[None], all_logits], axis=0).transpose(1, 0, 2)
+  return tokens, all_logits
