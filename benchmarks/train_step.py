@@ -46,7 +46,7 @@ def measure(pe_name, args):
                              repeats=args.repeats)
   features = posenc.TableCache(task.pe, state['params']['pe'])(task.grid(args.image_size))
   forward = jax.jit(lambda p, f, x: task.logits(p, x, f, train=False))
-  eval_time = median_seconds(forward, state['params']['model'], features, batch['image'],
+  eval_time = median_seconds(forward, state['params']['model'], features, batch,
                              repeats=args.repeats)
   return step_time, eval_time
 

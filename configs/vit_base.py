@@ -64,8 +64,9 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
     c.pe.contrastive.weight = c.pe.ood.weight = c.pe.shift.prob = 0.0
 
   c.optimizer = ml_collections.ConfigDict()
-  # Peak learning rate, linear warm-up from warmup_init, cosine to min_lr.
+  # Peak learning rate, linear warm-up from warmup_init, `schedule` (cosine | linear) to min_lr.
   c.optimizer.lr = 1e-3
+  c.optimizer.schedule = 'cosine'
   c.optimizer.warmup_steps = 100
   c.optimizer.warmup_init = 1e-6
   c.optimizer.min_lr = 1e-5

@@ -7,9 +7,22 @@ import optax
 NO_DECAY_NAMES = ('cls', 'prefix', 'table', 'freqs')  # Class token and position vectors.
 
 
+SCHEDULES = ('cosine', 'linear')
+
+
 def schedule(cfg, total_steps: int) -> optax.Schedule:
-  """Linear warm-up from `warmup_init` to `lr`, then cosine to `min_lr` (timm semantics)."""
+  """Linear warm-up from `warmup_init` to `lr`, then `cfg.schedule` decay to `min_lr`.
+
+  'cosine' (timm semantics: the warm-up replaces the start of the cosine) is the ViT
+  recipe; 'linear' (HF's linear schedule) is the GPT-2 recipe.
+  """
   warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
+  if cfg.schedule not in SCHEDULES:
+    raise ValueError(f"Unknown optimizer.schedule '{cfg.schedule}'; use cosine or linear.")
+  if cfg.schedule == 'linear':
+    return optax.join_schedules([
+        optax.linear_schedule(cfg.warmup_init, cfg.lr, warmup),
+        optax.linear_schedule(cfg.lr, cfg.min_lr, max(total_steps - warmup, 1))], [warmup])
   return optax.warmup_cosine_decay_schedule(
       init_value=cfg.warmup_init, peak_value=cfg.lr, warmup_steps=warmup,
       decay_steps=max(total_steps, warmup + 1), end_value=cfg.min_lr)

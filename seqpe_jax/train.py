@@ -24,8 +24,7 @@ def init_state(task, optimizer, key):
   pe_key, model_key = jax.random.split(key)
   pe_params = task.pe.init(pe_key, task.train_shape)
   features = task.pe.features(pe_params, task.train_shape)
-  model_params = task.model.init(model_key, jnp.zeros(task.dummy_inputs().shape, jnp.float32),
-                                 features)['params']
+  model_params = task.init_model(model_key, features)
   params = {'model': model_params, 'pe': pe_params}
   return {'params': params, 'opt_state': optimizer.init(params), 'step': jnp.zeros((), jnp.int32)}
 
@@ -64,8 +63,7 @@ def make_train_step(task, optimizer, base_key, shift_pool):
                                     rngs={'dropout': pe_key}), {}
       else:
         features, aux = regularizers.seqpe_step(pe, params['pe'], pe_key, shift_pool, reg)
-      logits = task.logits(params['model'], batch['image'], features, train=True,
-                           rng=dropout_key)
+      logits = task.logits(params['model'], batch, features, train=True, rng=dropout_key)
       task_loss, task_metrics = task.loss(logits, batch)
       total = task_loss + aux.get('loss', 0.0)
       scalars = {'train/loss': total, 'train/task_loss': task_loss, **task_metrics}

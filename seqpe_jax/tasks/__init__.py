@@ -1,8 +1,8 @@
 """Tasks: data, model, loss and evaluation sweep for each experiment family."""
 
-from seqpe_jax.tasks import classification
+from seqpe_jax.tasks import classification, lm
 
-TASKS = {'vit': classification.ClassificationTask}
+TASKS = {'vit': classification.ClassificationTask, 'gpt': lm.LanguageModelTask}
 
 
 def build(config):

@@ -50,16 +50,18 @@ class ClassificationTask:
     g = vit.patch_grid(resolution, self.variant['patch_size'])
     return (g, g)
 
-  def dummy_inputs(self, batch_size: int = 1):
+  def init_model(self, key, features):
+    """Fresh host-model parameters for PE `features` of the training grid."""
     size = self.config.data.image_size
-    return jnp.zeros((batch_size, size, size, self.channels), jnp.uint8)
+    images_ = jnp.zeros((1, size, size, self.channels), jnp.float32)
+    return self.model.init(key, images_, features)['params']
 
   def train_batches(self, seed: int):
     return images.train_batches(self.splits['train'], global_batch=self.config.batch_size,
                                 seed=seed, image_size=self.config.data.image_size)
 
-  def logits(self, model_params, batch_images, features, *, train: bool, rng=None):
-    x = images.normalize(batch_images)
+  def logits(self, model_params, batch, features, *, train: bool, rng=None):
+    x = images.normalize(batch['image'])
     rngs = {'dropout': rng} if train else None
     return self.model.apply({'params': model_params}, x, features, deterministic=not train,
                             rngs=rngs)
@@ -90,6 +92,6 @@ class ClassificationTask:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _eval_step(task, model_params, features, batch):
-  logits = task.logits(model_params, batch['image'], features, train=False)
+  logits = task.logits(model_params, batch, features, train=False)
   hits = (jnp.argmax(logits, -1) == batch['label']) & batch['mask']
   return jnp.sum(hits), jnp.sum(batch['mask'])

@@ -1,0 +1,132 @@
+"""Shared GPT language-model config; `configs/lm_<pe>.py` pick the PE.
+
+Argument string (big_vision style, after the file name):
+  (none)  The Wikipedia sample embedded in gensim, a 4k BPE trained locally, a tiny GPT
+          trained on 128-token windows; perplexity at 128..2048 tokens (1x to 16x).
+          About 10 minutes on a 2-core CPU.
+  smoke   Python's reference prose (standard library), bytes, a nano GPT, a few steps.
+  paper   GPT-2 small from scratch on WikiText-103 (data.dir) at 512 tokens with GPT-2 BPE,
+          the reference recipe; perplexity at 512..16384 tokens.
+"""
+
+import ml_collections
+
+from seqpe_jax.posenc import config as pe_config
+
+VARIANTS = ('', 'smoke', 'paper')
+
+
+def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
+  variant = arg or ''
+  if variant not in VARIANTS:
+    raise ValueError(f"Unknown config variant '{variant}'; use one of: (none), smoke, paper.")
+  c = ml_collections.ConfigDict()
+  # Seed of every random draw (initialisation, data order, SeqPE sampling).
+  c.seed = 0
+  # Optimizer steps and global batch size (windows of data.seq_len tokens).
+  c.total_steps = 1_200
+  c.batch_size = 32
+  # How often to log training metrics, run the evaluation sweep, save a checkpoint.
+  c.log_every_steps = 50
+  c.eval_every_steps = 0  # 0: only the final sweep.
+  c.checkpoint_every_steps = 400
+  # Checkpoints kept in WORKDIR/checkpoints.
+  c.keep_checkpoints = 2
+
+  c.model = ml_collections.ConfigDict()
+  # Host model family and size: nano | tiny | mini | small (GPT-2 small) | medium.
+  c.model.name = 'gpt'
+  c.model.variant = 'tiny'
+  # Residual and embedding dropout; attention-probability dropout.
+  c.model.dropout = 0.0
+  c.model.attention_dropout = 0.0
+  # auto | xla | cudnn | blockwise (models/attention.py); blocks of the blockwise path, and
+  # the length above which 'auto' leaves the dense kernel.
+  c.model.attention = 'auto'
+  c.model.attention_block = 512
+
+  c.data = ml_collections.ConfigDict()
+  # wiki_gensim (embedded) | pydoc_topics (standard library) | wikitext (data.dir).
+  c.data.name = 'wiki_gensim'
+  # A directory with wiki.train.raw, wiki.valid.raw, wiki.test.raw (data.name=wikitext).
+  c.data.dir = ''
+  # Built corpora, tokenizers and token arrays; '' = $SEQPE_CACHE_DIR or ~/.cache/seqpe_jax.
+  c.data.cache_dir = ''
+  # gpt2 (GPT-2 BPE, offline) | bpe (trained on the train split) | byte.
+  c.data.tokenizer = 'bpe'
+  # Vocabulary of the locally trained BPE.
+  c.data.vocab_size = 4096
+  # Training window length (positions 0..seq_len-1).
+  c.data.seq_len = 128
+
+  c.pe = pe_config.get_config()
+  c.pe.name = pe
+  # LM default for SeqPE: attn_scalar with one shared q/k projection (method doc 4.2).
+  c.pe.inject.method = 'attn_scalar' if pe == 'seqpe' else ''
+  c.pe.inject.qk_proj = 'shared'
+  c.pe.seqpe.max_position = 10_000
+  # A CPU-sized encoder and regulariser batch; `paper` restores the reference sizes.
+  c.pe.seqpe.d_model, c.pe.seqpe.num_heads = 64, 2
+  c.pe.contrastive.num_pivots, c.pe.contrastive.num_candidates = 16, 32
+  c.pe.ood.num_groups, c.pe.ood.num_teachers = 8, 32
+  c.pe.shift.num_windows = 16
+  if pe != 'seqpe':  # Baselines train with the same recipe, without SeqPE's extras.
+    c.pe.contrastive.weight = c.pe.ood.weight = c.pe.shift.prob = 0.0
+
+  c.optimizer = ml_collections.ConfigDict()
+  # Peak learning rate, linear warm-up from warmup_init, `schedule` (cosine | linear) to min_lr.
+  c.optimizer.lr = 1e-3
+  c.optimizer.schedule = 'linear'
+  c.optimizer.warmup_steps = 100
+  c.optimizer.warmup_init = 0.0
+  c.optimizer.min_lr = 0.0
+  # AdamW; the GPT-2 recipe uses no weight decay.
+  c.optimizer.b1, c.optimizer.b2, c.optimizer.eps = 0.9, 0.999, 1e-8
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.seqpe_weight_decay = 0.0
+  # Separate global-norm clipping of the SeqPE encoder and of everything else.
+  c.optimizer.clip_seqpe = 5.0
+  c.optimizer.clip_host = 5.0
+
+  c.mesh = ml_collections.ConfigDict()
+  # Device mesh; one axis may be -1 (all remaining devices).
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 1, 1
+
+  c.eval = ml_collections.ConfigDict()
+  # Evaluation lengths (non-overlapping windows from position 0), split and windows per batch.
+  c.eval.lengths = (128, 256, 512, 1024, 2048)
+  c.eval.split = 'test'
+  c.eval.batch_size = 8
+
+  if variant == 'smoke':
+    c.total_steps, c.batch_size = 6, 8
+    c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 2, 0, 3
+    c.model.variant = 'nano'
+    c.model.attention_block = 32  # Evaluation at 64 tokens takes the blockwise path.
+    c.data.name, c.data.tokenizer, c.data.seq_len = 'pydoc_topics', 'byte', 32
+    c.pe.seqpe.max_position, c.pe.seqpe.d_model = 300, 32
+    c.pe.contrastive.num_pivots, c.pe.contrastive.num_candidates = 4, 8
+    c.pe.contrastive.window_range = 64
+    c.pe.ood.num_groups, c.pe.ood.num_teachers = 2, 4
+    c.pe.shift.num_windows, c.pe.shift.pool_size = 4, 16
+    c.optimizer.warmup_steps = 2
+    c.eval.lengths, c.eval.batch_size = (32, 64), 8
+  elif variant == 'paper':
+    # GPT-2 small on WikiText-103 (method doc, section 11).
+    c.seed = 10086
+    c.total_steps, c.batch_size = 100_000, 128
+    c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 100, 5_000, 5_000
+    c.keep_checkpoints = 3
+    c.model.variant = 'small'
+    c.model.dropout = c.model.attention_dropout = 0.1
+    c.data.name, c.data.tokenizer, c.data.seq_len = 'wikitext', 'gpt2', 512
+    c.pe.seqpe.max_position, c.pe.seqpe.num_digits = 20_000, 5
+    c.pe.seqpe.d_model, c.pe.seqpe.num_heads = 768, 12
+    c.pe.contrastive.num_pivots, c.pe.contrastive.num_candidates = 64, 32
+    c.pe.ood.num_groups, c.pe.ood.num_teachers = 64, 32
+    c.pe.shift.num_windows, c.pe.shift.pool_size = 64, 320
+    c.optimizer.lr, c.optimizer.warmup_steps = 5e-5, 4_000
+    c.eval.lengths = (512, 1024, 2048, 4096, 8192, 16384)
+    c.eval.batch_size = 1
+  c.lock()
+  return c

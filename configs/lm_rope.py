@@ -1,0 +1,7 @@
+"""GPT language model with the 'rope' position encoding; see configs/lm_base.py for the variants."""
+
+from configs import lm_base
+
+
+def get_config(arg=None):
+  return lm_base.get_config(arg, pe='rope')

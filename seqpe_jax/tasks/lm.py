@@ -1,0 +1,106 @@
+"""Language modelling with a GPT: train at one length, report perplexity at longer ones.
+
+Training windows are non-overlapping blocks of `data.seq_len` tokens; evaluation cuts the
+evaluation split into non-overlapping windows of every length in `eval.lengths` (the last
+partial window kept), each starting at position 0. Each PE's table is computed once per
+length: SeqPE encodes the new positions, APE is resampled linearly, the others extend.
+A window of L tokens predicts its last L - 1; token perplexity = exp(total NLL / tokens).
+"""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from seqpe_jax import posenc, sharding
+from seqpe_jax.data import text
+from seqpe_jax.models import gpt, transformer
+from seqpe_jax.posenc import regularizers
+
+
+class LanguageModelTask:
+  """Everything the trainer needs for a GPT experiment."""
+  metric = 'ppl'
+  axis_label = 'evaluation length (tokens)'
+
+  def __init__(self, config):
+    self.config = config
+    data = config.data
+    self.host = gpt.host_spec(config.model.variant, data.seq_len)
+    self.train_shape = self.host.train_shape
+    self.pe = posenc.build(config.pe, self.host)
+    self.regularizers = regularizers.build(config.pe, self.pe)
+    if self.regularizers and config.batch_size % self.regularizers.num_windows:
+      raise ValueError(f'batch_size={config.batch_size} cannot share '
+                       f'pe.shift.num_windows={self.regularizers.num_windows} windows evenly; '
+                       'use a batch that is a multiple of it.')
+    for length in config.eval.lengths:  # Fail now, not after training, if a length won't fit.
+      self.pe.check_shape((length,))
+    directory = text.corpus_dir(data.name, data.dir, data.cache_dir)
+    self.tokenizer = text.load_tokenizer(data.tokenizer, directory, data.vocab_size,
+                                         data.cache_dir)
+    self.tokens = text.tokenize_splits(directory, self.tokenizer, data.cache_dir)
+    text.Windows(self.tokens['train'], data.seq_len)  # One clear error if the corpus is short.
+    if config.eval.split not in text.SPLITS:
+      raise ValueError(f"eval.split must be one of {', '.join(text.SPLITS)}, got "
+                       f"'{config.eval.split}'.")
+    m = config.model
+    attention = transformer.AttentionOptions(m.attention, m.attention_block, m.attention_dropout)
+    self.model = gpt.GPT(self.tokenizer.vocab_size, pe=self.pe, dropout=m.dropout,
+                         attention=attention, **gpt.parse_variant(m.variant))
+
+  def init_model(self, key, features):
+    """Fresh GPT parameters for PE `features` of the training length."""
+    tokens = jnp.zeros((1, self.config.data.seq_len), jnp.int32)
+    return self.model.init(key, tokens, features)['params']
+
+  def train_batches(self, seed: int):
+    return text.train_batches(self.tokens['train'], length=self.config.data.seq_len,
+                              global_batch=self.config.batch_size, seed=seed)
+
+  def logits(self, model_params, batch, features, *, train: bool, rng=None):
+    rngs = {'dropout': rng} if train else None
+    return self.model.apply({'params': model_params}, batch['tokens'], features,
+                            deterministic=not train, rngs=rngs)
+
+  def loss(self, logits, batch):
+    """Mean next-token cross-entropy over the predicted tokens, and its perplexity."""
+    nll_sum, count = next_token_nll(logits, batch)
+    loss = nll_sum / jnp.maximum(count, 1.0)
+    return loss, {'train/ppl': jnp.exp(loss)}
+
+  def sweep(self, params, mesh) -> dict[int, dict[str, float]]:
+    """Token perplexity on `eval.split` at every `eval.lengths`; each PE table made once."""
+    tables = posenc.TableCache(self.pe, params['pe'])
+    tokens = self.tokens[self.config.eval.split]
+    results = {}
+    for length in self.config.eval.lengths:
+      features = tables((length,))
+      nll = count = 0.0
+      for batch in text.eval_batches(tokens, length=length,
+                                     batch_size=self.config.eval.batch_size):
+        n, c = _eval_step(self, params['model'], features, sharding.global_batch(batch, mesh))
+        nll, count = nll + float(n), count + float(c)
+      results[length] = {'ppl': math.exp(nll / count), 'nll': nll / count, 'tokens': count}
+    return results
+
+
+def next_token_nll(logits_BLV, batch):
+  """(sum of -log p(token_t | tokens_<t), number of predicted tokens) over the batch.
+
+  Position t's logits predict token t+1; `batch['mask']` (if present) marks real tokens,
+  and a target counts when it is real.
+  """
+  targets = batch['tokens'][:, 1:]
+  nll = optax.softmax_cross_entropy_with_integer_labels(
+      logits_BLV[:, :-1].astype(jnp.float32), targets)
+  weights = (batch['mask'][:, 1:] if 'mask' in batch else jnp.ones_like(targets)).astype(
+      jnp.float32)
+  return jnp.sum(nll * weights), jnp.sum(weights)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _eval_step(task, model_params, features, batch):
+  return next_token_nll(task.logits(model_params, batch, features, train=False), batch)
