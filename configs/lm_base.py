@@ -24,7 +24,7 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
   # Seed of every random draw (initialisation, data order, SeqPE sampling).
   c.seed = 0
   # Optimizer steps and global batch size (windows of data.seq_len tokens).
-  c.total_steps = 1_200
+  c.total_steps = 1_000
   c.batch_size = 32
   # How often to log training metrics, run the evaluation sweep, save a checkpoint.
   c.log_every_steps = 50
