@@ -32,6 +32,8 @@ CORPORA = ('wiki_gensim', 'pydoc_topics', 'wikitext')
 GENSIM_DUMP = 'test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2'
 MIN_ARTICLE_WORDS = 50
 HELD_OUT_ARTICLES = 5  # Each of valid and test.
+# Bump when the conversion changes, so cached corpora built by older code are not reused.
+BUILD_VERSION = 1
 
 
 def cache_root(configured: str = '') -> pathlib.Path:
@@ -54,7 +56,7 @@ def corpus_dir(name: str, data_dir: str = '', cache_dir: str = '') -> pathlib.Pa
                        'wiki.valid.raw and wiki.test.raw (e.g. the unzipped wikitext-103-raw-v1).')
     directory = pathlib.Path(data_dir).expanduser()
   else:
-    directory = cache_root(cache_dir) / name
+    directory = cache_root(cache_dir) / f'{name}-v{BUILD_VERSION}'
     if not all(p.exists() for p in raw_files(directory).values()):
       articles = _gensim_articles() if name == 'wiki_gensim' else _pydoc_articles()
       _write_splits(directory, articles)

@@ -77,7 +77,7 @@ def to_wikitext_lines(title: str, markup: str) -> list[str]:
         marks = ' '.join('=' * max(level, 2))
         lines += [f' {marks} {name} {marks} ', '']
       continue
-    line = line.lstrip('*#:;').strip()
+    line = line.lstrip('*#:;=').strip()  # List/indent markers; stray '=' of formulas.
     if len(line.split()) < 3 or line.startswith(('|', '!', '{', '}')):
       continue  # List stubs, leftover table rows and templates are not prose.
     lines += [f' {line} ', '']
