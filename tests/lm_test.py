@@ -1,0 +1,147 @@
+"""LM experiment end to end: perplexity, every config's smoke run, the paper config, bad input."""
+
+import json
+import math
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import lm_ape, lm_base, lm_seqpe
+from seqpe_jax import optim, posenc, sharding, tasks, train
+from seqpe_jax.models import gpt
+
+CONFIGS = ['lm_seqpe', 'lm_ape', 'lm_sincos', 'lm_rope', 'lm_alibi', 'lm_nope']
+
+
+def smoke_config(pe='seqpe', **overrides):
+  config = lm_base.get_config('smoke', pe=pe)
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+@pytest.mark.parametrize('pe', ['seqpe', 'ape'])
+def test_perplexity_equals_a_direct_computation_from_logits(pe):
+  config = smoke_config(pe, **{'mesh.data': 1})
+  task = tasks.build(config)
+  state = jax.jit(lambda k: train.init_state(task, optax.identity(), k))(jax.random.key(0))
+  params = state['params']
+  results = task.sweep(params, sharding.make_mesh(config.mesh))
+  tokens = task.tokens['test']
+  forward = jax.jit(lambda p, x, f: task.model.apply({'params': p}, x, f))
+  for length in config.eval.lengths:
+    table = task.pe.features(params['pe'], (length,))
+    nll, count = 0.0, 0
+    for start in range(0, len(tokens), length):  # Batch size 1, the last window partial.
+      window = tokens[start:start + length]
+      logits = forward(params['model'], jnp.asarray(window)[None],
+                       gpt.slice_features(table, 0, len(window)))
+      logp = np.asarray(jax.nn.log_softmax(logits[0, :-1].astype(jnp.float64)
+                                           if jax.config.jax_enable_x64 else logits[0, :-1]))
+      nll -= logp[np.arange(len(window) - 1), window[1:]].sum(dtype=np.float64)
+      count += len(window) - 1
+    assert results[length]['tokens'] == count
+    np.testing.assert_allclose(results[length]['ppl'], math.exp(nll / count), rtol=1e-5)
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_smoke_run_on_eight_devices_writes_the_contract_files(name, tmp_path):
+  config = __import__(f'configs.{name}', fromlist=['get_config']).get_config('smoke')
+  assert config.mesh.data == -1 and jax.device_count() == 8  # Sharded over 8 fake devices.
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert set(results) == {32, 64}
+  assert all(1.0 < r['ppl'] < 257 for r in results.values())  # Bytes: beats uniform.
+  rows = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert any('train/ppl' in r for r in rows)
+  assert 'eval/len64/ppl' in rows[-1] and 'eval/len32/ppl' in rows[-1]
+  table = json.loads((tmp_path / 'extrapolation.json').read_text())
+  assert table['metric'] == 'ppl' and set(table['results']) == {'32', '64'}
+  assert (tmp_path / 'extrapolation.png').stat().st_size > 0
+  assert (tmp_path / 'checkpoints').is_dir()
+
+
+def test_paper_config_matches_the_method_table():
+  c = lm_seqpe.get_config('paper')
+  assert (c.model.variant, c.data.name, c.data.tokenizer, c.data.seq_len) == (
+      'small', 'wikitext', 'gpt2', 512)
+  assert gpt.SIZES['small'] == (768, 12, 12, 3072)
+  assert (c.model.dropout, c.model.attention_dropout, c.seed) == (0.1, 0.1, 10086)
+  assert (c.batch_size, c.total_steps, c.eval_every_steps) == (128, 100_000, 5_000)
+  assert c.eval.lengths == (512, 1024, 2048, 4096, 8192, 16384) and c.eval.batch_size == 1
+  pe = posenc.build(c.pe, gpt.host_spec('small', 512))
+  assert (pe.method, c.pe.inject.qk_proj, c.pe.inject.multi_head) == ('attn_scalar', 'shared',
+                                                                      True)
+  assert (c.pe.inject.scalar_scale, c.pe.inject.scalar_impl) == (1.0, 'concat')
+  s = c.pe.seqpe
+  assert (s.base, s.max_position, posenc.seqpe_num_digits(s)) == (10, 20_000, 5)
+  assert (s.d_model, s.num_heads, s.num_layers, s.dropout, pe.seqpe_encoder.d_out) == (
+      768, 12, 2, 0.1, 768)
+  assert (s.attention, s.init) == ('causal', 'normal')
+  ct, ood, shift = c.pe.contrastive, c.pe.ood, c.pe.shift
+  assert (ct.num_pivots, ct.num_candidates, ct.window_range) == (64, 32, 256)
+  assert (ood.num_groups, ood.num_teachers) == (64, 32)
+  assert (ct.weight, ood.weight, shift.prob) == (0.1, 0.1, 0.1)
+  assert (shift.pool_size, shift.num_windows) == (320, 64)
+  o = c.optimizer
+  assert (o.lr, o.schedule, o.warmup_steps, o.warmup_init, o.min_lr) == (
+      5e-5, 'linear', 4_000, 0.0, 0.0)
+  assert (o.weight_decay, o.seqpe_weight_decay, o.clip_seqpe, o.clip_host) == (0, 0, 5.0, 5.0)
+  assert (o.b1, o.b2, o.eps) == (0.9, 0.999, 1e-8)
+  lr = optim.schedule(o, c.total_steps)
+  np.testing.assert_allclose([lr(0), lr(2_000), lr(4_000), lr(52_000), lr(100_000)],
+                             [0, 2.5e-5, 5e-5, 2.5e-5, 0], atol=1e-12)
+  baseline = lm_ape.get_config('paper')
+  assert (baseline.pe.contrastive.weight, baseline.pe.ood.weight, baseline.pe.shift.prob) == (
+      0, 0, 0)
+
+
+def test_gpt2_small_takes_a_step_at_512():
+  """The paper model and PE at the paper length, on the embedded corpus with GPT-2 BPE; the
+  batch and regulariser sizes are cut so one step fits a CPU test."""
+  c = lm_seqpe.get_config('paper')
+  c.data.name = 'wiki_gensim'
+  c.batch_size, c.pe.shift.num_windows = 2, 2
+  c.pe.contrastive.num_pivots, c.pe.ood.num_groups = 4, 4
+  task = tasks.build(c)
+  assert task.tokenizer.vocab_size == 50_257
+  optimizer = train.make_optimizer(task, c)
+  state = jax.jit(lambda k: train.init_state(task, optimizer, k))(jax.random.key(0))
+  n_params = sum(x.size for x in jax.tree.leaves(state['params']['model']))
+  assert 124e6 < n_params < 125e6  # GPT-2 small (tied) + the shared q/k projection.
+  step = jax.jit(train.make_train_step(task, optimizer, jax.random.key(1),
+                                       train.make_shift_pool(task, jax.random.key(2))))
+  batch = task.train_batches(0)[0]
+  assert batch['tokens'].shape == (2, 512)
+  new_state, scalars = step(state, jax.tree.map(jnp.asarray, batch))
+  assert abs(float(scalars['train/task_loss']) - math.log(50_257)) < 0.5  # ~uniform at init.
+  assert np.isfinite(float(scalars['train/seqpe/contrastive_loss']))
+  assert int(new_state['step']) == 1
+
+
+@pytest.mark.parametrize('overrides,error,message', [
+    ({'eval.lengths': (32, 1001)}, ValueError, 'Position 1000 does not fit 3 base-10 digits'),
+    ({'pe.name': 'none', 'data.seq_len': 500_000}, ValueError, 'fewer than one window of 500000'),
+    ({'data.name': 'wikitext', 'data.dir': '/nonexistent'}, FileNotFoundError,
+     'lacks wiki.train.raw, wiki.valid.raw, wiki.test.raw'),
+    ({'data.tokenizer': 'sentencepiece'}, ValueError, "Unknown tokenizer 'sentencepiece'"),
+    ({'model.variant': 'huge'}, ValueError, "Unknown GPT variant 'huge'"),
+    ({'pe.name': 'rope2d'}, ValueError, 'defined on 2D grids'),
+])
+def test_bad_input_stops_with_one_sentence(overrides, error, message):
+  with pytest.raises(error, match=message):
+    tasks.build(smoke_config(**overrides))
+
+
+def test_a_corpus_directory_without_the_three_files_is_named(tmp_path):
+  (tmp_path / 'wiki.train.raw').write_text('only train')
+  with pytest.raises(FileNotFoundError, match=f'{tmp_path} lacks wiki.valid.raw'):
+    tasks.build(smoke_config(**{'data.name': 'wikitext', 'data.dir': str(tmp_path)}))
+  assert pathlib.Path(tmp_path / 'wiki.train.raw').read_text() == 'only train'  # Untouched.
