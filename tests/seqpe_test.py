@@ -158,6 +158,19 @@ def test_table_cache_encodes_each_shape_once():
     cache((101, 4))
 
 
+def test_long_1d_tables_are_encoded_in_chunks_with_the_same_values():
+  cfg = posenc.config.get_config()
+  cfg.seqpe.d_model, cfg.seqpe.num_heads, cfg.seqpe.max_position = 32, 2, 999
+  pe = posenc.build(cfg, posenc.HostSpec(d_model=16, num_heads=2, train_shape=(16,)))
+  params = pe.init(jax.random.key(0), (16,))
+  whole = posenc.TableCache(pe, params, chunk=4096)((150,))
+  chunked = posenc.TableCache(pe, params, chunk=64)((150,))  # 3 chunks, the last one partial.
+  chex.assert_shape(chunked['e'], (1, 150, 16))
+  np.testing.assert_allclose(chunked['e'], whole['e'], rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match='Position 1000 does not fit 3 base-10 digits'):
+    posenc.TableCache(pe, params, chunk=64)((1001,))
+
+
 def numpy_encoder(params, digits, *, ndim, k, heads, causal=True):
   """The method doc's encoder written out in NumPy: every token computed in every layer."""
   def layer_norm(x, p):

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from seqpe_jax import positions
@@ -100,21 +101,38 @@ class PositionalEncoding:
 
 
 class TableCache:
-  """Evaluation-mode features per shape for fixed parameters: each shape is encoded once."""
+  """Evaluation-mode features per shape for fixed parameters: each shape is encoded once.
 
-  def __init__(self, pe: PositionalEncoding, params):
-    self._pe, self._params, self._tables = pe, params, {}
+  A long 1D SeqPE table is encoded `chunk` positions at a time (a `lax.map` over shifted
+  windows), so its working memory stays that of one chunk: at 16k positions and the
+  paper's encoder the whole table at once needs about 2.6 GiB of temporaries.
+  """
+
+  def __init__(self, pe: PositionalEncoding, params, chunk: int = 4096):
+    self._pe, self._params, self._chunk, self._tables = pe, params, chunk, {}
 
   def __call__(self, shape: Sequence[int]):
     shape = tuple(shape)
     if shape not in self._tables:
-      self._tables[shape] = _jitted_features(self._pe, shape)(self._params)
+      self._pe.check_shape(shape)
+      self._tables[shape] = jitted_table(self._pe, shape, self._chunk)(self._params)
     return self._tables[shape]
 
 
 @functools.lru_cache(maxsize=None)
-def _jitted_features(pe: PositionalEncoding, shape: tuple[int, ...]):
-  return jax.jit(lambda params: pe.features(params, shape))
+def jitted_table(pe: PositionalEncoding, shape: tuple[int, ...], chunk: int = 4096):
+  """The jitted params -> evaluation features function for `shape` (see TableCache)."""
+  if pe.seqpe_encoder is None or len(shape) != 1 or shape[0] <= chunk:
+    return jax.jit(lambda params: pe.features(params, shape))
+  num_chunks = -(-shape[0] // chunk)
+
+  def chunked(params):
+    starts = jnp.arange(num_chunks, dtype=jnp.int32)[:, None, None] * chunk
+    per_chunk = jax.lax.map(lambda start: pe.features(params, (chunk,), start), starts)
+    # [chunks, 1, chunk, d] -> [1, positions, d]; the last chunk's overhang is dropped.
+    return jax.tree.map(lambda x: x.swapaxes(0, 1).reshape(1, num_chunks * chunk, *x.shape[3:])
+                        [:, :shape[0]], per_chunk)
+  return jax.jit(chunked)
 
 
 def seqpe_num_digits(cfg: ml_collections.ConfigDict) -> int:
