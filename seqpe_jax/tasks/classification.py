@@ -15,7 +15,7 @@ import optax
 from seqpe_jax import posenc, sharding
 from seqpe_jax.data import images
 from seqpe_jax.models import vit
-from seqpe_jax.posenc import regularizers
+from seqpe_jax.tasks import common
 
 
 class ClassificationTask:
@@ -33,14 +33,8 @@ class ClassificationTask:
     self.num_classes = images.NUM_CLASSES[config.data.name]
     self.host = vit.host_spec(config.model.variant, size)
     self.train_shape = self.host.train_shape
-    self.pe = posenc.build(config.pe, self.host)
-    self.regularizers = regularizers.build(config.pe, self.pe)
-    if self.regularizers and config.batch_size % self.regularizers.num_windows:
-      raise ValueError(f'batch_size={config.batch_size} cannot share '
-                       f'pe.shift.num_windows={self.regularizers.num_windows} windows evenly; '
-                       'use a batch that is a multiple of it.')
-    for res in config.eval.resolutions:  # Fail now, not after training, if a grid won't fit.
-      self.pe.check_shape(self.grid(res))
+    self.pe, self.regularizers = common.build_pe(
+        config, self.host, [self.grid(res) for res in config.eval.resolutions])
     self.model = vit.ViT(self.num_classes, self.variant['width'], self.variant['depth'],
                          self.variant['num_heads'], self.variant['mlp_dim'],
                          self.variant['patch_size'], self.pe, dropout=config.model.dropout)

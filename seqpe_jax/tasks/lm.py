@@ -17,7 +17,7 @@ import optax
 from seqpe_jax import posenc, sharding
 from seqpe_jax.data import text
 from seqpe_jax.models import gpt, transformer
-from seqpe_jax.posenc import regularizers
+from seqpe_jax.tasks import common
 
 
 class LanguageModelTask:
@@ -30,14 +30,8 @@ class LanguageModelTask:
     data = config.data
     self.host = gpt.host_spec(config.model.variant, data.seq_len)
     self.train_shape = self.host.train_shape
-    self.pe = posenc.build(config.pe, self.host)
-    self.regularizers = regularizers.build(config.pe, self.pe)
-    if self.regularizers and config.batch_size % self.regularizers.num_windows:
-      raise ValueError(f'batch_size={config.batch_size} cannot share '
-                       f'pe.shift.num_windows={self.regularizers.num_windows} windows evenly; '
-                       'use a batch that is a multiple of it.')
-    for length in config.eval.lengths:  # Fail now, not after training, if a length won't fit.
-      self.pe.check_shape((length,))
+    self.pe, self.regularizers = common.build_pe(
+        config, self.host, [(length,) for length in config.eval.lengths])
     directory = text.corpus_dir(data.name, data.dir, data.cache_dir)
     self.tokenizer = text.load_tokenizer(data.tokenizer, directory, data.vocab_size,
                                          data.cache_dir)

@@ -1,0 +1,20 @@
+"""What every task does the same way: build the PE and its regularisers, validated early."""
+
+from collections.abc import Iterable, Sequence
+
+from seqpe_jax import posenc
+from seqpe_jax.posenc import regularizers
+
+
+def build_pe(config, host: posenc.HostSpec, eval_shapes: Iterable[Sequence[int]]):
+  """(PE, regularisers or None) for `host`; fails now, not after training, on a batch that
+  cannot share the shift windows or an evaluation shape the PE cannot produce."""
+  pe = posenc.build(config.pe, host)
+  reg = regularizers.build(config.pe, pe)
+  if reg and config.batch_size % reg.num_windows:
+    raise ValueError(f'batch_size={config.batch_size} cannot share '
+                     f'pe.shift.num_windows={reg.num_windows} windows evenly; '
+                     'use a batch that is a multiple of it.')
+  for shape in eval_shapes:
+    pe.check_shape(shape)
+  return pe, reg
