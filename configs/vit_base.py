@@ -10,28 +10,15 @@ Argument string (big_vision style, after the file name):
 
 import ml_collections
 
+from configs import common
 from seqpe_jax.posenc import config as pe_config
-
-VARIANTS = ('', 'smoke', 'paper')
 
 
 def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
-  variant = arg or ''
-  if variant not in VARIANTS:
-    raise ValueError(f"Unknown config variant '{variant}'; use one of: (none), smoke, paper.")
-  c = ml_collections.ConfigDict()
-  # Seed of every random draw (initialisation, data order, SeqPE sampling).
-  c.seed = 0
-  # Optimizer steps.
+  c, variant = common.run_config(arg)
   c.total_steps = 1_500
-  # Global batch size (all devices).
   c.batch_size = 128
-  # How often to log training metrics, run the evaluation sweep, save a checkpoint.
-  c.log_every_steps = 50
-  c.eval_every_steps = 0  # 0: only the final sweep (each sweep covers all 10k test images).
-  c.checkpoint_every_steps = 500
-  # Checkpoints kept in WORKDIR/checkpoints.
-  c.keep_checkpoints = 2
+  c.eval_every_steps = 0  # Each sweep covers all 10k test images.
 
   c.model = ml_collections.ConfigDict()
   # Host model family and variant: <size>/<patch> with size nano | mu | Ti | S | B.
@@ -63,25 +50,9 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
   if pe != 'seqpe':  # Baselines train with the same recipe, without SeqPE's extras.
     c.pe.contrastive.weight = c.pe.ood.weight = c.pe.shift.prob = 0.0
 
-  c.optimizer = ml_collections.ConfigDict()
-  # Peak learning rate, linear warm-up from warmup_init, `schedule` (cosine | linear) to min_lr.
-  c.optimizer.lr = 1e-3
-  c.optimizer.schedule = 'cosine'
-  c.optimizer.warmup_steps = 100
-  c.optimizer.warmup_init = 1e-6
-  c.optimizer.min_lr = 1e-5
-  # AdamW.
-  c.optimizer.b1, c.optimizer.b2, c.optimizer.eps = 0.9, 0.999, 1e-8
-  c.optimizer.weight_decay = 0.05
-  # Decay of SeqPE encoder matrices (never its embeddings); 0 in the released runs.
-  c.optimizer.seqpe_weight_decay = 0.0
-  # Separate global-norm clipping of the SeqPE encoder and of everything else.
-  c.optimizer.clip_seqpe = 5.0
-  c.optimizer.clip_host = 5.0
-
-  c.mesh = ml_collections.ConfigDict()
-  # Device mesh; one axis may be -1 (all remaining devices).
-  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 1, 1
+  c.optimizer = common.optimizer_config(lr=1e-3, schedule='cosine', warmup_steps=100,
+                                       warmup_init=1e-6, min_lr=1e-5, weight_decay=0.05)
+  c.mesh = common.mesh_config()
 
   c.eval = ml_collections.ConfigDict()
   # Resolutions of the extrapolation sweep, and its batch size.
