@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from configs import lm_ape, lm_base, lm_seqpe
-from seqpe_jax import optim, posenc, sharding, tasks, train
+from seqpe_jax import evaluate, optim, posenc, sharding, tasks, train
 from seqpe_jax.models import gpt
 
 CONFIGS = ['lm_seqpe', 'lm_ape', 'lm_sincos', 'lm_rope', 'lm_alibi', 'lm_nope']
@@ -140,3 +140,21 @@ def test_a_corpus_directory_without_the_three_files_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match=f'{tmp_path} lacks wiki.valid.raw'):
     tasks.build(smoke_config(**{'data.name': 'wikitext', 'data.dir': str(tmp_path)}))
   assert pathlib.Path(tmp_path / 'wiki.train.raw').read_text() == 'only train'  # Untouched.
+
+
+def test_compare_puts_finished_runs_in_one_table_and_plot(tmp_path):
+  for name, ppl in (('rope', [10.0, 30.0]), ('alibi', [12.0, 11.5])):
+    (tmp_path / name).mkdir()
+    results = {128: {'ppl': ppl[0]}, 256: {'ppl': ppl[1]}}
+    evaluate.write_extrapolation(str(tmp_path / name), results, 'ppl', 'tokens')
+  (tmp_path / 'vit').mkdir()
+  evaluate.write_extrapolation(str(tmp_path / 'vit'), {28: {'accuracy': 0.9}}, 'accuracy', 'px')
+  out = tmp_path / 'both.png'
+  table = evaluate.compare([str(tmp_path / 'rope'), str(tmp_path / 'alibi')], str(out))
+  assert table.splitlines() == ['| run | 128 | 256 |', '|---|---|---|', '| rope | 10 | 30 |',
+                                '| alibi | 12 | 11.5 |']
+  assert out.stat().st_size > 0
+  with pytest.raises(ValueError, match='different metrics'):
+    evaluate.compare([str(tmp_path / 'rope'), str(tmp_path / 'vit')], str(out))
+  with pytest.raises(FileNotFoundError, match='has not finished its sweep'):
+    evaluate.compare([str(tmp_path)], str(out))
