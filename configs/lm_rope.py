@@ -1,4 +1,4 @@
-"""GPT language model with the 'rope' position encoding; see configs/lm_base.py for the variants."""
+"""GPT language model with the 'rope' position encoding (variants: configs/lm_base.py)."""
 
 from configs import lm_base
 
