@@ -190,17 +190,18 @@ class MultiHeadAttention(nn.Module):
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     q, k, bias = self.pe_hook(name='pe')(q, k, pe_state)
     rng = None if deterministic or not self.dropout else self.make_rng('dropout')
-    attention = functools.partial(attend, scale=head_dim**-0.5, causal=self.causal,
+    scale = head_dim**-0.5  # Of the head width, also when attn_scalar widens q and k.
+    attention = functools.partial(attend, scale=scale, causal=self.causal,
                                   implementation=self.implementation, block_size=self.block_size,
                                   dropout_rate=self.dropout, dropout_rng=rng)
     if self.decode:
-      out = self._cached(q, k, v, bias, attention)
+      out = self._cached(q, k, v, bias, attention, scale)
     else:
       out = attention(q, k, v, bias=bias)
     return nn.DenseGeneral(d_model, axis=(-2, -1), use_bias=self.use_bias,
                            kernel_init=self.out_init, name='out')(out)
 
-  def _cached(self, q, k, v, bias, attention):
+  def _cached(self, q, k, v, bias, attention, scale):
     if bias is not None and bias.shape[-2] != 1:
       raise ValueError('This PE adds a bias per (query, key) pair, which a KV cache cannot '
                        'hold; use pe.inject.scalar_impl="concat" for cached decoding.')
@@ -222,6 +223,6 @@ class MultiHeadAttention(nn.Module):
     if new > 1:  # Prefill from position 0: the new block is the whole context so far.
       return attention(q, k, v, bias=bias)
     visible = jnp.arange(key.value.shape[1]) <= start
-    return dot_product_attention(q, key.value, value.value, scale=attention.keywords['scale'],
+    return dot_product_attention(q, key.value, value.value, scale=scale,
                                  bias=key_bias.value if bias is not None else None,
                                  mask=visible[None, None, None, :])
