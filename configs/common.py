@@ -1,6 +1,8 @@
-"""Config sections every experiment shares: the run loop, the optimizer, the device mesh."""
+"""Config sections every experiment shares: run loop, optimizer, device mesh, PE defaults."""
 
 import ml_collections
+
+from seqpe_jax.posenc import config as pe_config
 
 VARIANTS = ('', 'smoke', 'paper')
 
@@ -51,3 +53,17 @@ def mesh_config() -> ml_collections.ConfigDict:
   # Device mesh; one axis may be -1 (all remaining devices).
   m.data, m.fsdp, m.tensor = -1, 1, 1
   return m
+
+
+def pe_section(name: str) -> ml_collections.ConfigDict:
+  """The PE section for PE `name` with CPU-sized SeqPE work (`paper` variants restore the
+  reference sizes); baselines train with the same recipe, without SeqPE's extras."""
+  pe = pe_config.get_config()
+  pe.name = name
+  pe.seqpe.d_model, pe.seqpe.num_heads = 64, 2
+  pe.contrastive.num_pivots, pe.contrastive.num_candidates = 16, 32
+  pe.ood.num_groups, pe.ood.num_teachers = 8, 32
+  pe.shift.num_windows = 16
+  if name != 'seqpe':
+    pe.contrastive.weight = pe.ood.weight = pe.shift.prob = 0.0
+  return pe

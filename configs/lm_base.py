@@ -12,7 +12,6 @@ Argument string (big_vision style, after the file name):
 import ml_collections
 
 from configs import common
-from seqpe_jax.posenc import config as pe_config
 
 
 def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
@@ -47,19 +46,11 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
   # Training window length (positions 0..seq_len-1).
   c.data.seq_len = 128
 
-  c.pe = pe_config.get_config()
-  c.pe.name = pe
+  c.pe = common.pe_section(pe)
   # LM default for SeqPE: attn_scalar with one shared q/k projection (method doc 4.2).
   c.pe.inject.method = 'attn_scalar' if pe == 'seqpe' else ''
   c.pe.inject.qk_proj = 'shared'
   c.pe.seqpe.max_position = 10_000
-  # A CPU-sized encoder and regulariser batch; `paper` restores the reference sizes.
-  c.pe.seqpe.d_model, c.pe.seqpe.num_heads = 64, 2
-  c.pe.contrastive.num_pivots, c.pe.contrastive.num_candidates = 16, 32
-  c.pe.ood.num_groups, c.pe.ood.num_teachers = 8, 32
-  c.pe.shift.num_windows = 16
-  if pe != 'seqpe':  # Baselines train with the same recipe, without SeqPE's extras.
-    c.pe.contrastive.weight = c.pe.ood.weight = c.pe.shift.prob = 0.0
 
   # The GPT-2 recipe: linear warm-up and decay, no weight decay.
   c.optimizer = common.optimizer_config(lr=1e-3, schedule='linear', warmup_steps=100,

@@ -11,7 +11,6 @@ Argument string (big_vision style, after the file name):
 import ml_collections
 
 from configs import common
-from seqpe_jax.posenc import config as pe_config
 
 
 def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
@@ -37,18 +36,10 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
   # Training resolution in pixels.
   c.data.image_size = 28
 
-  c.pe = pe_config.get_config()
-  c.pe.name = pe
+  c.pe = common.pe_section(pe)
   # ViT default for SeqPE: per-layer projection, attn_mul (method doc, section 4.2).
   c.pe.inject.qk_proj = 'per_layer'
   c.pe.seqpe.max_position = 100
-  # A CPU-sized encoder and regulariser batch; `paper` restores the reference sizes.
-  c.pe.seqpe.d_model, c.pe.seqpe.num_heads = 64, 2
-  c.pe.contrastive.num_pivots, c.pe.contrastive.num_candidates = 16, 32
-  c.pe.ood.num_groups, c.pe.ood.num_teachers = 8, 32
-  c.pe.shift.num_windows = 16
-  if pe != 'seqpe':  # Baselines train with the same recipe, without SeqPE's extras.
-    c.pe.contrastive.weight = c.pe.ood.weight = c.pe.shift.prob = 0.0
 
   c.optimizer = common.optimizer_config(lr=1e-3, schedule='cosine', warmup_steps=100,
                                        warmup_init=1e-6, min_lr=1e-5, weight_decay=0.05)
