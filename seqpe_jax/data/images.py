@@ -14,6 +14,8 @@ import grain
 import jax
 import numpy as np
 
+from seqpe_jax.data import batching
+
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 FASHION_MNIST_FILES = {
     'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
@@ -100,18 +102,9 @@ def load(name: str, data_dir: str | None = None) -> dict[str, Split]:
 
 
 def train_batches(split, *, global_batch: int, seed: int, image_size: int) -> grain.MapDataset:
-  """Shuffled, repeated, batched training data; element s is the global batch of step s.
-
-  Each process reads only its own slice of every global batch.
-  """
-  if global_batch % jax.process_count():
-    raise ValueError(f'The batch of {global_batch} does not split over {jax.process_count()} '
-                     'processes.')
-  per_process = global_batch // jax.process_count()
-  first = jax.process_index() * per_process
-  return (grain.MapDataset.range(len(split)).shuffle(seed=seed).repeat()
-          .batch(global_batch, drop_remainder=True)
-          .map(lambda idx: _read(split, idx[first:first + per_process], image_size)))
+  """Shuffled, repeated, batched training data; element s is the global batch of step s."""
+  return batching.step_batches(len(split), global_batch=global_batch, seed=seed,
+                               read=lambda idx: _read(split, idx, image_size))
 
 
 def eval_batches(split, *, batch_size: int, image_size: int):

@@ -22,10 +22,9 @@ import os
 import pathlib
 
 import grain
-import jax
 import numpy as np
 
-from seqpe_jax.data import tokenizers, wikimarkup
+from seqpe_jax.data import batching, tokenizers, wikimarkup
 
 SPLITS = ('train', 'valid', 'test')
 CORPORA = ('wiki_gensim', 'pydoc_topics', 'wikitext')
@@ -163,18 +162,11 @@ class Windows:
 def train_batches(tokens: np.ndarray, *, length: int, global_batch: int,
                   seed: int) -> grain.MapDataset:
   """Shuffled, repeated batches {'tokens': int32[B/processes, length]}; element s = step s."""
-  if global_batch % jax.process_count():
-    raise ValueError(f'The batch of {global_batch} does not split over {jax.process_count()} '
-                     'processes.')
   windows = Windows(tokens, length)
-  per_process = global_batch // jax.process_count()
-  first = jax.process_index() * per_process
 
   def read(idx):
-    return {'tokens': np.stack([windows[i] for i in idx[first:first + per_process]])
-                        .astype(np.int32)}
-  return (grain.MapDataset.range(len(windows)).shuffle(seed=seed).repeat()
-          .batch(global_batch, drop_remainder=True).map(read))
+    return {'tokens': np.stack([windows[i] for i in idx]).astype(np.int32)}
+  return batching.step_batches(len(windows), global_batch=global_batch, seed=seed, read=read)
 
 
 def eval_windows(tokens: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
