@@ -18,13 +18,13 @@ length, keeps the last partial one (padded, masked) and starts every window at p
 
 import hashlib
 import importlib.util
-import os
+import io
 import pathlib
 
 import grain
 import numpy as np
 
-from seqpe_jax.data import batching, tokenizers, wikimarkup
+from seqpe_jax.data import batching, cache, tokenizers, wikimarkup
 
 SPLITS = ('train', 'valid', 'test')
 CORPORA = ('wiki_gensim', 'pydoc_topics', 'wikitext')
@@ -33,12 +33,6 @@ MIN_ARTICLE_WORDS = 50
 HELD_OUT_ARTICLES = 5  # Each of valid and test.
 # Bump when the conversion changes, so cached corpora built by older code are not reused.
 BUILD_VERSION = 1
-
-
-def cache_root(configured: str = '') -> pathlib.Path:
-  """Where built corpora, tokenizers and token arrays live."""
-  root = configured or os.environ.get('SEQPE_CACHE_DIR') or '~/.cache/seqpe_jax'
-  return pathlib.Path(root).expanduser()
 
 
 def raw_files(directory: pathlib.Path) -> dict[str, pathlib.Path]:
@@ -55,7 +49,7 @@ def corpus_dir(name: str, data_dir: str = '', cache_dir: str = '') -> pathlib.Pa
                        'wiki.valid.raw and wiki.test.raw (e.g. the unzipped wikitext-103-raw-v1).')
     directory = pathlib.Path(data_dir).expanduser()
   else:
-    directory = cache_root(cache_dir) / f'{name}-v{BUILD_VERSION}'
+    directory = cache.root(cache_dir) / f'{name}-v{BUILD_VERSION}'
     if not all(p.exists() for p in raw_files(directory).values()):
       articles = _gensim_articles() if name == 'wiki_gensim' else _pydoc_articles()
       _write_splits(directory, articles)
@@ -94,7 +88,7 @@ def _write_splits(directory: pathlib.Path, articles: list[list[str]]) -> None:
   splits = {'train': articles[:-2 * k], 'valid': articles[-2 * k:-k], 'test': articles[-k:]}
   for split, path in raw_files(directory).items():
     text = ''.join(line + '\n' for article in splits[split] for line in article)
-    tokenizers._atomic_write(path, text)  # pylint: disable=protected-access
+    cache.atomic_write(path, text)
 
 
 def load_tokenizer(kind: str, directory: pathlib.Path, vocab_size: int = 0,
@@ -109,7 +103,7 @@ def load_tokenizer(kind: str, directory: pathlib.Path, vocab_size: int = 0,
       raise ValueError(f'data.vocab_size={vocab_size} is too small for a byte-level BPE; use '
                        'at least 257 (256 bytes and end-of-text).')
     train = raw_files(directory)['train']
-    path = cache_root(cache_dir) / 'tokenizers' / f'{_digest(train)}-bpe{vocab_size}.json'
+    path = cache.root(cache_dir) / 'tokenizers' / f'{_digest(train)}-bpe{vocab_size}.json'
     return tokenizers.trained_bpe(train, vocab_size, path)
   raise ValueError(f"Unknown tokenizer '{kind}'; use gpt2, bpe or byte.")
 
@@ -119,17 +113,16 @@ def tokenize_splits(directory: pathlib.Path, tokenizer: tokenizers.Tokenizer,
   """int32 tokens of each split, cached per (file content, tokenizer)."""
   out = {}
   for split, path in raw_files(directory).items():
-    cached = cache_root(cache_dir) / 'tokens' / f'{_digest(path)}-{tokenizer.name}.npy'
+    cached = cache.root(cache_dir) / 'tokens' / f'{_digest(path)}-{tokenizer.name}.npy'
     if cached.exists():
       out[split] = np.load(cached).astype(np.int32)
       continue
     with path.open(encoding='utf-8') as f:
       tokens = tokenizer.encode_lines(f.readlines())
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.int32
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_name(f'{cached.stem}.{os.getpid()}.tmp.npy')
-    np.save(tmp, tokens.astype(dtype))
-    tmp.replace(cached)
+    buffer = io.BytesIO()
+    np.save(buffer, tokens.astype(dtype))
+    cache.atomic_write(cached, buffer.getvalue())
     out[split] = tokens
   return out
 

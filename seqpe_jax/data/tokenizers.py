@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from seqpe_jax.data import cache
+
 EOT = '<|endoftext|>'
 # SHA-256 of the GPT-2 files as tiktoken pins them for its `gpt2` encoding.
 GPT2_VOCAB_BPE_SHA256 = '1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5'
@@ -82,7 +84,7 @@ def trained_bpe(train_file: pathlib.Path, vocab_size: int, cache_path: pathlib.P
     bpe.train([str(train_file)], vocab_size=vocab_size, min_frequency=2,
               special_tokens=[EOT], show_progress=False)
     tok = bpe._tokenizer  # pylint: disable=protected-access
-    _atomic_write(cache_path, tok.to_str())
+    cache.atomic_write(cache_path, tok.to_str())
   eot = tok.token_to_id(EOT)
 
   def encode_batch(lines):
@@ -91,11 +93,3 @@ def trained_bpe(train_file: pathlib.Path, vocab_size: int, cache_path: pathlib.P
   def decode(ids):
     return tok.decode(ids)
   return Tokenizer(f'bpe{vocab_size}', tok.get_vocab_size(), eot, encode_batch, decode)
-
-
-def _atomic_write(path: pathlib.Path, text: str) -> None:
-  """Writes via a temporary file, so concurrent builders never see a partial file."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f'{path.name}.{np.random.randint(1 << 30)}.tmp')
-  tmp.write_text(text)
-  tmp.replace(path)
