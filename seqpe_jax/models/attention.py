@@ -209,14 +209,15 @@ class MultiHeadAttention(nn.Module):
     first_call = not self.has_variable('cache', 'key')
     key = self.variable('cache', 'key', jnp.zeros, k.shape, k.dtype)
     value = self.variable('cache', 'value', jnp.zeros, v.shape, v.dtype)
-    key_bias = self.variable('cache', 'key_bias', jnp.zeros, (batch, heads, 1, new), jnp.float32)
+    key_bias = None if bias is None else self.variable(
+        'cache', 'key_bias', jnp.zeros, (batch, heads, 1, new), jnp.float32)
     index = self.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
     if first_call:  # Initialisation at the maximum length only shapes the cache.
       return attention(q, k, v, bias=bias)
     start = index.value
     key.value = jax.lax.dynamic_update_slice(key.value, k, (0, start, 0, 0))
     value.value = jax.lax.dynamic_update_slice(value.value, v, (0, start, 0, 0))
-    if bias is not None:
+    if key_bias is not None:
       new_bias = jnp.broadcast_to(bias, (batch, heads, 1, new)).astype(jnp.float32)
       key_bias.value = jax.lax.dynamic_update_slice(key_bias.value, new_bias, (0, 0, 0, start))
     index.value = start + new
@@ -224,5 +225,5 @@ class MultiHeadAttention(nn.Module):
       return attention(q, k, v, bias=bias)
     visible = jnp.arange(key.value.shape[1]) <= start
     return dot_product_attention(q, key.value, value.value, scale=scale,
-                                 bias=key_bias.value if bias is not None else None,
+                                 bias=None if key_bias is None else key_bias.value,
                                  mask=visible[None, None, None, :])
