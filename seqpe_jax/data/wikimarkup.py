@@ -84,7 +84,7 @@ def to_wikitext_lines(title: str, markup: str) -> list[str]:
   # Drop headings of sections left empty (e.g. "References" after its list was removed).
   kept = []
   for line in lines:
-    if kept and line.startswith(' = = ') and len(kept) >= 2 and kept[-2].startswith(' = = '):
+    if line.startswith(' = = ') and len(kept) >= 2 and kept[-2].startswith(' = = '):
       kept = kept[:-2]
     kept.append(line)
   while len(kept) >= 2 and kept[-2].startswith(' = = '):
