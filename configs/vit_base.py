@@ -35,6 +35,8 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
   c.data.dir = ''
   # Training resolution in pixels.
   c.data.image_size = 28
+  # The last training examples held out as the validation split (choosing variants).
+  c.data.valid_size = 5_000
 
   c.pe = common.pe_section(pe)
   # ViT default for SeqPE: per-layer projection, attn_mul (method doc, section 4.2).
@@ -49,12 +51,14 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
   # Resolutions of the extrapolation sweep, and its batch size.
   c.eval.resolutions = (28, 36, 44, 56, 84)
   c.eval.batch_size = 250
+  # Split of the sweep: test (reporting) | valid (choosing variants).
+  c.eval.split = 'test'
 
   if variant == 'smoke':
     c.total_steps, c.batch_size = 6, 16
     c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 2, 0, 3
     c.model.variant = 'nano/4'
-    c.data.name, c.data.image_size = 'digits', 8
+    c.data.name, c.data.image_size, c.data.valid_size = 'digits', 8, 64
     c.pe.seqpe.max_position, c.pe.seqpe.d_model = 30, 32
     c.pe.contrastive.num_pivots, c.pe.contrastive.num_candidates = 4, 8
     c.pe.ood.num_groups, c.pe.ood.num_teachers = 2, 4
@@ -68,6 +72,7 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
     c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 100, 12_510, 6_255
     c.model.variant = 'S/16'
     c.data.name, c.data.image_size = 'imagenet2012', 224
+    c.data.valid_size = 12_811  # 1% of ImageNet's train split.
     c.pe.seqpe.d_model, c.pe.seqpe.num_heads = 384, 6
     c.pe.contrastive.num_pivots, c.pe.contrastive.num_candidates = 128, 64
     c.pe.ood.num_groups, c.pe.ood.num_teachers = 128, 64

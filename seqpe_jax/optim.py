@@ -76,3 +76,10 @@ def global_norms(grads) -> dict[str, jax.Array]:
   host = jax.tree_util.tree_map_with_path(
       lambda p, g: jnp.zeros_like(g) if is_seqpe_encoder(p) else g, grads)
   return {'grad_norm/seqpe': optax.tree.norm(seqpe), 'grad_norm/host': optax.tree.norm(host)}
+
+
+def encoder_norm(pe_grads) -> jax.Array:
+  """Global norm of the SeqPE encoder's part of a PE gradient (0 for the baselines)."""
+  if 'encoder' not in pe_grads:
+    return jnp.zeros((), jnp.float32)
+  return optax.tree.norm(pe_grads['encoder'])

@@ -15,7 +15,7 @@ import optax
 from absl import logging
 from clu import parameter_overview, periodic_actions
 
-from seqpe_jax import checkpoint, evaluate, metrics, optim, sharding, tasks
+from seqpe_jax import checkpoint, diagnostics, evaluate, metrics, optim, sharding, tasks
 from seqpe_jax.posenc import regularizers
 
 
@@ -50,27 +50,67 @@ def make_shift_pool(task, key):
   return task.regularizers.shift_pool(key)
 
 
-def make_train_step(task, optimizer, base_key, shift_pool):
-  """(state, batch) -> (state, metrics); all randomness is a function of the step."""
+def make_gradients(task, base_key, shift_pool):
+  """(params, batch, step, split) -> (scalars, grads): the loss's gradient in two parts.
+
+  The PE's forward (its features and the scheduled regulariser loss) is differentiated
+  with `jax.vjp`, the host's with respect to its parameters and to the features; the
+  PE's gradient is then one backward pass of (feature cotangent, 1) -- the same as
+  `jax.grad` of the total loss. With `split` it takes two passes instead and returns the
+  task's and the regularisers' PE gradients apart: {'model', 'pe_task', 'pe_reg'}.
+  """
   pe, reg = task.pe, task.regularizers
 
+  def gradients(params, batch, step, split: bool):
+    pe_key, dropout_key = jax.random.split(jax.random.fold_in(base_key, step))
+
+    def pe_forward(pe_params):
+      features, reg_loss, pe_scalars = regularizers.training_features(
+          pe, reg, pe_params, pe_key, step, shift_pool)
+      return (features, reg_loss), pe_scalars
+
+    def task_loss(model_params, features):
+      logits = task.logits(model_params, batch, features, train=True, rng=dropout_key)
+      return task.loss(logits, batch)
+
+    (features, reg_loss), pe_vjp, pe_scalars = jax.vjp(pe_forward, params['pe'], has_aux=True)
+    (loss, task_scalars), (model_grads, feature_cot) = jax.value_and_grad(
+        task_loss, argnums=(0, 1), has_aux=True)(params['model'], features)
+    one = jnp.ones_like(reg_loss)
+    scalars = {'train/loss': loss + reg_loss, 'train/task_loss': loss, **task_scalars,
+               **{f'train/seqpe/{k}': v for k, v in pe_scalars.items()}}
+    if not split:
+      (pe_grads,) = pe_vjp((feature_cot, one))
+      return scalars, {'model': model_grads, 'pe': pe_grads}
+    (pe_task,) = pe_vjp((feature_cot, jnp.zeros_like(one)))
+    (pe_reg,) = pe_vjp((jax.tree.map(jnp.zeros_like, features), one))
+    return scalars, {'model': model_grads, 'pe_task': pe_task, 'pe_reg': pe_reg}
+
+  return gradients
+
+
+def balance_pe_gradients(grads, target: float):
+  """Sums the PE's task and regulariser gradients, the latter scaled down on the SeqPE
+  encoder to at most `target` times the task's norm there (pe.regularizers.balance)."""
+  task_norm, reg_norm = optim.encoder_norm(grads['pe_task']), optim.encoder_norm(grads['pe_reg'])
+  scale = jnp.minimum(1.0, target * task_norm / jnp.maximum(reg_norm, 1e-30))
+  pe = jax.tree.map(lambda t, r: t + scale * r, grads['pe_task'], grads['pe_reg'])
+  scalars = {'train/seqpe/balance_scale': scale,
+             'train/seqpe/grad_ratio': task_norm / jnp.maximum(reg_norm, 1e-30)}
+  return {'model': grads['model'], 'pe': pe}, scalars
+
+
+def make_train_step(task, optimizer, base_key, shift_pool):
+  """(state, batch) -> (state, metrics); all randomness is a function of the step."""
+  reg = task.regularizers
+  balance = reg is not None and reg.balance == 'grad_norm'
+  gradients = make_gradients(task, base_key, shift_pool)
+
   def step(state, batch):
-    pe_key, dropout_key = jax.random.split(jax.random.fold_in(base_key, state['step']))
-
-    def loss_fn(params):
-      if reg is None:
-        features, aux = pe.features(params['pe'], task.train_shape, deterministic=False,
-                                    rngs={'dropout': pe_key}), {}
-      else:
-        features, aux = regularizers.seqpe_step(pe, params['pe'], pe_key, shift_pool, reg)
-      logits = task.logits(params['model'], batch, features, train=True, rng=dropout_key)
-      task_loss, task_metrics = task.loss(logits, batch)
-      total = task_loss + aux.get('loss', 0.0)
-      scalars = {'train/loss': total, 'train/task_loss': task_loss, **task_metrics}
-      scalars.update({f'train/seqpe/{k}': v for k, v in aux.items() if k != 'loss'})
-      return total, scalars
-
-    grads, scalars = jax.grad(loss_fn, has_aux=True)(state['params'])
+    scalars, grads = gradients(state['params'], batch, state['step'], split=balance)
+    if balance:
+      grads, balance_scalars = balance_pe_gradients(grads, reg.balance_target)
+      scalars.update(balance_scalars)
     updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     scalars.update(optim.global_norms(grads))
@@ -119,6 +159,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                        in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                        out_shardings=(state_shardings, sharding.replicated(mesh)),
                        donate_argnums=0)
+  diagnose = jax.jit(
+      diagnostics.make_diagnostics(task, make_gradients(task, step_key, shift_pool)),
+      in_shardings=(state_shardings['params'], sharding.batch_sharding(mesh), None,
+                    sharding.batch_sharding(mesh)),
+      out_shardings=sharding.replicated(mesh))
+  heldout = sharding.global_batch(task.heldout_batch(), mesh)
 
   # ---------------------------------------------------------------- Loop.
   writer = metrics.MetricWriter(workdir)
@@ -130,14 +176,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   pending = None
   try:
     for step in range(start + 1, config.total_steps + 1):
-      state, scalars = train_step(state, sharding.global_batch(next(batches), mesh))
+      batch = sharding.global_batch(next(batches), mesh)
+      state, scalars = train_step(state, batch)
       progress(step)
-      if step % config.log_every_steps == 0 or step == config.total_steps:
+      evaluating = bool(config.eval_every_steps) and step % config.eval_every_steps == 0
+      if step % config.log_every_steps == 0 or step == config.total_steps or evaluating:
         scalars = jax.device_get(scalars)
         metrics.check_finite(step, scalars)
-        writer.write(step, {**scalars, 'train/steps_per_sec': _steps_per_sec(pending, step)})
+        # The diagnostics look at the parameters this step produced, on its own batch
+        # and sampling (the step counter has moved on, hence step - 1).
+        diag = jax.device_get(diagnose(state['params'], batch, state['step'] - 1, heldout))
+        writer.write(step, {**scalars, **diag,
+                            'train/steps_per_sec': _steps_per_sec(pending, step)})
         pending = (step, time.perf_counter())
-      if config.eval_every_steps and step % config.eval_every_steps == 0:
+      if evaluating:
         writer.write(step, evaluate.flatten(task.sweep(state['params'], mesh), task.metric))
       periodic = step % config.checkpoint_every_steps == 0 or step == config.total_steps
       if periodic or preempted:

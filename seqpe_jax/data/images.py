@@ -90,15 +90,39 @@ def load_imagenet(data_dir: str | None) -> dict[str, object]:
         '--config.data.dir.') from e
 
 
-def load(name: str, data_dir: str | None = None) -> dict[str, Split]:
+class Subset:
+  """Examples [start, stop) of a random-access split."""
+
+  def __init__(self, split, start: int, stop: int):
+    self._split, self._start, self._len = split, start, stop - start
+
+  def __len__(self):
+    return self._len
+
+  def __getitem__(self, index):
+    if not 0 <= index < self._len:
+      raise IndexError(index)
+    return self._split[self._start + int(index)]
+
+
+def load(name: str, data_dir: str | None = None, valid_size: int = 0) -> dict[str, Split]:
+  """{'train', 'valid', 'test'}: 'valid' is the last `valid_size` training examples, held
+  out of 'train' for choosing between variants (the test split is only for reporting)."""
   if name == 'fashion_mnist':
-    return load_fashion_mnist(data_dir)
-  if name == 'digits':
-    return load_digits()
-  if name == 'imagenet2012':
+    splits = load_fashion_mnist(data_dir)
+  elif name == 'digits':
+    splits = load_digits()
+  elif name == 'imagenet2012':
     splits = load_imagenet(data_dir)
-    return {'train': splits['train'], 'test': splits['validation']}
-  raise ValueError(f"Unknown image dataset '{name}'; use fashion_mnist, digits or imagenet2012.")
+    splits = {'train': splits['train'], 'test': splits['validation']}
+  else:
+    raise ValueError(f"Unknown image dataset '{name}'; use fashion_mnist, digits or imagenet2012.")
+  n = len(splits['train'])
+  if not 0 < valid_size < n:
+    raise ValueError(f'data.valid_size={valid_size} must leave training examples and hold at '
+                     f'least one out; the {name} train split has {n}.')
+  return {'train': Subset(splits['train'], 0, n - valid_size),
+          'valid': Subset(splits['train'], n - valid_size, n), 'test': splits['test']}
 
 
 def train_batches(split, *, global_batch: int, seed: int, image_size: int) -> grain.MapDataset:

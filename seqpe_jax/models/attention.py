@@ -149,6 +149,26 @@ def _auto(q_BLHK, block_size: int) -> str:
   return 'blockwise'
 
 
+def position_logit_spread(hook, pe_state, length: int, heads: int, head_dim: int, *,
+                          causal: bool, dtype) -> jax.Array:
+  """How much the PE alone moves this layer's attention logits: the hook applied to
+  constant content (q = k = 1), its logits' standard deviation across the keys each query
+  sees, averaged over queries and heads. 0 when the layer hook ignores position (no PE,
+  or a PE added to the token embeddings); for attn_scalar the spread of s p_q.p_k/sqrt(d_h),
+  for attn_mul that of p_q.p_k, for RoPE that of the rotation, for ALiBi that of the bias.
+  """
+  ones = jnp.ones((1, length, heads, head_dim), dtype)
+  q, k, bias = hook(ones, ones, pe_state)
+  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
+  logits = logits * head_dim**-0.5 + (0.0 if bias is None else bias[:1])
+  visible = jnp.tril(jnp.ones((length, length), bool)) if causal else jnp.ones(
+      (length, length), bool)
+  count = visible.sum(-1)
+  mean = jnp.where(visible, logits, 0).sum(-1) / count
+  var = jnp.where(visible, jnp.square(logits - mean[..., None]), 0).sum(-1) / count
+  return jnp.mean(jnp.sqrt(var))
+
+
 class MultiHeadAttention(nn.Module):
   """Self-attention; q/k get their positions from `pe_hook` (an `inject.LayerHook`).
 
@@ -188,7 +208,12 @@ class MultiHeadAttention(nn.Module):
     qkv = nn.DenseGeneral((3, self.num_heads, head_dim), use_bias=self.use_bias,
                           kernel_init=self.kernel_init, name='qkv')(x_BLD)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    q, k, bias = self.pe_hook(name='pe')(q, k, pe_state)
+    hook = self.pe_hook(name='pe')
+    q, k, bias = hook(q, k, pe_state)
+    if self.is_mutable_collection('intermediates') and not self.decode:
+      self.sow('intermediates', 'pos_logit_spread',
+               position_logit_spread(hook, pe_state, q.shape[1], self.num_heads, head_dim,
+                                     causal=self.causal, dtype=q.dtype))
     rng = None if deterministic or not self.dropout else self.make_rng('dropout')
     scale = head_dim**-0.5  # Of the head width, also when attn_scalar widens q and k.
     attention = functools.partial(attend, scale=scale, causal=self.causal,

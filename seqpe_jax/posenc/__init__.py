@@ -211,12 +211,17 @@ def _build_hooks(cfg, host: HostSpec, method: str):
       raise ValueError(f"pe.inject.scalar_impl must be 'concat' or 'bias', got "
                        f"'{cfg.inject.scalar_impl}'.")
     d_out = host.d_model if cfg.inject.multi_head else host.head_dim
+    if cfg.inject.proj_init_std <= 0:
+      raise ValueError(f'pe.inject.proj_init_std must be positive, got {cfg.inject.proj_init_std}.')
+    init = dict(init_std=cfg.inject.proj_init_std, bias_init=cfg.inject.proj_bias_init)
     model_hook = {'per_layer': inject.ModelHook, 'none': inject.DuplicateQK,
-                  'shared': functools.partial(inject.SharedQKProjection, d_out=d_out)}[qk_proj]
+                  'shared': functools.partial(inject.SharedQKProjection, d_out=d_out, **init)
+                  }[qk_proj]
     layer_hook = functools.partial(
         inject.QKInjection, method=method, per_layer=qk_proj == 'per_layer',
         multi_head=cfg.inject.multi_head, scalar_scale=cfg.inject.scalar_scale,
-        scalar_impl=cfg.inject.scalar_impl)
+        scalar_impl=cfg.inject.scalar_impl, proj_init_std=init['init_std'],
+        proj_bias_init=init['bias_init'])
     return model_hook, layer_hook
   if method == 'rotary':
     if cfg.name == 'rope_mixed':

@@ -20,6 +20,12 @@ def get_config() -> ml_collections.ConfigDict:
   pe.inject.scalar_scale = 1.0
   # attn_scalar as concatenated q/k channels (fused attention, KV cache) or a dense bias.
   pe.inject.scalar_impl = 'concat'
+  # SeqPE q/k projection p = b + W e: the bias b starts at this value (0 in the reference;
+  # 1 makes attn_mul start as q * (1 + W e), so the host's attention is not scaled down
+  # while the position term grows), and W starts as normal(proj_init_std) (reference 0.02;
+  # larger values give a small host the position-term magnitude of a paper-size one).
+  pe.inject.proj_bias_init = 0.0
+  pe.inject.proj_init_std = 0.02
 
   pe.seqpe = ml_collections.ConfigDict()
   # Numeral base of the digit sequences, 2..36.
@@ -79,6 +85,9 @@ def get_config() -> ml_collections.ConfigDict:
   pe.contrastive.multi_head_loss = False
   # Multiplier on the dot-product logits.
   pe.contrastive.logit_scale = 1.0
+  # Share of pivots drawn inside the training window (candidates: other positions of the
+  # window), so the loss separates the positions the task trains on; 0 in the reference.
+  pe.contrastive.train_fraction = 0.0
 
   pe.ood = ml_collections.ConfigDict()
   # Weight of the out-of-distribution distillation loss (0 turns it off).
@@ -98,5 +107,16 @@ def get_config() -> ml_collections.ConfigDict:
   pe.shift.pool_size = 320
   # Windows per shifted step (global); example b uses window b mod W.
   pe.shift.num_windows = 128
+
+  pe.regularizers = ml_collections.ConfigDict()
+  # Both regulariser weights ramp linearly from 0 to their value over `warmup_steps`
+  # optimizer steps, starting at `start_step` (0 and 0: full weight from the first step).
+  pe.regularizers.warmup_steps = 0
+  pe.regularizers.start_step = 0
+  # none (reference) | grad_norm: on the SeqPE encoder the regulariser gradient is scaled
+  # down, when larger, to `balance_target` times the task gradient's norm before the
+  # optimizer, so the task is not drowned (its share of an Adam update is otherwise ~1e-3).
+  pe.regularizers.balance = 'none'
+  pe.regularizers.balance_target = 1.0
   pe.lock()  # A misspelt field is an error, not a silently ignored key.
   return pe

@@ -50,14 +50,21 @@ class InputAdd(ModelHook):
     return x_BLD + per_example(state['e'], x_BLD.shape[0]).astype(x_BLD.dtype)
 
 
+def qk_projection(d_out: int, init_std: float = 0.02, bias_init: float = 0.0) -> nn.Dense:
+  """The Dense e -> [p_q; p_k] = b + W e; the reference starts W ~ normal(0.02) and b = 0."""
+  return nn.Dense(2 * d_out, kernel_init=nn.initializers.normal(init_std),
+                  bias_init=nn.initializers.constant(bias_init), name='qk_proj')
+
+
 class SharedQKProjection(ModelHook):
   """One Dense e -> [p_q; p_k] owned by the host and applied once per forward."""
   d_out: int
+  init_std: float = 0.02
+  bias_init: float = 0.0
 
   @nn.compact
   def __call__(self, features):
-    pqk = nn.Dense(2 * self.d_out, kernel_init=nn.initializers.normal(0.02),
-                   name='qk_proj')(features['e'])
+    pqk = qk_projection(self.d_out, self.init_std, self.bias_init)(features['e'])
     return {'pq': pqk[..., :self.d_out], 'pk': pqk[..., self.d_out:]}
 
 
@@ -88,20 +95,23 @@ class QKInjection(LayerHook):
     scalar_scale: s of attn_scalar.
     scalar_impl: 'concat' ([q; s p_q].[k; p_k], no L x L tensor, fused attention and KV
       cache work) or 'bias' (materialised [B, H, L, L] bias; the test oracle).
+    proj_init_std, proj_bias_init: initial scale of W and value of b in the per-layer
+      projection p = b + W e.
   """
   method: str
   per_layer: bool
   multi_head: bool = True
   scalar_scale: float = 1.0
   scalar_impl: str = 'concat'
+  proj_init_std: float = 0.02
+  proj_bias_init: float = 0.0
 
   @nn.compact
   def __call__(self, q_BLHD, k_BLHD, state):
     batch, _, heads, head_dim = q_BLHD.shape
     if self.per_layer:
       d_out = state['e'].shape[-1]
-      pqk = nn.Dense(2 * d_out, kernel_init=nn.initializers.normal(0.02),
-                     name='qk_proj')(state['e'])
+      pqk = qk_projection(d_out, self.proj_init_std, self.proj_bias_init)(state['e'])
       pq, pk = pqk[..., :d_out], pqk[..., d_out:]
     else:
       pq, pk = state['pq'], state['pk']

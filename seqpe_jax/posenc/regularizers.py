@@ -17,11 +17,15 @@ import numpy as np
 from seqpe_jax import positions
 from seqpe_jax.posenc import losses, sampling
 
+BALANCE = ('none', 'grad_norm')
+
 
 @dataclasses.dataclass(frozen=True)
 class Regularizers:
   """Static settings of SeqPE's training-time work, validated from `config.pe`."""
-  contrastive: sampling.ContrastiveSpec
+  contrastive: sampling.ContrastiveSpec | None  # None when every pivot is in the window.
+  ct_train_pivots: int  # Pivots drawn inside the training window (pe.contrastive.train_fraction).
+  ct_num_candidates: int
   ct_weight: float
   ct_heads: int  # 0 = loss on the full vector.
   ct_logit_scale: float
@@ -36,6 +40,18 @@ class Regularizers:
   num_windows: int
   train_shape: tuple[int, ...]
   max_position: int
+  warmup_steps: int = 0
+  start_step: int = 0
+  balance: str = 'none'
+  balance_target: float = 1.0
+
+  def weight_scale(self, step: jax.Array) -> jax.Array:
+    """The regularisers' weight multiplier at optimizer step `step` (0-based): 0 before
+    `start_step`, then a linear ramp to 1 over `warmup_steps`."""
+    since = jnp.asarray(step, jnp.float32) - self.start_step
+    if self.warmup_steps == 0:
+      return (since >= 0).astype(jnp.float32)
+    return jnp.clip((since + 1) / self.warmup_steps, 0.0, 1.0)
 
   def shift_pool(self, key: jax.Array) -> jax.Array:
     """The run's fixed pool of window starts, from a key derived from the run's seed."""
@@ -57,24 +73,59 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
     raise ValueError(f'pe.shift.prob must be a probability, got {shift.prob}.')
   if ood.beta > 1:
     raise ValueError(f'pe.ood.beta must lie in [0, 1], got {ood.beta}.')
+  control = cfg.regularizers
+  for name in ('warmup_steps', 'start_step'):
+    if getattr(control, name) < 0:
+      raise ValueError(f'pe.regularizers.{name} must be a non-negative number of steps, got '
+                       f'{getattr(control, name)}.')
+  if control.balance not in BALANCE:
+    raise ValueError(f"Unknown pe.regularizers.balance '{control.balance}'; use one of: "
+                     f"{', '.join(BALANCE)}.")
+  if control.balance_target <= 0:
+    raise ValueError('pe.regularizers.balance_target (the largest regulariser/task gradient '
+                     f'norm ratio on the encoder) must be positive, got {control.balance_target}.')
+  if not 0 <= ct.train_fraction <= 1:
+    raise ValueError(f'pe.contrastive.train_fraction must lie in [0, 1], got {ct.train_fraction}.')
   if enc.d_out % enc.num_heads:
     raise ValueError(f'SeqPE d_out={enc.d_out} does not split into its {enc.num_heads} heads '
                      'for the distillation loss.')
   train_shape, max_position = pe.host.train_shape, cfg.seqpe.max_position
   positions.check_extent_fits((max_position,), base=enc.base, width=enc.num_digits)
-  spec = sampling.contrastive_spec(
-      ndim=enc.ndim, max_position=max_position, base=enc.base, num_digits=enc.num_digits,
-      train_shape=train_shape, num_pivots=ct.num_pivots, num_candidates=ct.num_candidates,
-      mode_probs=ct.mode_probs, hard_fraction=ct.hard_fraction, window_range=ct.window_range)
+  train_pivots = round(ct.train_fraction * ct.num_pivots)
+  spec = None
+  if train_pivots < ct.num_pivots:
+    spec = sampling.contrastive_spec(
+        ndim=enc.ndim, max_position=max_position, base=enc.base, num_digits=enc.num_digits,
+        train_shape=train_shape, num_pivots=ct.num_pivots - train_pivots,
+        num_candidates=ct.num_candidates, mode_probs=ct.mode_probs,
+        hard_fraction=ct.hard_fraction, window_range=ct.window_range)
   sampling.check_ood(train_shape, max_position, ood.num_teachers)
   sampling.check_shift(train_shape, max_position, shift.pool_size)
   return Regularizers(
-      contrastive=spec, ct_weight=ct.weight,
+      contrastive=spec, ct_train_pivots=train_pivots,
+      ct_num_candidates=ct.num_candidates, ct_weight=ct.weight,
       ct_heads=enc.num_heads if ct.multi_head_loss else 0, ct_logit_scale=ct.logit_scale,
       ood_weight=ood.weight, ood_groups=ood.num_groups, ood_teachers=ood.num_teachers,
       ood_heads=enc.num_heads, ood_beta=ood.beta, ood_metric=ood.metric,
       shift_prob=shift.prob, shift_pool_size=shift.pool_size, num_windows=shift.num_windows,
-      train_shape=train_shape, max_position=max_position)
+      train_shape=train_shape, max_position=max_position,
+      warmup_steps=control.warmup_steps, start_step=control.start_step,
+      balance=control.balance, balance_target=control.balance_target)
+
+
+def sample_pivots(key: jax.Array, reg: Regularizers) -> dict[str, jax.Array]:
+  """This step's contrastive pivots: the training-window share first, then the reference's
+  (drawn from `key` itself, so the reference recipe's draws do not change)."""
+  parts = []
+  if reg.ct_train_pivots:
+    parts.append(sampling.sample_train_window_contrastive(
+        jax.random.fold_in(key, 1), reg.train_shape, num_pivots=reg.ct_train_pivots,
+        num_candidates=reg.ct_num_candidates))
+  if reg.contrastive is not None:
+    parts.append(sampling.sample_contrastive(key, reg.contrastive))
+  if len(parts) == 1:
+    return parts[0]
+  return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
 
 
 def seqpe_step(pe, params, key: jax.Array, pool: jax.Array, reg: Regularizers, *,
@@ -97,7 +148,7 @@ def seqpe_step(pe, params, key: jax.Array, pool: jax.Array, reg: Regularizers, *
   shift_key, ct_key, ood_key, dropout_key = jax.random.split(key, 4)
   shifted, offsets = sampling.sample_shift(shift_key, pool, num_windows=reg.num_windows,
                                            prob=reg.shift_prob)
-  ct = sampling.sample_contrastive(ct_key, reg.contrastive)
+  ct = sample_pivots(ct_key, reg)
   ood = sampling.sample_ood(ood_key, train_shape=reg.train_shape,
                             max_position=reg.max_position, num_groups=reg.ood_groups,
                             num_teachers=reg.ood_teachers)
@@ -133,3 +184,23 @@ def seqpe_step(pe, params, key: jax.Array, pool: jax.Array, reg: Regularizers, *
   aux = {'loss': reg.ct_weight * ct_loss + reg.ood_weight * ood_loss,
          'contrastive_loss': ct_loss, 'ood_loss': ood_loss, 'shifted': shifted}
   return features, aux
+
+
+def training_features(pe, reg: Regularizers | None, params, key: jax.Array, step: jax.Array,
+                      pool: jax.Array):
+  """The PE's part of a training step, the same call for every PE.
+
+  Returns:
+    features for the host, the scheduled regulariser loss (0 without regularisers) and
+    scalars to log: the unweighted losses, whether the step was shifted and the weight
+    multiplier of `reg.weight_scale`.
+  """
+  if reg is None:
+    features = pe.features(params, pe.host.train_shape, deterministic=False,
+                           rngs={'dropout': key})
+    return features, jnp.zeros((), jnp.float32), {}
+  features, aux = seqpe_step(pe, params, key, pool, reg)
+  scale = reg.weight_scale(step)
+  scalars = {'contrastive_loss': aux['contrastive_loss'], 'ood_loss': aux['ood_loss'],
+             'shifted': aux['shifted'], 'reg_scale': scale}
+  return features, scale * aux['loss'], scalars

@@ -147,6 +147,37 @@ def sample_contrastive(key: jax.Array, spec: ContrastiveSpec) -> dict[str, jax.A
           'origin': origin[order]}
 
 
+def sample_train_window_contrastive(key: jax.Array, train_shape: Sequence[int], *,
+                                    num_pivots: int, num_candidates: int) -> dict[str, jax.Array]:
+  """Pivots inside the training window, each with K other window positions as candidates.
+
+  The reference draws pivots over the whole position space (P = 10,000 in 1D), so the
+  L positions the task trains on are almost never compared with each other and nothing
+  stops the encoder from mapping them all to one vector. These pivots keep them apart.
+  Candidates are distinct and never the pivot; when the window has fewer than K other
+  positions the surplus is masked (`valid`). Same keys as `sample_contrastive`.
+  """
+  grid = positions.grid(train_shape)  # [N, n]
+  n = grid.shape[0]
+  pivot_key, pick_key = jax.random.split(key)
+  pivot_idx = jax.random.randint(pivot_key, (num_pivots,), 0, n)
+  priority = jax.random.uniform(pick_key, (num_pivots, n))
+  priority = jnp.where(jnp.arange(n) == pivot_idx[:, None], 2.0, priority)  # Pivot last.
+  order = jnp.argsort(priority, axis=1)[:, :num_candidates]
+  if order.shape[1] < num_candidates:  # A window smaller than K: pad with masked entries.
+    order = jnp.pad(order, [(0, 0), (0, num_candidates - order.shape[1])])
+  valid = jnp.arange(num_candidates)[None] < min(num_candidates, n - 1)
+  valid = jnp.broadcast_to(valid, order.shape)
+  pivots, candidates = grid[pivot_idx], grid[order]
+  distance = jnp.where(valid, squared_distance(pivots[:, None], candidates),
+                       jnp.iinfo(jnp.int32).max)
+  window_mode = MODES.index('window')
+  return {'pivots': pivots, 'candidates': candidates, 'valid': valid,
+          'labels': jnp.argmin(distance, axis=1).astype(jnp.int32),
+          'mode': jnp.full((num_pivots,), window_mode, jnp.int32),
+          'origin': jnp.full(order.shape, window_mode, jnp.int32)}
+
+
 def _window_draws(key, spec: ContrastiveSpec):
   """K positions without replacement from a dense window placed independently of the pivot."""
   n, p, r = spec.ndim, spec.max_position, spec.window

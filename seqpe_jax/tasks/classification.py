@@ -29,7 +29,10 @@ class ClassificationTask:
     self.variant = vit.parse_variant(config.model.variant)
     for res in [size, *config.eval.resolutions]:
       vit.patch_grid(res, self.variant['patch_size'])
-    self.splits = images.load(config.data.name, config.data.dir or None)
+    self.splits = images.load(config.data.name, config.data.dir or None, config.data.valid_size)
+    if config.eval.split not in self.splits:
+      raise ValueError(f"eval.split must be one of {', '.join(self.splits)}, got "
+                       f"'{config.eval.split}'.")
     self.num_classes = images.NUM_CLASSES[config.data.name]
     self.host = vit.host_spec(config.model.variant, size)
     self.train_shape = self.host.train_shape
@@ -54,11 +57,17 @@ class ClassificationTask:
     return images.train_batches(self.splits['train'], global_batch=self.config.batch_size,
                                 seed=seed, image_size=self.config.data.image_size)
 
-  def logits(self, model_params, batch, features, *, train: bool, rng=None):
+  def heldout_batch(self):
+    """A fixed batch of validation images at the training resolution (diagnostics)."""
+    return next(images.eval_batches(self.splits['valid'], batch_size=self.config.eval.batch_size,
+                                    image_size=self.config.data.image_size))
+
+  def logits(self, model_params, batch, features, *, train: bool, rng=None, mutable=False):
+    """Logits [B, classes]; with `mutable` (collection names) also the updated collections."""
     x = images.normalize(batch['image'])
     rngs = {'dropout': rng} if train else None
     return self.model.apply({'params': model_params}, x, features, deterministic=not train,
-                            rngs=rngs)
+                            rngs=rngs, mutable=mutable)
 
   def loss(self, logits, batch):
     """Label-smoothed cross-entropy and accuracy."""
@@ -68,14 +77,16 @@ class ClassificationTask:
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
     return loss, {'train/accuracy': accuracy}
 
-  def sweep(self, params, mesh) -> dict[int, dict[str, float]]:
-    """Top-1 accuracy at every configured resolution; each PE table computed once."""
+  def sweep(self, params, mesh, split: str | None = None) -> dict[int, dict[str, float]]:
+    """Top-1 accuracy on `split` (default eval.split) at every configured resolution; each
+    PE table computed once."""
+    split = split or self.config.eval.split
     tables = posenc.TableCache(self.pe, params['pe'])
     results = {}
     for res in self.config.eval.resolutions:
       features = tables(self.grid(res))
       correct = total = 0
-      for batch in images.eval_batches(self.splits['test'], batch_size=self.config.eval.batch_size,
+      for batch in images.eval_batches(self.splits[split], batch_size=self.config.eval.batch_size,
                                        image_size=res):
         batch = sharding.global_batch(batch, mesh)
         c, n = _eval_step(self, params['model'], features, batch)

@@ -54,10 +54,16 @@ class LanguageModelTask:
     return text.train_batches(self.tokens['train'], length=self.config.data.seq_len,
                               global_batch=self.config.batch_size, seed=seed)
 
-  def logits(self, model_params, batch, features, *, train: bool, rng=None):
+  def heldout_batch(self):
+    """A fixed batch of validation windows at the training length (diagnostics)."""
+    return next(text.eval_batches(self.tokens['valid'], length=self.config.data.seq_len,
+                                  batch_size=self.config.eval.batch_size))
+
+  def logits(self, model_params, batch, features, *, train: bool, rng=None, mutable=False):
+    """Logits [B, L, V]; with `mutable` (collection names) also the updated collections."""
     rngs = {'dropout': rng} if train else None
     return self.model.apply({'params': model_params}, batch['tokens'], features,
-                            deterministic=not train, rngs=rngs)
+                            deterministic=not train, rngs=rngs, mutable=mutable)
 
   def loss(self, logits, batch):
     """Mean next-token cross-entropy over the predicted tokens, and its perplexity."""
@@ -65,10 +71,11 @@ class LanguageModelTask:
     loss = nll_sum / jnp.maximum(count, 1.0)
     return loss, {'train/ppl': jnp.exp(loss)}
 
-  def sweep(self, params, mesh) -> dict[int, dict[str, float]]:
-    """Token perplexity on `eval.split` at every `eval.lengths`; each PE table made once."""
+  def sweep(self, params, mesh, split: str | None = None) -> dict[int, dict[str, float]]:
+    """Token perplexity on `split` (default eval.split) at every `eval.lengths`; each PE
+    table made once."""
     tables = posenc.TableCache(self.pe, params['pe'])
-    tokens = self.tokens[self.config.eval.split]
+    tokens = self.tokens[split or self.config.eval.split]
     results = {}
     for length in self.config.eval.lengths:
       features = tables((length,))

@@ -1,0 +1,68 @@
+"""Does the PE carry position? The diag/* scalars logged beside the training metrics.
+
+- `diag/pe_ablation_delta`: loss on a fixed held-out batch with every grid position's PE
+  features replaced by those of the first grid position, minus the normal loss. A model
+  that uses its PE loses something (> 0); a dead PE gives 0. For RoPE and ALiBi this sets
+  every position to the first one; prefix tokens (the ViT's CLS) keep their features.
+- `diag/grad_ratio` (SeqPE): ||task gradient|| / ||regulariser gradient|| on the encoder,
+  the regulariser's at its scheduled weight, on the step's own sampling.
+- `diag/pe_spread` (PEs with an embedding table): mean distance of the training window's
+  embeddings to their mean, over their mean norm; about 1 for well-spread vectors, 0
+  when every position maps to one vector.
+- `diag/pos_term_std`: how much the PE alone moves the attention logits, averaged over
+  layers (`attention.position_logit_spread`).
+"""
+
+import jax
+import jax.numpy as jnp
+
+from seqpe_jax import optim
+
+
+def ablate_positions(features, num_prefix: int):
+  """Every grid position's features (leaves [W, P+N, ...]) set to the first grid position's."""
+  def ablate(x):
+    first = x[:, num_prefix:num_prefix + 1]
+    return x.at[:, num_prefix:].set(jnp.broadcast_to(first, x[:, num_prefix:].shape))
+  return jax.tree.map(ablate, features)
+
+
+def embedding_spread(e_ND: jax.Array) -> jax.Array:
+  """mean_i ||e_i - mean|| / mean_i ||e_i||."""
+  e = e_ND.astype(jnp.float32)
+  centred = jnp.linalg.norm(e - e.mean(0), axis=-1).mean()
+  return centred / jnp.maximum(jnp.linalg.norm(e, axis=-1).mean(), 1e-30)
+
+
+def make_diagnostics(task, gradients):
+  """(params, train_batch, step, heldout_batch) -> diag/* scalars, one jitted function.
+
+  `gradients` is the trainer's `make_gradients(...)`; called with split=True it gives the
+  encoder's task and regulariser gradients of exactly this step, so the ratio costs one
+  extra forward and backward on logging steps only.
+  """
+  pe, num_prefix = task.pe, task.host.num_prefix
+
+  def heldout_loss(params, batch, features, capture=False):
+    out = task.logits(params['model'], batch, features, train=False,
+                      mutable=['intermediates'] if capture else False)
+    logits, state = out if capture else (out, None)
+    return task.loss(logits, batch)[0], state
+
+  def diagnose(params, train_batch, step, heldout_batch):
+    features = pe.features(params['pe'], task.train_shape)
+    loss, state = heldout_loss(params, heldout_batch, features, capture=True)
+    ablated, _ = heldout_loss(params, heldout_batch, ablate_positions(features, num_prefix))
+    spreads = jax.tree.leaves(state['intermediates'])
+    out = {'diag/pe_ablation_delta': ablated - loss,
+           'diag/pos_term_std': jnp.mean(jnp.stack(spreads)) if spreads else jnp.zeros(())}
+    if 'e' in features:
+      out['diag/pe_spread'] = embedding_spread(features['e'][0, num_prefix:])
+    if task.regularizers is not None:
+      _, grads = gradients(params, train_batch, step, split=True)
+      task_norm, reg_norm = (optim.encoder_norm(grads[k]) for k in ('pe_task', 'pe_reg'))
+      # Infinite while the regularisers' weight is still 0 (pe.regularizers.start_step).
+      out['diag/grad_ratio'] = jnp.where(reg_norm > 0, task_norm / reg_norm, jnp.inf)
+    return out
+
+  return diagnose
