@@ -51,12 +51,17 @@ def seqpe_decays(path, x) -> bool:
   return is_seqpe_encoder(path) and x.ndim >= 2 and not names[-1].endswith('embed')
 
 
-def make(cfg, total_steps: int, params) -> optax.GradientTransformation:
-  """The optimizer for params {'model': ..., 'pe': ...}."""
+def clip_groups(cfg, params) -> optax.GradientTransformation:
+  """Global-norm clipping of the SeqPE encoder and of everything else, each on its own."""
   labels = jax.tree_util.tree_map_with_path(
       lambda p, _: 'seqpe' if is_seqpe_encoder(p) else 'host', params)
-  clip = optax.multi_transform({'seqpe': optax.clip_by_global_norm(cfg.clip_seqpe),
+  return optax.multi_transform({'seqpe': optax.clip_by_global_norm(cfg.clip_seqpe),
                                 'host': optax.clip_by_global_norm(cfg.clip_host)}, labels)
+
+
+def make(cfg, total_steps: int, params) -> optax.GradientTransformation:
+  """The optimizer for params {'model': ..., 'pe': ...}."""
+  clip = clip_groups(cfg, params)
   lr = schedule(cfg, total_steps)
   decay_mask = jax.tree_util.tree_map_with_path(decays, params)
   seqpe_mask = jax.tree_util.tree_map_with_path(seqpe_decays, params)
