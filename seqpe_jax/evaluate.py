@@ -3,7 +3,8 @@
     python -m seqpe_jax.evaluate --workdir=DIR
 
 re-runs the sweep of the run in DIR from its latest checkpoint and rewrites
-DIR/extrapolation.json and DIR/extrapolation.png.
+DIR/extrapolation.json and DIR/extrapolation.png; with `--split=valid` it sweeps the
+validation split instead and writes DIR/extrapolation_valid.json/png.
 
     python -m seqpe_jax.evaluate --compare=DIR1,DIR2,... --out=FILE.png
 
@@ -33,11 +34,11 @@ def flatten(results: dict[int, dict[str, float]], metric: str) -> dict[str, floa
 
 
 def write_extrapolation(workdir: str, results: dict[int, dict[str, float]], metric: str,
-                        axis_label: str, title: str = '') -> None:
-  """WORKDIR/extrapolation.json (metric per resolution/length) and extrapolation.png."""
+                        axis_label: str, title: str = '', suffix: str = '') -> None:
+  """WORKDIR/extrapolation{suffix}.json (metric per resolution/length) and .png."""
   workdir = pathlib.Path(workdir)
   table = {str(x): values for x, values in sorted(results.items())}
-  (workdir / 'extrapolation.json').write_text(json.dumps(
+  (workdir / f'extrapolation{suffix}.json').write_text(json.dumps(
       {'metric': metric, 'axis': axis_label, 'results': table}, indent=2))
   xs = sorted(results)
   fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -45,7 +46,7 @@ def write_extrapolation(workdir: str, results: dict[int, dict[str, float]], metr
   ax.set(xlabel=axis_label, ylabel=metric, title=title)
   _format_axes(ax, xs, metric)
   fig.tight_layout()
-  fig.savefig(workdir / 'extrapolation.png', dpi=120)
+  fig.savefig(workdir / f'extrapolation{suffix}.png', dpi=120)
   plt.close(fig)
 
 
@@ -61,8 +62,10 @@ def _format_axes(ax, xs, metric: str) -> None:
   ax.grid(alpha=0.3)
 
 
-def evaluate_workdir(workdir: str) -> dict:
-  """Restores the latest checkpoint of the run in `workdir` and re-runs its sweep."""
+def evaluate_workdir(workdir: str, split: str | None = None) -> dict:
+  """Restores the latest checkpoint of the run in `workdir` and re-runs its sweep, on the
+  run's eval.split (rewriting extrapolation.json/png) or on `split` (writing
+  extrapolation_{split}.json/png beside them, e.g. the validation split)."""
   from seqpe_jax import checkpoint, sharding, tasks, train  # Avoids an import cycle.
   path = pathlib.Path(workdir) / 'config.json'
   if not path.exists():
@@ -78,9 +81,10 @@ def evaluate_workdir(workdir: str) -> dict:
     checkpointer.close()
   if state is None:
     raise FileNotFoundError(f'{workdir} has no checkpoint to evaluate.')
-  results = task.sweep(state['params'], mesh)
+  results = task.sweep(state['params'], mesh, split=split)
   write_extrapolation(workdir, results, task.metric, task.axis_label,
-                      title=f'{config.model.name} {config.pe.name}')
+                      title=f'{config.model.name} {config.pe.name} {split or ""}'.strip(),
+                      suffix=f'_{split}' if split else '')
   return results
 
 
@@ -125,7 +129,7 @@ def main(argv):
   if flags.FLAGS.compare:
     print(compare(flags.FLAGS.compare.split(','), flags.FLAGS.out))
     return
-  results = evaluate_workdir(flags.FLAGS.workdir)
+  results = evaluate_workdir(flags.FLAGS.workdir, flags.FLAGS.split)
   for x, values in sorted(results.items()):
     print(x, values)
 
@@ -134,4 +138,6 @@ if __name__ == '__main__':
   flags.DEFINE_string('workdir', None, 'A training run directory.')
   flags.DEFINE_string('compare', None, 'Comma-separated finished run directories.')
   flags.DEFINE_string('out', 'extrapolation_comparison.png', 'Where --compare writes its plot.')
+  flags.DEFINE_string('split', None, 'Evaluate on this split (e.g. valid) instead of the '
+                      "run's eval.split; writes extrapolation_<split>.json.")
   app.run(main)
