@@ -21,37 +21,26 @@ resumes an interrupted run from its checkpoint; the tables are rewritten after e
 Exit status: 2 for bad arguments, 143 when SIGTERM stopped a run (rerun to resume).
 """
 
-import csv
 import dataclasses
 import importlib
 import importlib.util
 import json
 import logging as std_logging
-import math
-import os
 import pathlib
 import shlex
 import sys
 import time
 
 import jax
-import matplotlib
 import ml_collections
 import numpy as np
 from absl import app, flags
 
-from seqpe_jax import evaluate, train
-
-matplotlib.use('Agg')  # Files only; no display on training hosts.
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+from seqpe_jax import evaluate, study_report, train
+from seqpe_jax.study_report import DIVERGED, SPLITS, is_finished
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 VARIANTS = ('', 'smoke')
-SPLITS = {'test': 'extrapolation.json', 'valid': 'extrapolation_valid.json'}
-SPLIT_TITLES = {'test': 'Test split', 'valid': 'Validation split'}
-LOWER_IS_BETTER = frozenset({'ppl', 'nll', 'loss'})
-DIVERGED = 'diverged.txt'  # Written in a run's workdir when its loss became NaN/Inf.
 PREEMPTED_EXIT_STATUS = 143  # What a shell reports for a process ended by SIGTERM.
 
 # ------------------------------------------------------------------ Suites.
@@ -209,11 +198,6 @@ class _Job:
     return f'{self.run.name} seed {self.seed}'
 
 
-def is_finished(run_dir: pathlib.Path) -> bool:
-  """Both sweeps are written: the run needs nothing more."""
-  return all((run_dir / name).exists() for name in SPLITS.values())
-
-
 def _is_done(run_dir: pathlib.Path) -> bool:
   return is_finished(run_dir) or (run_dir / DIVERGED).exists()
 
@@ -314,6 +298,7 @@ def run_study(suite: str, workdir: str, seeds: int = 2, variant: str = '',
   root = pathlib.Path(workdir)
   command = _command_line(suite, workdir, seeds, variant, steps, only)
   jobs = _plan(suite, runs, root, seeds=seeds, variant=variant, steps=steps)
+  names = [run.name for run in SUITES[suite]]  # The report covers every run of the suite.
   pending = [job for job in jobs if not _is_done(job.directory)]
   print(f'{suite}: {len(jobs) - len(pending)} of {len(jobs)} runs already done in {root}.',
         flush=True)
@@ -327,375 +312,12 @@ def run_study(suite: str, workdir: str, seeds: int = 2, variant: str = '',
       (trained if _train_and_sweep(job) else diverged).append((job.run.name, job.seed))
       durations.setdefault(job.run.name, []).append(time.perf_counter() - start)
       pending.remove(job)
-      write_outputs(root, suite, command)
+      study_report.write_outputs(root, suite, names, command)
   finally:  # Also after SIGTERM or an error: the finished runs get their tables.
-    summary = write_outputs(root, suite, command)
+    summary = study_report.write_outputs(root, suite, names, command)
   return {'trained': trained, 'diverged': diverged,
           'finished': sum(is_finished(job.directory) for job in jobs), 'total': len(jobs),
           'summary': summary}
-
-
-# ------------------------------------------------------------------ Collecting results.
-
-
-@dataclasses.dataclass
-class RunRecord:
-  """What one finished (run, seed) left in its workdir."""
-  name: str
-  seed: int
-  config: dict
-  metric: str
-  axis: str
-  results: dict[str, dict[int, float]]  # split -> x -> metric value.
-  final_diag: dict[str, float]  # diag/* -> last logged value.
-  curves: dict[str, dict[int, float]]  # diag/* -> step -> value.
-
-
-def _read_metrics(path: pathlib.Path) -> list[dict]:
-  if not path.exists():
-    return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _read_record(name: str, seed: int, run_dir: pathlib.Path) -> RunRecord:
-  tables = {split: json.loads((run_dir / file).read_text()) for split, file in SPLITS.items()}
-  metric = tables['test']['metric']
-  results = {split: {int(x): values[metric] for x, values in table['results'].items()}
-             for split, table in tables.items()}
-  curves = {}
-  for row in _read_metrics(run_dir / 'metrics.jsonl'):  # A missing diag key is just absent.
-    for key, value in row.items():
-      if key.startswith('diag/'):
-        curves.setdefault(key, {})[row['step']] = value
-  final = {key: curve[max(curve)] for key, curve in curves.items()}
-  config_path = run_dir / 'config.json'
-  config = json.loads(config_path.read_text()) if config_path.exists() else {}
-  return RunRecord(name, seed, config, metric, tables['test']['axis'], results, final, curves)
-
-
-def collect(root: pathlib.Path, suite: str) -> list[RunRecord]:
-  """Every finished (run, seed) of the suite under ROOT/runs, in suite order, any seed."""
-  records = []
-  for run in SUITES[suite]:
-    seed_dirs = (root / 'runs' / run.name).glob('seed*')
-    for seed, run_dir in sorted((int(d.name.removeprefix('seed')), d) for d in seed_dirs
-                                if d.name.removeprefix('seed').isdigit()):
-      if is_finished(run_dir):
-        records.append(_read_record(run.name, seed, run_dir))
-  return records
-
-
-def _mean_std(values: list[float]) -> tuple[float, float | None, int]:
-  std = float(np.std(values, ddof=1)) if len(values) > 1 else None
-  return float(np.mean(values)), std, len(values)
-
-
-def summarize(records: list[RunRecord], split: str) -> dict[str, dict[int, tuple]]:
-  """{run: {x: (mean, std or None, seeds)}} over the finished seeds, in suite order."""
-  values = {}
-  for record in records:
-    for x, value in record.results[split].items():
-      values.setdefault(record.name, {}).setdefault(x, []).append(value)
-  return {name: {x: _mean_std(v) for x, v in sorted(by_x.items())}
-          for name, by_x in values.items()}
-
-
-def _final_diagnostics(records: list[RunRecord]) -> dict[str, dict[str, tuple]]:
-  values = {}
-  for record in records:
-    for key, value in record.final_diag.items():
-      values.setdefault(record.name, {}).setdefault(key, []).append(value)
-  return {name: {key: _mean_std(v) for key, v in by_key.items()}
-          for name, by_key in values.items()}
-
-
-def _diag_keys(records: list[RunRecord]) -> list[str]:
-  return sorted({key for record in records for key in record.curves})
-
-
-# ------------------------------------------------------------------ Tables.
-
-
-def _number(value: float) -> str:
-  return f'{value:.1f}' if abs(value) >= 100 else f'{value:.4g}'
-
-
-def _spread(std: float) -> str:
-  return f'{std:.0f}' if std >= 10 else f'{std:.2g}'  # Two significant digits are plenty.
-
-
-def _cell(stats: tuple | None, bold: bool = False) -> str:
-  if stats is None:
-    return ''
-  mean, std, _ = stats
-  if std is None or not math.isfinite(std):  # One seed, or an infinite diag/grad_ratio.
-    text = _number(mean)
-  else:
-    text = f'{_number(mean)} ± {_spread(std)}'
-  return f'**{text}**' if bold else text
-
-
-def _row_label(name: str, stats: dict) -> str:
-  seeds = max((n for _, _, n in stats.values()), default=0)
-  return f'{name} (1 seed)' if seeds == 1 else name
-
-
-def _best_runs(summary: dict, x: int, metric: str) -> list[str]:
-  means = {name: by_x[x][0] for name, by_x in summary.items() if x in by_x}
-  if not means:
-    return []
-  best = (min if metric in LOWER_IS_BETTER else max)(means.values())
-  return [name for name, mean in means.items() if mean == best]
-
-
-def _columns(summary: dict) -> list[int]:
-  return sorted({x for by_x in summary.values() for x in by_x})
-
-
-def metric_table(summary: dict, metric: str) -> str:
-  """Markdown: one row per run, one column per length/resolution, best mean in bold."""
-  columns = _columns(summary)
-  best = {x: _best_runs(summary, x, metric) for x in columns}
-  lines = [f"| run | {' | '.join(map(str, columns))} |", '|---' * (len(columns) + 1) + '|']
-  for name, by_x in summary.items():
-    cells = [_cell(by_x.get(x), name in best[x]) for x in columns]
-    lines.append(f"| {_row_label(name, by_x)} | {' | '.join(cells)} |")
-  return '\n'.join(lines)
-
-
-def diagnostics_table(final: dict[str, dict[str, tuple]], keys: list[str]) -> str:
-  lines = [f"| run | {' | '.join(keys)} |", '|---' * (len(keys) + 1) + '|']
-  for name, by_key in final.items():
-    lines.append(f"| {_row_label(name, by_key)} | "
-                 f"{' | '.join(_cell(by_key.get(key)) for key in keys)} |")
-  return '\n'.join(lines)
-
-
-def _metric_caption(split: str, records: list[RunRecord]) -> str:
-  metric, axis = records[0].metric, records[0].axis
-  better = 'lower' if metric in LOWER_IS_BETTER else 'higher'
-  return (f'{metric} per {axis}, mean ± std over seeds ({better} is better; best mean in '
-          'bold).')
-
-
-def _markdown_sections(records: list[RunRecord], heading: str) -> str:
-  """The split tables and the diagnostics table, each under a `heading` title."""
-  sections = []
-  for split in SPLITS:
-    sections.append(f'{heading} {SPLIT_TITLES[split]}\n\n{_metric_caption(split, records)}\n\n'
-                    f'{metric_table(summarize(records, split), records[0].metric)}\n')
-  keys = _diag_keys(records)
-  if keys:
-    sections.append(f'{heading} Final diagnostics\n\nLast logged value of each diag/* metric, '
-                    f'mean ± std over seeds.\n\n'
-                    f'{diagnostics_table(_final_diagnostics(records), keys)}\n')
-  else:
-    sections.append(f'{heading} Final diagnostics\n\nThe runs logged no diag/* metrics.\n')
-  return '\n'.join(sections)
-
-
-def write_csv(path: pathlib.Path, records: list[RunRecord]) -> None:
-  """One row per (run, seed, split, x): the metric value and the run's final diag/* values."""
-  keys = _diag_keys(records)
-  with path.open('w', newline='') as f:
-    writer = csv.writer(f)
-    writer.writerow(['run', 'seed', 'split', 'x', 'metric', 'value', *keys])
-    for record in records:
-      diag = [record.final_diag.get(key, '') for key in keys]
-      for split in SPLITS:
-        for x, value in sorted(record.results[split].items()):
-          writer.writerow([record.name, record.seed, split, x, record.metric, value, *diag])
-
-
-# ------------------------------------------------------------------ Plots.
-
-
-def _colour_cycle(ax, count: int) -> None:
-  if count > 10:  # Matplotlib's default cycle repeats after 10 lines.
-    ax.set_prop_cycle(color=plt.get_cmap('tab20').colors)
-
-
-def plot_metric(path: pathlib.Path, summary: dict, metric: str, axis: str, title: str) -> None:
-  """Mean per run against length/resolution, with a mean ± std band where seeds > 1."""
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  _colour_cycle(ax, len(summary))
-  for name, by_x in summary.items():
-    xs = sorted(by_x)
-    mean = np.array([by_x[x][0] for x in xs])
-    line, = ax.plot(xs, mean, marker='o', label=name)
-    if all(by_x[x][1] is not None for x in xs):
-      std = np.array([by_x[x][1] for x in xs])
-      ax.fill_between(xs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-  ax.set(xlabel=axis, ylabel=metric, title=title)
-  evaluate._format_axes(ax, _columns(summary), metric)  # pylint: disable=protected-access
-  ax.legend(fontsize='small', ncol=2 if len(summary) > 8 else 1)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
-def plot_diagnostics(path: pathlib.Path, records: list[RunRecord]) -> None:
-  """One panel per diag/* key: its training curve per run, averaged over seeds."""
-  keys = _diag_keys(records)
-  names = list(dict.fromkeys(record.name for record in records))
-  columns = min(2, len(keys))
-  rows = math.ceil(len(keys) / columns)
-  fig, axes = plt.subplots(rows, columns, figsize=(6 * columns, 3.5 * rows), squeeze=False)
-  for ax, key in zip(axes.flat, keys):
-    _colour_cycle(ax, len(names))
-    for name in names:
-      by_step = {}
-      for record in records:
-        if record.name == name:
-          for step, value in record.curves.get(key, {}).items():
-            by_step.setdefault(step, []).append(value)
-      steps = sorted(by_step)
-      ax.plot(steps, [np.mean(by_step[s]) for s in steps], label=name)
-    ax.set(title=key, xlabel='step')
-    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-  for ax in axes.flat[len(keys):]:
-    ax.set_visible(False)
-  axes.flat[0].legend(fontsize='small')
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
-# ------------------------------------------------------------------ Report.
-
-
-def _hardware() -> str:
-  device = jax.devices()[0]
-  return (f'{device.device_kind} ({device.platform}), {jax.device_count()} devices, '
-          f'{os.cpu_count()} CPU cores, JAX {jax.__version__}')
-
-
-def _training_x(config: dict, columns: list[int]) -> int:
-  """The training length (LM) or resolution (ViT) if it is a column, else the first one."""
-  data = config.get('data', {})
-  x = data.get('seq_len', data.get('image_size'))
-  return x if x in columns else columns[0]
-
-
-def _budget(records: list[RunRecord]) -> str:
-  config = records[0].config
-  model, data = config.get('model', {}), config.get('data', {})
-  columns = sorted(records[0].results['test'])
-  return (f"{config.get('total_steps')} steps of batch {config.get('batch_size')} per run; "
-          f"model {model.get('name')} {model.get('variant')}; data {data.get('name')}; "
-          f'{records[0].axis}: trained at {_training_x(config, columns)}, evaluated at '
-          f"{', '.join(map(str, columns))}")
-
-
-def _ordinal(n: int) -> str:
-  suffix = 'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')
-  return f'{n}{suffix}'
-
-
-def _rank(summary: dict, name: str, x: int, metric: str) -> str:
-  means = sorted((by_x[x][0] for by_x in summary.values() if x in by_x),
-                 reverse=metric not in LOWER_IS_BETTER)
-  return f'{_ordinal(means.index(summary[name][x][0]) + 1)} of {len(means)}'
-
-
-def _winners(summary: dict, metric: str) -> str:
-  lines = []
-  for x in _columns(summary):
-    names = _best_runs(summary, x, metric)
-    lines.append(f"- {x}: {', '.join(f'**{n}**' for n in names)} "
-                 f'({_cell(summary[names[0]][x])})')
-  return '\n'.join(lines)
-
-
-def _seqpe_paragraph(name: str, records: list[RunRecord], summary: dict) -> str:
-  """Whether the run uses its position encoding, and where it ranks on validation."""
-  own = [r for r in records if r.name == name]
-  deltas = [r.final_diag['diag/pe_ablation_delta'] for r in own
-            if 'diag/pe_ablation_delta' in r.final_diag]
-  if deltas:
-    mean, std, _ = _mean_std(deltas)
-    verdict = ('it uses position' if mean > 0 else
-               'it does not use position: removing the PE does not raise the loss')
-    usage = (f"Final diag/pe_ablation_delta {_cell(_mean_std(deltas))} "
-             f'({len(deltas)} seeds): {verdict}.')
-  else:
-    usage = 'It logged no diag/pe_ablation_delta.'
-  metric, columns = own[0].metric, _columns(summary)
-  trained, longest = _training_x(own[0].config, columns), columns[-1]
-  kind = 'length' if 'length' in own[0].axis else 'resolution'
-  return (f'**{name}**. {usage} On validation it ranks {_rank(summary, name, trained, metric)} '
-          f'at the training {kind} ({trained}) and {_rank(summary, name, longest, metric)} at '
-          f'the longest ({longest}).')
-
-
-def _run_status(suite: str, records: list[RunRecord], root: pathlib.Path) -> str:
-  seeds = {}
-  for record in records:
-    seeds.setdefault(record.name, []).append(record.seed)
-  done = ', '.join(f'{name} ({len(s)} seeds)' for name, s in seeds.items())
-  missing = [run.name for run in SUITES[suite] if run.name not in seeds]
-  diverged = sorted(str(p.parent.relative_to(root)) for p in root.glob(f'runs/*/seed*/{DIVERGED}'))
-  text = f'Finished: {done}.'
-  text += f" Not finished yet: {', '.join(missing)}." if missing else ''
-  text += f" Diverged (no results): {', '.join(diverged)}." if diverged else ''
-  return text
-
-
-def report(suite: str, records: list[RunRecord], root: pathlib.Path, command: str) -> str:
-  """REPORT.md: how the study was made, its tables and plots, and what they say."""
-  metric = records[0].metric
-  valid = summarize(records, 'valid')
-  seqpe_runs = list(dict.fromkeys(r.name for r in records
-                                  if r.config.get('pe', {}).get('name') == 'seqpe'))
-  diagnostics = '![diag/* training curves](diagnostics.png)\n' if _diag_keys(records) else ''
-  paragraphs = '\n\n'.join(_seqpe_paragraph(name, records, valid) for name in seqpe_runs)
-  return f"""# Study: {suite}
-
-Which position encoding extrapolates best: every run trained with the same budget on the
-same data, once per seed; test and validation sweeps of the final checkpoint.
-
-- Last written by: `{command}`
-- Hardware: {_hardware()}
-- Budget: {_budget(records)}
-- Runs: {_run_status(suite, records, root)}
-- Data: [results.csv](results.csv), [results.md](results.md), one workdir per run under `runs/`.
-
-{_markdown_sections(records, '##')}
-![{metric} on the test split](test.png)
-
-![{metric} on the validation split](valid.png)
-
-{diagnostics}
-## Best on validation
-
-{_winners(valid, metric)}
-
-## SeqPE runs
-
-{paragraphs or 'No SeqPE run has finished.'}
-"""
-
-
-def write_outputs(root: pathlib.Path, suite: str, command: str) -> dict:
-  """Rewrites the tables, plots and report from every finished run; returns the summaries."""
-  records = collect(root, suite)
-  if not records:
-    return {}
-  metrics_ = {record.metric for record in records}
-  if len(metrics_) != 1:
-    raise StudyError(f"The runs in {root} report different metrics ({', '.join(metrics_)}); "
-                     'a study holds one experiment family.')
-  summaries = {split: summarize(records, split) for split in SPLITS}
-  write_csv(root / 'results.csv', records)
-  (root / 'results.md').write_text(f'# Study: {suite}\n\n{_markdown_sections(records, "##")}')
-  for split, summary in summaries.items():
-    plot_metric(root / f'{split}.png', summary, records[0].metric, records[0].axis,
-                f'{suite}: {SPLIT_TITLES[split].lower()}')
-  if _diag_keys(records):
-    plot_diagnostics(root / 'diagnostics.png', records)
-  (root / 'REPORT.md').write_text(report(suite, records, root, command))
-  return summaries
 
 
 # ------------------------------------------------------------------ Command line.
@@ -715,7 +337,7 @@ def main(argv):
   try:
     run_study(flags.FLAGS.suite, flags.FLAGS.workdir, seeds=flags.FLAGS.seeds,
               variant=flags.FLAGS.variant, steps=flags.FLAGS.steps, only=flags.FLAGS.only)
-  except StudyError as e:  # One sentence, not absl's usage page and a traceback.
+  except (StudyError, study_report.MixedMetricsError) as e:  # One sentence, not absl's usage page and a traceback.
     _exit_with(str(e), 2)
   except Preempted as e:
     _exit_with(str(e), PREEMPTED_EXIT_STATUS)

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from seqpe_jax import evaluate, study, train
+from seqpe_jax import evaluate, study, study_report, train
 
 # One xdist worker runs this file: its smoke study trains four runs.
 pytestmark = pytest.mark.xdist_group('study')
@@ -131,7 +131,7 @@ def test_preemption_stops_and_divergence_is_recorded(tmp_path, monkeypatch):
   monkeypatch.setattr(train, 'train_and_evaluate', diverge_or_preempt)
   with pytest.raises(study.Preempted, match='SIGTERM stopped ape seed 0'):
     study.run_study('lm', str(tmp_path), seeds=1, variant='smoke', only=['nope', 'ape'])
-  assert (tmp_path / 'runs/nope/seed0' / study.DIVERGED).exists()
+  assert (tmp_path / 'runs/nope/seed0' / study_report.DIVERGED).exists()
   assert not (tmp_path / 'runs/ape/seed0/extrapolation.json').exists()
 
 
@@ -156,7 +156,8 @@ def test_report_tables_plots_and_summary_from_finished_runs(tmp_path):
   write_fake_run(tmp_path, 'seqpe', 0, 'seqpe', (10.0, 20.0), (11.0, 21.0), diag)
   write_fake_run(tmp_path, 'seqpe', 1, 'seqpe', (12.0, 22.0), (13.0, 23.0), diag)
   write_fake_run(tmp_path, 'nope', 0, 'none', (15.0, 16.0), (15.0, 16.0), [(4, {})])
-  summaries = study.write_outputs(tmp_path, 'lm', 'python -m seqpe_jax.study --suite=lm')
+  summaries = study_report.write_outputs(tmp_path, 'lm', [r.name for r in study.SUITES['lm']],
+                                        'python -m seqpe_jax.study --suite=lm')
   assert summaries['test']['seqpe'][32] == (11.0, pytest.approx(2 ** 0.5), 2)
   table = (tmp_path / 'results.md').read_text()
   assert '| seqpe | **11 ± 1.4** | 21 ± 1.4 |' in table  # Lowest perplexity in bold.

@@ -4,6 +4,8 @@ Each test here fails if the regularisers stop reaching the gradient, if the two 
 groups merge, or if a change moves the numbers of one train step.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,6 +28,7 @@ def smoke_task(family, **overrides):
   return config, tasks.build(config)
 
 
+@functools.cache  # Several tests read the same step; each compile costs seconds.
 def first_step(family, **overrides):
   """(task, state, batch, gradients fn, scalars of step 0) for a :smoke SeqPE config."""
   config, task = smoke_task(family, **overrides)
