@@ -60,9 +60,7 @@ def make_diagnostics(task, gradients):
       out['diag/pe_spread'] = embedding_spread(features['e'][0, num_prefix:])
     if task.regularizers is not None:
       _, grads = gradients(params, train_batch, step, split=True)
-      task_norm, reg_norm = (optim.encoder_norm(grads[k]) for k in ('pe_task', 'pe_reg'))
-      # Infinite while the regularisers' weight is still 0 (pe.regularizers.start_step).
-      out['diag/grad_ratio'] = jnp.where(reg_norm > 0, task_norm / reg_norm, jnp.inf)
+      out['diag/grad_ratio'] = optim.encoder_grad_ratio(grads['pe_task'], grads['pe_reg'])
     return out
 
   return diagnose

@@ -92,11 +92,10 @@ def make_gradients(task, base_key, shift_pool):
 def balance_pe_gradients(grads, target: float):
   """Sums the PE's task and regulariser gradients, the latter scaled down on the SeqPE
   encoder to at most `target` times the task's norm there (pe.regularizers.balance)."""
-  task_norm, reg_norm = optim.encoder_norm(grads['pe_task']), optim.encoder_norm(grads['pe_reg'])
-  scale = jnp.minimum(1.0, target * task_norm / jnp.maximum(reg_norm, 1e-30))
+  ratio = optim.encoder_grad_ratio(grads['pe_task'], grads['pe_reg'])
+  scale = jnp.minimum(1.0, target * ratio)
   pe = jax.tree.map(lambda t, r: t + scale * r, grads['pe_task'], grads['pe_reg'])
-  scalars = {'train/seqpe/balance_scale': scale,
-             'train/seqpe/grad_ratio': task_norm / jnp.maximum(reg_norm, 1e-30)}
+  scalars = {'train/seqpe/balance_scale': scale, 'train/seqpe/grad_ratio': ratio}
   return {'model': grads['model'], 'pe': pe}, scalars
 
 

@@ -132,3 +132,31 @@ def test_baselines_have_no_regularizers():
   cfg.name = 'rope2d'
   pe = posenc.build(cfg, posenc.HostSpec(16, 2, (4, 4)))
   assert regularizers.build(cfg, pe) is None
+
+
+@pytest.mark.parametrize('shape, num_candidates', [((16,), 6), ((3, 3), 6), ((2, 2), 10)])
+def test_train_window_pivots_and_candidates_stay_in_the_window(shape, num_candidates):
+  ct = jax.jit(lambda k: sampling.sample_train_window_contrastive(
+      k, shape, num_pivots=50, num_candidates=num_candidates))(jax.random.key(3))
+  grid = {tuple(p) for p in np.asarray(positions.grid(shape))}
+  pivots, cands, valid = map(np.asarray, (ct['pivots'], ct['candidates'], ct['valid']))
+  assert all(tuple(p) in grid for p in pivots)
+  others = len(grid) - 1
+  np.testing.assert_array_equal(valid.sum(1), min(num_candidates, others))  # Surplus masked.
+  for pivot, row, ok, label in zip(pivots, cands, valid, np.asarray(ct['labels'])):
+    kept = [tuple(c) for c in row[ok]]
+    assert all(c in grid and c != tuple(pivot) for c in kept)
+    assert len(set(kept)) == len(kept)  # Distinct.
+    distance = ((row - pivot) ** 2).sum(-1)
+    assert ok[label] and distance[label] == distance[ok].min()  # Nearest candidate.
+
+
+def test_train_fraction_splits_the_pivots_and_keeps_the_reference_draws():
+  _, pe, reg = small_seqpe((4, 4), contrastive__train_fraction=0.5)
+  assert reg.ct_train_pivots == 3 and reg.contrastive.num_pivots == 3
+  ct = regularizers.sample_pivots(jax.random.key(5), reg)
+  assert ct['pivots'].shape == (6, 2) and ct['candidates'].shape == (6, 10, 2)
+  assert np.all(np.asarray(ct['pivots'][:3]) < 4)  # The window share comes first.
+  _, _, reference = small_seqpe((4, 4))  # train_fraction 0: the reference sampler as it was.
+  jax.tree.map(np.testing.assert_array_equal, regularizers.sample_pivots(jax.random.key(5), reference),
+               sampling.sample_contrastive(jax.random.key(5), reference.contrastive))

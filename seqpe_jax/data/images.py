@@ -105,7 +105,7 @@ class Subset:
     return self._split[self._start + int(index)]
 
 
-def load(name: str, data_dir: str | None = None, valid_size: int = 0) -> dict[str, Split]:
+def load(name: str, data_dir: str | None, *, valid_size: int) -> dict[str, Split]:
   """{'train', 'valid', 'test'}: 'valid' is the last `valid_size` training examples, held
   out of 'train' for choosing between variants (the test split is only for reporting)."""
   if name == 'fashion_mnist':

@@ -213,15 +213,15 @@ def _build_hooks(cfg, host: HostSpec, method: str):
     d_out = host.d_model if cfg.inject.multi_head else host.head_dim
     if cfg.inject.proj_init_std <= 0:
       raise ValueError(f'pe.inject.proj_init_std must be positive, got {cfg.inject.proj_init_std}.')
-    init = dict(init_std=cfg.inject.proj_init_std, bias_init=cfg.inject.proj_bias_init)
+    init_std, bias_init = cfg.inject.proj_init_std, cfg.inject.proj_bias_init
+    shared = functools.partial(inject.SharedQKProjection, d_out=d_out, init_std=init_std,
+                               bias_init=bias_init)
     model_hook = {'per_layer': inject.ModelHook, 'none': inject.DuplicateQK,
-                  'shared': functools.partial(inject.SharedQKProjection, d_out=d_out, **init)
-                  }[qk_proj]
+                  'shared': shared}[qk_proj]
     layer_hook = functools.partial(
         inject.QKInjection, method=method, per_layer=qk_proj == 'per_layer',
         multi_head=cfg.inject.multi_head, scalar_scale=cfg.inject.scalar_scale,
-        scalar_impl=cfg.inject.scalar_impl, proj_init_std=init['init_std'],
-        proj_bias_init=init['bias_init'])
+        scalar_impl=cfg.inject.scalar_impl, proj_init_std=init_std, proj_bias_init=bias_init)
     return model_hook, layer_hook
   if method == 'rotary':
     if cfg.name == 'rope_mixed':

@@ -29,7 +29,8 @@ class ClassificationTask:
     self.variant = vit.parse_variant(config.model.variant)
     for res in [size, *config.eval.resolutions]:
       vit.patch_grid(res, self.variant['patch_size'])
-    self.splits = images.load(config.data.name, config.data.dir or None, config.data.valid_size)
+    self.splits = images.load(config.data.name, config.data.dir or None,
+                              valid_size=config.data.valid_size)
     if config.eval.split not in self.splits:
       raise ValueError(f"eval.split must be one of {', '.join(self.splits)}, got "
                        f"'{config.eval.split}'.")
