@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from configs import lm_base
-from seqpe_jax import diagnostics, posenc, tasks, train
+from seqpe_jax import diagnostics, optim, posenc, tasks, train
 from seqpe_jax.models import attention
 from seqpe_jax.posenc import baselines, inject
 
-pytestmark = pytest.mark.xdist_group('signal')
+pytestmark = pytest.mark.xdist_group('diagnostics')
 
 
 def test_ablation_copies_the_first_grid_position_and_keeps_the_prefix():
@@ -74,8 +74,13 @@ def test_seqpe_diagnostics_at_initialisation():
   assert 0 < ref['diag/pe_spread'] < 1
   big = lm_diagnostics('seqpe', **{'pe.inject.proj_init_std': 0.2})
   np.testing.assert_allclose(big['diag/pos_term_std'] / ref['diag/pos_term_std'], 100, rtol=0.05)
-  late = lm_diagnostics('seqpe', **{'pe.regularizers.start_step': 5})
-  assert late['diag/grad_ratio'] == np.inf  # Weight 0 before the start step.
+
+
+def test_grad_ratio_is_infinite_while_the_regularisers_weigh_nothing():
+  """Before pe.regularizers.start_step the regulariser gradient is exactly 0."""
+  task = {'encoder': {'w': jnp.full((3,), 4.0)}}
+  np.testing.assert_allclose(optim.encoder_grad_ratio(task, {'encoder': {'w': jnp.ones(3)}}), 4.0)
+  assert optim.encoder_grad_ratio(task, {'encoder': {'w': jnp.zeros(3)}}) == np.inf
 
 
 def test_attn_mul_projection_bias_starts_at_one():

@@ -43,6 +43,15 @@ def first_step(family, **overrides):
   return task, state, new_state, batch, gradients, jax.device_get(scalars)
 
 
+@functools.cache
+def split_gradients(family):
+  """Step 0's task and regulariser PE gradients apart, compiled once for several tests."""
+  _, state, _, batch, gradients, _ = first_step(family)
+  _, parts = jax.jit(lambda p: gradients(p, batch, jnp.zeros((), jnp.int32), split=True))(
+      state['params'])
+  return parts
+
+
 # Step 0 of each :smoke SeqPE config (seed 0, unshifted, float32, XLA CPU). If a change
 # moves these on purpose (a new initialisation, a different sampling order), re-run
 # `python -m pytest tests/training_signal_test.py -k pinned` and paste the printed values;
@@ -87,7 +96,7 @@ def test_the_step_gradient_is_the_gradient_of_the_total_loss():
   task, state, _, batch, gradients, _ = first_step('lm')
   params, step = state['params'], jnp.zeros((), jnp.int32)
   _, whole = jax.jit(lambda p: gradients(p, batch, step, split=False))(params)
-  _, parts = jax.jit(lambda p: gradients(p, batch, step, split=True))(params)
+  parts = split_gradients('lm')
   summed = jax.tree.map(jnp.add, parts['pe_task'], parts['pe_reg'])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-9),
                whole['pe'], summed)
@@ -116,9 +125,7 @@ def _pool(task):
 
 
 def test_balancing_caps_the_regulariser_gradient_on_the_encoder():
-  task, state, _, batch, gradients, _ = first_step('lm')
-  _, parts = jax.jit(lambda p: gradients(p, batch, jnp.zeros((), jnp.int32), split=True))(
-      state['params'])
+  parts = split_gradients('lm')
   balanced, scalars = train.balance_pe_gradients(parts, target=0.5)
   scale = float(scalars['train/seqpe/balance_scale'])
   task_norm, reg_norm = (float(optim.encoder_norm(parts[k])) for k in ('pe_task', 'pe_reg'))
