@@ -3,19 +3,31 @@
 Each checkpoint holds the train state (parameters, optimizer state, step) and a JSON
 record of the config that made it; the data-iterator position and every random draw are
 functions of the step, so the state alone resumes a run exactly. Restoring into a run
-whose model, PE or optimizer differ is refused before anything is overwritten.
+whose model, PE or optimizer differ is refused before anything is overwritten; a newest
+checkpoint that cannot be read (a save cut short, files lost) is set aside -- moved to
+WORKDIR/checkpoints.unreadable/, never deleted -- and the next newest one is used.
 """
 
+import collections
 import json
-import pathlib
 
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
-# Fields a resumed run may change: how long, how often, where data lives, what to evaluate.
+# Fields a resumed run may change, because they leave the saved state meaning the same:
+# how long and how often, where data and caches live, what to evaluate, how the devices are
+# laid out and attention is computed, and the learning rate (so a run that diverged can
+# resume from its last finite checkpoint with a smaller one).
 MUTABLE = ('total_steps', 'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
-           'eval', 'data.dir', 'keep_checkpoints')
+           'eval', 'data.dir', 'data.cache_dir', 'keep_checkpoints', 'mesh',
+           'model.attention', 'model.attention_block', 'optimizer.lr')
+# Differences are listed in this order: what the model is before how it was trained.
+IMPORTANCE = ('model', 'pe', 'data', 'optimizer', 'batch_size', 'seed')
 
 
 def fingerprint(config: ml_collections.ConfigDict) -> dict:
@@ -30,7 +42,15 @@ def fingerprint(config: ml_collections.ConfigDict) -> dict:
   return flat
 
 
-def _differences(a, b, prefix=''):
+def differences(then: dict, now: dict, prefix: str = ''):
+  """'field: value then vs value now' for every differing leaf, most important first."""
+  found = list(_differences(then, now, prefix))
+  rank = lambda line: next((i for i, top in enumerate(IMPORTANCE)
+                            if line.startswith((f'{top}.', f'{top}:'))), len(IMPORTANCE))
+  return sorted(found, key=rank)
+
+
+def _differences(a, b, prefix):
   if isinstance(a, dict) and isinstance(b, dict):
     for key in sorted(set(a) | set(b)):
       yield from _differences(a.get(key), b.get(key), f'{prefix}{key}.')
@@ -38,11 +58,17 @@ def _differences(a, b, prefix=''):
     yield f'{prefix[:-1]}: {a!r} vs {b!r}'
 
 
+def workdir_path(workdir) -> epath.Path:
+  """The run directory; `gs://` and other URL schemes keep their meaning (no pathlib)."""
+  path = epath.Path(workdir)
+  return path if '://' in str(workdir) else path.absolute()
+
+
 class Checkpointer:
   """Saves and restores the train state under WORKDIR/checkpoints."""
 
-  def __init__(self, workdir: str, config: ml_collections.ConfigDict, *, keep: int = 3):
-    self.directory = pathlib.Path(workdir).absolute() / 'checkpoints'
+  def __init__(self, workdir, config: ml_collections.ConfigDict, *, keep: int = 3):
+    self.directory = workdir_path(workdir) / 'checkpoints'
     self._fingerprint = fingerprint(config)
     options = ocp.CheckpointManagerOptions(
         preservation_policy=checkpoint_managers.LatestN(keep), create=True)
@@ -52,31 +78,90 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def restore(self, abstract_state):
-    """The latest state, placed with the shardings of `abstract_state`; None if there is none."""
-    step = self.latest_step()
-    if step is None:
+    """The newest readable state, placed with the shardings of `abstract_state`; None if
+    there is none. Raises ValueError for a checkpoint of another config or model."""
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      meta = self._read(step, meta=ocp.args.JsonRestore())
+      if meta is None:
+        continue
+      diffs = differences(meta['meta']['config'], self._fingerprint)
+      if diffs:
+        more = f' and {len(diffs) - 3} more' if len(diffs) > 3 else ''
+        raise ValueError(f'The checkpoint in {self.directory} was made by another config '
+                         f'({"; ".join(diffs[:3])}{more}); use another --workdir.')
+      self._check_structure(step, abstract_state)
+      restored = self._read(step, state=ocp.args.StandardRestore(abstract_state))
+      if restored is not None:
+        return restored['state']
+    return None
+
+  def _read(self, step: int, **items):
+    """The items of checkpoint `step`, or None after setting an unreadable one aside."""
+    try:
+      return self._manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # pylint: disable=broad-except
+      self._set_aside(step, e)
       return None
+
+  def _check_structure(self, step: int, abstract_state) -> None:
+    """The saved arrays must have this model's tree, shapes and dtypes (a readable
+    checkpoint of another code version must be refused, not set aside)."""
     try:
-      meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    except Exception as e:
-      raise ValueError(f'The checkpoint at step {step} in {self.directory} cannot be read ({e}); '
-                       'move it away or use another --workdir.') from e
-    diffs = list(_differences(meta['meta']['config'], self._fingerprint))
-    if diffs:
-      raise ValueError(f'The checkpoint in {self.directory} was made by another config '
-                       f'({"; ".join(diffs[:3])}); use another --workdir.')
-    try:
-      restored = self._manager.restore(
-          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-    except Exception as e:
+      saved = self._manager.item_metadata(step)['state']
+    except Exception:  # pylint: disable=broad-except
+      return  # Unreadable metadata: the restore that follows sets it aside.
+    if saved is None:
+      return
+    # Orbax reads optimizer states back as plain containers, so the trees are compared as
+    # collections of arrays: a different count, shape or dtype is another model.
+    describe = lambda tree: collections.Counter(
+        (tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(tree))
+    want, have = describe(abstract_state), describe(saved)
+    if want != have:
+      missing, extra = want - have, have - want
+      detail = '; '.join([f'{n} array(s) of {shape} {dtype} missing' for (shape, dtype), n
+                          in sorted(missing.items())][:2] +
+                         [f'{n} unexpected array(s) of {shape} {dtype}' for (shape, dtype), n
+                          in sorted(extra.items())][:2])
       raise ValueError(f'The checkpoint at step {step} in {self.directory} does not match this '
-                       f'model ({type(e).__name__}: {str(e)[:200]}); use another --workdir.') from e
-    return restored['state']
+                       f'model ({detail}); use another --workdir.')
+
+  def _set_aside(self, step: int, error: Exception) -> None:
+    aside = self._move(step, 'checkpoints.unreadable')
+    logging.warning('The checkpoint at step %d cannot be read (%s: %s); moved it to %s and '
+                    'trying the one before.', step, type(error).__name__, str(error)[:200], aside)
+
+  def set_aside_from(self, first: int) -> epath.Path:
+    """Moves the checkpoints of step `first` on to WORKDIR/checkpoints.nonfinite/ (they are
+    finite but lead to a non-finite loss); returns that folder."""
+    self._manager.wait_until_finished()
+    folder = self.directory.parent / 'checkpoints.nonfinite'
+    for step in self._manager.all_steps():
+      if step >= first:
+        self._move(step, folder.name)
+    return folder
+
+  def _move(self, step: int, folder: str) -> epath.Path:
+    """Moves checkpoint `step` into WORKDIR/`folder`/ (process 0; every process waits)."""
+    aside = self.directory.parent / folder / str(step)
+    if jax.process_index() == 0:
+      aside.parent.mkdir(parents=True, exist_ok=True)
+      if aside.exists():
+        aside = aside.parent / f'{step}.{len(list(aside.parent.iterdir()))}'
+      (self.directory / str(step)).rename(aside)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'checkpoint {step} moved to {folder}')
+    self._manager.reload()
+    return aside
 
   def save(self, step: int, state, *, force: bool = False) -> None:
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         meta=ocp.args.JsonSave({'step': step, 'config': self._fingerprint})), force=force)
+
+  def wait(self) -> None:
+    """Blocks until the last save is on disk (before a preempted process exits)."""
+    self._manager.wait_until_finished()
 
   def close(self) -> None:
     self._manager.wait_until_finished()

@@ -13,11 +13,13 @@ table (one row per run, one column per resolution or length).
 """
 
 import json
-import pathlib
 
 import matplotlib
 import ml_collections
 from absl import app, flags
+from etils import epath
+
+from seqpe_jax import checkpoint, cli
 
 matplotlib.use('Agg')  # Files only; no display on training hosts.
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -36,7 +38,7 @@ def flatten(results: dict[int, dict[str, float]], metric: str) -> dict[str, floa
 def write_extrapolation(workdir: str, results: dict[int, dict[str, float]], metric: str,
                         axis_label: str, title: str = '', suffix: str = '') -> None:
   """WORKDIR/extrapolation{suffix}.json (metric per resolution/length) and .png."""
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   table = {str(x): values for x, values in sorted(results.items())}
   (workdir / f'extrapolation{suffix}.json').write_text(json.dumps(
       {'metric': metric, 'axis': axis_label, 'results': table}, indent=2))
@@ -46,7 +48,8 @@ def write_extrapolation(workdir: str, results: dict[int, dict[str, float]], metr
   ax.set(xlabel=axis_label, ylabel=metric, title=title)
   _format_axes(ax, xs, metric)
   fig.tight_layout()
-  fig.savefig(workdir / f'extrapolation{suffix}.png', dpi=120)
+  with (workdir / f'extrapolation{suffix}.png').open('wb') as f:  # Also on gs://.
+    fig.savefig(f, format='png', dpi=120)
   plt.close(fig)
 
 
@@ -66,8 +69,8 @@ def evaluate_workdir(workdir: str, split: str | None = None) -> dict:
   """Restores the latest checkpoint of the run in `workdir` and re-runs its sweep, on the
   run's eval.split (rewriting extrapolation.json/png) or on `split` (writing
   extrapolation_{split}.json/png beside them, e.g. the validation split)."""
-  from seqpe_jax import checkpoint, sharding, tasks, train  # Avoids an import cycle.
-  path = pathlib.Path(workdir) / 'config.json'
+  from seqpe_jax import sharding, tasks, train  # Avoids an import cycle.
+  path = epath.Path(workdir) / 'config.json'
   if not path.exists():
     raise FileNotFoundError(f'{path} does not exist: point --workdir at a training run.')
   config = ml_collections.ConfigDict(json.loads(path.read_text()))
@@ -89,14 +92,21 @@ def evaluate_workdir(workdir: str, split: str | None = None) -> dict:
 
 
 def compare(workdirs: list[str], out: str) -> str:
-  """One plot of several runs' extrapolation.json (same metric) and their Markdown table."""
+  """One plot of several runs' extrapolation.json (same metric) and their Markdown table.
+
+  Runs are keyed by their full path and labelled by the shortest path suffix that tells
+  them apart (runs/ape/seed0 and runs/rope/seed0, not seed0 twice)."""
   runs = {}
   for workdir in workdirs:
-    path = pathlib.Path(workdir) / 'extrapolation.json'
+    path = epath.Path(workdir) / 'extrapolation.json'
     if not path.exists():
       raise FileNotFoundError(f'{path} does not exist: the run has not finished its sweep '
                               '(or run `python -m seqpe_jax.evaluate --workdir=DIR`).')
-    runs[pathlib.Path(workdir).name] = json.loads(path.read_text())
+    key = str(checkpoint.workdir_path(workdir))
+    if key in runs:
+      raise ValueError(f'{workdir} is listed twice in --compare.')
+    runs[key] = json.loads(path.read_text())
+  labels = run_labels(list(runs))
   metrics_ = {r['metric'] for r in runs.values()}
   if len(metrics_) != 1:
     raise ValueError(f"Runs report different metrics ({', '.join(sorted(metrics_))}); compare "
@@ -106,19 +116,33 @@ def compare(workdirs: list[str], out: str) -> str:
   columns = sorted({int(x) for r in runs.values() for x in r['results']})
   fig, ax = plt.subplots(figsize=(6, 4))
   lines = [f"| run | {' | '.join(str(x) for x in columns)} |", '|---' * (len(columns) + 1) + '|']
-  for name, run in runs.items():
+  for key, run in runs.items():
     xs = sorted(int(x) for x in run['results'])
-    ax.plot(xs, [run['results'][str(x)][metric] for x in xs], marker='o', label=name)
+    ax.plot(xs, [run['results'][str(x)][metric] for x in xs], marker='o', label=labels[key])
     cells = [f"{run['results'][str(x)][metric]:.4g}" if str(x) in run['results'] else ''
              for x in columns]
-    lines.append(f"| {name} | {' | '.join(cells)} |")
+    lines.append(f"| {labels[key]} | {' | '.join(cells)} |")
   ax.set(xlabel=axis, ylabel=metric)
   _format_axes(ax, columns, metric)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(out, dpi=120)
+  with epath.Path(out).open('wb') as f:
+    fig.savefig(f, format='png', dpi=120)
   plt.close(fig)
   return '\n'.join(lines)
+
+
+def run_labels(paths: list[str]) -> dict[str, str]:
+  """Each path's shortest trailing part that no other path ends with."""
+  parts = {p: p.rstrip('/').split('/') for p in paths}
+  labels = {}
+  for path, mine in parts.items():
+    for n in range(1, len(mine) + 1):
+      label = '/'.join(mine[-n:])
+      if not any('/'.join(other[-n:]) == label for q, other in parts.items() if q != path):
+        break
+    labels[path] = label
+  return labels
 
 
 def main(argv):
@@ -126,10 +150,12 @@ def main(argv):
   if bool(flags.FLAGS.workdir) == bool(flags.FLAGS.compare):
     raise app.UsageError('Pass either --workdir=DIR (re-run a sweep) or --compare=DIR1,DIR2 '
                          '(plot finished runs together).')
-  if flags.FLAGS.compare:
-    print(compare(flags.FLAGS.compare.split(','), flags.FLAGS.out))
-    return
-  results = evaluate_workdir(flags.FLAGS.workdir, flags.FLAGS.split)
+  with cli.exit_statuses():
+    if flags.FLAGS.compare:
+      print(compare(flags.FLAGS.compare.split(','), flags.FLAGS.out))
+      print(f'Plot: {flags.FLAGS.out}')
+      return
+    results = evaluate_workdir(flags.FLAGS.workdir, flags.FLAGS.split)
   for x, values in sorted(results.items()):
     print(x, values)
 

@@ -1,32 +1,65 @@
-"""Entry point: python -m seqpe_jax.main --config=configs/vit_seqpe.py --workdir=DIR."""
+"""Entry point: python -m seqpe_jax.main --config=configs/vit_seqpe.py --workdir=DIR.
+
+One process per host. Several processes form one run when started with
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I` (e.g. by
+launch/local_multiprocess.sh) or with `--distributed`, which takes them from the cluster
+(TPU VM pods, Slurm; see launch/). Exit statuses are those of `seqpe_jax.cli`: 0 finished,
+2 bad input, 3 non-finite loss, 143 preempted (run the same command again to resume).
+"""
 
 import logging as std_logging
-import os
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from seqpe_jax import train
+from seqpe_jax import cli, train
 
 config_flags.DEFINE_config_file('config', None, 'Experiment config file[:variant].',
                                 lock_config=True)
-flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and results go.')
+flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and results go (a local '
+                    'path or a gs:// URL).')
+flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0, for a multi-process '
+                    'run started by hand (with --num_processes and --process_id).')
+flags.DEFINE_integer('num_processes', None, 'Processes in a multi-process run.')
+flags.DEFINE_integer('process_id', None, 'This process, 0 .. num_processes - 1.')
+flags.DEFINE_bool('distributed', False, 'Join a multi-process run described by the cluster '
+                  'environment (TPU VM pod, Slurm).')
+flags.DEFINE_integer('init_timeout', 300, 'Seconds to wait for every process to join.')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def initialize_processes(args) -> None:
+  """Joins the run's other processes, if any; one sentence if they never answer."""
+  explicit = (args.coordinator_address, args.num_processes, args.process_id)
+  if any(v is not None for v in explicit) and not all(v is not None for v in explicit):
+    raise ValueError('Pass all of --coordinator_address, --num_processes and --process_id, '
+                     'or none of them.')
+  if not args.distributed and explicit[0] is None:
+    return  # One process: nothing to join.
+  kwargs = dict(zip(('coordinator_address', 'num_processes', 'process_id'), explicit)) \
+      if explicit[0] is not None else {}
+  try:
+    jax.distributed.initialize(initialization_timeout=args.init_timeout, **kwargs)
+  except Exception as e:  # pylint: disable=broad-except
+    where = args.coordinator_address or 'the coordinator named by the cluster environment'
+    raise ValueError(f'Could not join the multi-process run at {where} within '
+                     f'{args.init_timeout} s ({type(e).__name__}: {str(e)[:200]}); check that '
+                     'every process was started with the same address and process count.') \
+        from e
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}.')
-  std_logging.getLogger('orbax').setLevel(std_logging.WARNING)  # Per-file save chatter.
-  # Multi-host launches (launch/*.sh) set this; a single process never initialises.
-  if os.environ.get('SEQPE_DISTRIBUTED') or os.environ.get('JAX_COORDINATOR_ADDRESS'):
-    jax.distributed.initialize()
-  logging.info('Process %d of %d; %d local of %d devices: %s', jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count(),
-               jax.devices()[0].device_kind)
-  train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  std_logging.getLogger('absl').setLevel(std_logging.INFO)
+  with cli.exit_statuses():
+    initialize_processes(flags.FLAGS)
+    logging.info('Process %d of %d; %d local of %d devices: %s', jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count(),
+                 jax.devices()[0].device_kind)
+    train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

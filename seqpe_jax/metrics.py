@@ -1,20 +1,29 @@
 """Metric writing: clu (TensorBoard + logs) plus WORKDIR/metrics.jsonl on process 0."""
 
 import json
-import math
-import pathlib
 
 import jax
 from clu import metric_writers
+from etils import epath
 
 
 class MetricWriter:
-  """Writes scalars to clu's default writer and appends them to metrics.jsonl."""
+  """Writes scalars to clu's default writer and appends them to metrics.jsonl.
 
-  def __init__(self, workdir: str):
+  `resumed_at`: the step the run restarts from. Rows after it were written by the part of
+  the run that is about to be redone (after a SIGKILL), so they are dropped: each step
+  appears once in metrics.jsonl.
+  """
+
+  def __init__(self, workdir, *, resumed_at: int = 0):
     self._is_main = jax.process_index() == 0
-    self._clu = metric_writers.create_default_writer(workdir, just_logging=not self._is_main)
-    self._jsonl = pathlib.Path(workdir) / 'metrics.jsonl' if self._is_main else None
+    self._clu = metric_writers.create_default_writer(str(workdir),
+                                                     just_logging=not self._is_main)
+    self._jsonl = epath.Path(workdir) / 'metrics.jsonl' if self._is_main else None
+    if self._jsonl is not None and self._jsonl.exists():
+      kept = [line for line in self._jsonl.read_text().splitlines()
+              if line.strip() and json.loads(line)['step'] <= resumed_at]
+      self._jsonl.write_text(''.join(f'{line}\n' for line in kept))
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     scalars = {k: float(v) for k, v in scalars.items()}
@@ -30,10 +39,3 @@ class MetricWriter:
     self._clu.flush()
     self._clu.close()
 
-
-def check_finite(step: int, scalars: dict[str, float]) -> None:
-  """Stops the run on a NaN/Inf loss, naming the step and the offending metric."""
-  for name, value in scalars.items():
-    if 'loss' in name and not math.isfinite(float(value)):
-      raise FloatingPointError(f'{name} is {value} at step {step}; lower optimizer.lr or check '
-                               'the data (the last checkpoint is intact).')

@@ -10,6 +10,7 @@ replicated, so tiny test models run on any mesh. Batches split over ('data', 'fs
 import re
 
 import jax
+from absl import logging
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
@@ -21,19 +22,30 @@ TENSOR_RULES = (r'mlp_in/kernel$', r'qkv/kernel$', r'qkv_kernel$')
 
 
 def make_mesh(mesh_cfg, devices=None) -> Mesh:
-  """A mesh of all devices with the configured axis sizes (one may be -1)."""
-  devices = np.asarray(devices if devices is not None else jax.devices())
+  """A mesh with the configured axis sizes (one may be -1), laid out along the interconnect.
+
+  Using every device, the layout comes from JAX's topology-aware `jax.make_mesh` (on TPU
+  slices neighbouring chips share the fast axes). A fully specified smaller mesh uses the
+  first devices only, e.g. 1x1x1 in a test on a multi-device host, and says so.
+  """
+  devices = np.asarray(devices if devices is not None else jax.devices()).reshape(-1)
   sizes = [mesh_cfg[a] for a in AXES]
   if sizes.count(-1) > 1:
     raise ValueError('At most one of mesh.data, mesh.fsdp, mesh.tensor may be -1.')
+  if any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f'Mesh axis sizes must be positive or -1, got {dict(zip(AXES, sizes))}.')
   known = int(np.prod([s for s in sizes if s != -1]))
   if devices.size % known:
     raise ValueError(f'The mesh {dict(zip(AXES, sizes))} does not divide {devices.size} devices.')
   sizes = [devices.size // known if s == -1 else s for s in sizes]
-  # A fully specified mesh may use the first devices only (e.g. 1x1x1 on a multi-device host).
-  devices = devices.reshape(-1)[:int(np.prod(sizes))]
   # Auto axes: the compiler picks intermediate shardings (an Explicit mesh would ask us to).
-  return Mesh(devices.reshape(sizes), AXES, axis_types=(AxisType.Auto,) * len(AXES))
+  axis_types = (AxisType.Auto,) * len(AXES)
+  used = int(np.prod(sizes))
+  if used == devices.size:
+    return jax.make_mesh(tuple(sizes), AXES, axis_types=axis_types, devices=list(devices))
+  logging.warning('The mesh %s uses %d of %d devices; the others stay idle (set one axis to '
+                  '-1 to use them all).', dict(zip(AXES, sizes)), used, devices.size)
+  return Mesh(devices[:used].reshape(sizes), AXES, axis_types=axis_types)
 
 
 def param_spec(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
@@ -74,7 +86,56 @@ def check_batch(global_batch: int, mesh: Mesh) -> None:
                      f'devices (mesh.data x mesh.fsdp); use a multiple of {shards}.')
 
 
+def eval_batch_size(requested: int, mesh: Mesh) -> int:
+  """`eval.batch_size` rounded up to a multiple of the data-parallel devices: evaluation pads
+  its batches with masked examples, so any configured size runs on any mesh."""
+  shards = mesh.shape['data'] * mesh.shape['fsdp']
+  return -(-requested // shards) * shards
+
+
+def process_rows(global_batch_size: int, mesh: Mesh) -> np.ndarray:
+  """The rows of a global batch that this process feeds (its devices' shards, in order)."""
+  shape = (global_batch_size,)
+  index_map = batch_sharding(mesh).addressable_devices_indices_map(shape)
+  rows = sorted({r for index in index_map.values() for r in range(global_batch_size)[index[0]]})
+  return np.asarray(rows, np.int64)
+
+
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """This process's slice of the batch -> global arrays sharded over the batch axes."""
+  """This process's rows of the batch -> global arrays sharded over the batch axes."""
   sharding = batch_sharding(mesh)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
+
+
+def global_batch_from_full(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """A batch that every process holds in full (evaluation) -> global arrays; each process
+  contributes only its own rows, so no example is computed twice."""
+  rows = process_rows(len(next(iter(batch.values()))), mesh)
+  return global_batch({k: v[rows] for k, v in batch.items()}, mesh)
+
+
+def sum_per_batch(outputs) -> np.ndarray:
+  """The sum over batches of a jitted evaluation step's replicated outputs (a tuple of
+  scalars per batch), read back as float64 with one batch in flight: the next batch is
+  dispatched before the previous one is read. (Dispatching every batch before reading any
+  can starve XLA:CPU's collectives on a few cores.)"""
+  total, previous = None, None
+  for out in outputs:
+    if previous is not None:
+      total = _add(total, previous)
+    previous = out
+  return _add(total, previous) if previous is not None else np.zeros(0)
+
+
+def _add(total, out):
+  values = np.asarray(jax.device_get(out), np.float64)
+  return values if total is None else total + values
+
+
+def wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
+  """A barrier of all processes through the coordination service (no device collective, so
+  it may be long: e.g. until every host has compiled). A no-op in a single process."""
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  distributed.global_state.client.wait_at_barrier(name, timeout_s * 1000)

@@ -31,17 +31,15 @@ import shlex
 import sys
 import time
 
-import jax
 import ml_collections
 import numpy as np
 from absl import app, flags
 
-from seqpe_jax import evaluate, study_report, train
+from seqpe_jax import cli, evaluate, study_report, train
 from seqpe_jax.study_report import DIVERGED, SPLITS, is_finished
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 VARIANTS = ('', 'smoke')
-PREEMPTED_EXIT_STATUS = 143  # What a shell reports for a process ended by SIGTERM.
 
 # ------------------------------------------------------------------ Suites.
 
@@ -262,15 +260,15 @@ def _train_and_sweep(job: _Job) -> bool:
   """Trains (or resumes) one run and sweeps its validation split; False if it diverged."""
   if not (job.directory / SPLITS['test']).exists():
     try:
-      results = train.train_and_evaluate(job.config, str(job.directory))
+      train.train_and_evaluate(job.config, str(job.directory))
+    except cli.Preempted as e:
+      raise Preempted(f'SIGTERM stopped {job.label} after a checkpoint; run the same command '
+                      'again to resume.') from e
     except FloatingPointError as e:  # A diverged run is a result; the others go on.
       (job.directory / DIVERGED).write_text(f'{e}\n')
       print(f'{job.label} diverged: {e} (delete {job.directory / DIVERGED} to retry).',
             flush=True)
       return False
-    if not results:
-      raise Preempted(f'SIGTERM stopped {job.label} after a checkpoint; run the same command '
-                      'again to resume.')
   evaluate.evaluate_workdir(str(job.directory), split='valid')
   return True
 
@@ -340,7 +338,7 @@ def main(argv):
   except (StudyError, study_report.MixedMetricsError) as e:  # One sentence, not absl's usage page and a traceback.
     _exit_with(str(e), 2)
   except Preempted as e:
-    _exit_with(str(e), PREEMPTED_EXIT_STATUS)
+    _exit_with(str(e), cli.EXIT_PREEMPTED)
   print(f'Report: {pathlib.Path(flags.FLAGS.workdir) / "REPORT.md"}')
 
 

@@ -4,8 +4,7 @@ Sections follow big_vision's order: mesh, input pipeline, model and optimizer, s
 state, update step, checkpoint restore, evaluation, loop.
 """
 
-import pathlib
-import signal
+import itertools
 import time
 
 import jax
@@ -14,19 +13,24 @@ import ml_collections
 import optax
 from absl import logging
 from clu import parameter_overview, periodic_actions
+from etils import epath
 
-from seqpe_jax import checkpoint, diagnostics, evaluate, metrics, optim, sharding, tasks
+from seqpe_jax import checkpoint, cli, diagnostics, evaluate, metrics, optim, sharding, tasks
+from seqpe_jax.preemption import PreemptionWatch
 from seqpe_jax.posenc import regularizers
 
 
 def init_state(task, optimizer, key):
-  """Fresh parameters {'model', 'pe'}, optimizer state and step 0."""
+  """Fresh parameters {'model', 'pe'}, optimizer state, step 0, and the first step whose
+  loss or gradients were not finite (0: none so far)."""
   pe_key, model_key = jax.random.split(key)
   pe_params = task.pe.init(pe_key, task.train_shape)
   features = task.pe.features(pe_params, task.train_shape)
   model_params = task.init_model(model_key, features)
   params = {'model': model_params, 'pe': pe_params}
-  return {'params': params, 'opt_state': optimizer.init(params), 'step': jnp.zeros((), jnp.int32)}
+  zero = jnp.zeros((), jnp.int32)
+  return {'params': params, 'opt_state': optimizer.init(params), 'step': zero,
+          'first_nonfinite_step': zero}
 
 
 def make_optimizer(task, config) -> optax.GradientTransformation:
@@ -113,24 +117,62 @@ def make_train_step(task, optimizer, base_key, shift_pool):
     updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     scalars.update(optim.global_norms(grads))
-    return {'params': params, 'opt_state': opt_state, 'step': state['step'] + 1}, scalars
+    # Checked on every step without a host sync: the loop reads it when it syncs anyway
+    # (logging, saving), so a non-finite state is never saved.
+    finite = (jnp.isfinite(scalars['train/loss']) & jnp.isfinite(scalars['grad_norm/host'])
+              & jnp.isfinite(scalars['grad_norm/seqpe']))
+    first_bad = state['first_nonfinite_step']
+    first_bad = jnp.where((first_bad == 0) & ~finite, state['step'] + 1, first_bad)
+    return {'params': params, 'opt_state': opt_state, 'step': state['step'] + 1,
+            'first_nonfinite_step': first_bad}, scalars
 
   return step
 
 
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Stops on settings that cannot run, before the workdir, the data or the compiler are
+  touched (a typo should not cost a minute of compiling or leave an empty run behind)."""
+  for field in ('total_steps', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
+                'batch_size', 'eval.batch_size'):
+    value = config[field] if '.' not in field else config.eval[field.split('.')[1]]
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f'{field} must be a positive whole number, got {value!r}.')
+  if not isinstance(config.eval_every_steps, int) or config.eval_every_steps < 0:
+    raise ValueError('eval_every_steps must be a whole number >= 0 (0: evaluate only at the '
+                     f'end), got {config.eval_every_steps!r}.')
+  if not config.optimizer.lr > 0:
+    raise ValueError(f'optimizer.lr must be positive, got {config.optimizer.lr!r}.')
+
+
+def make_workdir(workdir: str) -> epath.Path:
+  """Creates the run directory: a local path or a URL such as gs://bucket/run."""
+  path = checkpoint.workdir_path(workdir)
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+  except Exception as e:  # pylint: disable=broad-except
+    reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    raise OSError(f'Cannot create --workdir={workdir} ({reason}); for a gs:// workdir check '
+                  'that the bucket exists and that this machine has credentials for it.') from e
+  return path
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains, checkpoints and evaluates `config` in `workdir`; returns the final sweep."""
-  workdir_path = pathlib.Path(workdir)
-  workdir_path.mkdir(parents=True, exist_ok=True)
+  """Trains, checkpoints and evaluates `config` in `workdir`; returns the final sweep.
+
+  Raises ValueError/FileNotFoundError/OSError for bad input (before any side effect),
+  FloatingPointError when the loss or gradients stop being finite, and cli.Preempted after
+  a SIGTERM once every process has saved the same step.
+  """
+  validate(config)
 
   # ---------------------------------------------------------------- Mesh.
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch(config.batch_size, mesh)
-  sharding.check_batch(config.eval.batch_size, mesh)
 
   # ---------------------------------------------------------------- Input pipeline and task.
   task = tasks.build(config)
   data = task.train_batches(config.seed)
+  workdir = make_workdir(workdir)
 
   # ---------------------------------------------------------------- Model and optimizer.
   root_key = jax.random.key(config.seed)
@@ -142,14 +184,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   target = abstract_state(task, optimizer, mesh)
   state_shardings = jax.tree.map(lambda x: x.sharding, target)
   checkpointer = checkpoint.Checkpointer(workdir, config, keep=config.keep_checkpoints)
-  state = checkpointer.restore(target)  # ------------------------ Checkpoint restore.
+  try:
+    state = checkpointer.restore(target)  # ---------------------- Checkpoint restore.
+  except Exception:
+    checkpointer.close()
+    raise
   if state is None:
     state = jax.jit(lambda k: init_state(task, optimizer, k), out_shardings=state_shardings)(
         init_key)
+    # Fine-tuning (QA): another run's parameters, with a fresh optimizer state for them.
+    params = task.initial_params(target['params']) if hasattr(task, 'initial_params') else None
+    if params is not None:
+      state = jax.jit(lambda s, p: {**s, 'params': p, 'opt_state': optimizer.init(p)},
+                      out_shardings=state_shardings, donate_argnums=0)(state, params)
   else:
     logging.info('Resumed from step %d.', int(state['step']))
   if jax.process_index() == 0:
-    (workdir_path / 'config.json').write_text(config.to_json_best_effort(indent=2))
+    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
     logging.info('Parameters:\n%s', parameter_overview.get_parameter_overview(
         state['params'], include_stats=False))
 
@@ -163,50 +214,83 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       in_shardings=(state_shardings['params'], sharding.batch_sharding(mesh), None,
                     sharding.batch_sharding(mesh)),
       out_shardings=sharding.replicated(mesh))
-  heldout = sharding.global_batch(task.heldout_batch(), mesh)
+  heldout = task.heldout_batch(mesh)
 
   # ---------------------------------------------------------------- Loop.
-  writer = metrics.MetricWriter(workdir)
-  progress = periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=None)
-  preempted = []
-  previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
   start = int(state['step'])
-  batches = iter(data[start:].to_iter_dataset())
+  writer = metrics.MetricWriter(workdir, resumed_at=start)
+  progress = periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=None)
+  preemption = PreemptionWatch()
+  batches = (sharding.global_batch(b, mesh) for b in data[start:].to_iter_dataset())
+  first_batch = next(batches)
+  # Compiled ahead, then every process waits for the others: a process that compiled
+  # faster would otherwise wait in the step's first collective, whose set-up times out
+  # (30 s on CPU) well before a slow host's compile ends.
+  train_step = train_step.lower(state, first_batch).compile()
+  sharding.wait_for_all_processes('train step compiled')
+  batches = itertools.chain([first_batch], batches)
   pending = None
   try:
     for step in range(start + 1, config.total_steps + 1):
-      batch = sharding.global_batch(next(batches), mesh)
+      batch = next(batches)
       state, scalars = train_step(state, batch)
       progress(step)
       evaluating = bool(config.eval_every_steps) and step % config.eval_every_steps == 0
-      if step % config.log_every_steps == 0 or step == config.total_steps or evaluating:
-        scalars = jax.device_get(scalars)
-        metrics.check_finite(step, scalars)
+      last = step == config.total_steps
+      if step % config.log_every_steps == 0 or last or evaluating:
+        _stop_if_nonfinite(state, checkpointer)
         # The diagnostics look at the parameters this step produced, on its own batch
         # and sampling (the step counter has moved on, hence step - 1).
-        diag = jax.device_get(diagnose(state['params'], batch, state['step'] - 1, heldout))
-        writer.write(step, {**scalars, **diag,
+        diag = diagnose(state['params'], batch, state['step'] - 1, heldout)
+        writer.write(step, {**jax.device_get(scalars), **jax.device_get(diag),
                             'train/steps_per_sec': _steps_per_sec(pending, step)})
         pending = (step, time.perf_counter())
       if evaluating:
         writer.write(step, evaluate.flatten(task.sweep(state['params'], mesh), task.metric))
-      periodic = step % config.checkpoint_every_steps == 0 or step == config.total_steps
-      if periodic or preempted:
-        checkpointer.save(step, state, force=bool(preempted))
+      preempted = preemption.reached(step)
+      if step % config.checkpoint_every_steps == 0 or last or preempted:
+        _stop_if_nonfinite(state, checkpointer)
+        checkpointer.save(step, state, force=preempted)
       if preempted:
-        logging.warning('SIGTERM at step %d: saved a checkpoint, stopping.', step)
-        return {}
+        checkpointer.wait()
+        raise cli.Preempted(f'SIGTERM: saved a checkpoint at step {step} and stopped; run the '
+                            'same command again to resume.')
     # ---------------------------------------------------------------- Final sweep.
     results = task.sweep(state['params'], mesh)
     writer.write(config.total_steps, evaluate.flatten(results, task.metric))
     if jax.process_index() == 0:
       evaluate.write_extrapolation(workdir, results, task.metric, task.axis_label,
                                    title=f'{config.model.name} {config.pe.name}')
+      if hasattr(task, 'write_plots'):  # Task-specific figures beside it (QA: EM by depth).
+        task.write_plots(workdir, results)
     return results
   finally:
-    signal.signal(signal.SIGTERM, previous_handler)
+    preemption.close()
     checkpointer.close()
     writer.close()
+
+
+def _stop_if_nonfinite(state, checkpointer) -> None:
+  """Stops with a FloatingPointError when a step's loss or gradients were not finite.
+
+  The step that went bad computed them from the parameters of the step before, so the
+  checkpoints from that step on are moved aside (finite, but they lead to the NaN) and the
+  message names the newest one left, which a smaller learning rate can resume from.
+  """
+  first_bad = int(state['first_nonfinite_step'])
+  if not first_bad:
+    return
+  folder = checkpointer.set_aside_from(first_bad - 1)
+  newest = checkpointer.latest_step()
+  if newest is None:
+    advice = 'no earlier checkpoint is left: start again with a smaller --config.optimizer.lr'
+  else:
+    advice = (f'run the same command with a smaller --config.optimizer.lr to resume from the '
+              f'checkpoint at step {newest}')
+  raise FloatingPointError(
+      f'The loss or gradients became NaN or infinite at step {first_bad}; nothing after it was '
+      f'saved, the checkpoints from step {first_bad - 1} on (which lead to it) are in {folder}, '
+      f'and {advice}.')
 
 
 def _steps_per_sec(pending, step):

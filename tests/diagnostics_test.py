@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import lm_base
-from seqpe_jax import diagnostics, optim, posenc, tasks, train
+from seqpe_jax import diagnostics, optim, posenc, sharding, tasks, train
 from seqpe_jax.models import attention
 from seqpe_jax.posenc import baselines, inject
 
@@ -51,7 +51,7 @@ def lm_diagnostics(pe, **overrides):
   gradients = train.make_gradients(task, step_key, train.make_shift_pool(task, pool_key))
   diagnose = jax.jit(diagnostics.make_diagnostics(task, gradients))
   batch = jax.tree.map(jnp.asarray, task.train_batches(0)[0])
-  heldout = jax.tree.map(jnp.asarray, task.heldout_batch())
+  heldout = task.heldout_batch(sharding.make_mesh(config.mesh))
   return jax.device_get(diagnose(state['params'], batch, jnp.zeros((), jnp.int32), heldout))
 
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from seqpe_jax import evaluate, study, study_report, train
+from seqpe_jax import cli, evaluate, study, study_report, train
 
 # One xdist worker runs this file: its smoke study trains four runs.
 pytestmark = pytest.mark.xdist_group('study')
@@ -126,7 +126,7 @@ def test_preemption_stops_and_divergence_is_recorded(tmp_path, monkeypatch):
     (pathlib.Path(workdir) / 'config.json').write_text(config.to_json_best_effort())
     if config.pe.name == 'none':
       raise FloatingPointError('train/loss is nan at step 3.')
-    return {}
+    raise cli.Preempted('SIGTERM: saved a checkpoint at step 2 and stopped.')
 
   monkeypatch.setattr(train, 'train_and_evaluate', diverge_or_preempt)
   with pytest.raises(study.Preempted, match='SIGTERM stopped ape seed 0'):

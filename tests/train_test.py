@@ -11,8 +11,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import vit_base
-from seqpe_jax import evaluate, metrics, train
+from configs import lm_base, vit_base
+from seqpe_jax import checkpoint, cli, evaluate, metrics, train
 
 PES = ['seqpe', 'ape', 'sincos', 'rope2d', 'rope_mixed', 'none']
 # One xdist worker runs this file, so the shared SeqPE run below is trained once.
@@ -29,6 +29,10 @@ def smoke_config(pe='seqpe', **overrides):
 def read_metrics(workdir):
   lines = (pathlib.Path(workdir) / 'metrics.jsonl').read_text().splitlines()
   return [json.loads(line) for line in lines]
+
+
+def losses(workdir):
+  return [r['train/loss'] for r in read_metrics(workdir) if 'train/loss' in r]
 
 
 def saved_params(workdir, step):
@@ -74,14 +78,18 @@ def test_preempted_run_resumes_exactly(tmp_path, seqpe_run, monkeypatch):
       os.kill(os.getpid(), signal.SIGTERM)
 
   monkeypatch.setattr(metrics.MetricWriter, 'write', preempt_at_step_4)
-  assert train.train_and_evaluate(smoke_config(total_steps=8), str(tmp_path)) == {}
+  with pytest.raises(cli.Preempted, match='saved a checkpoint at step 4'):
+    train.train_and_evaluate(smoke_config(total_steps=8), str(tmp_path))
   assert sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir())[-1] == 4
   monkeypatch.setattr(metrics.MetricWriter, 'write', write)
+  with (tmp_path / 'metrics.jsonl').open('a') as f:  # Rows a SIGKILLed run wrote past step 4.
+    f.write(json.dumps({'step': 6, 'train/loss': 9.0}) + '\n')
   train.train_and_evaluate(smoke_config(total_steps=8), str(tmp_path))  # Resumes at 4.
+  steps = [r['step'] for r in read_metrics(tmp_path) if 'train/loss' in r]
+  assert steps == sorted(set(steps)) and 9.0 not in losses(tmp_path)
   jax.tree.map(np.testing.assert_array_equal, saved_params(tmp_path, 8),
                saved_params(reference, 8))
-  losses = lambda w: [r['train/loss'] for r in read_metrics(w) if 'train/loss' in r]
-  assert losses(tmp_path)[-2:] == losses(reference)[-2:]
+  assert losses(tmp_path) == losses(reference)
 
 
 def test_sharded_losses_equal_single_device(tmp_path, seqpe_run):
@@ -89,7 +97,6 @@ def test_sharded_losses_equal_single_device(tmp_path, seqpe_run):
   assert jax.device_count() == 8
   train.train_and_evaluate(smoke_config(**{'total_steps': 8, 'mesh.data': 4, 'mesh.fsdp': 2}),
                            str(tmp_path))
-  losses = lambda w: [r['train/loss'] for r in read_metrics(w) if 'train/loss' in r]
   np.testing.assert_allclose(losses(tmp_path), losses(single), rtol=1e-4)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4),
                saved_params(tmp_path, 8), saved_params(single, 8))
@@ -135,3 +142,77 @@ def test_evaluate_reruns_the_sweep_from_the_checkpoint(seqpe_run):
   again = evaluate.evaluate_workdir(str(workdir))
   assert again == results
   assert json.loads((workdir / 'extrapolation.json').read_text())['results']['16'] == results[16]
+
+
+def test_a_nonfinite_state_is_never_saved_and_the_advice_works(tmp_path):
+  # The warm-up's first step has learning rate 0, the next ones are huge: the loss stops
+  # being finite a few steps in, with a checkpoint after every step.
+  diverging = smoke_config(**{'total_steps': 8, 'optimizer.lr': 1e9, 'optimizer.warmup_steps': 4,
+                              'optimizer.warmup_init': 0.0, 'checkpoint_every_steps': 1,
+                              'log_every_steps': 5})
+  with pytest.raises(FloatingPointError, match=r'NaN or infinite at step (\d+);') as error:
+    train.train_and_evaluate(diverging, str(tmp_path))
+  first_bad = int(error.value.args[0].split('at step ')[1].split(';')[0])
+  kept = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir())
+  moved = sorted(int(p.name) for p in (tmp_path / 'checkpoints.nonfinite').iterdir())
+  assert kept and kept[-1] == first_bad - 2 and moved == list(range(first_bad - 1, first_bad))
+  assert f'resume from the checkpoint at step {kept[-1]}' in str(error.value)
+  for step in kept:
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(saved_params(tmp_path, step)))
+  # The advice: the same command with a smaller learning rate resumes from that checkpoint.
+  train.train_and_evaluate(smoke_config(**{'total_steps': 8, 'optimizer.lr': 1e-3,
+                                           'optimizer.warmup_steps': 4,
+                                           'optimizer.warmup_init': 0.0}), str(tmp_path))
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(saved_params(tmp_path, 8)))
+
+
+def test_an_unreadable_newest_checkpoint_is_set_aside(tmp_path, seqpe_run, caplog):
+  reference, _ = seqpe_run
+  workdir = tmp_path / 'copy'
+  shutil.copytree(reference, workdir)
+  newest = workdir / 'checkpoints' / '8' / 'state'
+  for path in sorted(newest.rglob('*')):  # A save cut short: the array data is gone.
+    if path.is_file() and 'metadata' not in path.name:
+      path.unlink()
+  train.train_and_evaluate(smoke_config(total_steps=8), str(workdir))
+  assert 'The checkpoint at step 8 cannot be read' in caplog.text
+  assert (workdir / 'checkpoints.unreadable' / '8' / 'state').is_dir()  # Moved, not deleted.
+  jax.tree.map(np.testing.assert_array_equal, saved_params(workdir, 8),
+               saved_params(reference, 8))  # Resumed from step 6 and redid 7 and 8.
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'total_steps': 0}, 'total_steps must be a positive whole number, got 0'),
+    ({'total_steps': -3}, 'total_steps must be a positive whole number, got -3'),
+    ({'checkpoint_every_steps': 0}, 'checkpoint_every_steps must be a positive whole number'),
+    ({'log_every_steps': 0}, 'log_every_steps must be a positive whole number'),
+    ({'eval.batch_size': 0}, 'eval.batch_size must be a positive whole number'),
+    ({'eval_every_steps': -1}, 'eval_every_steps must be a whole number >= 0'),
+    ({'optimizer.lr': 0.0}, 'optimizer.lr must be positive'),
+])
+def test_settings_that_cannot_run_stop_before_any_side_effect(tmp_path, overrides, message):
+  with pytest.raises(ValueError, match=message):
+    train.train_and_evaluate(smoke_config(**overrides), str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
+
+
+def test_a_cloud_workdir_without_access_fails_clearly(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(OSError, match='Cannot create --workdir=gs://seqpe-jax-no-such-bucket/x'):
+    train.train_and_evaluate(smoke_config(), 'gs://seqpe-jax-no-such-bucket/x')
+  assert list(tmp_path.iterdir()) == []  # No local ./gs:/ folder.
+
+
+def test_resume_allows_what_leaves_the_state_meaning_the_same():
+  config = lm_base.get_config('smoke', pe='seqpe')
+  changed = lm_base.get_config('smoke', pe='seqpe')
+  changed.update_from_flattened_dict({
+      'mesh.data': 2, 'model.attention': 'xla', 'model.attention_block': 64,
+      'data.cache_dir': '/c', 'optimizer.lr': 1e-4, 'total_steps': 99, 'eval.lengths': (32,)})
+  assert checkpoint.fingerprint(changed) == checkpoint.fingerprint(config)
+  other = lm_base.get_config('smoke', pe='seqpe')
+  other.update_from_flattened_dict({'seed': 3, 'optimizer.weight_decay': 0.5,
+                                    'model.variant': 'tiny', 'pe.seqpe.d_model': 8})
+  found = checkpoint.differences(checkpoint.fingerprint(config), checkpoint.fingerprint(other))
+  assert [line.split(':')[0] for line in found] == [
+      'model.variant', 'pe.seqpe.d_model', 'optimizer.weight_decay', 'seed']

@@ -131,11 +131,14 @@ def train_batches(split, *, global_batch: int, seed: int, image_size: int) -> gr
                                read=lambda idx: _read(split, idx, image_size))
 
 
-def eval_batches(split, *, batch_size: int, image_size: int):
-  """Every example once, in order; the last batch is padded and masked."""
+def eval_batches(split, *, batch_size: int, image_size: int, rows: np.ndarray | None = None):
+  """Every example once, in order; the last batch is padded and masked. With `rows`, only
+  those rows of each batch are read (a process's share of a multi-process evaluation)."""
   n = len(split)
   for start in range(0, n, batch_size):
     idx = np.arange(start, start + batch_size)
+    if rows is not None:
+      idx = idx[rows]
     batch = _read(split, np.minimum(idx, n - 1), image_size)
     batch['mask'] = idx < n
     yield batch

@@ -58,10 +58,13 @@ class ClassificationTask:
     return images.train_batches(self.splits['train'], global_batch=self.config.batch_size,
                                 seed=seed, image_size=self.config.data.image_size)
 
-  def heldout_batch(self):
+  def heldout_batch(self, mesh):
     """A fixed batch of validation images at the training resolution (diagnostics)."""
-    return next(images.eval_batches(self.splits['valid'], batch_size=self.config.eval.batch_size,
-                                    image_size=self.config.data.image_size))
+    batch_size = sharding.eval_batch_size(self.config.eval.batch_size, mesh)
+    rows = sharding.process_rows(batch_size, mesh)
+    return sharding.global_batch(next(images.eval_batches(
+        self.splits['valid'], batch_size=batch_size, image_size=self.config.data.image_size,
+        rows=rows)), mesh)
 
   def logits(self, model_params, batch, features, *, train: bool, rng=None, mutable=False):
     """Logits [B, classes]; with `mutable` (collection names) also the updated collections."""
@@ -80,19 +83,20 @@ class ClassificationTask:
 
   def sweep(self, params, mesh, split: str | None = None) -> dict[int, dict[str, float]]:
     """Top-1 accuracy on `split` (default eval.split) at every configured resolution; each
-    PE table computed once."""
+    PE table computed once. Each process decodes only the images of its own devices; the
+    per-batch counts are added on the host."""
     split = split or self.config.eval.split
     tables = posenc.TableCache(self.pe, params['pe'])
+    batch_size = sharding.eval_batch_size(self.config.eval.batch_size, mesh)
+    rows = sharding.process_rows(batch_size, mesh)
     results = {}
     for res in self.config.eval.resolutions:
       features = tables(self.grid(res))
-      correct = total = 0
-      for batch in images.eval_batches(self.splits[split], batch_size=self.config.eval.batch_size,
-                                       image_size=res):
-        batch = sharding.global_batch(batch, mesh)
-        c, n = _eval_step(self, params['model'], features, batch)
-        correct, total = correct + int(c), total + int(n)
-      results[res] = {'accuracy': correct / total}
+      correct, total = sharding.sum_per_batch(
+          _eval_step(self, params['model'], features, sharding.global_batch(b, mesh))
+          for b in images.eval_batches(self.splits[split], batch_size=batch_size,
+                                       image_size=res, rows=rows))
+      results[res] = {'accuracy': int(correct) / int(total)}
     return results
 
 

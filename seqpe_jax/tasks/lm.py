@@ -54,10 +54,11 @@ class LanguageModelTask:
     return text.train_batches(self.tokens['train'], length=self.config.data.seq_len,
                               global_batch=self.config.batch_size, seed=seed)
 
-  def heldout_batch(self):
+  def heldout_batch(self, mesh):
     """A fixed batch of validation windows at the training length (diagnostics)."""
-    return next(text.eval_batches(self.tokens['valid'], length=self.config.data.seq_len,
-                                  batch_size=self.config.eval.batch_size))
+    batch_size = sharding.eval_batch_size(self.config.eval.batch_size, mesh)
+    return sharding.global_batch_from_full(next(text.eval_batches(
+        self.tokens['valid'], length=self.config.data.seq_len, batch_size=batch_size)), mesh)
 
   def logits(self, model_params, batch, features, *, train: bool, rng=None, mutable=False):
     """Logits [B, L, V]; with `mutable` (collection names) also the updated collections."""
@@ -73,18 +74,19 @@ class LanguageModelTask:
 
   def sweep(self, params, mesh, split: str | None = None) -> dict[int, dict[str, float]]:
     """Token perplexity on `split` (default eval.split) at every `eval.lengths`; each PE
-    table made once."""
+    table made once. The windows are split over all devices of all processes (padding
+    windows are masked); the per-batch sums are added on the host."""
     tables = posenc.TableCache(self.pe, params['pe'])
     tokens = self.tokens[split or self.config.eval.split]
+    batch_size = sharding.eval_batch_size(self.config.eval.batch_size, mesh)
     results = {}
     for length in self.config.eval.lengths:
       features = tables((length,))
-      nll = count = 0.0
-      for batch in text.eval_batches(tokens, length=length,
-                                     batch_size=self.config.eval.batch_size):
-        n, c = _eval_step(self, params['model'], features, sharding.global_batch(batch, mesh))
-        nll, count = nll + float(n), count + float(c)
-      results[length] = {'ppl': math.exp(nll / count), 'nll': nll / count, 'tokens': count}
+      nll, count = sharding.sum_per_batch(
+          _eval_step(self, params['model'], features, sharding.global_batch_from_full(b, mesh))
+          for b in text.eval_batches(tokens, length=length, batch_size=batch_size))
+      results[length] = {'ppl': math.exp(nll / count), 'nll': float(nll / count),
+                         'tokens': float(count)}
     return results
 
 

@@ -1,0 +1,108 @@
+"""What every command line of the project does the same way: exit statuses and errors.
+
+A scheduler (Slurm, a TPU queue, a study script) needs to tell a finished run from a bad
+command, a diverged model and a preempted job, so each has its own exit status:
+
+    0    finished
+    2    bad input: the one-sentence message says what to change
+    3    the loss or gradients became non-finite (the message names the step and the
+         newest finite checkpoint)
+    143  preempted by SIGTERM after a checkpoint was saved: run the same command again
+
+User errors print one sentence on stderr, without a traceback; set SEQPE_TRACEBACK=1 to
+see where they came from.
+"""
+
+import contextlib
+import os
+import pathlib
+import re
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+EXIT_BAD_INPUT = 2
+EXIT_NONFINITE = 3
+EXIT_PREEMPTED = 143  # What a shell reports for a process ended by SIGTERM.
+
+
+class Preempted(RuntimeError):
+  """SIGTERM stopped a run after every process saved the same checkpoint."""
+
+
+def _show_tracebacks() -> bool:
+  return os.environ.get('SEQPE_TRACEBACK', '') not in ('', '0')
+
+
+@contextlib.contextmanager
+def exit_statuses():
+  """Maps the project's errors to one sentence on stderr and the documented exit status."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except
+    status = _status(e)
+    if status is None or _show_tracebacks():
+      raise
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(status)
+
+
+def _status(error: Exception) -> int | None:
+  if isinstance(error, Preempted):
+    return EXIT_PREEMPTED
+  if isinstance(error, FloatingPointError):
+    return EXIT_NONFINITE
+  if isinstance(error, (ValueError, FileNotFoundError, OSError, app.UsageError)):
+    return EXIT_BAD_INPUT
+  return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing for `app.run(main, flags_parser=cli.parse_flags)`, with the config
+  loaded at once: a missing config file, a variant the file does not define, an override
+  key the config does not have or a value of the wrong type is one sentence and status 2,
+  before anything else runs (absl would print its usage page or three tracebacks)."""
+  try:
+    remaining = flags.FLAGS(argv)
+    if 'config' in flags.FLAGS:
+      _load_config()
+  except Exception as e:  # pylint: disable=broad-except
+    if _show_tracebacks():
+      raise
+    print(f'error: {_config_error(e, argv)}', file=sys.stderr)
+    sys.exit(EXIT_BAD_INPUT)
+  return remaining
+
+
+def _load_config() -> None:
+  path = config_flags.get_config_filename(flags.FLAGS['config']).split(':', 1)[0]
+  if not pathlib.Path(path).is_file():
+    raise FileNotFoundError(f'the config file {path} does not exist (the configs are in '
+                            'configs/, e.g. --config=configs/vit_seqpe.py:smoke).')
+  flags.FLAGS.config.to_dict()  # Touches every field, so deferred errors surface now.
+
+
+def _config_error(error: Exception, argv: list[str]) -> str:
+  """The innermost message of a flag-parsing error, naming the override at fault."""
+  if isinstance(error, FileNotFoundError):
+    return str(error)
+  chain = [error]
+  while (chain[-1].__cause__ or chain[-1].__context__) is not None:
+    chain.append(chain[-1].__cause__ or chain[-1].__context__)
+  if any(isinstance(e, (KeyError, AttributeError)) for e in chain):
+    text = ' '.join(str(e) for e in chain)
+    guess = re.search(r'Did you mean .{0,2}"(\w+)" instead of .{0,2}"(\w+)"', text)
+    key = guess.group(2) if guess else str(chain[-1]).strip('\'"')
+    override = next((a.split('=', 1)[0] for a in argv[1:]
+                     if f'.{key}.' in a.split('=', 1)[0] + '.'), f'--{key}')
+    hint = '.'
+    if guess:
+      fixed = (override + '.').replace(f'.{key}.', f'.{guess.group(1)}.', 1)[:-1]
+      hint = f'; did you mean {fixed}?'
+    return f'{override} is not a field of the config{hint}'
+  first_line = str(error).splitlines()[0] if str(error) else ''
+  if first_line.startswith('flag --') and 'Traceback' not in str(error):
+    return first_line  # absl names the flag and its bad value: "flag --x=abc: could not ..."
+  lines = [line.strip() for line in str(chain[-1]).splitlines() if line.strip()]
+  return lines[-1] if lines else type(chain[-1]).__name__

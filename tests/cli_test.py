@@ -1,0 +1,72 @@
+"""The command lines as a user meets them: one sentence and status 2 for bad input before
+anything is created, tracebacks on request, and `evaluate --compare` keeping runs apart."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from seqpe_jax import evaluate
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_main(*args, env=None):
+  return subprocess.run([sys.executable, '-m', 'seqpe_jax.main', *args], capture_output=True,
+                        text=True, cwd=REPO, timeout=120, env={**os.environ, **(env or {})})
+
+
+def error_line(result):
+  assert result.returncode == 2, result.stderr[-2000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
+  assert len(errors) == 1 and 'Traceback' not in result.stderr, result.stderr[-2000:]
+  return errors[0]
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--config=configs/vit_seqpe_typo.py'],
+     'error: the config file configs/vit_seqpe_typo.py does not exist'),
+    (['--config=configs/vit_seqpe.py:smoke', '--config.optimizer.lrr=0.1'],
+     'error: --config.optimizer.lrr is not a field of the config; did you mean '
+     '--config.optimizer.lr?'),
+    (['--config=configs/vit_seqpe.py:smok'], "error: Unknown config variant 'smok'"),
+    (['--config=configs/vit_seqpe.py:smoke', '--config.total_steps=0'],
+     'error: total_steps must be a positive whole number, got 0.'),
+])
+def test_bad_input_is_one_sentence_and_status_2_before_any_side_effect(tmp_path, args, message):
+  workdir = tmp_path / 'run'
+  assert error_line(run_main(*args, f'--workdir={workdir}')).startswith(message)
+  assert not workdir.exists()
+
+
+def test_tracebacks_on_request(tmp_path):
+  result = run_main('--config=configs/vit_seqpe.py:smoke', '--config.total_steps=0',
+                    f'--workdir={tmp_path}/run', env={'SEQPE_TRACEBACK': '1'})
+  assert result.returncode != 0 and 'Traceback' in result.stderr
+
+
+def write_run(directory, value):
+  directory.mkdir(parents=True)
+  (directory / 'extrapolation.json').write_text(json.dumps(
+      {'metric': 'ppl', 'axis': 'length', 'results': {'128': {'ppl': value}}}))
+
+
+def test_compare_keeps_runs_with_the_same_folder_name_apart(tmp_path):
+  write_run(tmp_path / 'runs/ape/seed0', 10.0)
+  write_run(tmp_path / 'runs/rope/seed0', 20.0)
+  table = evaluate.compare([str(tmp_path / 'runs/ape/seed0'), str(tmp_path / 'runs/rope/seed0')],
+                           str(tmp_path / 'both.png'))
+  assert '| ape/seed0 | 10 |' in table and '| rope/seed0 | 20 |' in table
+  assert (tmp_path / 'both.png').stat().st_size > 0
+  with pytest.raises(ValueError, match='listed twice'):
+    evaluate.compare([str(tmp_path / 'runs/ape/seed0')] * 2, str(tmp_path / 'x.png'))
+
+
+def test_run_labels_are_the_shortest_distinct_suffixes():
+  assert evaluate.run_labels(['/a/x/seed0', '/a/y/seed0', '/b/z']) == {
+      '/a/x/seed0': 'x/seed0', '/a/y/seed0': 'y/seed0', '/b/z': 'z'}
+  assert evaluate.run_labels(['/r/one/s', '/q/one/s']) == {'/r/one/s': 'r/one/s',
+                                                          '/q/one/s': 'q/one/s'}
