@@ -1,0 +1,445 @@
+"""Long-context QA and retrieval probes in the reference's QA jsonl schema.
+
+Schema: one JSON object per line, `{"index": int, "input": str, "outputs": [str, ...]}`,
+one file per context length (`validation.2048.jsonl`); extra fields are allowed and kept.
+A model reads `input` and should continue it with one of `outputs`. `read_jsonl` and
+`read_lengths` load such files (the reference's SQuAD-derived set, for users who have it).
+
+Generated probes (no download) write the same schema plus `length` (the prompt's actual
+token count) and `depth` (0..1: the fraction of the haystack that comes before the needle):
+
+  passkey  a random 5-digit key stated once ("The pass key is 12345. Remember it. 12345 is
+           the pass key.") inside real paragraphs of a held-out split of the LM corpus
+           (never train), then "What is the pass key? The pass key is"; outputs = [key].
+  kv       a JSON object of random UUID pairs, one key asked for; outputs = [its value].
+
+Lengths are in tokens of the configured tokenizer, 256..16384, met within TOLERANCE (in
+practice +-2). The budget is planned with token counts rather than by re-tokenising the
+prompt: the filler is tokenised once per (corpus, split, tokenizer), starts at a random
+paragraph and is cut at word boundaries (tokens that start with whitespace, where BPE
+pre-tokenisation splits anyway, so pieces tokenise the same alone as joined); kv pairs are
+counted in batches and drawn until their counts fill the budget. The prompt is tokenised
+once at the end to record its true length. Byte tokens give every UUID the same length, so
+there the kv object is padded with spaces after its brace (insignificant in JSON).
+
+Depths: example i sits in depth decile i mod 10 (uniform inside it), so a length x depth
+heatmap has every cell. Passkey depth is exact to a word (a sentence start is preferred
+nearby); kv depth is quantised to one pair (~54 GPT-2 tokens), so at short lengths with
+few pairs some deciles cannot be hit and the recorded depth is the achieved one.
+
+Every example draws from its own generator seeded by (seed, task, length, index): a seed
+reproduces a file byte for byte, and training and evaluation sets need different seeds.
+
+    python -m seqpe_jax.data.retrieval --task=passkey|kv --length=N --num=M --seed=S \\
+        --out=FILE.jsonl [--tokenizer=gpt2|bpe|byte] [--corpus=wiki_gensim] [--split=valid]
+"""
+
+import dataclasses
+import json
+import pathlib
+import re
+import uuid
+
+import numpy as np
+from absl import app, flags
+
+from seqpe_jax import cli
+from seqpe_jax.data import cache, text, tokenizers
+
+TASKS = ('passkey', 'kv')
+MIN_LENGTH, MAX_LENGTH = 256, 16_384
+TOLERANCE = 8  # |actual - requested| prompt tokens.
+HELD_OUT = ('valid', 'test')
+FIELDS = {'index': int, 'input': str, 'outputs': list}
+SCHEMA = ('one JSON object per line with "index" (int), "input" (str) and "outputs" '
+          '(list of str)')
+
+PASSKEY_PREFIX = ('There is an important info hidden inside a lot of irrelevant text. Find it '
+                  'and memorize it. I will quiz you about the important information there.\n')
+PASSKEY_NEEDLE = ' The pass key is {key}. Remember it. {key} is the pass key.'
+PASSKEY_QUESTION = '\nWhat is the pass key? The pass key is'
+KV_PREFIX = ('Extract the value corresponding to the specified key in the JSON object below.'
+             '\n\nJSON data:\n{')
+KV_PAIR = '\n "{key}": "{value}",'  # Each on its own line; the last loses its comma.
+KV_QUESTION = '\n}}\n\nKey: "{key}"\nThe value associated with the specified key is:'
+MIN_PAIRS = 2
+MAX_DRAWS = 64  # UUID pairs tried per slot while fitting the budget.
+SENTENCE_WINDOW = 0.02  # How far (fraction of the filler) a needle may move to a sentence start.
+
+# ------------------------------------------------------------------ Reading and writing.
+
+
+def read_jsonl(path) -> list[dict]:
+  """Examples of a QA jsonl file, checked line by line."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f'{path} does not exist: a QA file holds {SCHEMA}.')
+  examples = []
+  with path.open(encoding='utf-8') as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        example = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f'{path}:{number}: not valid JSON ({e.msg}); expected {SCHEMA}.') from None
+      problem = _schema_problem(example)
+      if problem:
+        raise ValueError(f'{path}:{number}: {problem}; expected {SCHEMA}.')
+      examples.append(example)
+  return examples
+
+
+def _schema_problem(example) -> str:
+  if not isinstance(example, dict):
+    return f'a {type(example).__name__}, not an object'
+  for field, kind in FIELDS.items():
+    if field not in example:
+      return f'missing field "{field}"'
+    value = example[field]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+      return f'"{field}" is a {type(value).__name__}, not a {kind.__name__}'
+  if not all(isinstance(o, str) for o in example['outputs']):
+    return '"outputs" holds something other than strings'
+  return ''
+
+
+def read_lengths(directory, split: str = 'validation') -> dict[int, list[dict]]:
+  """{length: examples} of the `<split>.<length>.jsonl` files in `directory`, by length."""
+  directory = pathlib.Path(directory)
+  pattern = re.compile(rf'{re.escape(split)}\.(\d+)\.jsonl')
+  files = {int(m.group(1)): p for p in directory.glob(f'{split}.*.jsonl')
+           if (m := pattern.fullmatch(p.name))} if directory.is_dir() else {}
+  if not files:
+    raise FileNotFoundError(f'{directory} has no {split}.<length>.jsonl files (e.g. '
+                            f'{split}.2048.jsonl), each holding {SCHEMA}.')
+  return {length: read_jsonl(files[length]) for length in sorted(files)}
+
+
+def write_jsonl(path, examples: list[dict]) -> None:
+  """One object per line in field order; the same examples give the same bytes."""
+  lines = ''.join(json.dumps(e, ensure_ascii=False) + '\n' for e in examples)
+  cache.atomic_write(pathlib.Path(path), lines)
+
+
+def depth_decile(depth: float) -> int:
+  """0..9; depth 1.0 belongs to the last decile."""
+  return min(int(depth * 10), 9)
+
+
+def _check_length(length: int) -> None:
+  if not MIN_LENGTH <= length <= MAX_LENGTH:
+    raise ValueError(f'Retrieval prompts are {MIN_LENGTH}..{MAX_LENGTH} tokens long, not '
+                     f'{length}.')
+
+
+def _rng(seed: int, task: str, length: int, index: int) -> np.random.Generator:
+  return np.random.default_rng([seed, TASKS.index(task), length, index])
+
+
+def _decile_bounds(index: int) -> tuple[float, float]:
+  return (index % 10) / 10, (index % 10 + 1) / 10
+
+
+def _count(tokenizer: tokenizers.Tokenizer, s: str) -> int:
+  return len(tokenizer.encode(s))
+
+
+def _example(index: int, prompt: str, answer: str, length: int, depth: float) -> dict:
+  return {'index': index, 'input': prompt, 'outputs': [answer], 'length': length,
+          'depth': round(depth, 6)}
+
+# ------------------------------------------------------------------ Passkey.
+
+
+@dataclasses.dataclass(frozen=True)
+class Filler:
+  """A held-out split's paragraphs as one token stream, tiled so any start has 16k after it.
+
+  `word[i]`: token i starts with whitespace (a clean place to cut the text);
+  `sentence[i]`: also follows a token that ends a sentence; `whole[i]`: the cut before
+  token i splits no character (mid-word cuts tokenise about the same; a last resort);
+  `starts`: paragraph starts.
+  """
+  tokens: np.ndarray
+  word: np.ndarray
+  whole: np.ndarray
+  sentence: np.ndarray
+  starts: np.ndarray
+
+
+_FILLERS: dict[tuple[str, str, str], Filler] = {}
+
+
+def load_filler(directory, split: str, tokenizer: tokenizers.Tokenizer) -> Filler:
+  """Paragraphs (not headings) of `wiki.<split>.raw`, joined by newlines; cached per process."""
+  if split not in HELD_OUT:
+    raise ValueError(f"Filler text comes from a held-out split ({' or '.join(HELD_OUT)}), "
+                     f"not '{split}'.")
+  key = (str(directory), split, tokenizer.name)
+  if key not in _FILLERS:
+    raw = text.raw_files(pathlib.Path(directory))[split].read_text(encoding='utf-8')
+    paragraphs = [line.strip() for line in raw.split('\n')
+                  if line.strip() and not line.startswith(' = ')]
+    if not paragraphs:
+      raise ValueError(f'The {split} split of {directory} has no paragraphs to use as filler.')
+    pieces = [tokenizer.encode(p + '\n') for p in paragraphs]
+    one = np.fromiter((t for p in pieces for t in p), np.int64)
+    copies = 1 + -(-(MAX_LENGTH + 64) // len(one))
+    tokens = np.tile(one, copies)
+    vocab = {int(t): tokenizer.decode([t]) for t in np.unique(one)}
+    word = np.array([vocab[int(t)][:1].isspace() for t in tokens])
+    ends = np.array([vocab[int(t)].rstrip()[-1:] in ('.', '!', '?') for t in tokens])
+    sentence = word & np.concatenate([[True], ends[:-1]])
+    partial = np.array(['\ufffd' in vocab[int(t)] for t in tokens])  # Part of a character.
+    whole = ~partial & ~np.concatenate([[False], partial[:-1]])
+    starts = np.cumsum([0] + [len(p) for p in pieces[:-1]])
+    _FILLERS[key] = Filler(tokens, word, whole, sentence, starts)
+  return _FILLERS[key]
+
+
+def _nearest(positions: np.ndarray, target: float, lo: float, hi: float):
+  """The element of sorted `positions` inside [lo, hi] nearest `target`, or None."""
+  inside = positions[(positions >= lo) & (positions <= hi)]
+  return None if not len(inside) else int(inside[np.argmin(np.abs(inside - target))])
+
+
+def _cut_points(filler: Filler, start: int, size: int, depth: float,
+                decile: tuple[float, float]) -> tuple[int, int]:
+  """(needle, end) offsets from `start`. The end: a word boundary within 2 tokens of
+  `size`, else any cut that splits no character (long words, byte tokens). The needle: a
+  sentence start near `depth` of the filler, else a word boundary, inside the depth decile
+  when possible (offset 0, the paragraph start, is always a sentence start)."""
+  words = np.flatnonzero(filler.word[start + 1:start + size + 64]) + 1
+  wholes = np.flatnonzero(filler.whole[start + 1:start + size + 64]) + 1
+  end = (_nearest(words, size, size - 2, size + 2) or _nearest(wholes, size, 1, size + 63) or
+         _nearest(words, size, 1, size + 63) or size)
+  sentences = np.concatenate([[0], np.flatnonzero(filler.sentence[start + 1:start + end]) + 1])
+  words = np.concatenate([[0], words[words <= end]])
+  # Integer bounds keep depth = needle / end inside [lo, hi) (hi inclusive for the last).
+  lo = -(-decile[0] * end // 1)
+  hi = end if decile[1] >= 1 else -(-decile[1] * end // 1) - 1
+  target, window = depth * end, max(2.0, SENTENCE_WINDOW * end)
+  for positions, a, b in ((sentences, max(lo, target - window), min(hi, target + window)),
+                          (words, lo, hi), (words, 0, end)):
+    needle = _nearest(positions, target, a, b)
+    if needle is not None:
+      return needle, end
+  return 0, end
+
+
+def passkey_example(tokenizer: tokenizers.Tokenizer, filler: Filler, length: int,
+                    index: int, rng: np.random.Generator) -> dict:
+  """One passkey prompt of about `length` tokens, the needle in depth decile index % 10."""
+  decile = _decile_bounds(index)
+  start = int(rng.choice(filler.starts))
+  depth = rng.uniform(*decile)
+  while True:  # A key that the filler happens to contain would appear twice.
+    key = str(rng.integers(10_000, 100_000))
+    needle = PASSKEY_NEEDLE.format(key=key)
+    fixed = _count(tokenizer, PASSKEY_PREFIX + needle + PASSKEY_QUESTION)
+    size = length - fixed
+    if size < 16:
+      raise ValueError(f'A passkey prompt of {length} {tokenizer.name} tokens leaves {size} '
+                       f'for filler; use a length of at least {fixed + 16}.')
+    for _ in range(3):  # Joins rarely tokenise differently from the parts; re-aim if so.
+      cut, end = _cut_points(filler, start, size, depth, decile)
+      before = tokenizer.decode(filler.tokens[start:start + cut])
+      after = tokenizer.decode(filler.tokens[start + cut:start + end])
+      prompt = PASSKEY_PREFIX + before + needle + after + PASSKEY_QUESTION
+      actual = _count(tokenizer, prompt)
+      if abs(actual - length) <= 2:
+        break
+      size -= actual - length
+    if key not in before + after:
+      return _example(index, prompt, key, actual, cut / end)
+
+
+def passkey_examples(tokenizer: tokenizers.Tokenizer, filler: Filler, length: int, num: int,
+                     seed: int) -> list[dict]:
+  _check_length(length)
+  return [passkey_example(tokenizer, filler, length, i, _rng(seed, 'passkey', length, i))
+          for i in range(num)]
+
+# ------------------------------------------------------------------ Key-value.
+
+
+def _uuid(rng: np.random.Generator) -> str:
+  return str(uuid.UUID(bytes=rng.bytes(16), version=4))
+
+
+def _counts(tokenizer: tokenizers.Tokenizer, strings: list[str]) -> list[int]:
+  """Token counts of many short strings in one batch: `Tokenizer.encode` runs a batch of one
+  (with tiktoken a thread-pool round trip, ~1 ms), which would dominate a 16k kv prompt."""
+  return [len(ids) for ids in tokenizer._encode_batch(strings)]  # pylint: disable=protected-access
+
+
+@dataclasses.dataclass(frozen=True)
+class _KvSizes:
+  """Tokens of the fixed parts, and of a pair line (mean, std over a fixed sample)."""
+  prefix: int
+  question: int
+  mean: float
+  std: float
+
+
+_KV_SIZES: dict[str, _KvSizes] = {}
+
+
+def _kv_sizes(tokenizer: tokenizers.Tokenizer) -> _KvSizes:
+  if tokenizer.name not in _KV_SIZES:
+    sample = _candidates(tokenizer, np.random.default_rng(0), 200)  # Not the examples' draws.
+    pairs = [p for _, _, p, _ in sample]
+    prefix = _count(tokenizer, KV_PREFIX)
+    _KV_SIZES[tokenizer.name] = _KvSizes(prefix, round(np.mean([q for *_, q in sample])),
+                                         float(np.mean(pairs)), float(np.std(pairs)))
+  return _KV_SIZES[tokenizer.name]
+
+
+def _candidates(tokenizer, rng, num: int) -> list[tuple[str, str, int, int]]:
+  """`num` random (key, value, pair line tokens, question tokens if this key is asked)."""
+  keys_values = [(_uuid(rng), _uuid(rng)) for _ in range(num)]
+  counts = _counts(tokenizer, [KV_PAIR.format(key=k, value=v) for k, v in keys_values] +
+                   [KV_QUESTION.format(key=k) for k, _ in keys_values])
+  return [(k, v, counts[i], counts[num + i]) for i, (k, v) in enumerate(keys_values)]
+
+
+def _fit_pairs(tokenizer, rng, budget: int, n: int) -> list[tuple[str, str, int]]:
+  """n (key, value, tokens) pairs summing to about `budget`; the first is the asked one and
+  its tokens include the question, which repeats its key. Candidates come in order from
+  a seeded pool; each slot takes the first that leaves a remainder the other slots can
+  plausibly fill (the last: within one token), else the closest of MAX_DRAWS. The choice
+  looks only at token counts, so the UUIDs stay uniform in everything else."""
+  sizes = _kv_sizes(tokenizer)
+  low, high = sizes.mean - 1.5 * sizes.std, sizes.mean + 1.5 * sizes.std
+  pool = iter(_candidates(tokenizer, rng, n + 32))
+  pairs, left = [], budget
+  for slot in range(n):
+    rest = n - 1 - slot
+    best = None
+    for _ in range(MAX_DRAWS):
+      candidate = next(pool, None)
+      if candidate is None:
+        pool = iter(_candidates(tokenizer, rng, 64))
+        candidate = next(pool)
+      key, value, tokens, question = candidate
+      tokens += question if slot == 0 else 0
+      remainder = left - tokens
+      miss = max(rest * low - remainder, remainder - rest * high, 0)
+      if best is None or miss < best[0]:
+        best = (miss, key, value, tokens)
+      if miss <= (0 if rest else 1):
+        break
+    pairs.append(best[1:])
+    left -= best[3]
+  return pairs
+
+
+def _kv_prompt(pairs, asked: int, pad: int) -> str:
+  lines = [KV_PAIR.format(key=k, value=v) for k, v, _ in pairs]
+  lines[-1] = lines[-1][:-1]
+  return (KV_PREFIX + ' ' * pad + ''.join(lines) +
+          KV_QUESTION.format(key=pairs[asked][0]))
+
+
+def kv_example(tokenizer: tokenizers.Tokenizer, length: int, index: int,
+               rng: np.random.Generator) -> dict:
+  """One key-value prompt of about `length` tokens, the asked pair placed at the position
+  whose depth is nearest the drawn one inside decile index % 10."""
+  lo, hi = _decile_bounds(index)
+  depth = rng.uniform(lo, hi)
+  sizes = _kv_sizes(tokenizer)
+  budget = length - sizes.prefix
+  # As many pairs as fit: the draws can stretch them by 1.5 std each, and the padding below
+  # can lengthen a prompt but never shorten it.
+  n = round((budget - sizes.question) / sizes.mean)
+  if n * (sizes.mean - 1.5 * sizes.std) > budget - sizes.question:
+    n -= 1
+  if n < MIN_PAIRS:
+    shortest = sizes.prefix + sizes.question + round(MIN_PAIRS * sizes.mean)
+    raise ValueError(f'A key-value prompt of {length} {tokenizer.name} tokens has room for '
+                     f'{max(n, 0)} key-value pairs, fewer than {MIN_PAIRS}; use a length of at '
+                     f'least {shortest}.')
+  asked, *others = _fit_pairs(tokenizer, rng, budget, n)
+  # Depth of slot j = tokens of the other pairs before it / tokens of all other pairs.
+  before = np.concatenate([[0], np.cumsum([t for _, _, t in others])])
+  depths = before / before[-1]
+  inside = np.flatnonzero((depths >= lo) & ((depths < hi) | (hi >= 1)))
+  candidates = inside if len(inside) else np.arange(len(depths))
+  slot = int(candidates[np.argmin(np.abs(depths[candidates] - depth))])
+  pairs = others[:slot] + [asked] + others[slot:]
+  # Fine adjustment for a tokenizer whose UUIDs all have one length (bytes): JSON allows
+  # whitespace after the brace, and spaces are single tokens there.
+  pad, prompt = 0, _kv_prompt(pairs, slot, 0)
+  error = _count(tokenizer, prompt) - length
+  for _ in range(3):
+    if -error <= 1:
+      break
+    trial = _kv_prompt(pairs, slot, pad - error)
+    trial_error = _count(tokenizer, trial) - length
+    if abs(trial_error) >= abs(error):
+      break
+    pad, prompt, error = pad - error, trial, trial_error
+  return _example(index, prompt, pairs[slot][1], length + error, float(depths[slot]))
+
+
+def kv_examples(tokenizer: tokenizers.Tokenizer, length: int, num: int,
+                seed: int) -> list[dict]:
+  _check_length(length)
+  return [kv_example(tokenizer, length, i, _rng(seed, 'kv', length, i)) for i in range(num)]
+
+# ------------------------------------------------------------------ Both, by name.
+
+
+def generate(task: str, length: int, num: int, seed: int, *, tokenizer: str = 'gpt2',
+             vocab_size: int = 4096, corpus: str = 'wiki_gensim', data_dir: str = '',
+             cache_dir: str = '', split: str = 'valid') -> list[dict]:
+  """`num` examples of `task` at `length` tokens of the named tokenizer (as text.py loads
+  it for `corpus`, whose held-out `split` gives the passkey filler)."""
+  if task not in TASKS:
+    raise ValueError(f"Unknown retrieval task '{task}'; use one of: {', '.join(TASKS)}.")
+  _check_length(length)
+  if num < 1:
+    raise ValueError(f'Generate at least one example, not {num}.')
+  directory = text.corpus_dir(corpus, data_dir, cache_dir)
+  tok = text.load_tokenizer(tokenizer, directory, vocab_size, cache_dir)
+  if task == 'kv':
+    return kv_examples(tok, length, num, seed)
+  return passkey_examples(tok, load_filler(directory, split, tok), length, num, seed)
+
+
+def summary(examples: list[dict]) -> str:
+  lengths = [e['length'] for e in examples]
+  deciles = sorted({depth_decile(e['depth']) for e in examples})
+  return (f'{len(examples)} examples, {min(lengths)}..{max(lengths)} tokens, depth deciles '
+          f'{",".join(map(str, deciles))}')
+
+
+def main(argv):
+  f = flags.FLAGS
+  with cli.exit_statuses():  # Bad input: one sentence and status 2.
+    if len(argv) > 1:
+      raise ValueError(f'Unexpected arguments: {" ".join(argv[1:])}.')
+    if not f.task or f.length is None or not f.out:
+      raise ValueError('Pass --task=passkey|kv, --length=N and --out=FILE.jsonl.')
+    examples = generate(f.task, f.length, f.num, f.seed, tokenizer=f.tokenizer,
+                        vocab_size=f.vocab_size, corpus=f.corpus, data_dir=f.data_dir,
+                        cache_dir=f.cache_dir, split=f.split)
+  write_jsonl(f.out, examples)
+  print(f.out)
+  print(f'{f.task} at {f.length} {f.tokenizer} tokens (seed {f.seed}): {summary(examples)}')
+
+
+if __name__ == '__main__':
+  flags.DEFINE_string('task', None, f"Which probe: {' | '.join(TASKS)}.")
+  flags.DEFINE_integer('length', None, f'Prompt length in tokens, {MIN_LENGTH}..{MAX_LENGTH}.')
+  flags.DEFINE_integer('num', 10, 'How many examples (example i at depth decile i mod 10).')
+  flags.DEFINE_integer('seed', 0, 'Seed; the same seed writes the same bytes.')
+  flags.DEFINE_string('out', None, 'The jsonl file to write.')
+  flags.DEFINE_string('tokenizer', 'gpt2', 'gpt2 | bpe (trained on the corpus) | byte.')
+  flags.DEFINE_integer('vocab_size', 4096, 'Vocabulary of --tokenizer=bpe.')
+  flags.DEFINE_string('corpus', 'wiki_gensim', f"Filler corpus: {' | '.join(text.CORPORA)}.")
+  flags.DEFINE_string('data_dir', '', 'The wikitext directory (--corpus=wikitext).')
+  flags.DEFINE_string('cache_dir', '', "Built corpora and tokenizers; '' = the default cache.")
+  flags.DEFINE_string('split', 'valid', 'Held-out split giving the passkey filler: valid | test.')
+  app.run(main)

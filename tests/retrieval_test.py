@@ -1,0 +1,209 @@
+"""Retrieval probes: the QA jsonl reader, passkey and key-value generators, the CLI."""
+
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from seqpe_jax.data import retrieval, text, tokenizers
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def cache(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('retrieval_cache'))
+
+
+@pytest.fixture(scope='module')
+def wiki(cache):
+  return text.corpus_dir('wiki_gensim', cache_dir=cache)
+
+
+@pytest.fixture(scope='module')
+def gpt2():
+  return tokenizers.gpt2()
+
+
+@pytest.fixture(scope='module')
+def filler(wiki, gpt2):
+  return retrieval.load_filler(wiki, 'valid', gpt2)
+
+
+def passkey(gpt2, filler, length, num=10, seed=0):
+  return retrieval.passkey_examples(gpt2, filler, length, num, seed)
+
+
+def kv(gpt2, length, num=10, seed=0):
+  return retrieval.kv_examples(gpt2, length, num, seed)
+
+
+def kv_parts(example):
+  """(the JSON object, the asked key) of a key-value prompt."""
+  prompt = example['input']
+  body = prompt[prompt.index('JSON data:\n') + len('JSON data:\n'):prompt.index('\n\nKey: ')]
+  return json.loads(body), re.search(r'Key: "([0-9a-f-]{36})"', prompt).group(1)
+
+
+def test_generated_examples_round_trip_through_the_reader(gpt2, filler, tmp_path):
+  examples = passkey(gpt2, filler, 256, num=3)
+  assert list(examples[0]) == ['index', 'input', 'outputs', 'length', 'depth']
+  retrieval.write_jsonl(tmp_path / 'validation.256.jsonl', examples)
+  assert retrieval.read_jsonl(tmp_path / 'validation.256.jsonl') == examples
+  retrieval.write_jsonl(tmp_path / 'validation.1024.jsonl', kv(gpt2, 1024, num=2))
+  retrieval.write_jsonl(tmp_path / 'train.512.jsonl', examples)  # Another split: ignored.
+  by_length = retrieval.read_lengths(tmp_path)
+  assert list(by_length) == [256, 1024] and by_length[256] == examples
+  assert list(retrieval.read_lengths(tmp_path, 'train')) == [512]
+
+
+def test_reader_errors_are_one_sentence_with_file_and_line(tmp_path):
+  with pytest.raises(FileNotFoundError, match=r'nope.jsonl does not exist: a QA file holds one '
+                     r'JSON object per line with "index" \(int\), "input" \(str\)'):
+    retrieval.read_jsonl(tmp_path / 'nope.jsonl')
+  good = json.dumps({'index': 0, 'input': 'q', 'outputs': ['a'], 'depth': 0.5})
+  cases = {'{"index": 1, "input": "q"': ':2: not valid JSON',
+           '{"index": 1, "input": "q"}': ':2: missing field "outputs"',
+           '{"index": 1, "input": "q", "outputs": "a"}': ':2: "outputs" is a str, not a list',
+           '{"index": true, "input": "q", "outputs": ["a"]}': ':2: "index" is a bool, not a',
+           '{"index": 1, "input": "q", "outputs": [3]}': ':2: "outputs" holds something other',
+           '[1, 2]': ':2: a list, not an object'}
+  for line, message in cases.items():
+    path = tmp_path / 'bad.jsonl'
+    path.write_text(f'{good}\n{line}\n\n')
+    with pytest.raises(ValueError, match=re.escape(f'{path}{message}')):
+      retrieval.read_jsonl(path)
+  path.write_text(f'{good}\n\n')  # Blank lines are skipped, extra fields kept.
+  assert retrieval.read_jsonl(path) == [json.loads(good)]
+  with pytest.raises(FileNotFoundError, match=r'has no validation.<length>.jsonl files'):
+    retrieval.read_lengths(tmp_path)
+
+
+@pytest.mark.parametrize('task', ['passkey', 'kv'])
+@pytest.mark.parametrize('length', [256, 4096])
+def test_prompts_have_the_requested_length(gpt2, filler, task, length):
+  examples = passkey(gpt2, filler, length) if task == 'passkey' else kv(gpt2, length)
+  for e in examples:
+    assert e['length'] == len(gpt2.encode(e['input']))
+    assert abs(e['length'] - length) <= retrieval.TOLERANCE
+
+
+@pytest.mark.parametrize('task', ['passkey', 'kv'])
+def test_a_16k_example_takes_well_under_a_second(gpt2, filler, task):
+  make = (lambda: passkey(gpt2, filler, 16384, num=1, seed=3)) if task == 'passkey' else (
+      lambda: kv(gpt2, 16384, num=1, seed=3))
+  make()  # Per-tokenizer statistics are computed once.
+  start = time.perf_counter()
+  (example,) = make()
+  assert time.perf_counter() - start < 1.0
+  assert abs(example['length'] - 16384) <= retrieval.TOLERANCE
+
+
+def test_passkey_is_stated_once_at_the_recorded_depth(gpt2, filler):
+  fixed = len(gpt2.encode(retrieval.PASSKEY_PREFIX))
+  for e in passkey(gpt2, filler, 4096):
+    key = e['outputs'][0]
+    assert re.fullmatch(r'[1-9]\d{4}', key)
+    needle = retrieval.PASSKEY_NEEDLE.format(key=key)
+    assert e['input'].count(needle) == 1 and e['input'].count(key) == 2
+    assert e['input'].startswith(retrieval.PASSKEY_PREFIX)
+    assert e['input'].endswith('What is the pass key? The pass key is')
+    position = len(gpt2.encode(e['input'][:e['input'].index(needle)]))
+    haystack = e['length'] - fixed - len(gpt2.encode(needle + retrieval.PASSKEY_QUESTION))
+    assert abs((position - fixed) / haystack - e['depth']) < 0.01
+    assert abs(position / e['length'] - e['depth']) < 0.05
+
+
+def test_kv_asks_for_a_key_of_the_object_and_answers_its_value(gpt2):
+  for e in kv(gpt2, 1024):
+    pairs, key = kv_parts(e)
+    assert len(pairs) >= 10 and e['outputs'] == [pairs[key]]
+    assert e['input'].count(key) == 2 and e['input'].count(pairs[key]) == 1
+    # Depth: tokens of the other pairs before the asked one over all other pairs.
+    keys = list(pairs)
+    tokens = [len(gpt2.encode(retrieval.KV_PAIR.format(key=k, value=pairs[k]))) for k in keys]
+    slot = keys.index(key)
+    assert abs(sum(tokens[:slot]) / (sum(tokens) - tokens[slot]) - e['depth']) < 0.01
+
+
+@pytest.mark.parametrize('task,length', [('passkey', 256), ('passkey', 4096), ('kv', 1024)])
+def test_depths_cover_every_decile(gpt2, filler, task, length):
+  examples = passkey(gpt2, filler, length) if task == 'passkey' else kv(gpt2, length)
+  assert [retrieval.depth_decile(e['depth']) for e in examples] == list(range(10))
+  assert [e['index'] for e in examples] == list(range(10))
+
+
+def test_a_seed_reproduces_the_bytes_and_another_differs(gpt2, filler, tmp_path):
+  for task, make in (('passkey', lambda s: passkey(gpt2, filler, 512, 4, s)),
+                     ('kv', lambda s: kv(gpt2, 512, 4, s))):
+    files = [tmp_path / f'{task}{i}.jsonl' for i in range(3)]
+    for path, seed in zip(files, (7, 7, 8)):
+      retrieval.write_jsonl(path, make(seed))
+    assert files[0].read_bytes() == files[1].read_bytes() != files[2].read_bytes()
+  # Examples are seeded one by one: a longer file starts with the shorter one's examples.
+  assert passkey(gpt2, filler, 512, 2, 7) == passkey(gpt2, filler, 512, 4, 7)[:2]
+
+
+def test_filler_is_held_out_wikipedia(gpt2, filler, wiki):
+  raw = {s: p.read_text(encoding='utf-8') for s, p in text.raw_files(wiki).items()}
+  for e in passkey(gpt2, filler, 1024)[5:]:  # Depth >= 0.5: the first paragraph is whole.
+    first = e['input'][len(retrieval.PASSKEY_PREFIX):].split('\n')[0]
+    assert len(first) > 40 and first in raw['valid'] and first not in raw['train']
+  with pytest.raises(ValueError, match="held-out split \\(valid or test\\), not 'train'"):
+    retrieval.load_filler(wiki, 'train', gpt2)
+
+
+@pytest.mark.parametrize('kind', ['byte', 'bpe'])
+def test_other_tokenizers_meet_the_length_too(cache, kind):
+  directory = text.corpus_dir('pydoc_topics', cache_dir=cache)
+  tok = text.load_tokenizer(kind, directory, 512, cache)
+  examples = (retrieval.passkey_examples(tok, retrieval.load_filler(directory, 'test', tok),
+                                         512, 10, 0) + retrieval.kv_examples(tok, 512, 10, 0))
+  for e in examples:
+    assert abs(len(tok.encode(e['input'])) - 512) <= retrieval.TOLERANCE
+    assert e['outputs'][0] in e['input']
+
+
+def test_bad_input_is_one_sentence(gpt2, cache):
+  for length in (255, 16385):
+    with pytest.raises(ValueError, match=f'256..16384 tokens long, not {length}'):
+      retrieval.generate('passkey', length, 1, 0, cache_dir=cache)
+  with pytest.raises(ValueError, match="Unknown retrieval task 'qa'; use one of: passkey, kv"):
+    retrieval.generate('qa', 1024, 1, 0, cache_dir=cache)
+  with pytest.raises(ValueError, match='at least one example, not 0'):
+    retrieval.generate('kv', 1024, 0, 0, cache_dir=cache)
+  with pytest.raises(ValueError, match=r'256 byte tokens has room for 0 key-value pairs, '
+                     r'fewer than 2; use a length of at least \d+\.'):
+    retrieval.kv_examples(tokenizers.byte_level(), 256, 1, 0)
+
+
+def run_cli(*args, cache_dir):
+  return subprocess.run([sys.executable, '-m', 'seqpe_jax.data.retrieval', *args],
+                        cwd=REPO_ROOT, capture_output=True, text=True, check=False,
+                        env={**os.environ, 'SEQPE_CACHE_DIR': cache_dir})
+
+
+def test_command_line_writes_the_file_and_refuses_bad_input(cache, wiki, tmp_path):
+  del wiki  # Built in the cache the command line uses.
+  out = tmp_path / 'kv.1024.jsonl'
+  process = run_cli('--task=kv', '--length=1024', '--num=3', '--seed=1', f'--out={out}',
+                    cache_dir=cache)
+  assert process.returncode == 0, process.stderr
+  assert process.stdout.splitlines() == [
+      str(out), 'kv at 1024 gpt2 tokens (seed 1): 3 examples, '
+      f"{min(e['length'] for e in retrieval.read_jsonl(out))}.."
+      f"{max(e['length'] for e in retrieval.read_jsonl(out))} tokens, depth deciles 0,1,2"]
+  assert len(retrieval.read_jsonl(out)) == 3
+  for args, message in ((['--task=kv', '--length=100', f'--out={tmp_path / "x.jsonl"}'],
+                         'Retrieval prompts are 256..16384 tokens long, not 100.'),
+                        (['--task=needle', '--length=1024', f'--out={tmp_path / "x.jsonl"}'],
+                         "Unknown retrieval task 'needle'; use one of: passkey, kv.")):
+    process = run_cli(*args, cache_dir=cache)
+    assert process.returncode == 2 and 'Traceback' not in process.stderr
+    assert process.stderr.strip().count('\n') == 0 and message in process.stderr
+  assert not (tmp_path / 'x.jsonl').exists()
