@@ -24,6 +24,10 @@ import jax.numpy as jnp
 from seqpe_jax.posenc import inject
 
 IMPLEMENTATIONS = ('auto', 'xla', 'cudnn', 'blockwise')
+# Logit added on a masked key (left padding). Finite, so a padding query whose every key is
+# masked still gets a finite softmax (no NaN leaks through its values), and large enough
+# that exp() of it relative to any real key is exactly 0 in float32.
+MASKED_LOGIT = -1e9
 
 
 def dot_product_attention(q_BLHK, k_BSHK, v_BSHD, *, scale: float, bias=None, mask=None,
@@ -149,6 +153,13 @@ def _auto(q_BLHK, block_size: int) -> str:
   return 'blockwise'
 
 
+def with_key_mask(bias, key_mask_BS: jax.Array):
+  """`bias` (None, key-position [B, H, 1, S] or full [B, H, L, S]) plus MASKED_LOGIT on
+  the keys where `key_mask_BS` is false, in key-position form so a KV cache can hold it."""
+  masked = jnp.where(key_mask_BS, 0.0, MASKED_LOGIT).astype(jnp.float32)[:, None, None, :]
+  return masked if bias is None else bias + masked
+
+
 def position_logit_spread(hook, pe_state, length: int, heads: int, head_dim: int, *,
                           causal: bool, dtype) -> jax.Array:
   """How much the PE alone moves this layer's attention logits: the hook applied to
@@ -177,6 +188,8 @@ class MultiHeadAttention(nn.Module):
   (a first call with several tokens is the prefill from position 0). The cache stores
   what the PE hook made of each key (rotated k, k * p_k, or [k; p_k] for attn_scalar)
   and its key-position bias (ALiBi), so every cached key keeps its true position.
+  `key_mask_BS` (true on real tokens) keeps left padding out of every query's view; it
+  enters as a key-position bias, so the cache keeps it with the keys.
 
   Attributes:
     num_heads: heads H; the head width is D / H.
@@ -200,7 +213,8 @@ class MultiHeadAttention(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, x_BLD: jax.Array, pe_state, *, deterministic: bool = True) -> jax.Array:
+  def __call__(self, x_BLD: jax.Array, pe_state, *, deterministic: bool = True,
+               key_mask_BS: jax.Array | None = None) -> jax.Array:
     d_model = x_BLD.shape[-1]
     if d_model % self.num_heads:
       raise ValueError(f'Model width {d_model} is not divisible by {self.num_heads} heads.')
@@ -210,6 +224,8 @@ class MultiHeadAttention(nn.Module):
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     hook = self.pe_hook(name='pe')
     q, k, bias = hook(q, k, pe_state)
+    if key_mask_BS is not None:
+      bias = with_key_mask(bias, key_mask_BS)
     if self.is_mutable_collection('intermediates') and not self.decode:
       self.sow('intermediates', 'pos_logit_spread',
                position_logit_spread(hook, pe_state, q.shape[1], self.num_heads, head_dim,

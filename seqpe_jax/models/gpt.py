@@ -4,7 +4,9 @@ Positions enter only through the PE's hooks, as in the ViT: SeqPE's LM default a
 s * p_q.p_k to every logit through the concatenated q/k form, APE/sinusoidal add a table
 to the token embeddings, RoPE rotates q/k, ALiBi adds a key-position bias. With a KV cache
 each hook's output per key is cached, so decoding sees the true position of every cached
-key (the reference loses it for attn_scalar and ALiBi).
+key (the reference loses it for attn_scalar and ALiBi). Prompts of different lengths decode
+together left-padded: each example's positions count from its own first real token, and
+the padding is masked out of every attention, so a batch decodes as its examples alone.
 """
 
 import functools
@@ -47,7 +49,7 @@ class GPT(nn.Module):
   HF GPT-2 initialisation: normal(0.02) everywhere, residual output projections
   0.02 / sqrt(2 * depth); LayerNorm eps 1e-5; output projection tied to the embedding.
   The token embeddings pass through `perturb('embeddings')`, so tests can take gradients
-  with respect to them.
+  with respect to them. `key_mask_BL` (true on real tokens) hides padding from attention.
   """
   vocab_size: int
   width: int
@@ -61,7 +63,8 @@ class GPT(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, tokens_BL: jax.Array, features, *, deterministic: bool = True):
+  def __call__(self, tokens_BL: jax.Array, features, *, deterministic: bool = True,
+               key_mask_BL: jax.Array | None = None):
     embed = nn.Embed(self.vocab_size, self.width, embedding_init=nn.initializers.normal(0.02),
                      name='embed')
     x = self.perturb('embeddings', embed(tokens_BL))
@@ -69,7 +72,7 @@ class GPT(nn.Module):
         self.depth, self.num_heads, self.mlp_dim, self.pe, causal=True, dropout=self.dropout,
         ln_eps=self.ln_eps, attention=self.attention,
         out_init=nn.initializers.normal(0.02 / math.sqrt(2 * self.depth)), decode=self.decode,
-        name='decoder')(x, features, deterministic=deterministic)
+        name='decoder')(x, features, deterministic=deterministic, key_mask_BL=key_mask_BL)
     return embed.attend(x)
 
 
@@ -83,8 +86,22 @@ def feature_length(features) -> int:
   return leaves[0].shape[1] if leaves else 0
 
 
+def shifted_features(features, shift_B: jax.Array, length: int):
+  """Per-example rows of a one-window table: example b's column t reads row t - shift_b,
+  so its positions start at 0 on column shift_b (its first real token after left padding).
+  Columns before that read row 0; they are padding, masked out of attention. [B, length, ...]
+  """
+  if not jax.tree.leaves(features):
+    return features
+  if jax.tree.leaves(features)[0].shape[0] != 1:
+    raise ValueError('Left-padded decoding takes a one-window PE table (positions from 0).')
+  rows_BN = jnp.clip(jnp.arange(length)[None] - shift_B[:, None], 0, feature_length(features) - 1)
+  return jax.tree.map(lambda x: x[0][rows_BN], features)
+
+
 @functools.partial(jax.jit, static_argnames=('model', 'max_new_tokens'))
-def generate(model: GPT, params, features, prompt_BT: jax.Array, max_new_tokens: int):
+def generate(model: GPT, params, features, prompt_BT: jax.Array, max_new_tokens: int,
+             prompt_mask_BT: jax.Array | None = None):
   """Greedy decoding with a KV cache.
 
   Args:
@@ -92,8 +109,11 @@ def generate(model: GPT, params, features, prompt_BT: jax.Array, max_new_tokens:
     params: the model's parameters.
     features: the PE table for positions 0..N-1 with N >= T + max_new_tokens - 1 (compute
       it once, e.g. with `posenc.TableCache`); step t reads row t.
-    prompt_BT: prompts of equal length T.
+    prompt_BT: prompts of equal length T, or left-padded prompts (with `prompt_mask_BT`).
     max_new_tokens: tokens to generate.
+    prompt_mask_BT: optional, true on the real tokens of left-padded prompts (each row's
+      padding, then its prompt). An example's positions then start at 0 on its first real
+      token and its padding is invisible, so it decodes as it would alone.
 
   Returns:
     (tokens [B, max_new_tokens], logits [B, max_new_tokens, V]): each generated token and
@@ -105,24 +125,31 @@ def generate(model: GPT, params, features, prompt_BT: jax.Array, max_new_tokens:
   if features and available < needed:
     raise ValueError(f'The PE table covers {available} positions; a prompt of {prompt_len} '
                      f'plus {max_new_tokens} new tokens needs {needed}.')
+  padded = prompt_mask_BT is not None
+  if padded:  # One window per example, shifted by its padding.
+    shift_B = prompt_len - jnp.sum(prompt_mask_BT, axis=-1, dtype=jnp.int32)
+    features = shifted_features(features, shift_B, needed)
+  # Every new token is real; the prompt's mask, kept in the cache, hides the padding.
+  mask = lambda n: jnp.ones((batch, n), bool) if padded else None
   decoder = model.clone(decode=True)
   shapes = jax.eval_shape(lambda: decoder.init(  # The cache covers every position.
       jax.random.key(0), jnp.zeros((batch, needed), jnp.int32),
-      slice_features(features, 0, needed)))
+      slice_features(features, 0, needed), key_mask_BL=mask(needed)))
   cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes['cache'])
 
-  def run(cache, tokens, start):
+  def run(cache, tokens, start, key_mask):
     logits, updated = decoder.apply(
         {'params': params, 'cache': cache}, tokens,
-        slice_features(features, start, tokens.shape[1]), mutable=['cache'])
+        slice_features(features, start, tokens.shape[1]), key_mask_BL=key_mask,
+        mutable=['cache'])
     last = logits[:, -1].astype(jnp.float32)
     return updated['cache'], jnp.argmax(last, -1).astype(jnp.int32), last
 
-  cache, token, logits = run(cache, prompt_BT, 0)
+  cache, token, logits = run(cache, prompt_BT, 0, prompt_mask_BT)
 
   def step(carry, t):
     cache, token = carry
-    cache, new_token, new_logits = run(cache, token[:, None], t)
+    cache, new_token, new_logits = run(cache, token[:, None], t, mask(1))
     return (cache, new_token), (new_token, new_logits)
 
   _, (tokens, all_logits) = jax.lax.scan(

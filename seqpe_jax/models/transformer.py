@@ -30,13 +30,13 @@ class Block(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, x_BLD, pe_state, *, deterministic: bool):
+  def __call__(self, x_BLD, pe_state, *, deterministic: bool, key_mask_BL=None):
     h = nn.LayerNorm(epsilon=self.ln_eps, name='ln_attn')(x_BLD)
     h = attention.MultiHeadAttention(
         self.num_heads, pe_hook=self.pe.layer_hook, causal=self.causal, out_init=self.out_init,
         implementation=self.attention.implementation, block_size=self.attention.block_size,
         dropout=self.attention.dropout, decode=self.decode,
-        name='attn')(h, pe_state, deterministic=deterministic)
+        name='attn')(h, pe_state, deterministic=deterministic, key_mask_BS=key_mask_BL)
     x_BLD = x_BLD + nn.Dropout(self.dropout)(h, deterministic=deterministic)
     h = nn.LayerNorm(epsilon=self.ln_eps, name='ln_mlp')(x_BLD)
     h = nn.Dense(self.mlp_dim, kernel_init=nn.initializers.normal(0.02), name='mlp_in')(h)
@@ -62,12 +62,14 @@ class Transformer(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, x_BLD: jax.Array, features, *, deterministic: bool = True):
+  def __call__(self, x_BLD: jax.Array, features, *, deterministic: bool = True,
+               key_mask_BL: jax.Array | None = None):
     hook = self.pe.model_hook(name='pe_inject')
     pe_state = hook(features)
     x_BLD = nn.Dropout(self.dropout)(hook.embed(x_BLD, pe_state), deterministic=deterministic)
     for i in range(self.num_layers):
       x_BLD = Block(self.num_heads, self.mlp_dim, self.pe, self.causal, self.dropout,
                     self.ln_eps, self.attention, self.out_init, self.decode,
-                    name=f'block_{i}')(x_BLD, pe_state, deterministic=deterministic)
+                    name=f'block_{i}')(x_BLD, pe_state, deterministic=deterministic,
+                                       key_mask_BL=key_mask_BL)
     return nn.LayerNorm(epsilon=self.ln_eps, name='ln_final')(x_BLD)

@@ -1,12 +1,16 @@
 """Tasks: data, model, loss and evaluation sweep for each experiment family."""
 
-from seqpe_jax.tasks import classification, lm
+from seqpe_jax.tasks import classification, lm, qa
 
-TASKS = {'vit': classification.ClassificationTask, 'gpt': lm.LanguageModelTask}
+# By config.model.name; a config may name its task instead (`config.task`), when the task
+# is another use of a model family (QA fine-tuning of the GPT).
+TASKS = {'vit': classification.ClassificationTask, 'gpt': lm.LanguageModelTask,
+         'qa': qa.QATask}
 
 
 def build(config):
-  """The task for `config.model.name`."""
-  if config.model.name not in TASKS:
-    raise ValueError(f"Unknown model '{config.model.name}'; use one of: {', '.join(TASKS)}.")
-  return TASKS[config.model.name](config)
+  """The task for `config.task` if the config has one, else for `config.model.name`."""
+  name = config.get('task') or config.model.name
+  if name not in TASKS:
+    raise ValueError(f"Unknown model '{name}'; use one of: {', '.join(TASKS)}.")
+  return TASKS[name](config)

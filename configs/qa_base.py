@@ -1,0 +1,88 @@
+"""Shared QA fine-tuning config; `configs/qa_<pe>.py` pick the PE.
+
+A QA run fine-tunes an LM run: `--config.init_from=WORKDIR` of `configs/lm_<pe>.py` with
+the same PE and argument string (the model, PE and tokenizer fields come from lm_base, and
+a run whose fields differ is refused). The loss covers the answer and end-of-text; the
+sweep reports exact match per context length (`eval/len{L}/em`), per needle-depth decile
+for the retrieval probes, and a length x depth heatmap (tasks/qa.py).
+
+Argument string (big_vision style, after the file name):
+  (none)  From the default LM run (tiny GPT, 4k BPE, embedded Wikipedia, 128 tokens):
+          passkey probes at a 512-token block; EM at 512..4096 tokens (1x to 8x) on 50
+          probes per length, 5 per depth decile. About 30 minutes on a 2-core CPU
+          (0.2-0.3 steps/s measured on a loaded one).
+  smoke   From an LM `:smoke` run: bytes, nano GPT, passkey at a 300-token block, a few
+          steps; EM at 300 and 600 tokens.
+  paper   From the LM `:paper` run: the reference's SQuAD-derived QA files (data.dir holds
+          train.<L>.jsonl and validation.<L>.jsonl) at a 1,024-token block with the
+          method's fine-tuning recipe (10k steps, batch 128, peak LR 5e-5, 100 warm-up
+          steps, shift pool 160); EM at 1,024..16,384 tokens, batch 1 as in the reference.
+"""
+
+import ml_collections
+
+from configs import common, lm_base
+
+
+def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
+  c = lm_base.get_config(arg, pe)  # The LM run's model, PE and tokenizer for this variant.
+  variant = arg or ''
+  c.unlock()
+  # Which task the trainer builds (tasks.TASKS); the model section stays the LM's.
+  c.task = 'qa'
+  # The --workdir of the LM run to fine-tune (its newest checkpoint), or 'scratch'.
+  c.init_from = ''
+  c.total_steps = 500
+  c.batch_size = 16  # Examples, each right-padded to data.seq_len.
+  c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 50, 0, 250
+
+  # passkey | kv (retrieval probes, generated) | jsonl (train.<L>.jsonl files in data.dir).
+  c.data.source = 'passkey'
+  # The training block: examples (prompt, answer, end-of-text) longer than it are skipped.
+  c.data.seq_len = 512
+  # Probes are this many tokens shorter than their nominal length, leaving room for the
+  # answer (a 512-token probe has a prompt of 504 tokens).
+  c.data.answer_room = 8
+  # Generated training probes, their seed and the held-out corpus split of their filler.
+  c.data.num_train = 4_000
+  c.data.probe_seed = 1
+  c.data.filler_split = 'valid'
+
+  # Fine-tuning: shorter warm-up than pretraining, linear decay to 0.
+  c.optimizer = common.optimizer_config(lr=5e-4, schedule='linear', warmup_steps=50,
+                                       warmup_init=0.0, min_lr=0.0, weight_decay=0.0)
+
+  c.eval = ml_collections.ConfigDict()
+  # Evaluation context lengths (probes of length - data.answer_room prompt tokens, or the
+  # files <split>.<length>.jsonl).
+  c.eval.lengths = (512, 1024, 2048, 4096)
+  # Probes: the held-out corpus split giving the filler; jsonl: the files' prefix.
+  c.eval.split = 'test'
+  # Probes per length (example i sits in depth decile i mod 10) and their seed, which must
+  # differ from data.probe_seed.
+  c.eval.num_examples = 50
+  c.eval.probe_seed = 0
+  # Prompts decoded together (left-padded), and greedy tokens generated per prompt.
+  c.eval.batch_size = 10
+  c.eval.max_new_tokens = 16
+
+  if variant == 'smoke':
+    c.total_steps, c.batch_size = 4, 8
+    c.log_every_steps, c.checkpoint_every_steps = 2, 2
+    # Byte tokens: the answer and end-of-text take 7 of the 10, the prompt may run 2 over.
+    c.data.seq_len, c.data.num_train, c.data.answer_room = 300, 24, 10
+    # The same 3 digits as the LM's 300, with room for OOD offsets past the longer block.
+    c.pe.seqpe.max_position = 1000
+    c.optimizer.warmup_steps = 2
+    c.eval.lengths, c.eval.num_examples, c.eval.batch_size = (300, 600), 10, 8
+  elif variant == 'paper':
+    c.total_steps, c.batch_size = 10_000, 128
+    c.log_every_steps, c.checkpoint_every_steps = 50, 250
+    c.keep_checkpoints = 3
+    c.data.source, c.data.seq_len = 'jsonl', 1024
+    c.pe.shift.pool_size = 160
+    c.optimizer.lr, c.optimizer.warmup_steps = 5e-5, 100
+    c.eval.lengths = (1024, 2048, 4096, 8192, 16384)
+    c.eval.split, c.eval.batch_size = 'validation', 1
+  c.lock()
+  return c

@@ -1,0 +1,127 @@
+"""Starting a run from another run's parameters: `config.init_from=WORKDIR` (QA from an LM).
+
+The source run must be a finished LM run (its config.json and at least one checkpoint) whose
+model, PE and tokenizer are this config's: the fields that fix the parameters' shapes and
+meaning are compared, and the first that differs is named. Fields that only say how a run
+trains (dropout, attention kernels, the SeqPE regularisers' sampling, the position space
+the regularisers draw from as long as it keeps the digit count) may change. The newest
+checkpoint's parameters (PE included) are read as host arrays and placed with this run's
+shardings; a learned APE table trained at another length is resampled linearly to this
+run's, as the LM's own evaluation does.
+"""
+
+import json
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from seqpe_jax import checkpoint, positions
+from seqpe_jax.posenc import baselines
+
+# Training-only fields of the model section (the parameters mean the same without them).
+TRAINING_ONLY = ('dropout', 'attention_dropout', 'attention', 'attention_block', 'dtype')
+# The PE section each PE reads its parameters' meaning from, besides pe.name and pe.inject.
+PE_SECTION = {'seqpe': 'seqpe', 'ape': 'ape', 'sincos': 'sincos', 'sincos2d': 'sincos',
+              'rope': 'rope', 'rope2d': 'rope', 'rope_mixed': 'rope', 'alibi': 'alibi'}
+
+
+def parameter_fields(config: dict) -> dict:
+  """{'model.variant': 'tiny', 'pe.name': ..., ...}: the fields (of a config as JSON) that
+  fix what the parameters are. SeqPE's position space counts by its digits."""
+  fields = {f'model.{k}': v for k, v in config['model'].items() if k not in TRAINING_ONLY}
+  pe = config['pe']
+  fields['pe.name'] = pe['name']
+  fields.update({f'pe.inject.{k}': v for k, v in pe['inject'].items()})
+  section = PE_SECTION.get(pe['name'])
+  if section:
+    fields.update({f'pe.{section}.{k}': v for k, v in pe[section].items()
+                   if (section, k) not in (('seqpe', 'dropout'), ('seqpe', 'max_position'))})
+  if section == 'seqpe':
+    s = pe['seqpe']
+    fields['pe.seqpe.num_digits'] = s['num_digits'] or positions.num_digits(
+        s['max_position'], s['base'])
+  data = config['data']
+  fields['data.tokenizer'] = data['tokenizer']
+  if data['tokenizer'] == 'bpe':  # Trained on this corpus at this size.
+    fields['data.name'], fields['data.vocab_size'] = data['name'], data['vocab_size']
+  return fields
+
+
+def source_config(workdir: str) -> dict:
+  """The config (as JSON) of the LM run in `workdir`, checked to be one with a checkpoint."""
+  path = epath.Path(workdir) / 'config.json'
+  flag = f'--config.init_from={workdir}'
+  if not path.exists():
+    raise FileNotFoundError(f'{flag} is not an LM run: it has no config.json (point it at the '
+                            '--workdir of a configs/lm_<pe>.py run).')
+  config = json.loads(path.read_text())
+  kind = config.get('task') or config.get('model', {}).get('name')
+  if kind != 'gpt':
+    raise ValueError(f"{flag} is not an LM run: its config.json is a '{kind}' run (point it at "
+                     'the --workdir of a configs/lm_<pe>.py run).')
+  if latest_step(workdir) is None:
+    raise FileNotFoundError(f'{flag} has no checkpoint to start from: train the LM run first '
+                            f'(it saves to {epath.Path(workdir) / "checkpoints"}).')
+  return config
+
+
+def check_compatible(config: ml_collections.ConfigDict, source: dict) -> None:
+  """Raises ValueError naming the first parameter-defining field that differs."""
+  mine = parameter_fields(json.loads(config.to_json_best_effort()))
+  theirs = parameter_fields(source)
+  for field in sorted(set(mine) | set(theirs), key=_importance):
+    if mine.get(field) != theirs.get(field):
+      raise ValueError(f'--config.init_from={config.init_from} was trained with {field}='
+                       f'{theirs.get(field)!r} but this config has {field}={mine.get(field)!r}; '
+                       'fine-tune with the model, PE and tokenizer of the LM run.')
+
+
+def _importance(field: str):
+  order = ('model.', 'pe.name', 'pe.inject.', 'pe.', 'data.')
+  return next(i for i, prefix in enumerate(order) if field.startswith(prefix)), field
+
+
+def latest_step(workdir: str) -> int | None:
+  directory = epath.Path(workdir) / 'checkpoints'
+  steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()] if (
+      directory.is_dir()) else []
+  return max(steps, default=None)
+
+
+def restore_params(workdir: str):
+  """The newest checkpoint's parameters as host (NumPy) arrays."""
+  path = checkpoint.workdir_path(workdir) / 'checkpoints' / str(latest_step(workdir)) / 'state'
+  with ocp.PyTreeCheckpointer() as reader:
+    saved = reader.metadata(path).item_metadata.tree['params']
+    item = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), saved)
+    restored = reader.restore(path, args=ocp.args.PyTreeRestore(
+        item={'params': item}, partial_restore=True,
+        restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                  {'params': item})))
+  return restored['params']
+
+
+def load_params(workdir: str, abstract_params):
+  """The LM run's newest parameters, shaped and placed like `abstract_params`."""
+  saved = restore_params(workdir)
+  if jax.tree.structure(saved) != jax.tree.structure(abstract_params):
+    raise ValueError(f'The parameters saved in {workdir} have another structure than this '
+                     'model (made by another code version?); train the LM run again.')
+
+  def place(path, x, target):
+    if x.shape != target.shape:
+      x = _resample_ape(jax.tree_util.keystr(path), x, target.shape, workdir)
+    x = np.asarray(x, target.dtype)
+    return jax.make_array_from_callback(target.shape, target.sharding, lambda index: x[index])
+  return jax.tree_util.tree_map_with_path(place, saved, abstract_params)
+
+
+def _resample_ape(name: str, table, shape, workdir: str):
+  """A learned APE table trained at another length, resampled linearly (1D) to `shape`."""
+  if not name.endswith("['table']") or len(shape) != 2 or table.shape[1:] != shape[1:]:
+    raise ValueError(f'The parameter {name} saved in {workdir} has shape {table.shape}, this '
+                     f'model needs {tuple(shape)}; fine-tune with the model of the LM run.')
+  return np.asarray(baselines.resample_table(table, shape[:1], method='linear'))

@@ -1,0 +1,318 @@
+"""Long-context QA fine-tuning: answer-only loss at one block, exact match by length and depth.
+
+The run starts from an LM run's parameters (`config.init_from`, see tasks/finetune.py) and
+trains on examples in the reference's QA schema (`{"index", "input", "outputs"}`):
+
+- data.source = 'passkey' | 'kv': retrieval probes generated at the block length minus
+  `data.answer_room` tokens (data.probe_seed, filler from data.filler_split); evaluation
+  probes at each eval length come from eval.probe_seed and eval.split, so no training
+  prompt is an evaluation prompt;
+- data.source = 'jsonl': every `train.<L>.jsonl` in data.dir for training and
+  `<eval.split>.<L>.jsonl` (e.g. validation.1024.jsonl) per evaluation length.
+
+Training text is the tokens of input.strip(), then of " " + outputs[0].strip(), then
+end-of-text, right-padded to the block; the loss covers the answer and end-of-text only.
+Examples longer than the block are skipped and counted. The last eval.batch_size training
+examples are held out for the diagnostics.
+
+Evaluation decodes greedily (eval.max_new_tokens, 16 in the reference) with the KV cache,
+prompts of one length batched with left padding (each example's positions start at 0 on
+its first real token). Exact match is the reference's containment test: some gold answer,
+lower-cased and stripped, is a substring of the lower-cased, stripped output (cut at
+end-of-text). The sweep reports {length: {'em', 'examples', 'em_depth0'..'em_depth9'}},
+the depth keys for probes (deciles of the needle's depth), and `write_plots` draws them as
+a length x depth heatmap beside extrapolation.png.
+"""
+
+import functools
+import math
+
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
+
+from seqpe_jax import posenc, sharding
+from seqpe_jax.data import batching, retrieval, text
+from seqpe_jax.models import gpt, transformer
+from seqpe_jax.tasks import common, finetune, lm
+
+SOURCES = ('passkey', 'kv', 'jsonl')
+SCRATCH = 'scratch'  # init_from value for a run that starts from random parameters.
+
+
+def exact_match(output: str, answers) -> bool:
+  """The reference's EM: some answer, lower-cased and stripped, is in the lower-cased output."""
+  output = output.strip().lower()
+  return any(answer.strip().lower() in output for answer in answers)
+
+
+def encode(tokenizer, example: dict) -> tuple[list[int], list[bool]]:
+  """(tokens of prompt, answer and end-of-text; true on the tokens the loss scores)."""
+  prompt = tokenizer.encode(example['input'].strip())
+  answer = tokenizer.encode(' ' + example['outputs'][0].strip()) + [tokenizer.eot_id]
+  return prompt + answer, [False] * len(prompt) + [True] * len(answer)
+
+
+def pack(encoded, block: int, pad_id: int) -> tuple[np.ndarray, np.ndarray, int]:
+  """Right-padded tokens int32[N, block] and scored-token masks bool[N, block] of the
+  examples that fit the block, and how many did not (skipped)."""
+  kept = [(t, m) for t, m in encoded if len(t) <= block]
+  tokens = np.full((len(kept), block), pad_id, np.int32)
+  mask = np.zeros((len(kept), block), bool)
+  for i, (t, m) in enumerate(kept):
+    tokens[i, :len(t)], mask[i, :len(m)] = t, m
+  return tokens, mask, len(encoded) - len(kept)
+
+
+def decode_answer(tokenizer, tokens) -> str:
+  """The generated text up to the first end-of-text."""
+  tokens = [int(t) for t in tokens]
+  end = tokens.index(tokenizer.eot_id) if tokenizer.eot_id in tokens else len(tokens)
+  return tokenizer.decode(tokens[:end])
+
+
+def left_pad(prompts: list[list[int]], width: int, rows: int,
+             pad_id: int) -> dict[str, np.ndarray]:
+  """{'tokens', 'mask'} [rows, width]: each prompt at the right end, true on its tokens.
+  Rows beyond the prompts (to fill a batch) hold one end-of-text token."""
+  tokens = np.full((rows, width), pad_id, np.int32)
+  mask = np.zeros((rows, width), bool)
+  mask[len(prompts):, -1] = True
+  for i, p in enumerate(prompts):
+    tokens[i, width - len(p):], mask[i, width - len(p):] = p, True
+  return {'tokens': tokens, 'mask': mask}
+
+
+def score(examples: list[dict], outputs: list[str]) -> dict[str, float]:
+  """EM over the examples, and per depth decile when every example records its depth."""
+  hits = np.array([exact_match(o, e['outputs']) for e, o in zip(examples, outputs)], float)
+  result = {'em': float(hits.mean()), 'examples': float(len(hits))}
+  if all('depth' in e for e in examples):
+    deciles = np.array([retrieval.depth_decile(e['depth']) for e in examples])
+    for d in np.unique(deciles):
+      result[f'em_depth{d}'] = float(hits[deciles == d].mean())
+  return result
+
+
+def answer_loss(logits_BLV, batch):
+  """Mean cross-entropy of the answer and end-of-text tokens (batch['mask'] marks them as
+  targets; the prompt and padding are not scored), and its perplexity."""
+  nll_sum, count = lm.next_token_nll(logits_BLV, batch)
+  loss = nll_sum / jnp.maximum(count, 1.0)
+  return loss, {'train/answer_ppl': jnp.exp(loss)}
+
+
+class QATask:
+  """Everything the trainer needs to fine-tune a GPT on long-context QA."""
+  metric = 'em'
+  axis_label = 'context length (tokens)'
+
+  def __init__(self, config):
+    self.config = config
+    data, ev = config.data, config.eval
+    _validate(config)
+    if config.init_from != SCRATCH:  # Refuse another model before any data work.
+      finetune.check_compatible(config, finetune.source_config(config.init_from))
+    self.host = gpt.host_spec(config.model.variant, data.seq_len)
+    self.train_shape = self.host.train_shape
+    self.pe, self.regularizers = common.build_pe(
+        config, self.host, [(length + ev.max_new_tokens,) for length in ev.lengths])
+    self.corpus = _corpus_dir(data)
+    self.tokenizer = text.load_tokenizer(data.tokenizer, self.corpus, data.vocab_size,
+                                         data.cache_dir)
+    m = config.model
+    attention = transformer.AttentionOptions(m.attention, m.attention_block, m.attention_dropout)
+    self.model = gpt.GPT(self.tokenizer.vocab_size, pe=self.pe, dropout=m.dropout,
+                         attention=attention, **gpt.parse_variant(m.variant))
+    self._eval_sets = {}
+    self.eval_sets()  # Missing files or impossible lengths fail now, not after training.
+    self._build_train_set()
+
+  def _build_train_set(self) -> None:
+    data, held = self.config.data, self.config.eval.batch_size
+    examples = self._train_examples()
+    tokens, mask, self.skipped = pack([encode(self.tokenizer, e) for e in examples],
+                                      data.seq_len, self.tokenizer.eot_id)
+    logging.info('QA training set: %d of %d examples fit the %d-token block (%d skipped as '
+                 'longer); %d held out for diagnostics.', len(tokens), len(examples),
+                 data.seq_len, self.skipped, held)
+    if self.skipped:
+      logging.warning('Skipped %d of %d QA training examples longer than the %d-token block.',
+                      self.skipped, len(examples), data.seq_len)
+    if len(tokens) <= held:
+      raise ValueError(f'Only {len(tokens)} QA training examples fit the {data.seq_len}-token '
+                       f'block, and eval.batch_size={held} of them are held out; use more '
+                       'examples or a longer data.seq_len.')
+    self.train_tokens, self.train_mask = tokens[:-held], mask[:-held]
+    self.heldout = {'tokens': tokens[-held:], 'mask': mask[-held:]}
+
+  def _train_examples(self) -> list[dict]:
+    data = self.config.data
+    if data.source == 'jsonl':
+      files = retrieval.read_lengths(data.dir, 'train')
+      return [e for length in sorted(files) for e in files[length]]
+    return self._probes(data.seq_len - data.answer_room, data.num_train, data.probe_seed,
+                        data.filler_split)
+
+  def _probes(self, length: int, num: int, seed: int, split: str) -> list[dict]:
+    if self.config.data.source == 'kv':
+      return retrieval.kv_examples(self.tokenizer, length, num, seed)
+    filler = retrieval.load_filler(self.corpus, split, self.tokenizer)
+    return retrieval.passkey_examples(self.tokenizer, filler, length, num, seed)
+
+  def eval_sets(self, split: str | None = None) -> dict[int, list[dict]]:
+    """{length: examples} for `split` (default eval.split), made or read once."""
+    split = split or self.config.eval.split
+    if split not in self._eval_sets:
+      data, ev = self.config.data, self.config.eval
+      if data.source == 'jsonl':
+        self._eval_sets[split] = {length: retrieval.read_jsonl(
+            epath.Path(data.dir) / f'{split}.{length}.jsonl') for length in ev.lengths}
+      else:
+        self._eval_sets[split] = {length: self._probes(
+            length - data.answer_room, ev.num_examples, ev.probe_seed, split)
+                                  for length in ev.lengths}
+    return self._eval_sets[split]
+
+  def init_model(self, key, features):
+    """Fresh GPT parameters for PE `features` of the block length."""
+    tokens = jnp.zeros((1, self.config.data.seq_len), jnp.int32)
+    return self.model.init(key, tokens, features)['params']
+
+  def initial_params(self, abstract_params):
+    """The LM run's parameters placed like `abstract_params` (the trainer's hook for a run
+    without a checkpoint of its own); None when init_from is 'scratch'."""
+    if self.config.init_from == SCRATCH:
+      return None
+    logging.info('Starting from the parameters of %s.', self.config.init_from)
+    return finetune.load_params(self.config.init_from, abstract_params)
+
+  def train_batches(self, seed: int):
+    tokens, mask = self.train_tokens, self.train_mask
+
+    def read(idx):
+      return {'tokens': tokens[idx], 'mask': mask[idx]}
+    return batching.step_batches(len(tokens), global_batch=self.config.batch_size, seed=seed,
+                                 read=read)
+
+  def heldout_batch(self, mesh):
+    """The held-out training examples (diagnostics), repeated to fill the mesh's batch."""
+    rows = np.arange(sharding.eval_batch_size(self.config.eval.batch_size, mesh))
+    rows %= len(self.heldout['tokens'])
+    return sharding.global_batch_from_full({k: v[rows] for k, v in self.heldout.items()}, mesh)
+
+  def logits(self, model_params, batch, features, *, train: bool, rng=None, mutable=False):
+    """Logits [B, L, V]; with `mutable` (collection names) also the updated collections."""
+    rngs = {'dropout': rng} if train else None
+    return self.model.apply({'params': model_params}, batch['tokens'], features,
+                            deterministic=not train, rngs=rngs, mutable=mutable)
+
+  def loss(self, logits, batch):
+    return answer_loss(logits, batch)
+
+  def sweep(self, params, mesh, split: str | None = None) -> dict[int, dict[str, float]]:
+    """Exact match at every eval length on `split` (default eval.split): batches of
+    left-padded prompts split over all devices, one PE table per length."""
+    tables = posenc.TableCache(self.pe, params['pe'])
+    rows = sharding.eval_batch_size(self.config.eval.batch_size, mesh)
+    new = self.config.eval.max_new_tokens
+    results = {}
+    for length, examples in self.eval_sets(split).items():
+      prompts = [self.tokenizer.encode(e['input'].strip()) for e in examples]
+      width = max(map(len, prompts))  # One compiled decoder per length.
+      table = tables((width + new - 1,))
+      outputs = []
+      for start in range(0, len(prompts), rows):
+        chunk = prompts[start:start + rows]
+        batch = sharding.global_batch_from_full(
+            left_pad(chunk, width, rows, self.tokenizer.eot_id), mesh)
+        tokens, _ = gpt.generate(self.model, params['model'], table, batch['tokens'], new,
+                                 batch['mask'])
+        tokens = np.asarray(multihost_utils.process_allgather(tokens, tiled=True))
+        outputs += [decode_answer(self.tokenizer, row) for row in tokens[:len(chunk)]]
+      results[length] = score(examples, outputs)
+      logging.info('QA at %d tokens: EM %.3f; first output %r, gold %r.', length,
+                   results[length]['em'], outputs[0], examples[0]['outputs'])
+    return results
+
+  def write_plots(self, workdir, results, suffix: str = '') -> None:
+    """The length x depth heatmap beside extrapolation.png (the trainer's hook)."""
+    write_depth_heatmap(workdir, results, title=f'QA {self.config.pe.name}', suffix=suffix)
+
+
+def _validate(config) -> None:
+  data, ev = config.data, config.eval
+  if not config.init_from:
+    raise ValueError("config.init_from is empty: set it to the --workdir of an LM run to "
+                     f"fine-tune (or to '{SCRATCH}' to start from random parameters).")
+  if data.source not in SOURCES:
+    raise ValueError(f"Unknown data.source '{data.source}'; use one of: {', '.join(SOURCES)}.")
+  if data.source == 'jsonl' and not data.dir:
+    raise ValueError("data.source='jsonl' needs data.dir, a directory with train.<L>.jsonl and "
+                     f'{ev.split}.<L>.jsonl files (one QA example per line).')
+  for field in ('data.answer_room', 'data.num_train', 'eval.num_examples', 'eval.max_new_tokens'):
+    section, name = field.split('.')
+    value = config[section][name]
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f'{field} must be a positive whole number, got {value!r}.')
+  if data.source != 'jsonl':
+    if data.probe_seed == ev.probe_seed:
+      raise ValueError(f'data.probe_seed and eval.probe_seed are both {ev.probe_seed}, so the '
+                       'model would train on its evaluation probes; use different seeds.')
+    for field, length in [('data.seq_len', data.seq_len)] + [('eval.lengths', n)
+                                                             for n in ev.lengths]:
+      if not retrieval.MIN_LENGTH <= length - data.answer_room <= retrieval.MAX_LENGTH:
+        raise ValueError(f'{field} holds {length}: probes are {length} - data.answer_room='
+                         f'{data.answer_room} prompt tokens, outside the generator\'s '
+                         f'{retrieval.MIN_LENGTH}..{retrieval.MAX_LENGTH}.')
+
+
+def _corpus_dir(data):
+  """The text corpus, needed for passkey filler and a locally trained BPE; None otherwise.
+  With data.source='jsonl' data.dir holds the QA files, so it cannot be a corpus too."""
+  if data.source != 'passkey' and data.tokenizer != 'bpe':
+    return None
+  if data.source == 'jsonl' and data.name == 'wikitext':
+    raise ValueError("data.source='jsonl' reads the QA files from data.dir, so the bpe "
+                     "tokenizer cannot come from data.name='wikitext' (which reads data.dir "
+                     'too); use the LM run\'s gpt2 tokenizer or an embedded corpus.')
+  return text.corpus_dir(data.name, data.dir, data.cache_dir)
+
+
+@functools.cache
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')  # Files only; no display on training hosts.
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def write_depth_heatmap(workdir, results: dict[int, dict[str, float]], title: str = '',
+                        suffix: str = '') -> epath.Path | None:
+  """WORKDIR/extrapolation_depth{suffix}.png: EM per context length (rows) and needle depth
+  decile (columns), each cell labelled; nothing when no result has depth keys."""
+  lengths = sorted(results)
+  grid = np.array([[results[n].get(f'em_depth{d}', math.nan) for d in range(10)]
+                   for n in lengths])
+  if np.isnan(grid).all():
+    return None
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * len(lengths)))
+  image = ax.imshow(grid, vmin=0, vmax=1, cmap='viridis', aspect='auto')
+  for (i, d), value in np.ndenumerate(grid):
+    if not math.isnan(value):
+      ax.text(d, i, f'{value:.2f}', ha='center', va='center', fontsize=7,
+              color='white' if value < 0.5 else 'black')
+  ax.set_xticks(range(10), [f'{10 * d}-{10 * d + 10}' for d in range(10)], fontsize=7)
+  ax.set_yticks(range(len(lengths)), [str(n) for n in lengths])
+  ax.set(xlabel='needle depth (% of the context before it)', ylabel='context length (tokens)',
+         title=f'{title} exact match'.strip())
+  fig.colorbar(image, ax=ax, fraction=0.04)
+  fig.tight_layout()
+  path = epath.Path(workdir) / f'extrapolation_depth{suffix}.png'
+  with path.open('wb') as f:  # Also on gs://.
+    fig.savefig(f, format='png', dpi=120)
+  plt.close(fig)
+  return path
