@@ -62,6 +62,10 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
   c.eval.lengths = (128, 256, 512, 1024, 2048)
   c.eval.split = 'test'
   c.eval.batch_size = 8
+  # 'non_overlapping' (the reference's) or 'sliding': windows advanced by stride_fraction x L,
+  # each scoring only its last stride (every scored token sees L - stride of context).
+  c.eval.protocol = 'non_overlapping'
+  c.eval.stride_fraction = 0.5
 
   if variant == 'smoke':
     c.total_steps, c.batch_size = 6, 8

@@ -72,14 +72,22 @@ class Checkpointer:
     self._fingerprint = fingerprint(config)
     options = ocp.CheckpointManagerOptions(
         preservation_policy=checkpoint_managers.LatestN(keep), create=True)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    # Named handlers let item_metadata read a checkpoint's array layout before restoring it.
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'meta': ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def restore(self, abstract_state):
+  def restore(self, abstract_state, defaults: dict | None = None):
     """The newest readable state, placed with the shardings of `abstract_state`; None if
-    there is none. Raises ValueError for a checkpoint of another config or model."""
+    there is none. Raises ValueError for a checkpoint of another config or model.
+
+    `defaults`: top-level state entries newer than some checkpoints (e.g. a health flag),
+    with the value a checkpoint without them restores to, so older runs still resume.
+    """
     for step in sorted(self._manager.all_steps(), reverse=True):
       meta = self._read(step, meta=ocp.args.JsonRestore())
       if meta is None:
@@ -89,11 +97,27 @@ class Checkpointer:
         more = f' and {len(diffs) - 3} more' if len(diffs) > 3 else ''
         raise ValueError(f'The checkpoint in {self.directory} was made by another config '
                          f'({"; ".join(diffs[:3])}{more}); use another --workdir.')
-      self._check_structure(step, abstract_state)
-      restored = self._read(step, state=ocp.args.StandardRestore(abstract_state))
+      absent = self._absent_entries(step, abstract_state, defaults or {})
+      target = {k: v for k, v in abstract_state.items() if k not in absent}
+      self._check_structure(step, target)
+      restored = self._read(step, state=ocp.args.StandardRestore(target))
       if restored is not None:
-        return restored['state']
+        state = dict(restored['state'])
+        for key in absent:
+          state[key] = jax.device_put(jax.numpy.asarray(defaults[key], abstract_state[key].dtype),
+                                      abstract_state[key].sharding)
+        return state
     return None
+
+  def _absent_entries(self, step: int, abstract_state, defaults: dict) -> set:
+    """Entries of `defaults` that checkpoint `step` was saved without."""
+    try:
+      saved = self._manager.item_metadata(step)['state']
+    except Exception:  # pylint: disable=broad-except
+      return set()
+    if saved is None:
+      return set()
+    return {key for key in defaults if key in abstract_state and key not in saved.keys()}
 
   def _read(self, step: int, **items):
     """The items of checkpoint `step`, or None after setting an unreadable one aside."""

@@ -36,16 +36,20 @@ def flatten(results: dict[int, dict[str, float]], metric: str) -> dict[str, floa
 
 
 def write_extrapolation(workdir: str, results: dict[int, dict[str, float]], metric: str,
-                        axis_label: str, title: str = '', suffix: str = '') -> None:
-  """WORKDIR/extrapolation{suffix}.json (metric per resolution/length) and .png."""
+                        axis_label: str, title: str = '', suffix: str = '',
+                        protocol: str = '') -> None:
+  """WORKDIR/extrapolation{suffix}.json (metric per resolution/length) and .png; `protocol`
+  (how the sweep scored, e.g. sliding windows) goes in both."""
   workdir = epath.Path(workdir)
   table = {str(x): values for x, values in sorted(results.items())}
   (workdir / f'extrapolation{suffix}.json').write_text(json.dumps(
-      {'metric': metric, 'axis': axis_label, 'results': table}, indent=2))
+      {'metric': metric, 'axis': axis_label, 'protocol': protocol, 'results': table},
+      indent=2))
   xs = sorted(results)
   fig, ax = plt.subplots(figsize=(5, 3.5))
   ax.plot(xs, [results[x][metric] for x in xs], marker='o')
-  ax.set(xlabel=axis_label, ylabel=metric, title=title)
+  ax.set(xlabel=axis_label, ylabel=metric)
+  ax.set_title(f'{title}\n{protocol}' if protocol else title, fontsize=9)
   _format_axes(ax, xs, metric)
   fig.tight_layout()
   with (workdir / f'extrapolation{suffix}.png').open('wb') as f:  # Also on gs://.
@@ -87,7 +91,8 @@ def evaluate_workdir(workdir: str, split: str | None = None) -> dict:
   results = task.sweep(state['params'], mesh, split=split)
   write_extrapolation(workdir, results, task.metric, task.axis_label,
                       title=f'{config.model.name} {config.pe.name} {split or ""}'.strip(),
-                      suffix=f'_{split}' if split else '')
+                      suffix=f'_{split}' if split else '',
+                      protocol=getattr(task, 'sweep_protocol', ''))
   return results
 
 

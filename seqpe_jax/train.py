@@ -185,7 +185,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state_shardings = jax.tree.map(lambda x: x.sharding, target)
   checkpointer = checkpoint.Checkpointer(workdir, config, keep=config.keep_checkpoints)
   try:
-    state = checkpointer.restore(target)  # ---------------------- Checkpoint restore.
+    # Runs saved before the finiteness flag existed resume with it cleared.
+    state = checkpointer.restore(target, defaults={'first_nonfinite_step': 0})  # Restore.
   except Exception:
     checkpointer.close()
     raise
@@ -260,7 +261,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer.write(config.total_steps, evaluate.flatten(results, task.metric))
     if jax.process_index() == 0:
       evaluate.write_extrapolation(workdir, results, task.metric, task.axis_label,
-                                   title=f'{config.model.name} {config.pe.name}')
+                                   title=f'{config.model.name} {config.pe.name}',
+                                   protocol=getattr(task, 'sweep_protocol', ''))
       if hasattr(task, 'write_plots'):  # Task-specific figures beside it (QA: EM by depth).
         task.write_plots(workdir, results)
     return results

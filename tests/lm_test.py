@@ -24,9 +24,11 @@ def smoke_config(pe='seqpe', **overrides):
   return config
 
 
-@pytest.mark.parametrize('pe', ['seqpe', 'ape'])
-def test_perplexity_equals_a_direct_computation_from_logits(pe):
-  config = smoke_config(pe, **{'mesh.data': 1})
+@pytest.mark.parametrize('pe, protocol', [('seqpe', 'non_overlapping'),
+                                          ('ape', 'non_overlapping'), ('ape', 'sliding')])
+def test_perplexity_equals_a_direct_computation_from_logits(pe, protocol):
+  config = smoke_config(pe, **{'mesh.data': 1, 'eval.protocol': protocol,
+                               'eval.stride_fraction': 0.25})
   task = tasks.build(config)
   state = jax.jit(lambda k: train.init_state(task, optax.identity(), k))(jax.random.key(0))
   params = state['params']
@@ -34,17 +36,25 @@ def test_perplexity_equals_a_direct_computation_from_logits(pe):
   tokens = task.tokens['test']
   forward = jax.jit(lambda p, x, f: task.model.apply({'params': p}, x, f))
   for length in config.eval.lengths:
+    stride = length // 4 if protocol == 'sliding' else length
     table = task.pe.features(params['pe'], (length,))
-    nll, count = 0.0, 0
-    for start in range(0, len(tokens), length):  # Batch size 1, the last window partial.
+    nll, count, start = 0.0, 0, 0
+    while True:  # Batch size 1, the last window partial; later sliding windows score their end.
       window = tokens[start:start + length]
       logits = forward(params['model'], jnp.asarray(window)[None],
                        gpt.slice_features(table, 0, len(window)))
       z = np.asarray(logits[0, :-1], np.float64)  # Log-softmax in NumPy, float64.
       z = z - z.max(-1, keepdims=True)
       logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
-      nll -= logp[np.arange(len(window) - 1), window[1:]].sum(dtype=np.float64)
-      count += len(window) - 1
+      first = 1 if start == 0 else max(1, length - stride)  # The first target scored.
+      targets = np.arange(first, len(window))
+      nll -= logp[targets - 1, window[targets]].sum(dtype=np.float64)
+      count += len(targets)
+      if start + length >= len(tokens):
+        break
+      start += stride
+    if protocol == 'sliding':
+      assert count == len(tokens) - 1  # Every token after the first, once.
     assert results[length]['tokens'] == count
     np.testing.assert_allclose(results[length]['ppl'], math.exp(nll / count), rtol=1e-5)
 

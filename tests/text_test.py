@@ -101,6 +101,26 @@ def test_eval_windows_are_non_overlapping_from_zero_with_the_partial_kept():
   assert len(batches) == 2 and batches[1]['mask'][1].sum() == 0  # Padding window masked.
 
 
+def test_sliding_windows_score_every_token_once_with_full_context():
+  tokens = np.arange(1, 24, dtype=np.int32)
+  for length, stride in [(8, 2), (8, 3), (8, 8), (5, 1), (30, 4)]:
+    windows, mask = text.eval_windows(tokens, length, stride)
+    starts = np.arange(len(windows)) * stride
+    position = starts[:, None] + np.arange(length)
+    scored = position[:, 1:][mask[:, 1:]]  # Targets: position 0 of a window is never one.
+    expected = np.arange(1, len(tokens))
+    if stride == length:  # Non-overlapping: each window's first token has no prediction.
+      expected = expected[expected % length != 0]
+    np.testing.assert_array_equal(np.sort(scored), expected)
+    np.testing.assert_array_equal(windows[mask], tokens[position[mask]])
+    later = mask.copy()
+    later[0] = False
+    assert (np.nonzero(later)[1] >= length - stride).all()  # Each sees length - stride before.
+  same = text.eval_windows(tokens, 4, 4), text.eval_windows(tokens, 4)
+  np.testing.assert_array_equal(same[0][0], same[1][0])
+  np.testing.assert_array_equal(same[0][1], same[1][1])
+
+
 def test_train_batches_are_shuffled_windows_addressed_by_step():
   tokens = np.arange(100, dtype=np.int32)
   ds = text.train_batches(tokens, length=10, global_batch=4, seed=0)

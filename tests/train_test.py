@@ -216,3 +216,21 @@ def test_resume_allows_what_leaves_the_state_meaning_the_same():
   found = checkpoint.differences(checkpoint.fingerprint(config), checkpoint.fingerprint(other))
   assert [line.split(':')[0] for line in found] == [
       'model.variant', 'pe.seqpe.d_model', 'optimizer.weight_decay', 'seed']
+
+
+def test_a_checkpoint_older_than_a_state_entry_resumes_with_its_default(tmp_path):
+  config = smoke_config()
+  one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  old = {'params': {'w': jax.numpy.ones((2, 3))}, 'step': jax.numpy.asarray(5, jax.numpy.int32)}
+  saver = checkpoint.Checkpointer(tmp_path, config)
+  saver.save(5, old)
+  saver.close()
+  target = {**jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one_device),
+                           old),
+            'first_nonfinite_step': jax.ShapeDtypeStruct((), jax.numpy.int32,
+                                                         sharding=one_device)}
+  loader = checkpoint.Checkpointer(tmp_path, config)
+  restored = loader.restore(target, defaults={'first_nonfinite_step': 0})
+  loader.close()
+  assert int(restored['step']) == 5 and int(restored['first_nonfinite_step']) == 0
+  np.testing.assert_array_equal(restored['params']['w'], np.ones((2, 3)))

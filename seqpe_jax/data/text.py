@@ -162,22 +162,37 @@ def train_batches(tokens: np.ndarray, *, length: int, global_batch: int,
   return batching.step_batches(len(windows), global_batch=global_batch, seed=seed, read=read)
 
 
-def eval_windows(tokens: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
-  """Non-overlapping windows of `length` (stride = length, last partial kept and padded).
+def eval_windows(tokens: np.ndarray, length: int,
+                 stride: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Evaluation windows of `length` tokens starting at position 0, and which tokens count.
 
-  Returns tokens int32[n, length] and `mask` bool[n, length], true where the token exists;
-  a window of r tokens predicts r - 1 of them.
+  Non-overlapping (stride = length, the default): consecutive windows, the last partial one
+  kept and padded; a window of r tokens predicts r - 1 of them. Sliding (stride < length):
+  windows start every `stride` tokens until the text is covered, and a later window scores
+  only its last `stride` tokens, so every scored token but those of the first window sees
+  length - stride tokens of context and every token after the first is scored exactly once.
+
+  Returns tokens int32[n, length] and `mask` bool[n, length], true where the token exists
+  and is scored (position 0 of a window is never predicted).
   """
-  n = -(-len(tokens) // length)
-  padded = np.zeros(n * length, np.int32)
-  padded[:len(tokens)] = tokens
-  mask = np.arange(n * length) < len(tokens)
-  return padded.reshape(n, length), mask.reshape(n, length)
+  stride = length if stride is None else stride
+  if not 1 <= stride <= length:
+    raise ValueError(f'The evaluation stride must be in 1..{length}, got {stride}.')
+  n = 1 + max(0, -(-(len(tokens) - length) // stride))
+  starts = np.arange(n) * stride
+  index = starts[:, None] + np.arange(length)[None, :]
+  exists = index < len(tokens)
+  windows = np.where(exists, tokens[np.minimum(index, len(tokens) - 1)], 0).astype(np.int32)
+  scored = np.ones((n, length), bool)
+  scored[1:, :length - stride] = False  # Context only: the previous window scored these.
+  return windows, exists & scored
 
 
-def eval_batches(tokens: np.ndarray, *, length: int, batch_size: int):
-  """Batches of evaluation windows; padding windows (to fill the last batch) are all-masked."""
-  windows, mask = eval_windows(tokens, length)
+def eval_batches(tokens: np.ndarray, *, length: int, batch_size: int,
+                 stride: int | None = None):
+  """Batches of evaluation windows (`eval_windows`); padding windows (to fill the last
+  batch) are all-masked."""
+  windows, mask = eval_windows(tokens, length, stride)
   for start in range(0, len(windows), batch_size):
     w, m = windows[start:start + batch_size], mask[start:start + batch_size]
     pad = batch_size - len(w)

@@ -22,6 +22,7 @@ class ClassificationTask:
   """Everything the trainer needs for a ViT experiment."""
   metric = 'accuracy'
   axis_label = 'resolution (px)'
+  sweep_protocol = 'shorter side resized (bicubic), centre crop'
 
   def __init__(self, config):
     self.config = config

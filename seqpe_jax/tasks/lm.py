@@ -1,8 +1,11 @@
 """Language modelling with a GPT: train at one length, report perplexity at longer ones.
 
-Training windows are non-overlapping blocks of `data.seq_len` tokens; evaluation cuts the
-evaluation split into non-overlapping windows of every length in `eval.lengths` (the last
-partial window kept), each starting at position 0. Each PE's table is computed once per
+Training windows are non-overlapping blocks of `data.seq_len` tokens. Evaluation cuts the
+evaluation split into windows of every length L in `eval.lengths`, each starting at
+position 0, by `eval.protocol`: 'non_overlapping' (consecutive windows, the last partial one
+kept; tokens early in a window have little context, which flatters some PEs) or 'sliding'
+(windows advanced by a stride of `eval.stride_fraction` x L, scoring only each window's
+last stride, so every scored token after the first window sees L - stride of context). Each PE's table is computed once per
 length: SeqPE encodes the new positions, APE is resampled linearly, the others extend.
 A window of L tokens predicts its last L - 1; token perplexity = exp(total NLL / tokens).
 """
@@ -18,6 +21,9 @@ from seqpe_jax import posenc, sharding
 from seqpe_jax.data import text
 from seqpe_jax.models import gpt, transformer
 from seqpe_jax.tasks import common
+
+
+PROTOCOLS = ('non_overlapping', 'sliding')
 
 
 class LanguageModelTask:
@@ -37,6 +43,12 @@ class LanguageModelTask:
                                          data.cache_dir)
     self.tokens = text.tokenize_splits(directory, self.tokenizer, data.cache_dir)
     text.Windows(self.tokens['train'], data.seq_len)  # One clear error if the corpus is short.
+    if config.eval.protocol not in PROTOCOLS:
+      raise ValueError(f"eval.protocol must be one of {', '.join(PROTOCOLS)}, got "
+                       f"'{config.eval.protocol}'.")
+    if not 0 < config.eval.stride_fraction <= 1:
+      raise ValueError('eval.stride_fraction must be in (0, 1], got '
+                       f'{config.eval.stride_fraction}.')
     if config.eval.split not in text.SPLITS:
       raise ValueError(f"eval.split must be one of {', '.join(text.SPLITS)}, got "
                        f"'{config.eval.split}'.")
@@ -44,6 +56,18 @@ class LanguageModelTask:
     attention = transformer.AttentionOptions(m.attention, m.attention_block, m.attention_dropout)
     self.model = gpt.GPT(self.tokenizer.vocab_size, pe=self.pe, dropout=m.dropout,
                          attention=attention, **gpt.parse_variant(m.variant))
+
+  @property
+  def sweep_protocol(self) -> str:
+    """How the sweep scores tokens, for extrapolation.json and the plot's title."""
+    if self.config.eval.protocol == 'sliding':
+      return f'sliding windows, stride {self.config.eval.stride_fraction:g} x length'
+    return 'non-overlapping windows'
+
+  def stride(self, length: int) -> int:
+    if self.config.eval.protocol == 'sliding':
+      return max(1, round(length * self.config.eval.stride_fraction))
+    return length
 
   def init_model(self, key, features):
     """Fresh GPT parameters for PE `features` of the training length."""
@@ -84,7 +108,8 @@ class LanguageModelTask:
       features = tables((length,))
       nll, count = sharding.sum_per_batch(
           _eval_step(self, params['model'], features, sharding.global_batch_from_full(b, mesh))
-          for b in text.eval_batches(tokens, length=length, batch_size=batch_size))
+          for b in text.eval_batches(tokens, length=length, batch_size=batch_size,
+                                     stride=self.stride(length)))
       results[length] = {'ppl': math.exp(nll / count), 'nll': float(nll / count),
                          'tokens': float(count)}
     return results

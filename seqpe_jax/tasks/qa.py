@@ -108,6 +108,7 @@ class QATask:
   """Everything the trainer needs to fine-tune a GPT on long-context QA."""
   metric = 'em'
   axis_label = 'context length (tokens)'
+  sweep_protocol = 'greedy decoding with the KV cache, exact match'
 
   def __init__(self, config):
     self.config = config
