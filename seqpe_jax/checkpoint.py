@@ -32,7 +32,13 @@ IMPORTANCE = ('model', 'pe', 'data', 'optimizer', 'batch_size', 'seed')
 
 def fingerprint(config: ml_collections.ConfigDict) -> dict:
   """The parts of the config a checkpoint depends on, as plain JSON values."""
-  flat = json.loads(config.to_json_best_effort())
+  return without_mutable(json.loads(config.to_json_best_effort()))
+
+
+def without_mutable(flat: dict) -> dict:
+  """A config record minus the MUTABLE fields (also applied to records saved when fewer
+  fields were mutable, so older checkpoints compare equal)."""
+  flat = json.loads(json.dumps(flat))
   for field in MUTABLE:
     node, *rest = field.split('.')
     if rest:
@@ -92,7 +98,7 @@ class Checkpointer:
       meta = self._read(step, meta=ocp.args.JsonRestore())
       if meta is None:
         continue
-      diffs = differences(meta['meta']['config'], self._fingerprint)
+      diffs = differences(without_mutable(meta['meta']['config']), self._fingerprint)
       if diffs:
         more = f' and {len(diffs) - 3} more' if len(diffs) > 3 else ''
         raise ValueError(f'The checkpoint in {self.directory} was made by another config '
