@@ -26,6 +26,8 @@
 #SBATCH --output=slurm-%j.out
 set -euo pipefail
 
+# launch/cli.sh's helpers, copied: sbatch runs this file from a spool directory, where
+# cli.sh is not beside it (the checkout is found only further down).
 usage() { sed -n '2,/^[^#]/{/^#/!d; /^#SBATCH/d; s/^# \{0,1\}//; p}' "$0"; }
 fail() { echo "gpu_slurm.sh: $*" >&2; exit 2; }
 # Shell-quotes words into one command line, single-quoting only the words that need it.

@@ -18,27 +18,8 @@
 # replaced); SEQPE_LAUNCH_MODULE (default seqpe_jax.main; the tests start a stand-in).
 set -euo pipefail
 
-usage() { sed -n '2,/^[^#]/{/^#/!d; s/^# \{0,1\}//; p}' "$0"; }
-fail() { echo "local_multiprocess.sh: $*" >&2; exit 2; }
-# Shell-quotes words into one command line, single-quoting only the words that need it.
-quoted() {
-  local words=() word
-  for word; do
-    if [[ $word =~ ^[A-Za-z0-9_./:=,+@%-]+$ ]]; then words+=("$word")
-    else words+=("${word@Q}"); fi
-  done
-  echo "${words[*]}"
-}
-
-dry_run=0
-args=()
-for arg in "$@"; do
-  case $arg in
-    -h|--help) usage; exit 0 ;;
-    --dry-run) dry_run=1 ;;
-    *) args+=("$arg") ;;
-  esac
-done
+source "$(dirname "${BASH_SOURCE[0]}")/cli.sh"
+parse_options "$@"
 if [ ${#args[@]} -lt 3 ]; then
   fail "expected NUM_PROCESSES CONFIG WORKDIR [--config.x=y ...] (see --help)."
 fi

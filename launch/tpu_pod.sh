@@ -19,27 +19,8 @@
 # gcloud's own settings, e.g. CLOUDSDK_CORE_PROJECT.
 set -euo pipefail
 
-usage() { sed -n '2,/^[^#]/{/^#/!d; s/^# \{0,1\}//; p}' "$0"; }
-fail() { echo "tpu_pod.sh: $*" >&2; exit 2; }
-# Shell-quotes words into one command line, single-quoting only the words that need it.
-quoted() {
-  local words=() word
-  for word; do
-    if [[ $word =~ ^[A-Za-z0-9_./:=,+@%-]+$ ]]; then words+=("$word")
-    else words+=("${word@Q}"); fi
-  done
-  echo "${words[*]}"
-}
-
-dry_run=0
-args=()
-for arg in "$@"; do
-  case $arg in
-    -h|--help) usage; exit 0 ;;
-    --dry-run) dry_run=1 ;;
-    *) args+=("$arg") ;;
-  esac
-done
+source "$(dirname "${BASH_SOURCE[0]}")/cli.sh"
+parse_options "$@"
 if [ ${#args[@]} -lt 4 ]; then
   fail "expected TPU_NAME ZONE CONFIG WORKDIR [--config.x=y ...] (see --help)."
 fi
