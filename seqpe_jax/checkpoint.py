@@ -103,9 +103,12 @@ class Checkpointer:
         more = f' and {len(diffs) - 3} more' if len(diffs) > 3 else ''
         raise ValueError(f'The checkpoint in {self.directory} was made by another config '
                          f'({"; ".join(diffs[:3])}{more}); use another --workdir.')
-      absent = self._absent_entries(step, abstract_state, defaults or {})
+      saved = self._saved_layout(step)  # None if unreadable: the restore sets it aside.
+      absent = {key for key in defaults or {}
+                if saved is not None and key in abstract_state and key not in saved.keys()}
       target = {k: v for k, v in abstract_state.items() if k not in absent}
-      self._check_structure(step, target)
+      if saved is not None:
+        self._check_structure(step, saved, target)
       restored = self._read(step, state=ocp.args.StandardRestore(target))
       if restored is not None:
         state = dict(restored['state'])
@@ -115,15 +118,12 @@ class Checkpointer:
         return state
     return None
 
-  def _absent_entries(self, step: int, abstract_state, defaults: dict) -> set:
-    """Entries of `defaults` that checkpoint `step` was saved without."""
+  def _saved_layout(self, step: int):
+    """The array metadata tree of checkpoint `step`'s state, or None if it cannot be read."""
     try:
-      saved = self._manager.item_metadata(step)['state']
+      return self._manager.item_metadata(step)['state']
     except Exception:  # pylint: disable=broad-except
-      return set()
-    if saved is None:
-      return set()
-    return {key for key in defaults if key in abstract_state and key not in saved.keys()}
+      return None
 
   def _read(self, step: int, **items):
     """The items of checkpoint `step`, or None after setting an unreadable one aside."""
@@ -133,15 +133,9 @@ class Checkpointer:
       self._set_aside(step, e)
       return None
 
-  def _check_structure(self, step: int, abstract_state) -> None:
+  def _check_structure(self, step: int, saved, abstract_state) -> None:
     """The saved arrays must have this model's tree, shapes and dtypes (a readable
     checkpoint of another code version must be refused, not set aside)."""
-    try:
-      saved = self._manager.item_metadata(step)['state']
-    except Exception:  # pylint: disable=broad-except
-      return  # Unreadable metadata: the restore that follows sets it aside.
-    if saved is None:
-      return
     # Orbax reads optimizer states back as plain containers, so the trees are compared as
     # collections of arrays: a different count, shape or dtype is another model.
     describe = lambda tree: collections.Counter(

@@ -53,7 +53,7 @@ def _status(error: Exception) -> int | None:
     return EXIT_PREEMPTED
   if isinstance(error, FloatingPointError):
     return EXIT_NONFINITE
-  if isinstance(error, (ValueError, FileNotFoundError, OSError, app.UsageError)):
+  if isinstance(error, (ValueError, OSError, app.UsageError)):  # OSError: missing files too.
     return EXIT_BAD_INPUT
   return None
 

@@ -204,11 +204,7 @@ class QATask:
     rows %= len(self.heldout['tokens'])
     return sharding.global_batch_from_full({k: v[rows] for k, v in self.heldout.items()}, mesh)
 
-  def logits(self, model_params, batch, features, *, train: bool, rng=None, mutable=False):
-    """Logits [B, L, V]; with `mutable` (collection names) also the updated collections."""
-    rngs = {'dropout': rng} if train else None
-    return self.model.apply({'params': model_params}, batch['tokens'], features,
-                            deterministic=not train, rngs=rngs, mutable=mutable)
+  logits = lm.LanguageModelTask.logits  # The same GPT forward as the LM (self.model).
 
   def loss(self, logits, batch):
     return answer_loss(logits, batch)
