@@ -6,82 +6,48 @@ re-runs the sweep of the run in DIR from its latest checkpoint and rewrites
 DIR/extrapolation.json and DIR/extrapolation.png; with `--split=valid` it sweeps the
 validation split instead and writes DIR/extrapolation_valid.json/png.
 
+    python -m seqpe_jax.evaluate --workdir=DIR --config.eval.lengths=128,8192 --name=long
+
+sweeps other evaluation settings (any eval.* field of the run's config) from the same
+checkpoint into DIR/extrapolation_long.json/png, leaving the run's own record untouched.
+
     python -m seqpe_jax.evaluate --compare=DIR1,DIR2,... --out=FILE.png
 
 puts the finished runs' extrapolation curves in one plot and prints them as one Markdown
 table (one row per run, one column per resolution or length).
 """
 
+import ast
 import json
 
-import matplotlib
 import ml_collections
 from absl import app, flags
 from etils import epath
 
-from seqpe_jax import checkpoint, cli
+from seqpe_jax import checkpoint, cli, results as results_files
 
-matplotlib.use('Agg')  # Files only; no display on training hosts.
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+def evaluate_workdir(workdir: str, split: str | None = None, overrides: dict | None = None,
+                     name: str = '') -> dict:
+  """Restores the latest checkpoint of the run in `workdir` and re-runs its sweep.
 
-PREFIX = {'accuracy': 'res', 'ppl': 'len', 'em': 'len'}
-
-
-def flatten(results: dict[int, dict[str, float]], metric: str) -> dict[str, float]:
-  """{56: {'accuracy': .9}} -> {'eval/res56/accuracy': .9} (the metrics.jsonl contract)."""
-  prefix = PREFIX.get(metric, 'at')
-  return {f'eval/{prefix}{x}/{name}': v for x, values in results.items()
-          for name, v in values.items()}
-
-
-def write_extrapolation(workdir: str, results: dict[int, dict[str, float]], metric: str,
-                        axis_label: str, title: str = '', suffix: str = '',
-                        protocol: str = '') -> None:
-  """WORKDIR/extrapolation{suffix}.json (metric per resolution/length) and .png; `protocol`
-  (how the sweep scored, e.g. sliding windows) goes in both."""
-  workdir = epath.Path(workdir)
-  table = {str(x): values for x, values in sorted(results.items())}
-  (workdir / f'extrapolation{suffix}.json').write_text(json.dumps(
-      {'metric': metric, 'axis': axis_label, 'protocol': protocol, 'results': table},
-      indent=2))
-  xs = sorted(results)
-  fig, ax = plt.subplots(figsize=(5, 3.5))
-  ax.plot(xs, [results[x][metric] for x in xs], marker='o')
-  ax.set(xlabel=axis_label, ylabel=metric)
-  ax.set_title(f'{title}\n{protocol}' if protocol else title, fontsize=9)
-  _format_axes(ax, xs, metric)
-  fig.tight_layout()
-  with (workdir / f'extrapolation{suffix}.png').open('wb') as f:  # Also on gs://.
-    fig.savefig(f, format='png', dpi=120)
-  plt.close(fig)
-
-
-def _format_axes(ax, xs, metric: str) -> None:
-  """Perplexity on log axes (lengths double), plain tick labels at the evaluated points."""
-  if metric == 'ppl':
-    ax.set_xscale('log', base=2)
-    ax.set_yscale('log')
-    ax.yaxis.set_major_formatter(ticker.FormatStrFormatter('%g'))
-    ax.yaxis.set_minor_formatter(ticker.FormatStrFormatter('%g'))  # Narrow ranges: minor only.
-  ax.set_xticks(xs, [str(x) for x in xs])
-  ax.xaxis.set_minor_formatter(ticker.NullFormatter())
-  ax.grid(alpha=0.3)
-
-
-def evaluate_workdir(workdir: str, split: str | None = None) -> dict:
-  """Restores the latest checkpoint of the run in `workdir` and re-runs its sweep, on the
-  run's eval.split (rewriting extrapolation.json/png) or on `split` (writing
-  extrapolation_{split}.json/png beside them, e.g. the validation split)."""
-  from seqpe_jax import sharding, tasks, train  # Avoids an import cycle.
+  On the run's own settings it rewrites extrapolation.json/png. `split` (e.g. 'valid')
+  sweeps that split instead, and `overrides` ({'eval.lengths': (128, 4096)}) change the
+  evaluation settings; either writes extrapolation_{split}_{name}.json/png beside them and
+  leaves config.json and the training run's results as they are.
+  """
+  from seqpe_jax import sharding, tasks, train  # pylint: disable=g-import-not-at-top
   path = epath.Path(workdir) / 'config.json'
   if not path.exists():
     raise FileNotFoundError(f'{path} does not exist: point --workdir at a training run.')
-  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  recorded = ml_collections.ConfigDict(json.loads(path.read_text()))
+  config = with_eval_overrides(recorded, overrides or {})
+  if overrides and not name:
+    raise ValueError('Name the evaluation with --name=... when overriding eval settings; '
+                     'its results go to extrapolation_<name>.json.')
   mesh = sharding.make_mesh(config.mesh)
   task = tasks.build(config)
   target = train.abstract_state(task, train.make_optimizer(task, config), mesh)
-  checkpointer = checkpoint.Checkpointer(workdir, config, keep=config.keep_checkpoints)
+  checkpointer = checkpoint.Checkpointer(workdir, recorded, keep=config.keep_checkpoints)
   try:
     state = checkpointer.restore(target)
   finally:
@@ -89,11 +55,57 @@ def evaluate_workdir(workdir: str, split: str | None = None) -> dict:
   if state is None:
     raise FileNotFoundError(f'{workdir} has no checkpoint to evaluate.')
   results = task.sweep(state['params'], mesh, split=split)
-  write_extrapolation(workdir, results, task.metric, task.axis_label,
-                      title=f'{config.model.name} {config.pe.name} {split or ""}'.strip(),
-                      suffix=f'_{split}' if split else '',
-                      protocol=getattr(task, 'sweep_protocol', ''))
+  suffix = ''.join(f'_{part}' for part in (split, name) if part)
+  results_files.write_extrapolation(
+      workdir, results, task.metric, task.axis_label,
+      title=f'{config.model.name} {config.pe.name} {split or ""} {name}'.strip(),
+      suffix=suffix, protocol=task.sweep_protocol, overrides=overrides)
+  task.write_plots(workdir, results, suffix=suffix)  # Task-specific figures (QA: by depth).
   return results
+
+
+def with_eval_overrides(config: ml_collections.ConfigDict,
+                        overrides: dict) -> ml_collections.ConfigDict:
+  """A copy of `config` with `eval.*` fields replaced; anything else is refused, because
+  the model, PE and data of a checkpoint are fixed by the run that trained it."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for key, value in overrides.items():
+    field = key.split('.', 1)[1] if key.startswith('eval.') else ''
+    if not field:
+      raise ValueError(f'--config.{key}: evaluate changes eval.* settings only (the model, '
+                       'PE and data come from the run).')
+    if field not in config.eval:
+      raise ValueError(f"--config.{key} is not a field of the run's config; its eval fields "
+                       f"are {', '.join(sorted(config.eval))}.")
+    old = config.eval[field]
+    if isinstance(old, (list, tuple)):
+      value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    elif not isinstance(value, type(old)) and not (isinstance(old, float)
+                                                   and isinstance(value, int)):
+      raise ValueError(f'--config.{key}={value!r} should be a {type(old).__name__} like the '
+                       f'recorded {old!r}.')
+    config.eval[field] = value
+  return config
+
+
+def parse_overrides(argv: list[str]) -> tuple[list[str], dict]:
+  """Takes `--config.eval.x=VALUE` out of argv: (the other arguments, {'eval.x': value}).
+
+  VALUE is a Python literal (128, 0.5, 'sliding', (128, 4096)); a comma list such as
+  128,4096 is a tuple, and anything that is not a literal is a string."""
+  rest, overrides = [], {}
+  for arg in argv:
+    if not arg.startswith('--config.'):
+      rest.append(arg)
+      continue
+    key, sep, text = arg[len('--config.'):].partition('=')
+    if not sep:
+      raise ValueError(f'{arg} has no value; write --config.{key}=VALUE.')
+    try:
+      overrides[key] = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      overrides[key] = text
+  return rest, overrides
 
 
 def compare(workdirs: list[str], out: str) -> str:
@@ -119,6 +131,7 @@ def compare(workdirs: list[str], out: str) -> str:
   metric = metrics_.pop()
   axis = next(iter(runs.values()))['axis']
   columns = sorted({int(x) for r in runs.values() for x in r['results']})
+  plt = results_files.pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
   lines = [f"| run | {' | '.join(str(x) for x in columns)} |", '|---' * (len(columns) + 1) + '|']
   for key, run in runs.items():
@@ -128,12 +141,10 @@ def compare(workdirs: list[str], out: str) -> str:
              for x in columns]
     lines.append(f"| {labels[key]} | {' | '.join(cells)} |")
   ax.set(xlabel=axis, ylabel=metric)
-  _format_axes(ax, columns, metric)
+  results_files.format_axes(ax, columns, metric)
   ax.legend()
   fig.tight_layout()
-  with epath.Path(out).open('wb') as f:
-    fig.savefig(f, format='png', dpi=120)
-  plt.close(fig)
+  results_files.save_figure(fig, out)
   return '\n'.join(lines)
 
 
@@ -160,9 +171,22 @@ def main(argv):
       print(compare(flags.FLAGS.compare.split(','), flags.FLAGS.out))
       print(f'Plot: {flags.FLAGS.out}')
       return
-    results = evaluate_workdir(flags.FLAGS.workdir, flags.FLAGS.split)
+    results = evaluate_workdir(flags.FLAGS.workdir, flags.FLAGS.split, _OVERRIDES,
+                               flags.FLAGS.name)
   for x, values in sorted(results.items()):
     print(x, values)
+
+
+_OVERRIDES = {}
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing of the flags, after taking out the --config.eval.* overrides (their
+  keys depend on the run, so absl cannot declare them)."""
+  with cli.exit_statuses():
+    argv, overrides = parse_overrides(argv)
+  _OVERRIDES.update(overrides)
+  return cli.parse_flags(argv)
 
 
 if __name__ == '__main__':
@@ -171,4 +195,6 @@ if __name__ == '__main__':
   flags.DEFINE_string('out', 'extrapolation_comparison.png', 'Where --compare writes its plot.')
   flags.DEFINE_string('split', None, 'Evaluate on this split (e.g. valid) instead of the '
                       "run's eval.split; writes extrapolation_<split>.json.")
-  app.run(main)
+  flags.DEFINE_string('name', '', 'With --config.eval.* overrides: the results go to '
+                      'extrapolation_<name>.json/png (the run\'s own results are kept).')
+  app.run(main, flags_parser=_parse_flags)

@@ -5,15 +5,20 @@ One process per host. Several processes form one run when started with
 launch/local_multiprocess.sh) or with `--distributed`, which takes them from the cluster
 (TPU VM pods, Slurm; see launch/). Exit statuses are those of `seqpe_jax.cli`: 0 finished,
 2 bad input, 3 non-finite loss, 143 preempted (run the same command again to resume).
+
+The console shows one progress line per log step; `--verbosity=0` (absl's flag) adds the
+INFO logs of the libraries underneath (orbax's saves, the parameter table, ...).
 """
 
 import logging as std_logging
+import os
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from seqpe_jax import cli, train
+from seqpe_jax.data import cache
 
 config_flags.DEFINE_config_file('config', None, 'Experiment config file[:variant].',
                                 lock_config=True)
@@ -26,6 +31,9 @@ flags.DEFINE_integer('process_id', None, 'This process, 0 .. num_processes - 1.'
 flags.DEFINE_bool('distributed', False, 'Join a multi-process run described by the cluster '
                   'environment (TPU VM pod, Slurm).')
 flags.DEFINE_integer('init_timeout', 300, 'Seconds to wait for every process to join.')
+flags.DEFINE_string('compilation_cache', None, "JAX's persistent compilation cache: a "
+                    'directory (default $JAX_COMPILATION_CACHE_DIR, else the xla/ folder of '
+                    "the project's cache, ~/.cache/seqpe_jax or $SEQPE_CACHE_DIR), or 'off'.")
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -49,11 +57,33 @@ def initialize_processes(args) -> None:
         from e
 
 
+def use_compilation_cache(directory: str | None) -> None:
+  """Compiled steps are kept on disk, so a rerun, a resume or a sweep of the same config
+  skips XLA's compile (most of a small run's start-up)."""
+  directory = directory or os.environ.get('JAX_COMPILATION_CACHE_DIR') or str(
+      cache.root() / 'xla')
+  if directory == 'off':
+    return
+  jax.config.update('jax_compilation_cache_dir', directory)
+  # Small programs too: on CPU the train step of a small config compiles in seconds.
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
+
+def quiet_library_logs() -> None:
+  """Library INFO logs off; orbax's warnings too (advice on save timing that a small run
+  triggers on every save), its errors kept. `--verbosity=0` shows them all."""
+  logging.set_verbosity(logging.WARNING)
+  logging.get_absl_handler().addFilter(
+      lambda record: record.levelno >= std_logging.ERROR or '/orbax/' not in record.pathname)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}.')
-  std_logging.getLogger('absl').setLevel(std_logging.INFO)
+  if not flags.FLAGS['verbosity'].present:
+    quiet_library_logs()
   with cli.exit_statuses():
+    use_compilation_cache(flags.FLAGS.compilation_cache)
     initialize_processes(flags.FLAGS)
     logging.info('Process %d of %d; %d local of %d devices: %s', jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count(),

@@ -1,14 +1,22 @@
-"""Metric writing: clu (TensorBoard + logs) plus WORKDIR/metrics.jsonl on process 0."""
+"""Metric writing on process 0: TensorBoard event files, WORKDIR/metrics.jsonl, a progress line.
+
+TensorBoard files come from tensorboardX, which writes the event format without
+TensorFlow (the stack trains on hosts that have no TensorFlow wheel, e.g. aarch64). The
+console gets one line per log step; the full rows are in metrics.jsonl.
+"""
 
 import json
+import math
+import time
 
 import jax
-from clu import metric_writers
+import tensorboardX
 from etils import epath
+from tensorboardX import summary as tb_summary
 
 
 class MetricWriter:
-  """Writes scalars to clu's default writer and appends them to metrics.jsonl.
+  """Writes scalars to TensorBoard and appends them to metrics.jsonl (process 0 only).
 
   `resumed_at`: the step the run restarts from. Rows after it were written by the part of
   the run that is about to be redone (after a SIGKILL), so they are dropped: each step
@@ -17,8 +25,7 @@ class MetricWriter:
 
   def __init__(self, workdir, *, resumed_at: int = 0):
     self._is_main = jax.process_index() == 0
-    self._clu = metric_writers.create_default_writer(str(workdir),
-                                                     just_logging=not self._is_main)
+    self._tb = tensorboardX.SummaryWriter(str(workdir)) if self._is_main else None
     self._jsonl = epath.Path(workdir) / 'metrics.jsonl' if self._is_main else None
     if self._jsonl is not None and self._jsonl.exists():
       kept = [line for line in self._jsonl.read_text().splitlines()
@@ -26,16 +33,88 @@ class MetricWriter:
       self._jsonl.write_text(''.join(f'{line}\n' for line in kept))
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
+    if not self._is_main:
+      return
     scalars = {k: float(v) for k, v in scalars.items()}
-    self._clu.write_scalars(step, scalars)
-    if self._jsonl is not None:
-      with self._jsonl.open('a') as f:
-        f.write(json.dumps({'step': step, **scalars}) + '\n')
+    for name, value in scalars.items():
+      self._tb.add_scalar(name, value, step)
+    with self._jsonl.open('a') as f:
+      f.write(json.dumps({'step': step, **scalars}) + '\n')
 
-  def write_hparams(self, hparams: dict) -> None:
-    self._clu.write_hparams(hparams)
+  def write_config(self, config: dict) -> None:
+    """The run's config, once: as TensorBoard hparams (flattened, for the HParams tab) and
+    as JSON text (the Text tab), so a plot can be traced to the settings that made it."""
+    if not self._is_main:
+      return
+    flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+            for k, v in _flatten(config).items()}
+    file_writer = self._tb._get_file_writer()  # pylint: disable=protected-access
+    for proto in tb_summary.hparams(flat, {}):
+      file_writer.add_summary(proto)
+    self._tb.add_text('config', f'```\n{json.dumps(config, indent=2, default=str)}\n```', 0)
 
   def close(self) -> None:
-    self._clu.flush()
-    self._clu.close()
+    if self._tb is not None:
+      self._tb.close()
 
+
+def _flatten(tree: dict, prefix: str = '') -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+class Progress:
+  """One console line per log step: step, loss, steps/s and time left.
+
+  The rate is that of the last interval between log steps, counted from when this
+  process started stepping (after the compile; a resumed run does not credit itself
+  with the steps before the restart), so the time left follows the current speed.
+  """
+
+  def __init__(self, total_steps: int, start_step: int, *, clock=time.perf_counter):
+    self._total, self._clock = total_steps, clock
+    self._last = (start_step, clock())
+    self._rate = None
+
+  def update(self, step: int) -> float:
+    """Records that `step` has finished; returns steps/s since the previous update."""
+    last_step, last_time = self._last
+    now = self._clock()
+    rate = (step - last_step) / max(now - last_time, 1e-9)
+    self._rate = rate
+    self._last = (step, now)
+    return rate
+
+  def line(self, step: int, scalars: dict[str, float]) -> str:
+    left = (self._total - step) / self._rate if self._rate else math.nan
+    loss = scalars.get('train/loss', math.nan)
+    return (f'step {step}/{self._total}  loss {loss:.4f}  {self._rate or 0:.2f} steps/s  '
+            f'{format_duration(left)} left')
+
+
+def format_duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return '?'
+  seconds = int(round(seconds))
+  if seconds < 60:
+    return f'{seconds}s'
+  if seconds < 3600:
+    return f'{seconds // 60}m{seconds % 60:02d}s'
+  return f'{seconds // 3600}h{seconds // 60 % 60:02d}m'
+
+
+def say(message: str) -> None:
+  """A line on the console of process 0 (the others would repeat it once per host)."""
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
+def summary_line(results: dict[int, dict[str, float]], metric: str) -> str:
+  """'ppl: 128 290.4 | 256 301.2' -- the sweep's headline metric per length/resolution."""
+  return f'{metric}: ' + ' | '.join(f'{x} {values[metric]:.4g}'
+                                   for x, values in sorted(results.items()))

@@ -16,7 +16,7 @@ import jax
 import matplotlib
 import numpy as np
 
-from seqpe_jax import evaluate
+from seqpe_jax import results as results_files
 
 matplotlib.use('Agg')  # Files only; no display on training hosts.
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -226,7 +226,7 @@ def plot_metric(path: pathlib.Path, summary: dict, metric: str, axis: str, title
       std = np.array([by_x[x][1] for x in xs])
       ax.fill_between(xs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
   ax.set(xlabel=axis, ylabel=metric, title=title)
-  evaluate._format_axes(ax, _columns(summary), metric)  # pylint: disable=protected-access
+  results_files.format_axes(ax, _columns(summary), metric)
   ax.legend(fontsize='small', ncol=2 if len(summary) > 8 else 1)
   fig.tight_layout()
   fig.savefig(path, dpi=120)

@@ -5,19 +5,18 @@ state, update step, checkpoint restore, evaluation, loop.
 """
 
 import itertools
-import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 from absl import logging
-from clu import parameter_overview, periodic_actions
+from clu import parameter_overview
 from etils import epath
 
-from seqpe_jax import checkpoint, cli, diagnostics, evaluate, metrics, optim, sharding, tasks
+from seqpe_jax import checkpoint, cli, diagnostics, metrics, optim, sharding, tasks
+from seqpe_jax import results as results_files
 from seqpe_jax.preemption import PreemptionWatch
-from seqpe_jax.posenc import regularizers
 
 
 def init_state(task, optimizer, key):
@@ -48,10 +47,7 @@ def abstract_state(task, optimizer, mesh):
 
 
 def make_shift_pool(task, key):
-  """The run's fixed SeqPE shift pool; a placeholder for PEs without regularisers."""
-  if task.regularizers is None:
-    return jnp.zeros((1, len(task.train_shape)), jnp.int32)
-  return task.regularizers.shift_pool(key)
+  return task.shift_pool(key)
 
 
 def make_gradients(task, base_key, shift_pool):
@@ -63,14 +59,13 @@ def make_gradients(task, base_key, shift_pool):
   `jax.grad` of the total loss. With `split` it takes two passes instead and returns the
   task's and the regularisers' PE gradients apart: {'model', 'pe_task', 'pe_reg'}.
   """
-  pe, reg = task.pe, task.regularizers
 
   def gradients(params, batch, step, split: bool):
     pe_key, dropout_key = jax.random.split(jax.random.fold_in(base_key, step))
 
     def pe_forward(pe_params):
-      features, reg_loss, pe_scalars = regularizers.training_features(
-          pe, reg, pe_params, pe_key, step, shift_pool)
+      features, reg_loss, pe_scalars = task.pe_training_features(pe_params, pe_key, step,
+                                                                 shift_pool)
       return (features, reg_loss), pe_scalars
 
     def task_loss(model_params, features):
@@ -105,14 +100,14 @@ def balance_pe_gradients(grads, target: float):
 
 def make_train_step(task, optimizer, base_key, shift_pool):
   """(state, batch) -> (state, metrics); all randomness is a function of the step."""
-  reg = task.regularizers
-  balance = reg is not None and reg.balance == 'grad_norm'
+  balance_target = task.pe_gradient_balance
+  balance = balance_target is not None
   gradients = make_gradients(task, base_key, shift_pool)
 
   def step(state, batch):
     scalars, grads = gradients(state['params'], batch, state['step'], split=balance)
     if balance:
-      grads, balance_scalars = balance_pe_gradients(grads, reg.balance_target)
+      grads, balance_scalars = balance_pe_gradients(grads, balance_target)
       scalars.update(balance_scalars)
     updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
@@ -194,16 +189,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = jax.jit(lambda k: init_state(task, optimizer, k), out_shardings=state_shardings)(
         init_key)
     # Fine-tuning (QA): another run's parameters, with a fresh optimizer state for them.
-    params = task.initial_params(target['params']) if hasattr(task, 'initial_params') else None
+    params = task.initial_params(target['params'])
     if params is not None:
       state = jax.jit(lambda s, p: {**s, 'params': p, 'opt_state': optimizer.init(p)},
                       out_shardings=state_shardings, donate_argnums=0)(state, params)
   else:
-    logging.info('Resumed from step %d.', int(state['step']))
+    metrics.say(f"Resumed from step {int(state['step'])} in {workdir}.")
   if jax.process_index() == 0:
     (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
     logging.info('Parameters:\n%s', parameter_overview.get_parameter_overview(
         state['params'], include_stats=False))
+    metrics.say(f'{config.model.name} {config.model.variant} with PE {config.pe.name}: '
+                f"{parameter_overview.count_parameters(state['params']):,} parameters.")
 
   # ---------------------------------------------------------------- Update step.
   train_step = jax.jit(make_train_step(task, optimizer, step_key, shift_pool),
@@ -220,7 +217,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---------------------------------------------------------------- Loop.
   start = int(state['step'])
   writer = metrics.MetricWriter(workdir, resumed_at=start)
-  progress = periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=None)
+  if start == 0:
+    writer.write_config(config.to_dict())
+  learning_rate = optim.schedule(config.optimizer, config.total_steps)
   preemption = PreemptionWatch()
   batches = (sharding.global_batch(b, mesh) for b in data[start:].to_iter_dataset())
   first_batch = next(batches)
@@ -230,12 +229,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_step = train_step.lower(state, first_batch).compile()
   sharding.wait_for_all_processes('train step compiled')
   batches = itertools.chain([first_batch], batches)
-  pending = None
+  progress = metrics.Progress(config.total_steps, start)
   try:
     for step in range(start + 1, config.total_steps + 1):
       batch = next(batches)
       state, scalars = train_step(state, batch)
-      progress(step)
       evaluating = bool(config.eval_every_steps) and step % config.eval_every_steps == 0
       last = step == config.total_steps
       if step % config.log_every_steps == 0 or last or evaluating:
@@ -243,11 +241,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         # The diagnostics look at the parameters this step produced, on its own batch
         # and sampling (the step counter has moved on, hence step - 1).
         diag = diagnose(state['params'], batch, state['step'] - 1, heldout)
-        writer.write(step, {**jax.device_get(scalars), **jax.device_get(diag),
-                            'train/steps_per_sec': _steps_per_sec(pending, step)})
-        pending = (step, time.perf_counter())
+        row = {**jax.device_get(scalars), **jax.device_get(diag),
+               'train/lr': learning_rate(step - 1),  # The rate this step's update used.
+               'train/steps_per_sec': progress.update(step)}
+        writer.write(step, row)
+        metrics.say(progress.line(step, row))
       if evaluating:
-        writer.write(step, evaluate.flatten(task.sweep(state['params'], mesh), task.metric))
+        results = task.sweep(state['params'], mesh)
+        writer.write(step, results_files.flatten(results, task.metric))
+        metrics.say(f'step {step} evaluation, {metrics.summary_line(results, task.metric)}')
       preempted = preemption.reached(step)
       if step % config.checkpoint_every_steps == 0 or last or preempted:
         _stop_if_nonfinite(state, checkpointer)
@@ -258,13 +260,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                             'same command again to resume.')
     # ---------------------------------------------------------------- Final sweep.
     results = task.sweep(state['params'], mesh)
-    writer.write(config.total_steps, evaluate.flatten(results, task.metric))
+    writer.write(config.total_steps, results_files.flatten(results, task.metric))
+    metrics.say(f'Final evaluation, {metrics.summary_line(results, task.metric)}; '
+                f'{workdir}/extrapolation.json.')
     if jax.process_index() == 0:
-      evaluate.write_extrapolation(workdir, results, task.metric, task.axis_label,
-                                   title=f'{config.model.name} {config.pe.name}',
-                                   protocol=getattr(task, 'sweep_protocol', ''))
-      if hasattr(task, 'write_plots'):  # Task-specific figures beside it (QA: EM by depth).
-        task.write_plots(workdir, results)
+      results_files.write_extrapolation(workdir, results, task.metric, task.axis_label,
+                                        title=f'{config.model.name} {config.pe.name}',
+                                        protocol=task.sweep_protocol)
+      task.write_plots(workdir, results)  # Task-specific figures (QA: EM by depth).
     return results
   finally:
     preemption.close()
@@ -293,10 +296,3 @@ def _stop_if_nonfinite(state, checkpointer) -> None:
       f'The loss or gradients became NaN or infinite at step {first_bad}; nothing after it was '
       f'saved, the checkpoints from step {first_bad - 1} on (which lead to it) are in {folder}, '
       f'and {advice}.')
-
-
-def _steps_per_sec(pending, step):
-  if pending is None:
-    return 0.0
-  last_step, last_time = pending
-  return (step - last_step) / max(time.perf_counter() - last_time, 1e-9)

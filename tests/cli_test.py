@@ -61,3 +61,19 @@ def test_run_labels_are_the_shortest_distinct_suffixes():
       '/a/x/seed0': 'x/seed0', '/a/y/seed0': 'y/seed0', '/b/z': 'z'}
   assert evaluate.run_labels(['/r/one/s', '/q/one/s']) == {'/r/one/s': 'r/one/s',
                                                           '/q/one/s': 'q/one/s'}
+
+
+def test_a_smoke_run_is_quiet_by_default_and_fills_the_compilation_cache(tmp_path):
+  """At most 40 console lines (progress, evaluation, no library INFO logs), and the
+  persistent compilation cache under the project's cache directory by default."""
+  cache = tmp_path / 'cache'
+  result = run_main('--config=configs/lm_ape.py:smoke', f'--workdir={tmp_path / "run"}',
+                    env={'SEQPE_CACHE_DIR': str(cache), 'JAX_COMPILATION_CACHE_DIR': ''})
+  assert result.returncode == 0, result.stderr[-2000:]
+  lines = (result.stdout + result.stderr).splitlines()
+  assert len(lines) <= 40, '\n'.join(lines)
+  assert [line.split()[:2] for line in lines if line.startswith('step ')] == [
+      ['step', '2/6'], ['step', '4/6'], ['step', '6/6']]
+  assert any(line.startswith('Final evaluation, ppl: 32 ') for line in lines)
+  assert not any('orbax' in line or line.startswith('I1') for line in lines), '\n'.join(lines)
+  assert any((cache / 'xla').iterdir())

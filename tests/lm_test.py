@@ -13,6 +13,7 @@ import pytest
 
 from configs import lm_ape, lm_base, lm_seqpe
 from seqpe_jax import evaluate, optim, posenc, sharding, tasks, train
+from seqpe_jax import results as results_files
 from seqpe_jax.models import gpt
 
 CONFIGS = ['lm_seqpe', 'lm_ape', 'lm_sincos', 'lm_rope', 'lm_alibi', 'lm_nope']
@@ -159,9 +160,9 @@ def test_compare_puts_finished_runs_in_one_table_and_plot(tmp_path):
   for name, ppl in (('rope', [10.0, 30.0]), ('alibi', [12.0, 11.5])):
     (tmp_path / name).mkdir()
     results = {128: {'ppl': ppl[0]}, 256: {'ppl': ppl[1]}}
-    evaluate.write_extrapolation(str(tmp_path / name), results, 'ppl', 'tokens')
+    results_files.write_extrapolation(str(tmp_path / name), results, 'ppl', 'tokens')
   (tmp_path / 'vit').mkdir()
-  evaluate.write_extrapolation(str(tmp_path / 'vit'), {28: {'accuracy': 0.9}}, 'accuracy', 'px')
+  results_files.write_extrapolation(str(tmp_path / 'vit'), {28: {'accuracy': 0.9}}, 'accuracy', 'px')
   out = tmp_path / 'both.png'
   table = evaluate.compare([str(tmp_path / 'rope'), str(tmp_path / 'alibi')], str(out))
   assert table.splitlines() == ['| run | 128 | 256 |', '|---|---|---|', '| rope | 10 | 30 |',

@@ -13,6 +13,7 @@ import pytest
 
 from configs import lm_base, vit_base
 from seqpe_jax import checkpoint, cli, evaluate, metrics, train
+from tests import event_files
 
 PES = ['seqpe', 'ape', 'sincos', 'rope2d', 'rope_mixed', 'none']
 # One xdist worker runs this file, so the shared SeqPE run below is trained once.
@@ -64,7 +65,12 @@ def test_smoke_run_writes_the_contract_files(pe, tmp_path, seqpe_run):
   table = json.loads((workdir / 'extrapolation.json').read_text())
   assert table['metric'] == 'accuracy' and set(table['results']) == {'8', '16'}
   assert (workdir / 'extrapolation.png').stat().st_size > 0
-  assert list(workdir.glob('events.out.tfevents.*'))
+  # TensorBoard gets what metrics.jsonl gets, and the config once.
+  events = event_files.scalars(workdir)
+  logged = {r['step']: r['train/loss'] for r in rows if 'train/loss' in r}
+  assert events['train/loss'] == pytest.approx(logged)
+  assert set(events['train/lr']) == set(logged) and 'eval/res16/accuracy' in events
+  assert 'hparams' in event_files.plugin_tags(workdir)
   assert (workdir / 'checkpoints').is_dir()
 
 

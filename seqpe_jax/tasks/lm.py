@@ -20,13 +20,13 @@ import optax
 from seqpe_jax import posenc, sharding
 from seqpe_jax.data import text
 from seqpe_jax.models import gpt, transformer
-from seqpe_jax.tasks import common
+from seqpe_jax.tasks import base, common
 
 
 PROTOCOLS = ('non_overlapping', 'sliding')
 
 
-class LanguageModelTask:
+class LanguageModelTask(base.Task):
   """Everything the trainer needs for a GPT experiment."""
   metric = 'ppl'
   axis_label = 'evaluation length (tokens)'

@@ -34,9 +34,10 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from seqpe_jax import posenc, sharding
+from seqpe_jax import results as results_files
 from seqpe_jax.data import batching, retrieval, text
 from seqpe_jax.models import gpt, transformer
-from seqpe_jax.tasks import common, finetune, lm
+from seqpe_jax.tasks import base, common, finetune, lm
 
 SOURCES = ('passkey', 'kv', 'jsonl')
 SCRATCH = 'scratch'  # init_from value for a run that starts from random parameters.
@@ -104,7 +105,7 @@ def answer_loss(logits_BLV, batch):
   return loss, {'train/answer_ppl': jnp.exp(loss)}
 
 
-class QATask:
+class QATask(base.Task):
   """Everything the trainer needs to fine-tune a GPT on long-context QA."""
   metric = 'em'
   axis_label = 'context length (tokens)'
@@ -279,13 +280,6 @@ def _corpus_dir(data):
 
 
 @functools.cache
-def _pyplot():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')  # Files only; no display on training hosts.
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
-
-
 def write_depth_heatmap(workdir, results: dict[int, dict[str, float]], title: str = '',
                         suffix: str = '') -> epath.Path | None:
   """WORKDIR/extrapolation_depth{suffix}.png: EM per context length (rows) and needle depth
@@ -295,7 +289,7 @@ def write_depth_heatmap(workdir, results: dict[int, dict[str, float]], title: st
                    for n in lengths])
   if np.isnan(grid).all():
     return None
-  plt = _pyplot()
+  plt = results_files.pyplot()
   fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * len(lengths)))
   image = ax.imshow(grid, vmin=0, vmax=1, cmap='viridis', aspect='auto')
   for (i, d), value in np.ndenumerate(grid):
@@ -309,7 +303,5 @@ def write_depth_heatmap(workdir, results: dict[int, dict[str, float]], title: st
   fig.colorbar(image, ax=ax, fraction=0.04)
   fig.tight_layout()
   path = epath.Path(workdir) / f'extrapolation_depth{suffix}.png'
-  with path.open('wb') as f:  # Also on gs://.
-    fig.savefig(f, format='png', dpi=120)
-  plt.close(fig)
+  results_files.save_figure(fig, path)
   return path

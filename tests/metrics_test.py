@@ -1,0 +1,53 @@
+"""Metric writing without TensorFlow: event files a reader gets back, metrics.jsonl, and
+the console's progress line."""
+
+import json
+import math
+
+from seqpe_jax import metrics
+from tests import event_files
+
+
+def test_scalars_and_config_reach_the_event_files_and_the_jsonl(tmp_path):
+  writer = metrics.MetricWriter(tmp_path)
+  writer.write_config({'model': {'name': 'gpt', 'variant': 'tiny'}, 'seed': 3,
+                       'eval': {'lengths': (128, 256)}})
+  writer.write(10, {'train/loss': 2.5, 'train/lr': 1e-3})
+  writer.write(20, {'train/loss': 2.25})
+  writer.close()
+  read = event_files.scalars(tmp_path)
+  assert read['train/loss'] == {10: 2.5, 20: 2.25} and list(read['train/lr']) == [10]
+  assert math.isclose(read['train/lr'][10], 1e-3, rel_tol=1e-6)  # Stored as float32.
+  plugins = event_files.plugin_tags(tmp_path)
+  assert '_hparams_/experiment' in plugins['hparams'] and 'config/text_summary' in plugins['text']
+  rows = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert rows == [{'step': 10, 'train/loss': 2.5, 'train/lr': 1e-3},
+                  {'step': 20, 'train/loss': 2.25}]
+
+
+def test_a_resumed_writer_drops_the_rows_about_to_be_redone(tmp_path):
+  writer = metrics.MetricWriter(tmp_path)
+  for step in (10, 20, 30):
+    writer.write(step, {'train/loss': float(step)})
+  writer.close()
+  metrics.MetricWriter(tmp_path, resumed_at=20).close()
+  steps = [json.loads(line)['step'] for line in (tmp_path / 'metrics.jsonl').read_text()
+           .splitlines()]
+  assert steps == [10, 20]
+
+
+def test_progress_counts_only_the_steps_this_process_ran():
+  now = [100.0]
+  progress = metrics.Progress(total_steps=1000, start_step=400, clock=lambda: now[0])
+  now[0] += 20.0  # 100 steps after the resume at 400, at 5 steps/s.
+  assert progress.update(500) == 5.0
+  line = progress.line(500, {'train/loss': 3.14159})
+  assert line == 'step 500/1000  loss 3.1416  5.00 steps/s  1m40s left'
+  now[0] += 10.0  # Faster now: the estimate follows the last interval.
+  progress.update(600)
+  assert progress.line(600, {'train/loss': 3.0}).endswith('10.00 steps/s  40s left')
+
+
+def test_durations_read_at_a_glance():
+  assert [metrics.format_duration(s) for s in (7.4, 100, 3725, math.nan)] == [
+      '7s', '1m40s', '1h02m', '?']
