@@ -5,7 +5,8 @@ Argument string (big_vision style, after the file name):
           (grids 7x7 to 21x21).
           About 10 minutes on a 2-core CPU.
   smoke   scikit-learn digits, a tiny ViT, a few steps: seconds, for tests.
-  paper   ImageNet-1k ViT-S/16 at 224 px, the paper's recipe; evaluates at 224..672 px.
+  paper   ImageNet-1k ViT-S/16 at 224 px, the paper's recipe (DeiT augmentation, timm ViT
+          initialisation); evaluates at 224..672 px.
 """
 
 import ml_collections
@@ -27,6 +28,13 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
   c.model.dropout = 0.0
   # Label smoothing of the classification loss.
   c.model.label_smoothing = 0.1
+  # MLP activation: 'tanh' (approximate) | 'erf' (exact GELU, as timm's ViT).
+  c.model.gelu = 'tanh'
+  # Head kernel: 'zeros' | 'trunc_normal' (std 0.02, as timm).
+  c.model.head_init = 'zeros'
+  # Patch embedding: 'normal' (kernel N(0, 0.02), bias 0) | 'torch' (PyTorch's Conv2d
+  # default, kernel and bias U(+-1/sqrt(fan_in)), as timm's PatchEmbed).
+  c.model.patch_init = 'normal'
 
   c.data = ml_collections.ConfigDict()
   # fashion_mnist | digits | imagenet2012.
@@ -35,8 +43,14 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
   c.data.dir = ''
   # Training resolution in pixels.
   c.data.image_size = 28
-  # The last training examples held out as the validation split (choosing variants).
+  # The last training examples held out as the validation split (choosing variants); for
+  # ImageNet a fixed random subset (its class folders are sorted by class).
   c.data.valid_size = 5_000
+  # Input worker processes per host (0: threads in the training process).
+  c.data.workers = 0
+  # Evaluation resizes the shorter side to resolution / eval_crop, then centre-crops.
+  c.data.eval_crop = 1.0
+  c.data.augment = augment_config()
 
   c.pe = common.pe_section(pe)
   # ViT default for SeqPE: per-layer projection, attn_mul (method doc, section 4.2).
@@ -73,6 +87,15 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
     c.model.variant = 'S/16'
     c.data.name, c.data.image_size = 'imagenet2012', 224
     c.data.valid_size = 12_811  # 1% of ImageNet's train split.
+    c.data.workers = 16
+    c.data.eval_crop = 0.875  # DeiT's evaluation crop.
+    # DeiT's recipe: timm 'rand-m9-mstd0.5-inc1', mixup 0.8, cutmix 1.0, erasing 0.25.
+    a = c.data.augment
+    a.crop, a.flip_prob = 'random_resized', 0.5
+    a.randaugment_ops, a.randaugment_magnitude, a.randaugment_magnitude_std = 2, 9.0, 0.5
+    a.mixup_alpha, a.cutmix_alpha, a.mix_prob, a.mix_switch_prob = 0.8, 1.0, 1.0, 0.5
+    a.erase_prob = 0.25
+    c.model.gelu, c.model.head_init, c.model.patch_init = 'erf', 'trunc_normal', 'torch'
     c.pe.seqpe.d_model, c.pe.seqpe.num_heads = 384, 6
     c.pe.contrastive.num_pivots, c.pe.contrastive.num_candidates = 128, 64
     c.pe.ood.num_groups, c.pe.ood.num_teachers = 128, 64
@@ -84,3 +107,28 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
     c.eval.batch_size = 256
   c.lock()
   return c
+
+
+def augment_config() -> ml_collections.ConfigDict:
+  """Training augmentation (seqpe_jax/data/augment.py); all off by default."""
+  a = ml_collections.ConfigDict()
+  # 'centre' (resize the shorter side, centre crop) | 'random_resized' (bicubic), with the
+  # crop's area fraction and aspect (w/h) ranges.
+  a.crop = 'centre'
+  a.crop_scale = (0.08, 1.0)
+  a.crop_ratio = (3 / 4, 4 / 3)
+  # Probability of a horizontal flip.
+  a.flip_prob = 0.0
+  # RandAugment: ops per image (0: off), magnitude 0..10 and its per-op standard deviation.
+  a.randaugment_ops = 0
+  a.randaugment_magnitude = 9.0
+  a.randaugment_magnitude_std = 0.5
+  # Random erasing (per-pixel normal noise) probability.
+  a.erase_prob = 0.0
+  # Mixup / cutmix Beta(alpha, alpha) (0: off), the probability a batch is mixed, and the
+  # probability of cutmix when both are on.
+  a.mixup_alpha = 0.0
+  a.cutmix_alpha = 0.0
+  a.mix_prob = 1.0
+  a.mix_switch_prob = 0.5
+  return a

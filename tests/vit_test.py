@@ -36,6 +36,61 @@ def test_paper_config_matches_the_method_table():
       0, 0, 0)
 
 
+def test_paper_config_is_the_deit_recipe_on_a_timm_vit():
+  c = vit_seqpe.get_config('paper')
+  a = c.data.augment
+  assert (a.crop, a.crop_scale, a.crop_ratio, a.flip_prob) == (
+      'random_resized', (0.08, 1.0), (3 / 4, 4 / 3), 0.5)
+  assert (a.randaugment_ops, a.randaugment_magnitude, a.randaugment_magnitude_std) == (2, 9, 0.5)
+  assert (a.mixup_alpha, a.cutmix_alpha, a.mix_prob, a.mix_switch_prob) == (0.8, 1.0, 1.0, 0.5)
+  assert (a.erase_prob, c.model.label_smoothing, c.data.eval_crop) == (0.25, 0.1, 0.875)
+  assert c.data.valid_size == 1_281_167 // 100 and c.data.workers > 0
+  assert (c.model.gelu, c.model.head_init, c.model.patch_init) == ('erf', 'trunc_normal', 'torch')
+
+
+def nano_vit(num_classes=10, **init):
+  """A nano/4 ViT at 16 px with `init` options, its parameters and a forward's inputs."""
+  c = vit_base.get_config('smoke', pe='ape')
+  pe = posenc.build(c.pe, vit.host_spec('nano/4', 16))
+  v = vit.parse_variant('nano/4')
+  model = vit.ViT(num_classes, v['width'], v['depth'], v['num_heads'], v['mlp_dim'],
+                  v['patch_size'], pe, init_options=vit.InitOptions(**init))
+  images = jax.random.uniform(jax.random.key(3), (2, 16, 16, 3), minval=-1, maxval=1)
+  features = pe.features(pe.init(jax.random.key(1), (4, 4)), (4, 4))
+  return model, model.init(jax.random.key(2), images, features)['params'], images, features
+
+
+def test_head_and_patch_initialisation():
+  _, params, _, _ = nano_vit(1000)
+  assert not params['head']['kernel'].any() and not params['patch_embed']['bias'].any()
+  np.testing.assert_allclose(params['patch_embed']['kernel'].std(), 0.02, rtol=0.1)
+  _, params, _, _ = nano_vit(1000, head_init='trunc_normal', patch_init='torch')
+  np.testing.assert_allclose(params['head']['kernel'].std(), 0.02, rtol=0.05)
+  bound = 1 / np.sqrt(4 * 4 * 3)  # PyTorch's Conv2d default: U(+-1/sqrt(fan_in)).
+  for name in ('kernel', 'bias'):
+    values = np.asarray(params['patch_embed'][name])
+    assert np.abs(values).max() <= bound and np.abs(values).max() > 0.8 * bound
+  np.testing.assert_allclose(params['patch_embed']['kernel'].std(), bound / np.sqrt(3), rtol=0.1)
+  with pytest.raises(ValueError, match="model.head_init must be one of zeros, trunc_normal"):
+    vit.InitOptions.from_config({'head_init': 'xavier'})
+
+
+@pytest.mark.parametrize('gelu', ['tanh', 'erf'])
+def test_mlp_activation(gelu):
+  model, params, images, features = nano_vit(gelu=gelu)
+  # Pre-activations of order 1, where the two GELUs differ by up to 1e-3.
+  params['encoder']['block_0']['mlp_in']['kernel'] *= 50
+  _, state = model.apply({'params': params}, images, features, capture_intermediates=True,
+                         mutable=['intermediates'])
+  block = state['intermediates']['encoder']['block_0']
+  h, out = block['mlp_in']['__call__'][0], block['mlp_out']['__call__'][0]
+  dense = params['encoder']['block_0']['mlp_out']
+  for approximate in (True, False):
+    expected = jax.nn.gelu(h, approximate=approximate) @ dense['kernel'] + dense['bias']
+    close = np.allclose(out, expected, rtol=0, atol=1e-6)
+    assert close == (approximate == (gelu == 'tanh')), approximate
+
+
 def test_vit_s16_takes_a_step_at_224():
   c = vit_seqpe.get_config('paper')
   host = vit.host_spec('S/16', 224)

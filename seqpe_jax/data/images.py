@@ -1,20 +1,24 @@
 """Image classification data: Fashion-MNIST (default), scikit-learn digits (tests), ImageNet.
 
-Splits are uint8 arrays in memory (or a random-access TFDS source for ImageNet). Training
-batches come from a grain `MapDataset`, which is random access: the batch of step s is
-`dataset[s]`, so a resumed run reads exactly the batches an uninterrupted run would, and
-the data-iterator state is just the step.
+Splits are uint8 arrays in memory, or random-access sources for ImageNet (a TFDS-prepared
+`imagenet2012`, or the ILSVRC class-folder layout of JPEGs). Training batches come from a
+grain `MapDataset`, which is random access: the batch of step s is `dataset[s]`, so a
+resumed run reads exactly the batches an uninterrupted run would, and the data-iterator
+state is just the step. Augmentation (`augment.py`) is seeded by the seed, the step and the
+row, so that stays true with it; `workers` > 0 reads in grain worker processes.
 """
 
 import dataclasses
 import gzip
+import os
 import pathlib
 
 import grain
 import jax
 import numpy as np
+import PIL.Image
 
-from seqpe_jax.data import batching
+from seqpe_jax.data import augment, batching
 
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 FASHION_MNIST_FILES = {
@@ -73,12 +77,21 @@ def load_digits() -> dict[str, Split]:
 
 
 def load_imagenet(data_dir: str | None) -> dict[str, object]:
-  """ImageNet-1k prepared with TFDS (`imagenet2012`), read without TensorFlow."""
+  """ImageNet-1k, {'train', 'validation'}: the ILSVRC class folders of JPEGs under
+  `data_dir` (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG, as the reference's timm reads it), or
+  else TFDS's prepared `imagenet2012`, read without TensorFlow."""
+  if data_dir and ImageFolder.holds(pathlib.Path(data_dir) / 'train'):
+    root = pathlib.Path(data_dir)
+    if not ImageFolder.holds(root / 'val'):
+      raise FileNotFoundError(f'{root}/train holds ImageNet class folders but {root}/val does '
+                              'not: put the validation images in val/<wnid>/ as well.')
+    return {'train': ImageFolder(root / 'train'), 'validation': ImageFolder(root / 'val')}
   try:
     import tensorflow_datasets as tfds  # Optional: only the paper configs read ImageNet.
   except ImportError as e:
-    raise ImportError('Reading ImageNet needs tensorflow-datasets: pip install '
-                      'tensorflow-datasets.') from e
+    raise ImportError('Reading ImageNet needs tensorflow-datasets (pip install '
+                      'tensorflow-datasets), or set --config.data.dir to a folder with the '
+                      'ILSVRC train/<wnid>/ and val/<wnid>/ JPEG folders.') from e
   try:
     return {split: tfds.data_source('imagenet2012', split=split, data_dir=data_dir,
                                     download=False)
@@ -86,28 +99,55 @@ def load_imagenet(data_dir: str | None) -> dict[str, object]:
   except Exception as e:  # TFDS raises several types for a missing dataset.
     raise FileNotFoundError(
         f'ImageNet-1k is not prepared under {data_dir or "~/tensorflow_datasets"}: prepare '
-        'the TFDS imagenet2012 dataset (manual download of the ILSVRC2012 tars) and set '
-        '--config.data.dir.') from e
+        'the TFDS imagenet2012 dataset (manual download of the ILSVRC2012 tars), or unpack '
+        'the JPEGs into train/<wnid>/ and val/<wnid>/ there, and set --config.data.dir.') from e
+
+
+class ImageFolder:
+  """A random-access split of JPEGs in ROOT/<class>/: label = the class folder's rank in
+  name order (for ImageNet the sorted wnids, the order TFDS's labels follow too)."""
+
+  def __init__(self, root: pathlib.Path):
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    # scandir's entries know their type without a stat per file (1.28 M of them).
+    files = [(f'{c}/{name}', label) for label, c in enumerate(classes)
+             for name in sorted(e.name for e in os.scandir(root / c) if e.is_file())]
+    self.root = str(root)
+    # Byte strings in one array: a few bytes per image to send to each worker process.
+    self.files = np.array([name.encode() for name, _ in files])
+    self.labels = np.array([label for _, label in files], np.int32)
+
+  @staticmethod
+  def holds(path: pathlib.Path) -> bool:
+    return path.is_dir() and any(d.is_dir() for d in path.iterdir())
+
+  def __len__(self):
+    return len(self.labels)
+
+  def __getitem__(self, index):
+    with PIL.Image.open(f'{self.root}/{self.files[index].decode()}') as image:
+      pixels = np.asarray(image.convert('RGB'))
+    return {'image': pixels, 'label': self.labels[index]}
 
 
 class Subset:
-  """Examples [start, stop) of a random-access split."""
+  """The examples `indices` of a random-access split, in that order."""
 
-  def __init__(self, split, start: int, stop: int):
-    self._split, self._start, self._len = split, start, stop - start
+  def __init__(self, split, indices: np.ndarray):
+    self._split, self._indices = split, np.asarray(indices, np.int64)
 
   def __len__(self):
-    return self._len
+    return len(self._indices)
 
   def __getitem__(self, index):
-    if not 0 <= index < self._len:
+    if not 0 <= index < len(self._indices):
       raise IndexError(index)
-    return self._split[self._start + int(index)]
+    return self._split[int(self._indices[index])]
 
 
 def load(name: str, data_dir: str | None, *, valid_size: int) -> dict[str, Split]:
-  """{'train', 'valid', 'test'}: 'valid' is the last `valid_size` training examples, held
-  out of 'train' for choosing between variants (the test split is only for reporting)."""
+  """{'train', 'valid', 'test'}: 'valid' is `valid_size` training examples held out of
+  'train' for choosing between variants (the test split is only for reporting)."""
   if name == 'fashion_mnist':
     splits = load_fashion_mnist(data_dir)
   elif name == 'digits':
@@ -121,27 +161,64 @@ def load(name: str, data_dir: str | None, *, valid_size: int) -> dict[str, Split
   if not 0 < valid_size < n:
     raise ValueError(f'data.valid_size={valid_size} must leave training examples and hold at '
                      f'least one out; the {name} train split has {n}.')
-  return {'train': Subset(splits['train'], 0, n - valid_size),
-          'valid': Subset(splits['train'], n - valid_size, n), 'test': splits['test']}
+  train, valid = holdout(n, valid_size, spread=name == 'imagenet2012')
+  return {'train': Subset(splits['train'], train), 'valid': Subset(splits['train'], valid),
+          'test': splits['test']}
 
 
-def train_batches(split, *, global_batch: int, seed: int, image_size: int) -> grain.MapDataset:
-  """Shuffled, repeated, batched training data; element s is the global batch of step s."""
-  return batching.step_batches(len(split), global_batch=global_batch, seed=seed,
-                               read=lambda idx: _read(split, idx, image_size))
+def holdout(n: int, valid_size: int, *, spread: bool) -> tuple[np.ndarray, np.ndarray]:
+  """(train, valid) indices: the last `valid_size` examples, or with `spread` a fixed random
+  `valid_size` (the same for every run and seed): ImageNet's class folders are sorted by
+  class, so their tail would hold out whole classes."""
+  if not spread:
+    return np.arange(n - valid_size), np.arange(n - valid_size, n)
+  held = np.zeros(n, bool)
+  held[np.random.default_rng(0).choice(n, valid_size, replace=False)] = True
+  return np.flatnonzero(~held), np.flatnonzero(held)
 
 
-def eval_batches(split, *, batch_size: int, image_size: int, rows: np.ndarray | None = None):
+def train_batches(split, *, global_batch: int, seed: int, image_size: int,
+                  options: augment.Options = augment.Options(),
+                  workers: int = 0) -> batching.StepBatches:
+  """Shuffled, repeated, batched training data; element s is the global batch of step s
+  (this process's rows of it), augmented as `options` say."""
+  if not options.active:
+    return batching.step_batches(len(split), global_batch=global_batch, seed=seed,
+                                 read=lambda idx: _read(split, idx, image_size), workers=workers)
+  indices, first = batching.step_indices(len(split), global_batch=global_batch, seed=seed)
+  process = jax.process_index()
+  read = lambda step, idx: _read_augmented(split, idx, image_size, options, seed=seed,
+                                           step=step, first_row=first, process=process)
+  return batching.StepBatches(indices.map_with_index(read), workers)
+
+
+def eval_batches(split, *, batch_size: int, image_size: int, rows: np.ndarray | None = None,
+                 crop: float = 1.0, workers: int = 0):
   """Every example once, in order; the last batch is padded and masked. With `rows`, only
-  those rows of each batch are read (a process's share of a multi-process evaluation)."""
+  those rows of each batch are read (a process's share of a multi-process evaluation).
+  Images are read in parallel (threads, or `workers` processes), each resized so its
+  shorter side is image_size / crop and centre-cropped to image_size."""
   n = len(split)
-  for start in range(0, n, batch_size):
-    idx = np.arange(start, start + batch_size)
-    if rows is not None:
-      idx = idx[rows]
-    batch = _read(split, np.minimum(idx, n - 1), image_size)
-    batch['mask'] = idx < n
-    yield batch
+  rows = np.arange(batch_size) if rows is None else np.asarray(rows)
+  idx = (np.arange(-(-n // batch_size))[:, None] * batch_size + rows[None]).ravel()
+  examples = grain.MapDataset.range(len(idx)).map(
+      lambda i: _read_eval(split, idx[i], n, image_size, crop))
+  return iter(batching.read(examples, workers).batch(len(rows)))
+
+
+def eval_batch(split, index: int, *, batch_size: int, image_size: int,
+               rows: np.ndarray | None = None, crop: float = 1.0) -> dict[str, np.ndarray]:
+  """Batch `index` of `eval_batches`, read in this thread (one batch, e.g. for diagnostics)."""
+  rows = np.arange(batch_size) if rows is None else np.asarray(rows)
+  examples = [_read_eval(split, index * batch_size + r, len(split), image_size, crop)
+              for r in rows]
+  return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+def _read_eval(split, i: int, n: int, image_size: int, crop: float) -> dict[str, np.ndarray]:
+  example = split[int(min(i, n - 1))]  # Padding rows repeat the last example, masked out.
+  return {'image': resize_shorter_and_crop(example['image'], image_size, crop),
+          'label': np.int32(example['label']), 'mask': np.bool_(i < n)}
 
 
 def _read(split, idx: np.ndarray, image_size: int) -> dict[str, np.ndarray]:
@@ -150,20 +227,23 @@ def _read(split, idx: np.ndarray, image_size: int) -> dict[str, np.ndarray]:
   return {'image': images, 'label': np.asarray([e['label'] for e in examples], np.int32)}
 
 
-def resize_shorter_and_crop(image: np.ndarray, size: int) -> np.ndarray:
-  """Bicubic resize of the shorter side to `size`, centre crop to size x size (uint8)."""
-  import PIL.Image  # Pillow comes with matplotlib.
-  h, w = image.shape[:2]
-  if (h, w) != (size, size):
-    scale = size / min(h, w)
-    squeeze = image.shape[-1] == 1
-    pil = PIL.Image.fromarray(image[..., 0] if squeeze else image)
-    pil = pil.resize((max(size, round(w * scale)), max(size, round(h * scale))),
-                     PIL.Image.BICUBIC)
-    image = np.asarray(pil)[..., None] if squeeze else np.asarray(pil)
-    top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
-    image = image[top:top + size, left:left + size]
-  return image
+def _read_augmented(split, idx: np.ndarray, image_size: int, options: augment.Options, *,
+                    seed: int, step: int, first_row: int, process: int) -> dict[str, np.ndarray]:
+  """This process's rows of step `step`, augmented; example randomness is keyed by its row
+  of the global batch, so it does not depend on how many processes share the batch."""
+  examples = [split[int(i)] for i in idx]
+  images = np.stack([
+      augment.augment_example(e['image'], image_size, options,
+                              augment.example_rng(seed, step, first_row + j))
+      for j, e in enumerate(examples)])
+  batch = {'image': images, 'label': np.asarray([e['label'] for e in examples], np.int32)}
+  if options.mixes:
+    batch.update(augment.mix_batch(images, batch['label'], augment.batch_rng(seed, step, process),
+                                   options))
+  return batch
+
+
+resize_shorter_and_crop = augment.resize_shorter_and_crop
 
 
 def normalize(images_uint8: jax.Array) -> jax.Array:

@@ -1,6 +1,7 @@
 """The pre-LN Transformer stack shared by the ViT and the GPT, with PE hooks wired in."""
 
 import dataclasses
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -28,6 +29,8 @@ class Block(nn.Module):
   attention: AttentionOptions = AttentionOptions()
   out_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
   decode: bool = False
+  # The MLP's activation: GPT-2's tanh GELU; the ViT may take the exact one (timm).
+  activation: Callable[[jax.Array], jax.Array] = nn.gelu
 
   @nn.compact
   def __call__(self, x_BLD, pe_state, *, deterministic: bool, key_mask_BL=None):
@@ -40,7 +43,7 @@ class Block(nn.Module):
     x_BLD = x_BLD + nn.Dropout(self.dropout)(h, deterministic=deterministic)
     h = nn.LayerNorm(epsilon=self.ln_eps, name='ln_mlp')(x_BLD)
     h = nn.Dense(self.mlp_dim, kernel_init=nn.initializers.normal(0.02), name='mlp_in')(h)
-    h = nn.Dense(x_BLD.shape[-1], kernel_init=self.out_init, name='mlp_out')(nn.gelu(h))
+    h = nn.Dense(x_BLD.shape[-1], kernel_init=self.out_init, name='mlp_out')(self.activation(h))
     return x_BLD + nn.Dropout(self.dropout)(h, deterministic=deterministic)
 
 
@@ -60,6 +63,8 @@ class Transformer(nn.Module):
   attention: AttentionOptions = AttentionOptions()
   out_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
   decode: bool = False
+  # The MLP's activation: GPT-2's tanh GELU; the ViT may take the exact one (timm).
+  activation: Callable[[jax.Array], jax.Array] = nn.gelu
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array, features, *, deterministic: bool = True,
@@ -69,7 +74,7 @@ class Transformer(nn.Module):
     x_BLD = nn.Dropout(self.dropout)(hook.embed(x_BLD, pe_state), deterministic=deterministic)
     for i in range(self.num_layers):
       x_BLD = Block(self.num_heads, self.mlp_dim, self.pe, self.causal, self.dropout,
-                    self.ln_eps, self.attention, self.out_init, self.decode,
+                    self.ln_eps, self.attention, self.out_init, self.decode, self.activation,
                     name=f'block_{i}')(x_BLD, pe_state, deterministic=deterministic,
                                        key_mask_BL=key_mask_BL)
     return nn.LayerNorm(epsilon=self.ln_eps, name='ln_final')(x_BLD)

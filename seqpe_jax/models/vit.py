@@ -1,9 +1,12 @@
 """Vision Transformer whose positional behaviour comes only from a PE's hooks."""
 
+import dataclasses
+import functools
 import re
 
 import flax.linen as nn
 import jax
+import numpy as np
 
 from seqpe_jax import posenc
 from seqpe_jax.models import transformer
@@ -16,6 +19,34 @@ WIDTHS = {
     'S': (384, 12, 6, 1536),
     'B': (768, 12, 12, 3072),
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class InitOptions:
+  """How the host ViT is initialised and activated (`config.model` fields). The defaults are
+  the CPU configs' choices; `:paper` sets the reference's timm ViT: exact-erf GELU, a
+  truncated-normal(0.02) head, and PyTorch's default Conv2d init of the patch embedding."""
+  # 'tanh' (the approximation; GPT-2 keeps it) | 'erf' (exact, as torch.nn.GELU).
+  gelu: str = 'tanh'
+  # 'zeros' | 'trunc_normal' (std 0.02, cut at +-2 absolute as PyTorch's trunc_normal_).
+  head_init: str = 'zeros'
+  # 'normal' (kernel N(0, 0.02), bias 0) | 'torch' (kernel and bias U(+-1/sqrt(fan_in))).
+  patch_init: str = 'normal'
+
+  CHOICES = {'gelu': ('tanh', 'erf'), 'head_init': ('zeros', 'trunc_normal'),
+             'patch_init': ('normal', 'torch')}
+
+  @classmethod
+  def from_config(cls, model) -> 'InitOptions':
+    """From `config.model`; a field a config lacks (saved before it existed) keeps the
+    default, which is what such a run trained with."""
+    values = {name: model.get(name, default) for name, default in
+              (('gelu', cls.gelu), ('head_init', cls.head_init), ('patch_init', cls.patch_init))}
+    for name, value in values.items():
+      if value not in cls.CHOICES[name]:
+        raise ValueError(f"model.{name} must be one of {', '.join(cls.CHOICES[name])}, got "
+                         f"'{value}'.")
+    return cls(**values)
 
 
 def parse_variant(variant: str) -> dict[str, int]:
@@ -44,20 +75,47 @@ class ViT(nn.Module):
   pe: posenc.PositionalEncoding
   dropout: float = 0.0
   ln_eps: float = 1e-6
+  init_options: InitOptions = InitOptions()
 
   @nn.compact
   def __call__(self, images_BHWC: jax.Array, features, *, deterministic: bool = True):
     p = self.patch_size
-    x = nn.Conv(self.width, (p, p), strides=(p, p), padding='VALID',
-                kernel_init=nn.initializers.normal(0.02), name='patch_embed')(images_BHWC)
+    if self.init_options.patch_init == 'torch':
+      bound = 1 / np.sqrt(p * p * images_BHWC.shape[-1])
+      patch_inits = dict(kernel_init=uniform(bound), bias_init=uniform(bound))
+    else:
+      patch_inits = dict(kernel_init=nn.initializers.normal(0.02))
+    x = nn.Conv(self.width, (p, p), strides=(p, p), padding='VALID', **patch_inits,
+                name='patch_embed')(images_BHWC)
     batch, h, w, _ = x.shape
     cls = self.param('cls', nn.initializers.normal(0.02), (1, 1, self.width))
     x = jax.numpy.concatenate([jax.numpy.broadcast_to(cls, (batch, 1, self.width)),
                                x.reshape(batch, h * w, self.width)], axis=1)
+    # The tanh GELU is the shared Transformer's default, so only the exact one is passed.
+    activation = {} if self.init_options.gelu == 'tanh' else {
+        'activation': functools.partial(nn.gelu, approximate=False)}
     x = transformer.Transformer(self.depth, self.num_heads, self.mlp_dim, self.pe,
-                                dropout=self.dropout, ln_eps=self.ln_eps,
+                                dropout=self.dropout, ln_eps=self.ln_eps, **activation,
                                 name='encoder')(x, features, deterministic=deterministic)
-    return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, name='head')(x[:, 0])
+    head_init = (truncated_normal(0.02, bound=2.0) if self.init_options.head_init == 'trunc_normal'
+                 else nn.initializers.zeros)
+    return nn.Dense(self.num_classes, kernel_init=head_init, name='head')(x[:, 0])
+
+
+def uniform(bound: float) -> nn.initializers.Initializer:
+  """U(-bound, bound), PyTorch's default for Conv2d weights and biases at 1/sqrt(fan_in)."""
+  def init(key, shape, dtype=jax.numpy.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+def truncated_normal(std: float, *, bound: float) -> nn.initializers.Initializer:
+  """N(0, std) cut at +-bound in absolute units, as PyTorch's trunc_normal_(std=...) (its
+  default bound 2 is 100 std at 0.02, so nothing is cut there; flax's truncated_normal would
+  cut at 2 std and rescale)."""
+  def init(key, shape, dtype=jax.numpy.float32):
+    return std * jax.random.truncated_normal(key, -bound / std, bound / std, shape, dtype)
+  return init
 
 
 def host_spec(variant: str, image_size: int) -> posenc.HostSpec:

@@ -3,7 +3,12 @@
 Evaluation resizes the test images (bicubic), so the patch grid grows while the patch
 size stays: 28 px with patch 4 is a 7x7 grid, 84 px a 21x21 grid. Each PE extends to the
 new grid its own way (SeqPE encodes new positions, APE resamples bicubically, RoPE and
-sinusoidal extend), computed once per resolution.
+sinusoidal extend), computed once per resolution. With `data.eval_crop` < 1 (DeiT's 0.875)
+the shorter side is resized to resolution / crop before the centre crop.
+
+Training may augment (`data.augment`, the DeiT recipe in `:paper`); mixup and cutmix give
+each example a second label and the weight of its own, and the loss mixes the one-hot
+targets before label smoothing (smoothing is affine, so this equals mixing smoothed ones).
 """
 
 import functools
@@ -13,12 +18,12 @@ import jax.numpy as jnp
 import optax
 
 from seqpe_jax import posenc, sharding
-from seqpe_jax.data import images
+from seqpe_jax.data import augment, batching, images
 from seqpe_jax.models import vit
-from seqpe_jax.tasks import common
+from seqpe_jax.tasks import base, common
 
 
-class ClassificationTask:
+class ClassificationTask(base.Task):
   """Everything the trainer needs for a ViT experiment."""
   metric = 'accuracy'
   axis_label = 'resolution (px)'
@@ -30,6 +35,19 @@ class ClassificationTask:
     self.variant = vit.parse_variant(config.model.variant)
     for res in [size, *config.eval.resolutions]:
       vit.patch_grid(res, self.variant['patch_size'])
+    # Runs saved before these fields existed trained without augmentation, read in threads
+    # and evaluated without a crop margin; their configs still evaluate that way.
+    self.augment = augment.Options.from_config(config.data.get('augment'))
+    self.workers = config.data.get('workers', 0)
+    batching.check_workers(self.workers)
+    self.eval_crop = config.data.get('eval_crop', 1.0)
+    if not 0 < self.eval_crop <= 1:
+      raise ValueError(f'data.eval_crop is the centre crop\'s fraction of the resized image, in '
+                       f'(0, 1], got {self.eval_crop}.')
+    if self.eval_crop != 1:
+      self.sweep_protocol = (f'shorter side resized to resolution / {self.eval_crop} (bicubic), '
+                             'centre crop')
+    init_options = vit.InitOptions.from_config(config.model)
     self.splits = images.load(config.data.name, config.data.dir or None,
                               valid_size=config.data.valid_size)
     if config.eval.split not in self.splits:
@@ -42,7 +60,8 @@ class ClassificationTask:
         config, self.host, [self.grid(res) for res in config.eval.resolutions])
     self.model = vit.ViT(self.num_classes, self.variant['width'], self.variant['depth'],
                          self.variant['num_heads'], self.variant['mlp_dim'],
-                         self.variant['patch_size'], self.pe, dropout=config.model.dropout)
+                         self.variant['patch_size'], self.pe, dropout=config.model.dropout,
+                         init_options=init_options)
     self.channels = self.splits['train'][0]['image'].shape[-1]
 
   def grid(self, resolution: int) -> tuple[int, int]:
@@ -57,15 +76,16 @@ class ClassificationTask:
 
   def train_batches(self, seed: int):
     return images.train_batches(self.splits['train'], global_batch=self.config.batch_size,
-                                seed=seed, image_size=self.config.data.image_size)
+                                seed=seed, image_size=self.config.data.image_size,
+                                options=self.augment, workers=self.workers)
 
   def heldout_batch(self, mesh):
     """A fixed batch of validation images at the training resolution (diagnostics)."""
     batch_size = sharding.eval_batch_size(self.config.eval.batch_size, mesh)
     rows = sharding.process_rows(batch_size, mesh)
-    return sharding.global_batch(next(images.eval_batches(
-        self.splits['valid'], batch_size=batch_size, image_size=self.config.data.image_size,
-        rows=rows)), mesh)
+    return sharding.global_batch(images.eval_batch(
+        self.splits['valid'], 0, batch_size=batch_size, image_size=self.config.data.image_size,
+        rows=rows, crop=self.eval_crop), mesh)
 
   def logits(self, model_params, batch, features, *, train: bool, rng=None, mutable=False):
     """Logits [B, classes]; with `mutable` (collection names) also the updated collections."""
@@ -75,9 +95,13 @@ class ClassificationTask:
                             rngs=rngs, mutable=mutable)
 
   def loss(self, logits, batch):
-    """Label-smoothed cross-entropy and accuracy."""
+    """Label-smoothed cross-entropy and accuracy (against each image's own label)."""
     smoothing = self.config.model.label_smoothing
-    targets = optax.smooth_labels(jax.nn.one_hot(batch['label'], self.num_classes), smoothing)
+    targets = jax.nn.one_hot(batch['label'], self.num_classes)
+    if 'mix_weight' in batch:  # Mixup / cutmix: each image is a blend of two examples.
+      w = batch['mix_weight'][:, None]
+      targets = w * targets + (1 - w) * jax.nn.one_hot(batch['mix_label'], self.num_classes)
+    targets = optax.smooth_labels(targets, smoothing)
     loss = optax.softmax_cross_entropy(logits, targets).mean()
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
     return loss, {'train/accuracy': accuracy}
@@ -96,7 +120,8 @@ class ClassificationTask:
       correct, total = sharding.sum_per_batch(
           _eval_step(self, params['model'], features, sharding.global_batch(b, mesh))
           for b in images.eval_batches(self.splits[split], batch_size=batch_size,
-                                       image_size=res, rows=rows))
+                                       image_size=res, rows=rows, crop=self.eval_crop,
+                                       workers=self.workers))
       results[res] = {'accuracy': int(correct) / int(total)}
     return results
 
