@@ -1,5 +1,7 @@
 """Config sections every experiment shares: run loop, optimizer, device mesh, PE defaults."""
 
+import dataclasses
+
 import ml_collections
 
 from seqpe_jax.posenc import config as pe_config
@@ -55,15 +57,37 @@ def mesh_config() -> ml_collections.ConfigDict:
   return m
 
 
-def pe_section(name: str) -> ml_collections.ConfigDict:
-  """The PE section for PE `name` with CPU-sized SeqPE work (`paper` variants restore the
-  reference sizes); baselines train with the same recipe, without SeqPE's extras."""
+@dataclasses.dataclass(frozen=True)
+class SeqPESizes:
+  """Every size of SeqPE's work, set in one place: each experiment keeps one row per
+  variant (SEQPE_SIZES in configs/<family>_base.py); docs/method.md §10 explains them."""
+  d_model: int  # Encoder width (num_heads heads, 2 layers).
+  num_heads: int
+  max_position: int  # Position space per axis; sets the digits per axis.
+  pivots: int  # Contrastive pivots per step x candidates per pivot.
+  candidates: int
+  groups: int  # OOD distillation groups per step x teachers (= students) per group.
+  students: int
+  windows: int  # Shift windows per shifted step, and the fixed pool they come from.
+  pool: int
+  num_digits: int = 0  # 0: enough digits for max_position.
+  window_range: int = 256  # 1D contrastive window range.
+
+  def apply(self, pe: ml_collections.ConfigDict) -> None:
+    pe.seqpe.d_model, pe.seqpe.num_heads = self.d_model, self.num_heads
+    pe.seqpe.max_position, pe.seqpe.num_digits = self.max_position, self.num_digits
+    pe.contrastive.num_pivots, pe.contrastive.num_candidates = self.pivots, self.candidates
+    pe.contrastive.window_range = self.window_range
+    pe.ood.num_groups, pe.ood.num_teachers = self.groups, self.students
+    pe.shift.num_windows, pe.shift.pool_size = self.windows, self.pool
+
+
+def pe_section(name: str, sizes: SeqPESizes) -> ml_collections.ConfigDict:
+  """The PE section for PE `name` with SeqPE's `sizes`; baselines train with the same
+  recipe, without SeqPE's extras (they keep the sizes, which nothing reads)."""
   pe = pe_config.get_config()
   pe.name = name
-  pe.seqpe.d_model, pe.seqpe.num_heads = 64, 2
-  pe.contrastive.num_pivots, pe.contrastive.num_candidates = 16, 32
-  pe.ood.num_groups, pe.ood.num_teachers = 8, 32
-  pe.shift.num_windows = 16
+  sizes.apply(pe)
   if name != 'seqpe':
     pe.contrastive.weight = pe.ood.weight = pe.shift.prob = 0.0
   return pe

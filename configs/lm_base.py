@@ -13,6 +13,19 @@ import ml_collections
 
 from configs import common
 
+# SeqPE's sizes per variant (`paper`: the reference's per-device sizes x its 4 devices;
+# positions up to 20,000 in 5 digits).
+SEQPE_SIZES = {
+    'smoke': common.SeqPESizes(d_model=32, num_heads=2, max_position=300, pivots=4,
+                               candidates=8, groups=2, students=4, windows=4, pool=16,
+                               window_range=64),
+    '': common.SeqPESizes(d_model=64, num_heads=2, max_position=10_000, pivots=16,
+                          candidates=32, groups=8, students=32, windows=16, pool=320),
+    'paper': common.SeqPESizes(d_model=768, num_heads=12, max_position=20_000, num_digits=5,
+                               pivots=64, candidates=32, groups=64, students=32, windows=64,
+                               pool=320),
+}
+
 
 def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
   c, variant = common.run_config(arg)
@@ -46,11 +59,10 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
   # Training window length (positions 0..seq_len-1).
   c.data.seq_len = 128
 
-  c.pe = common.pe_section(pe)
-  # LM default for SeqPE: attn_scalar with one shared q/k projection (method doc 4.2).
+  c.pe = common.pe_section(pe, SEQPE_SIZES[variant])
+  # LM default for SeqPE: attn_scalar with one shared q/k projection (docs/method.md §4.2).
   c.pe.inject.method = 'attn_scalar' if pe == 'seqpe' else ''
   c.pe.inject.qk_proj = 'shared'
-  c.pe.seqpe.max_position = 10_000
 
   # The GPT-2 recipe: linear warm-up and decay, no weight decay.
   c.optimizer = common.optimizer_config(lr=1e-3, schedule='linear', warmup_steps=100,
@@ -73,15 +85,10 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
     c.model.variant = 'nano'
     c.model.attention_block = 32  # Evaluation at 64 tokens takes the blockwise path.
     c.data.name, c.data.tokenizer, c.data.seq_len = 'pydoc_topics', 'byte', 32
-    c.pe.seqpe.max_position, c.pe.seqpe.d_model = 300, 32
-    c.pe.contrastive.num_pivots, c.pe.contrastive.num_candidates = 4, 8
-    c.pe.contrastive.window_range = 64
-    c.pe.ood.num_groups, c.pe.ood.num_teachers = 2, 4
-    c.pe.shift.num_windows, c.pe.shift.pool_size = 4, 16
     c.optimizer.warmup_steps = 2
     c.eval.lengths, c.eval.batch_size = (32, 64), 8
   elif variant == 'paper':
-    # GPT-2 small on WikiText-103 (method doc, section 11).
+    # GPT-2 small on WikiText-103 (docs/method.md §11.2).
     c.seed = 10086
     c.total_steps, c.batch_size = 100_000, 128
     c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 100, 5_000, 5_000
@@ -89,11 +96,6 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
     c.model.variant = 'small'
     c.model.dropout = c.model.attention_dropout = 0.1
     c.data.name, c.data.tokenizer, c.data.seq_len = 'wikitext', 'gpt2', 512
-    c.pe.seqpe.max_position, c.pe.seqpe.num_digits = 20_000, 5
-    c.pe.seqpe.d_model, c.pe.seqpe.num_heads = 768, 12
-    c.pe.contrastive.num_pivots, c.pe.contrastive.num_candidates = 64, 32
-    c.pe.ood.num_groups, c.pe.ood.num_teachers = 64, 32
-    c.pe.shift.num_windows, c.pe.shift.pool_size = 64, 320
     c.optimizer.lr, c.optimizer.warmup_steps = 5e-5, 4_000
     c.eval.lengths = (512, 1024, 2048, 4096, 8192, 16384)
     c.eval.batch_size = 1

@@ -19,15 +19,26 @@ Argument string (big_vision style, after the file name):
           steps, shift pool 160); EM at 1,024..16,384 tokens, batch 1 as in the reference.
 """
 
+import dataclasses
+
 import ml_collections
 
 from configs import common, lm_base
+
+# SeqPE's sizes per variant: the LM run's, with room for the longer block in `smoke`, and
+# in `paper` the reference QA run's shift pool of 160 and one shift window per example.
+SEQPE_SIZES = {
+    'smoke': dataclasses.replace(lm_base.SEQPE_SIZES['smoke'], max_position=1000),
+    '': lm_base.SEQPE_SIZES[''],
+    'paper': dataclasses.replace(lm_base.SEQPE_SIZES['paper'], pool=160, windows=128),
+}
 
 
 def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
   c = lm_base.get_config(arg, pe)  # The LM run's model, PE and tokenizer for this variant.
   variant = arg or ''
   c.unlock()
+  SEQPE_SIZES[variant].apply(c.pe)
   # Which task the trainer builds (tasks.TASKS); the model section stays the LM's.
   c.task = 'qa'
   # The --workdir of the LM run to fine-tune (its newest checkpoint), or 'scratch'.
@@ -71,8 +82,6 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
     c.log_every_steps, c.checkpoint_every_steps = 2, 2
     # Byte tokens: the answer and end-of-text take 7 of the 10, the prompt may run 2 over.
     c.data.seq_len, c.data.num_train, c.data.answer_room = 300, 24, 10
-    # The same 3 digits as the LM's 300, with room for OOD offsets past the longer block.
-    c.pe.seqpe.max_position = 1000
     c.optimizer.warmup_steps = 2
     c.eval.lengths, c.eval.num_examples, c.eval.batch_size = (300, 600), 10, 8
   elif variant == 'paper':
@@ -80,7 +89,6 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
     c.log_every_steps, c.checkpoint_every_steps = 50, 250
     c.keep_checkpoints = 3
     c.data.source, c.data.seq_len = 'jsonl', 1024
-    c.pe.shift.pool_size = 160
     c.optimizer.lr, c.optimizer.warmup_steps = 5e-5, 100
     c.eval.lengths = (1024, 2048, 4096, 8192, 16384)
     c.eval.split, c.eval.batch_size = 'validation', 1

@@ -13,6 +13,16 @@ import ml_collections
 
 from configs import common
 
+# SeqPE's sizes per variant (the reference's per-device sizes x its 4 devices in `paper`).
+SEQPE_SIZES = {
+    'smoke': common.SeqPESizes(d_model=32, num_heads=2, max_position=30, pivots=4,
+                               candidates=8, groups=2, students=4, windows=4, pool=16),
+    '': common.SeqPESizes(d_model=64, num_heads=2, max_position=100, pivots=16,
+                          candidates=32, groups=8, students=32, windows=16, pool=320),
+    'paper': common.SeqPESizes(d_model=384, num_heads=6, max_position=100, pivots=128,
+                               candidates=64, groups=128, students=64, windows=128, pool=320),
+}
+
 
 def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
   c, variant = common.run_config(arg)
@@ -52,10 +62,9 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
   c.data.eval_crop = 1.0
   c.data.augment = augment_config()
 
-  c.pe = common.pe_section(pe)
-  # ViT default for SeqPE: per-layer projection, attn_mul (method doc, section 4.2).
+  c.pe = common.pe_section(pe, SEQPE_SIZES[variant])
+  # ViT default for SeqPE: per-layer projection, attn_mul (docs/method.md §4.2).
   c.pe.inject.qk_proj = 'per_layer'
-  c.pe.seqpe.max_position = 100
 
   c.optimizer = common.optimizer_config(lr=1e-3, schedule='cosine', warmup_steps=100,
                                        warmup_init=1e-6, min_lr=1e-5, weight_decay=0.05)
@@ -73,14 +82,10 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
     c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 2, 0, 3
     c.model.variant = 'nano/4'
     c.data.name, c.data.image_size, c.data.valid_size = 'digits', 8, 64
-    c.pe.seqpe.max_position, c.pe.seqpe.d_model = 30, 32
-    c.pe.contrastive.num_pivots, c.pe.contrastive.num_candidates = 4, 8
-    c.pe.ood.num_groups, c.pe.ood.num_teachers = 2, 4
-    c.pe.shift.num_windows, c.pe.shift.pool_size = 4, 16
     c.optimizer.warmup_steps = 2
     c.eval.resolutions, c.eval.batch_size = (8, 16), 64
   elif variant == 'paper':
-    # ImageNet-1k ViT-S/16 (method doc, section 11).
+    # ImageNet-1k ViT-S/16 (docs/method.md §11.1).
     c.total_steps = 400 * 1_281_167 // 1024  # 400 epochs.
     c.batch_size = 1024
     c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 100, 12_510, 6_255
@@ -96,10 +101,6 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
     a.mixup_alpha, a.cutmix_alpha, a.mix_prob, a.mix_switch_prob = 0.8, 1.0, 1.0, 0.5
     a.erase_prob = 0.25
     c.model.gelu, c.model.head_init, c.model.patch_init = 'erf', 'trunc_normal', 'torch'
-    c.pe.seqpe.d_model, c.pe.seqpe.num_heads = 384, 6
-    c.pe.contrastive.num_pivots, c.pe.contrastive.num_candidates = 128, 64
-    c.pe.ood.num_groups, c.pe.ood.num_teachers = 128, 64
-    c.pe.shift.num_windows, c.pe.shift.pool_size = 128, 320
     c.optimizer.lr = 1.2e-3
     c.optimizer.warmup_steps = 20 * 1_281_167 // 1024  # 20 epochs.
     c.optimizer.min_lr = 1e-5

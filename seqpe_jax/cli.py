@@ -14,12 +14,13 @@ see where they came from.
 """
 
 import contextlib
+import logging as std_logging
 import os
 import pathlib
 import re
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 EXIT_BAD_INPUT = 2
@@ -58,13 +59,23 @@ def _status(error: Exception) -> int | None:
   return None
 
 
+def quiet_library_logs() -> None:
+  """Library INFO logs off, and orbax's warnings (advice on save timing that a small run
+  triggers on every save), unless --verbosity is given (e.g. --verbosity=0 for INFO)."""
+  if flags.FLAGS['verbosity'].present:
+    return
+  logging.set_verbosity(logging.WARNING)
+  logging.get_absl_handler().addFilter(
+      lambda record: record.levelno >= std_logging.ERROR or '/orbax/' not in record.pathname)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing for `app.run(main, flags_parser=cli.parse_flags)`, with the config
   loaded at once: a missing config file, a variant the file does not define, an override
   key the config does not have or a value of the wrong type is one sentence and status 2,
   before anything else runs (absl would print its usage page or three tracebacks)."""
   try:
-    remaining = flags.FLAGS(argv)
+    remaining = flags.FLAGS([_installed_config(arg) for arg in argv])
     if 'config' in flags.FLAGS:
       _load_config()
   except Exception as e:  # pylint: disable=broad-except
@@ -73,6 +84,19 @@ def parse_flags(argv: list[str]) -> list[str]:
     print(f'error: {_config_error(e, argv)}', file=sys.stderr)
     sys.exit(EXIT_BAD_INPUT)
   return remaining
+
+
+def _installed_config(arg: str) -> str:
+  """--config=configs/x.py from outside the checkout: the configs installed beside the
+  package (`pip install -e .` or a wheel) when the path does not exist here."""
+  if not arg.startswith('--config='):
+    return arg
+  path, colon, variant = arg[len('--config='):].partition(':')
+  beside_package = pathlib.Path(__file__).resolve().parents[1] / path
+  if pathlib.Path(path).is_absolute() or pathlib.Path(path).exists() or not (
+      beside_package.is_file()):
+    return arg
+  return f'--config={beside_package}{colon}{variant}'
 
 
 def _load_config() -> None:

@@ -10,7 +10,6 @@ The console shows one progress line per log step; `--verbosity=0` (absl's flag) 
 INFO logs of the libraries underneath (orbax's saves, the parameter table, ...).
 """
 
-import logging as std_logging
 import os
 
 import jax
@@ -69,19 +68,10 @@ def use_compilation_cache(directory: str | None) -> None:
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 
-def quiet_library_logs() -> None:
-  """Library INFO logs off; orbax's warnings too (advice on save timing that a small run
-  triggers on every save), its errors kept. `--verbosity=0` shows them all."""
-  logging.set_verbosity(logging.WARNING)
-  logging.get_absl_handler().addFilter(
-      lambda record: record.levelno >= std_logging.ERROR or '/orbax/' not in record.pathname)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}.')
-  if not flags.FLAGS['verbosity'].present:
-    quiet_library_logs()
+  cli.quiet_library_logs()
   with cli.exit_statuses():
     use_compilation_cache(flags.FLAGS.compilation_cache)
     initialize_processes(flags.FLAGS)

@@ -25,7 +25,6 @@ import dataclasses
 import importlib
 import importlib.util
 import json
-import logging as std_logging
 import pathlib
 import shlex
 import sys
@@ -331,7 +330,7 @@ def main(argv):
     _exit_with(f'Unexpected arguments: {" ".join(argv[1:])}.', 2)
   if not flags.FLAGS.suite or not flags.FLAGS.workdir:
     _exit_with('Pass --suite=lm|vit|ablations and --workdir=DIR.', 2)
-  std_logging.getLogger('orbax').setLevel(std_logging.WARNING)  # Per-file save chatter.
+  cli.quiet_library_logs()
   try:
     run_study(flags.FLAGS.suite, flags.FLAGS.workdir, seeds=flags.FLAGS.seeds,
               variant=flags.FLAGS.variant, steps=flags.FLAGS.steps, only=flags.FLAGS.only)

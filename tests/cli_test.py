@@ -77,3 +77,15 @@ def test_a_smoke_run_is_quiet_by_default_and_fills_the_compilation_cache(tmp_pat
   assert any(line.startswith('Final evaluation, ppl: 32 ') for line in lines)
   assert not any('orbax' in line or line.startswith('I1') for line in lines), '\n'.join(lines)
   assert any((cache / 'xla').iterdir())
+
+
+def test_configs_resolve_from_outside_the_checkout(tmp_path, monkeypatch):
+  from seqpe_jax import cli  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(tmp_path)
+  assert cli._installed_config('--config=configs/lm_ape.py:smoke') == (
+      f'--config={REPO / "configs/lm_ape.py"}:smoke')
+  (tmp_path / 'configs').mkdir()
+  (tmp_path / 'configs/lm_ape.py').write_text('')  # A config of one's own wins.
+  assert cli._installed_config('--config=configs/lm_ape.py') == '--config=configs/lm_ape.py'
+  assert cli._installed_config('--config=configs/missing.py') == '--config=configs/missing.py'
+  assert cli._installed_config('--workdir=configs/lm_ape.py') == '--workdir=configs/lm_ape.py'

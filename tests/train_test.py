@@ -150,6 +150,36 @@ def test_evaluate_reruns_the_sweep_from_the_checkpoint(seqpe_run):
   assert json.loads((workdir / 'extrapolation.json').read_text())['results']['16'] == results[16]
 
 
+def test_evaluate_with_other_resolutions_leaves_the_training_record_alone(seqpe_run):
+  workdir, results = seqpe_run
+  record = {name: (workdir / name).read_text() for name in ('config.json', 'extrapolation.json')}
+  wider = evaluate.evaluate_workdir(str(workdir), overrides={'eval.resolutions': (16, 24)},
+                                    name='wide')
+  assert set(wider) == {16, 24} and wider[16] == results[16]  # The same checkpoint.
+  table = json.loads((workdir / 'extrapolation_wide.json').read_text())
+  assert set(table['results']) == {'16', '24'}
+  assert table['overrides'] == {'eval.resolutions': [16, 24]}
+  assert (workdir / 'extrapolation_wide.png').stat().st_size > 0
+  assert {name: (workdir / name).read_text() for name in record} == record
+  with pytest.raises(ValueError, match='evaluate changes eval.. settings only'):
+    evaluate.evaluate_workdir(str(workdir), overrides={'model.variant': 'S/16'}, name='x')
+  with pytest.raises(ValueError, match='is not a field of the run.s config; its eval fields'):
+    evaluate.evaluate_workdir(str(workdir), overrides={'eval.lengths': (8,)}, name='x')
+  with pytest.raises(ValueError, match='--name'):
+    evaluate.evaluate_workdir(str(workdir), overrides={'eval.resolutions': (16,)})
+
+
+def test_evaluate_overrides_parse_like_the_trainers():
+  rest, overrides = evaluate.parse_overrides(
+      ['evaluate', '--workdir=w', '--config.eval.lengths=128,4096',
+       "--config.eval.protocol=sliding", '--config.eval.stride_fraction=0.25'])
+  assert rest == ['evaluate', '--workdir=w']
+  assert overrides == {'eval.lengths': (128, 4096), 'eval.protocol': 'sliding',
+                       'eval.stride_fraction': 0.25}
+  with pytest.raises(ValueError, match='has no value'):
+    evaluate.parse_overrides(['--config.eval.lengths'])
+
+
 def test_a_nonfinite_state_is_never_saved_and_the_advice_works(tmp_path):
   # The warm-up's first step has learning rate 0, the next ones are huge: the loss stops
   # being finite a few steps in, with a checkpoint after every step.

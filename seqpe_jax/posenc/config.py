@@ -4,7 +4,12 @@ import ml_collections
 
 
 def get_config() -> ml_collections.ConfigDict:
-  """The PE section of an experiment config; experiment files override fields."""
+  """The PE section of an experiment config; experiment files override fields.
+
+  The sizes below (encoder width, position space, pivots, groups, windows) are the ViT
+  reference's, for library use; the experiment configs set every one of them from their
+  SEQPE_SIZES table (configs/common.SeqPESizes), one row per variant.
+  """
   pe = ml_collections.ConfigDict()
   # Which PE: seqpe | ape | sincos | sincos2d | rope | rope2d | rope_mixed | alibi | none.
   pe.name = 'seqpe'
