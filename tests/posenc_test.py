@@ -21,7 +21,7 @@ def pe_config(name, **fields):
   return cfg
 
 
-CASES = [(name, shape) for name in posenc.PE_METHODS for shape in ((8,), (3, 4))
+CASES = [(name, shape) for name in posenc.REGISTRY for shape in ((8,), (3, 4))
          if not (name in ('rope2d', 'rope_mixed') and len(shape) == 1)
          and not (name == 'alibi' and len(shape) == 2)]
 CASES += [('seqpe', (2, 2, 3))] + [('seqpe', (8,), m) for m in ('attn_add', 'attn_scalar',

@@ -21,20 +21,9 @@ import ml_collections
 from seqpe_jax import positions
 from seqpe_jax.posenc import config, inject, seqpe, sources
 
-__all__ = ['HostSpec', 'PositionalEncoding', 'TableCache', 'build', 'config', 'PE_METHODS']
+__all__ = ['HostSpec', 'PEKind', 'PositionalEncoding', 'REGISTRY', 'TableCache', 'build',
+           'config', 'register']
 
-# Injection methods each PE supports; the first is its default.
-PE_METHODS = {
-    'seqpe': ('attn_mul', 'attn_add', 'attn_scalar', 'input_add'),
-    'ape': ('input_add',),
-    'sincos': ('input_add',),
-    'sincos2d': ('input_add',),
-    'rope': ('rotary',),
-    'rope2d': ('rotary',),
-    'rope_mixed': ('rotary',),
-    'alibi': ('bias',),
-    'none': ('none',),
-}
 QK_PROJ = ('per_layer', 'shared', 'none')
 
 
@@ -140,47 +129,153 @@ def seqpe_num_digits(cfg: ml_collections.ConfigDict) -> int:
   return cfg.num_digits or positions.num_digits(cfg.max_position, cfg.base)
 
 
+@dataclasses.dataclass(frozen=True)
+class PEKind:
+  """How to build one kind of PE, registered under its `config.pe.name`.
+
+  Attributes:
+    methods: the injection methods it supports; the first is its default.
+    source: (pe config, host, method) -> the Linen module computing its features from
+      positions (its own parameters), once per set of positions.
+    hooks: (pe config, host, method) -> (model hook class, layer hook class), the host-side
+      modules that put the features into the model; by default those of the method.
+    config_section: the `config.pe` section its parameters' meaning depends on (checked
+      when a QA run starts from an LM run); '' if none.
+  """
+  methods: tuple[str, ...]
+  source: Callable[[ml_collections.ConfigDict, HostSpec, str], nn.Module]
+  hooks: Callable[[ml_collections.ConfigDict, HostSpec, str], tuple] = None
+  config_section: str = ''
+
+  def __post_init__(self):
+    unknown = [m for m in self.methods if m not in inject.METHODS]
+    if not self.methods or unknown:
+      raise ValueError(f'A PE needs injection methods from {", ".join(inject.METHODS)}; got '
+                       f'{self.methods}.')
+    if self.hooks is None:
+      object.__setattr__(self, 'hooks', method_hooks)
+
+
+REGISTRY: dict[str, PEKind] = {}
+
+
+def register(name: str, kind: PEKind) -> PEKind:
+  """Makes `config.pe.name = name` build `kind` (see README, "Add a position encoding")."""
+  if name in REGISTRY:
+    raise ValueError(f"A PE named '{name}' is already registered.")
+  REGISTRY[name] = kind
+  return kind
+
+
 def build(cfg: ml_collections.ConfigDict, host: HostSpec) -> PositionalEncoding:
   """Builds the PE named `cfg.name` for `host`, validating every choice up front."""
-  if cfg.name not in PE_METHODS:
-    raise ValueError(f"Unknown PE '{cfg.name}'; choose one of: {', '.join(PE_METHODS)}.")
-  method = cfg.inject.method or PE_METHODS[cfg.name][0]
-  if method not in PE_METHODS[cfg.name]:
+  if cfg.name not in REGISTRY:
+    raise ValueError(f"Unknown PE '{cfg.name}'; choose one of: {', '.join(REGISTRY)}.")
+  kind = REGISTRY[cfg.name]
+  method = cfg.inject.method or kind.methods[0]
+  if method not in kind.methods:
     raise ValueError(f"PE '{cfg.name}' does not support injection '{method}'; it supports: "
-                     f"{', '.join(PE_METHODS[cfg.name])}.")
-  source = _build_source(cfg, host, method)
-  model_hook, layer_hook = _build_hooks(cfg, host, method)
+                     f"{', '.join(kind.methods)}.")
+  source = kind.source(cfg, host, method)
+  model_hook, layer_hook = kind.hooks(cfg, host, method)
   return PositionalEncoding(cfg.name, method, host, source, model_hook, layer_hook)
 
 
-def _build_source(cfg, host: HostSpec, method: str) -> nn.Module:
-  name, prefix = cfg.name, host.num_prefix
-  if name == 'seqpe':
-    return sources.SeqPESource(_build_encoder(cfg, host, method), num_prefix=prefix)
-  if name == 'ape':
-    return sources.LearnedSource(host.train_shape, host.d_model, prefix, cfg.ape.cubic)
-  if name == 'sincos':
-    _even('A sinusoidal PE', host.d_model, 2)
-    return sources.SinCosSource(host.d_model, prefix, cfg.sincos.base)
-  if name == 'sincos2d':
-    _even(f'A {host.ndim}D sinusoidal PE', host.d_model, 2 * host.ndim)
-    return sources.SinCosGridSource(host.d_model, prefix, cfg.sincos.base)
-  if name in ('rope', 'rope2d'):
-    axial = name == 'rope2d'
+def method_hooks(cfg, host: HostSpec, method: str):
+  """The (model hook, layer hook) of an injection method."""
+  if method == 'input_add':
+    return inject.InputAdd, inject.LayerHook
+  if method in ('attn_mul', 'attn_add', 'attn_scalar'):
+    return _qk_injection_hooks(cfg, host, method)
+  if method == 'rotary':
+    return inject.ModelHook, inject.Rotary
+  if method == 'bias':
+    return inject.ModelHook, functools.partial(inject.KeyPositionBias,
+                                               pre_scale=cfg.alibi.pre_scale)
+  return inject.ModelHook, inject.LayerHook
+
+
+def _qk_injection_hooks(cfg, host: HostSpec, method: str):
+  qk_proj = cfg.inject.qk_proj
+  if qk_proj not in QK_PROJ:
+    raise ValueError(f"Unknown pe.inject.qk_proj '{qk_proj}'; use one of {', '.join(QK_PROJ)}.")
+  if cfg.inject.scalar_impl not in ('concat', 'bias'):
+    raise ValueError(f"pe.inject.scalar_impl must be 'concat' or 'bias', got "
+                     f"'{cfg.inject.scalar_impl}'.")
+  d_out = host.d_model if cfg.inject.multi_head else host.head_dim
+  if cfg.inject.proj_init_std <= 0:
+    raise ValueError(f'pe.inject.proj_init_std must be positive, got {cfg.inject.proj_init_std}.')
+  init_std, bias_init = cfg.inject.proj_init_std, cfg.inject.proj_bias_init
+  shared = functools.partial(inject.SharedQKProjection, d_out=d_out, init_std=init_std,
+                             bias_init=bias_init)
+  model_hook = {'per_layer': inject.ModelHook, 'none': inject.DuplicateQK,
+                'shared': shared}[qk_proj]
+  layer_hook = functools.partial(
+      inject.QKInjection, method=method, per_layer=qk_proj == 'per_layer',
+      multi_head=cfg.inject.multi_head, scalar_scale=cfg.inject.scalar_scale,
+      scalar_impl=cfg.inject.scalar_impl, proj_init_std=init_std, proj_bias_init=bias_init)
+  return model_hook, layer_hook
+
+
+# ---------------------------------------------------------------- The built-in PEs.
+
+
+def _seqpe_source(cfg, host, method):
+  return sources.SeqPESource(_build_encoder(cfg, host, method), num_prefix=host.num_prefix)
+
+
+def _sincos_source(cfg, host, method):
+  del method
+  _even('A sinusoidal PE', host.d_model, 2)
+  return sources.SinCosSource(host.d_model, host.num_prefix, cfg.sincos.base)
+
+
+def _sincos2d_source(cfg, host, method):
+  del method
+  _even(f'A {host.ndim}D sinusoidal PE', host.d_model, 2 * host.ndim)
+  return sources.SinCosGridSource(host.d_model, host.num_prefix, cfg.sincos.base)
+
+
+def _rotary_source(axial: bool):
+  def source(cfg, host, method):
+    del method
+    name = 'rope2d' if axial else 'rope'
     if axial:
       _need_2d(name, host)
     _even(f'{name} (head dimension)', host.head_dim, 4 if axial else 2)
-    return sources.RotarySource(host.head_dim, axial, prefix, cfg.rope.base)
-  if name == 'rope_mixed':
-    _need_2d(name, host)
-    _even('rope_mixed (head dimension)', host.head_dim, 4)
-    return sources.CoordinateSource(prefix)
-  if name == 'alibi':
-    if not host.causal:
-      raise ValueError('ALiBi adds a bias on key positions, which equals the relative bias only '
-                       'under a causal mask; use it with the causal (GPT) model.')
-    return sources.KeyPositionSource(prefix)
-  return sources.NoSource()
+    return sources.RotarySource(host.head_dim, axial, host.num_prefix, cfg.rope.base)
+  return source
+
+
+def _rope_mixed_source(cfg, host, method):
+  del cfg, method
+  _need_2d('rope_mixed', host)
+  _even('rope_mixed (head dimension)', host.head_dim, 4)
+  return sources.CoordinateSource(host.num_prefix)
+
+
+def _alibi_source(cfg, host, method):
+  del cfg, method
+  if not host.causal:
+    raise ValueError('ALiBi adds a bias on key positions, which equals the relative bias only '
+                     'under a causal mask; use it with the causal (GPT) model.')
+  return sources.KeyPositionSource(host.num_prefix)
+
+
+register('seqpe', PEKind(('attn_mul', 'attn_add', 'attn_scalar', 'input_add'), _seqpe_source,
+                         config_section='seqpe'))
+register('ape', PEKind(('input_add',), lambda cfg, host, method: sources.LearnedSource(
+    host.train_shape, host.d_model, host.num_prefix, cfg.ape.cubic), config_section='ape'))
+register('sincos', PEKind(('input_add',), _sincos_source, config_section='sincos'))
+register('sincos2d', PEKind(('input_add',), _sincos2d_source, config_section='sincos'))
+register('rope', PEKind(('rotary',), _rotary_source(axial=False), config_section='rope'))
+register('rope2d', PEKind(('rotary',), _rotary_source(axial=True), config_section='rope'))
+register('rope_mixed', PEKind(
+    ('rotary',), _rope_mixed_source, config_section='rope',
+    hooks=lambda cfg, host, method: (inject.ModelHook, functools.partial(
+        inject.MixedRotary, base=cfg.rope.base))))
+register('alibi', PEKind(('bias',), _alibi_source, config_section='alibi'))
+register('none', PEKind(('none',), lambda cfg, host, method: sources.NoSource()))
 
 
 def _build_encoder(cfg, host: HostSpec, method: str) -> seqpe.SeqPEEncoder:
@@ -198,39 +293,6 @@ def _build_encoder(cfg, host: HostSpec, method: str) -> seqpe.SeqPEEncoder:
       num_heads=s.num_heads, num_layers=s.num_layers, dropout=s.dropout,
       attention=s.attention, mask_padding=s.mask_padding, slot_ids=s.slot_ids,
       temperature=s.temperature, param_init=s.init)
-
-
-def _build_hooks(cfg, host: HostSpec, method: str):
-  if method == 'input_add':
-    return inject.InputAdd, inject.LayerHook
-  if method in ('attn_mul', 'attn_add', 'attn_scalar'):
-    qk_proj = cfg.inject.qk_proj
-    if qk_proj not in QK_PROJ:
-      raise ValueError(f"Unknown pe.inject.qk_proj '{qk_proj}'; use one of {', '.join(QK_PROJ)}.")
-    if cfg.inject.scalar_impl not in ('concat', 'bias'):
-      raise ValueError(f"pe.inject.scalar_impl must be 'concat' or 'bias', got "
-                       f"'{cfg.inject.scalar_impl}'.")
-    d_out = host.d_model if cfg.inject.multi_head else host.head_dim
-    if cfg.inject.proj_init_std <= 0:
-      raise ValueError(f'pe.inject.proj_init_std must be positive, got {cfg.inject.proj_init_std}.')
-    init_std, bias_init = cfg.inject.proj_init_std, cfg.inject.proj_bias_init
-    shared = functools.partial(inject.SharedQKProjection, d_out=d_out, init_std=init_std,
-                               bias_init=bias_init)
-    model_hook = {'per_layer': inject.ModelHook, 'none': inject.DuplicateQK,
-                  'shared': shared}[qk_proj]
-    layer_hook = functools.partial(
-        inject.QKInjection, method=method, per_layer=qk_proj == 'per_layer',
-        multi_head=cfg.inject.multi_head, scalar_scale=cfg.inject.scalar_scale,
-        scalar_impl=cfg.inject.scalar_impl, proj_init_std=init_std, proj_bias_init=bias_init)
-    return model_hook, layer_hook
-  if method == 'rotary':
-    if cfg.name == 'rope_mixed':
-      return inject.ModelHook, functools.partial(inject.MixedRotary, base=cfg.rope.base)
-    return inject.ModelHook, inject.Rotary
-  if method == 'bias':
-    return inject.ModelHook, functools.partial(inject.KeyPositionBias,
-                                               pre_scale=cfg.alibi.pre_scale)
-  return inject.ModelHook, inject.LayerHook
 
 
 def _even(what: str, value: int, multiple: int) -> None:

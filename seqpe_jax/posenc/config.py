@@ -11,11 +11,12 @@ def get_config() -> ml_collections.ConfigDict:
   SEQPE_SIZES table (configs/common.SeqPESizes), one row per variant.
   """
   pe = ml_collections.ConfigDict()
-  # Which PE: seqpe | ape | sincos | sincos2d | rope | rope2d | rope_mixed | alibi | none.
+  # Which PE: seqpe | ape | sincos | sincos2d | rope | rope2d | rope_mixed | alibi | none, or
+  # one registered with posenc.register.
   pe.name = 'seqpe'
 
   pe.inject = ml_collections.ConfigDict()
-  # How the PE enters the host; '' takes the PE's default (see posenc.PE_METHODS).
+  # How the PE enters the host; '' takes the PE's default (posenc.REGISTRY[name].methods).
   pe.inject.method = ''
   # Where SeqPE's q/k projection lives: per_layer (ViT) | shared (LM) | none (p_q = p_k = e).
   pe.inject.qk_proj = 'per_layer'

@@ -18,14 +18,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from seqpe_jax import checkpoint, positions
+from seqpe_jax import checkpoint, posenc, positions
 from seqpe_jax.posenc import baselines
 
 # Training-only fields of the model section (the parameters mean the same without them).
 TRAINING_ONLY = ('dropout', 'attention_dropout', 'attention', 'attention_block', 'dtype')
-# The PE section each PE reads its parameters' meaning from, besides pe.name and pe.inject.
-PE_SECTION = {'seqpe': 'seqpe', 'ape': 'ape', 'sincos': 'sincos', 'sincos2d': 'sincos',
-              'rope': 'rope', 'rope2d': 'rope', 'rope_mixed': 'rope', 'alibi': 'alibi'}
 
 
 def parameter_fields(config: dict) -> dict:
@@ -35,7 +32,9 @@ def parameter_fields(config: dict) -> dict:
   pe = config['pe']
   fields['pe.name'] = pe['name']
   fields.update({f'pe.inject.{k}': v for k, v in pe['inject'].items()})
-  section = PE_SECTION.get(pe['name'])
+  # The section the PE reads its parameters' meaning from, besides pe.name and pe.inject.
+  kind = posenc.REGISTRY.get(pe['name'])
+  section = kind.config_section if kind else ''
   if section:
     fields.update({f'pe.{section}.{k}': v for k, v in pe[section].items()
                    if (section, k) not in (('seqpe', 'dropout'), ('seqpe', 'max_position'))})
