@@ -3,7 +3,7 @@
 Argument string (big_vision style, after the file name):
   (none)  The Wikipedia sample embedded in gensim, a 4k BPE trained locally, a tiny GPT
           trained on 128-token windows; perplexity at 128..2048 tokens (1x to 16x).
-          About 10 minutes on a 2-core CPU.
+          About 10 minutes on a 2-core CPU for the baselines, 13-20 for SeqPE.
   smoke   Python's reference prose (standard library), bytes, a nano GPT, a few steps.
   paper   GPT-2 small from scratch on WikiText-103 (data.dir) at 512 tokens with GPT-2 BPE,
           the reference recipe; perplexity at 512..16384 tokens.
