@@ -33,7 +33,10 @@ flags.DEFINE_integer('init_timeout', 300, 'Seconds to wait for every process to 
 flags.DEFINE_string('compilation_cache', None, "JAX's persistent compilation cache: a "
                     'directory (default $JAX_COMPILATION_CACHE_DIR, else the xla/ folder of '
                     "the project's cache, ~/.cache/seqpe_jax or $SEQPE_CACHE_DIR), or 'off'.")
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.DEFINE_bool('compile_only', False, 'Compile the train step for the configured mesh, print '
+                  'its per-device memory and FLOPs, and exit without training (no --workdir '
+                  'needed).')
+flags.mark_flags_as_required(['config'])
 
 
 def initialize_processes(args) -> None:
@@ -78,6 +81,11 @@ def main(argv):
     logging.info('Process %d of %d; %d local of %d devices: %s', jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count(),
                  jax.devices()[0].device_kind)
+    if flags.FLAGS.compile_only:
+      print(train.format_compile_report(train.compile_report(flags.FLAGS.config)))
+      return
+    if not flags.FLAGS.workdir:
+      raise app.UsageError('Pass --workdir=DIR (where the run writes), or --compile_only.')
     train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
 
 

@@ -20,10 +20,6 @@ from seqpe_jax.state import abstract_state, init_state, make_optimizer  # TODO(m
 from seqpe_jax.preemption import PreemptionWatch
 
 
-def make_shift_pool(task, key):
-  return task.shift_pool(key)
-
-
 def make_gradients(task, base_key, shift_pool):
   """(params, batch, step, split) -> (scalars, grads): the loss's gradient in two parts.
 
@@ -98,6 +94,66 @@ def make_train_step(task, optimizer, base_key, shift_pool):
   return step
 
 
+def jit_train_step(task, optimizer, step_key, shift_pool, state_shardings, mesh):
+  """The train step jitted for the mesh: state sharded as given, batch over the data axes,
+  metrics replicated, the old state's buffers donated to the new one."""
+  return jax.jit(make_train_step(task, optimizer, step_key, shift_pool),
+                 in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)),
+                 donate_argnums=0)
+
+
+def compile_report(config: ml_collections.ConfigDict) -> dict[str, float]:
+  """Lowers and compiles the train step for the configured mesh without allocating the
+  state or training: XLA's per-device memory plan and FLOPs per step (`--compile_only`).
+
+  The state is abstract (shapes and shardings), and the batch too, after one batch is
+  read for its shapes; nothing is written. Bytes and FLOPs are per device, as XLA
+  partitions the step (FLOPs as XLA's cost analysis counts them).
+  """
+  validate(config)
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch(config.batch_size, mesh)
+  task = tasks.build(config)
+  _, step_key, pool_key = jax.random.split(jax.random.key(config.seed), 3)
+  optimizer = make_optimizer(task, config)
+  target = abstract_state(task, optimizer, mesh)
+  state_shardings = jax.tree.map(lambda x: x.sharding, target)
+  first = task.train_batches(config.seed)[0]  # This process's rows: the global shapes follow.
+  batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+      (x.shape[0] * jax.process_count(),) + x.shape[1:], x.dtype,
+      sharding=sharding.batch_sharding(mesh)), first)
+  train_step = jit_train_step(task, optimizer, step_key, task.shift_pool(pool_key),
+                              state_shardings, mesh)
+  compiled = train_step.lower(target, batch).compile()
+  memory = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # Older JAX: one per module.
+  report = {'devices': mesh.size, 'mesh': dict(mesh.shape),
+            'arguments_bytes': memory.argument_size_in_bytes,
+            'outputs_bytes': memory.output_size_in_bytes,
+            'temporaries_bytes': memory.temp_size_in_bytes,
+            'donated_bytes': memory.alias_size_in_bytes,
+            'code_bytes': memory.generated_code_size_in_bytes,
+            'flops_per_step': float(cost.get('flops', float('nan')))}
+  # Donated arguments are reused for the outputs, so they count once.
+  report['peak_bytes_estimate'] = (report['arguments_bytes'] + report['outputs_bytes']
+                                   - report['donated_bytes'] + report['temporaries_bytes'])
+  return report
+
+
+def format_compile_report(report: dict) -> str:
+  gib = lambda n: f'{n / 2**30:.3f} GiB'
+  return '\n'.join([
+      f"Train step compiled for {report['devices']} device(s), mesh {report['mesh']}; per device:",
+      f"  arguments   {gib(report['arguments_bytes'])} (state and batch; "
+      f"{gib(report['donated_bytes'])} donated to the outputs)",
+      f"  outputs     {gib(report['outputs_bytes'])}",
+      f"  temporaries {gib(report['temporaries_bytes'])}",
+      f"  peak (args + outputs - donated + temporaries) {gib(report['peak_bytes_estimate'])}",
+      f"  FLOPs per step {report['flops_per_step']:.4g} (XLA's count)"])
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Stops on settings that cannot run, before the workdir, the data or the compiler are
   touched (a typo should not cost a minute of compiling or leave an empty run behind)."""
@@ -147,7 +203,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   root_key = jax.random.key(config.seed)
   init_key, step_key, pool_key = jax.random.split(root_key, 3)
   optimizer = make_optimizer(task, config)
-  shift_pool = make_shift_pool(task, pool_key)
+  shift_pool = task.shift_pool(pool_key)
 
   # ---------------------------------------------------------------- Sharded state.
   target = abstract_state(task, optimizer, mesh)
@@ -177,10 +233,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 f"{parameter_overview.count_parameters(state['params']):,} parameters.")
 
   # ---------------------------------------------------------------- Update step.
-  train_step = jax.jit(make_train_step(task, optimizer, step_key, shift_pool),
-                       in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-                       out_shardings=(state_shardings, sharding.replicated(mesh)),
-                       donate_argnums=0)
+  train_step = jit_train_step(task, optimizer, step_key, shift_pool, state_shardings, mesh)
   diagnose = jax.jit(
       diagnostics.make_diagnostics(task, make_gradients(task, step_key, shift_pool)),
       in_shardings=(state_shardings['params'], sharding.batch_sharding(mesh), None,

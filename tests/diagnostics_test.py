@@ -48,7 +48,7 @@ def lm_diagnostics(pe, **overrides):
   optimizer = train.make_optimizer(task, config)
   state = train.init_state(task, optimizer, jax.random.key(0))
   _, step_key, pool_key = jax.random.split(jax.random.key(0), 3)
-  gradients = train.make_gradients(task, step_key, train.make_shift_pool(task, pool_key))
+  gradients = train.make_gradients(task, step_key, task.shift_pool(pool_key))
   diagnose = jax.jit(diagnostics.make_diagnostics(task, gradients))
   batch = jax.tree.map(jnp.asarray, task.train_batches(0)[0])
   heldout = task.heldout_batch(sharding.make_mesh(config.mesh))

@@ -125,7 +125,7 @@ def test_gpt2_small_takes_a_step_at_512():
   n_params = sum(x.size for x in jax.tree.leaves(state['params']['model']))
   assert 124e6 < n_params < 125e6  # GPT-2 small (tied) + the shared q/k projection.
   step = jax.jit(train.make_train_step(task, optimizer, jax.random.key(1),
-                                       train.make_shift_pool(task, jax.random.key(2))))
+                                       task.shift_pool(jax.random.key(2))))
   batch = task.train_batches(0)[0]
   assert batch['tokens'].shape == (1, 512)
   new_state, scalars = step(state, jax.tree.map(jnp.asarray, batch))

@@ -270,3 +270,18 @@ def test_a_checkpoint_older_than_a_state_entry_resumes_with_its_default(tmp_path
   loader.close()
   assert int(restored['step']) == 5 and int(restored['first_nonfinite_step']) == 0
   np.testing.assert_array_equal(restored['params']['w'], np.ones((2, 3)))
+
+
+def test_compile_only_reports_the_per_device_plan_and_writes_nothing(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  replicated = train.compile_report(smoke_config(**{'mesh.data': 8}))
+  sharded = train.compile_report(smoke_config(**{'mesh.data': 4, 'mesh.fsdp': 2}))
+  assert replicated['devices'] == sharded['devices'] == 8
+  for report in (replicated, sharded):
+    assert report['arguments_bytes'] > 0 and report['temporaries_bytes'] > 0
+    assert report['flops_per_step'] > 0
+    assert 0 < report['donated_bytes'] <= report['arguments_bytes']
+  # FSDP splits the (large enough) parameters and their optimizer state over 2 devices.
+  assert sharded['arguments_bytes'] < 0.9 * replicated['arguments_bytes']
+  assert 'FLOPs per step' in train.format_compile_report(sharded)
+  assert not list(tmp_path.iterdir())

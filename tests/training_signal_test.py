@@ -35,7 +35,7 @@ def first_step(family, **overrides):
   optimizer = train.make_optimizer(task, config)
   init_key, step_key, pool_key = jax.random.split(jax.random.key(config.seed), 3)
   state = train.init_state(task, optimizer, init_key)
-  pool = train.make_shift_pool(task, pool_key)
+  pool = task.shift_pool(pool_key)
   batch = jax.tree.map(jnp.asarray, task.train_batches(config.seed)[0])
   step = jax.jit(train.make_train_step(task, optimizer, step_key, pool))
   new_state, scalars = step(state, batch)
@@ -121,7 +121,7 @@ def _step_key(task):
 
 
 def _pool(task):
-  return train.make_shift_pool(task, jax.random.split(jax.random.key(task.config.seed), 3)[2])
+  return task.shift_pool(jax.random.split(jax.random.key(task.config.seed), 3)[2])
 
 
 def test_balancing_caps_the_regulariser_gradient_on_the_encoder():
