@@ -68,9 +68,23 @@ def test_exact_match_is_the_references_containment_test(output, answers, expecte
 def test_scores_by_length_and_depth_decile_and_decoding_stops_at_end_of_text():
   examples = [{'outputs': ['7'], 'depth': d} for d in (0.05, 0.15, 0.19, 1.0)]
   result = qa.score(examples, ['7', 'no', 'it is 7', '7'])
-  assert result == {'em': 0.75, 'examples': 4.0, 'em_depth0': 1.0, 'em_depth1': 0.5,
-                    'em_depth9': 1.0}
-  assert set(qa.score([{'outputs': ['a']}], ['a'])) == {'em', 'examples'}  # No depths: QA files.
+  assert result == {'em': 0.75, 'char_accuracy': 0.5, 'examples': 4.0, 'em_depth0': 1.0,
+                    'em_depth1': 0.5, 'em_depth9': 1.0}
+  assert set(qa.score([{'outputs': ['a']}], ['a'])) == {'em', 'char_accuracy', 'examples'}
+
+
+@pytest.mark.parametrize('output, answers, expected', [
+    (' 24519', ['24519'], 1.0),
+    ('24019', ['24519'], 0.8),  # One digit wrong.
+    ('86666', ['24519'], 0.0),
+    ('2451', ['24519'], 0.8),  # Too short: the missing digit counts as wrong.
+    ('x 24519', ['24519'], 0.0),  # Place matters (EM would count it).
+    ('PARIS', ['london', 'Paris'], 1.0),  # Best over the gold answers, case-blind.
+    ('', ['paris'], 0.0),
+    ('anything', [], 0.0),
+])
+def test_character_accuracy_gives_partial_credit_in_place(output, answers, expected):
+  assert qa.char_accuracy(output, answers) == pytest.approx(expected)
   assert qa.decode_answer(BYTES, list(b' 42') + [EOT] + list(b'junk')) == ' 42'
 
 
