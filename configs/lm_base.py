@@ -44,6 +44,9 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
   # the length above which 'auto' leaves the dense kernel.
   c.model.attention = 'auto'
   c.model.attention_block = 512
+  # Activations and matmuls: float32 | bfloat16 (parameters, optimizer state, softmax and
+  # losses stay float32).
+  c.model.dtype = 'float32'
 
   c.data = ml_collections.ConfigDict()
   # wiki_gensim (embedded) | pydoc_topics (standard library) | wikitext (data.dir).
@@ -95,6 +98,7 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.model.variant = 'small'
     c.model.dropout = c.model.attention_dropout = 0.1
+    c.model.dtype = 'bfloat16'  # The reference trains under bf16 autocast.
     c.data.name, c.data.tokenizer, c.data.seq_len = 'wikitext', 'gpt2', 512
     c.optimizer.lr, c.optimizer.warmup_steps = 5e-5, 4_000
     c.eval.lengths = (512, 1024, 2048, 4096, 8192, 16384)

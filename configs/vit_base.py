@@ -45,6 +45,9 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
   # Patch embedding: 'normal' (kernel N(0, 0.02), bias 0) | 'torch' (PyTorch's Conv2d
   # default, kernel and bias U(+-1/sqrt(fan_in)), as timm's PatchEmbed).
   c.model.patch_init = 'normal'
+  # Activations and matmuls: float32 | bfloat16 (parameters, optimizer state, softmax and
+  # losses stay float32).
+  c.model.dtype = 'float32'
 
   c.data = ml_collections.ConfigDict()
   # fashion_mnist | digits | imagenet2012.
@@ -101,6 +104,7 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
     a.mixup_alpha, a.cutmix_alpha, a.mix_prob, a.mix_switch_prob = 0.8, 1.0, 1.0, 0.5
     a.erase_prob = 0.25
     c.model.gelu, c.model.head_init, c.model.patch_init = 'erf', 'trunc_normal', 'torch'
+    c.model.dtype = 'bfloat16'  # The reference trains under bf16 autocast.
     c.optimizer.lr = 1.2e-3
     c.optimizer.warmup_steps = 20 * 1_281_167 // 1024  # 20 epochs.
     c.optimizer.min_lr = 1e-5

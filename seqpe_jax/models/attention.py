@@ -16,6 +16,7 @@ or full form [B, H, L, S].
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -200,6 +201,8 @@ class MultiHeadAttention(nn.Module):
     implementation / block_size: see `attend`.
     dropout: attention-probability dropout (training only).
     decode: use and update the KV cache.
+    dtype: of the projections and attention inputs (the softmax runs in float32); the PE
+      hook's q/k are cast to it, so the position terms follow the model's precision.
   """
   num_heads: int
   pe_hook: Callable[..., inject.LayerHook] = inject.LayerHook
@@ -211,6 +214,7 @@ class MultiHeadAttention(nn.Module):
   block_size: int = 512
   dropout: float = 0.0
   decode: bool = False
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array, pe_state, *, deterministic: bool = True,
@@ -220,10 +224,11 @@ class MultiHeadAttention(nn.Module):
       raise ValueError(f'Model width {d_model} is not divisible by {self.num_heads} heads.')
     head_dim = d_model // self.num_heads
     qkv = nn.DenseGeneral((3, self.num_heads, head_dim), use_bias=self.use_bias,
-                          kernel_init=self.kernel_init, name='qkv')(x_BLD)
+                          kernel_init=self.kernel_init, dtype=self.dtype, name='qkv')(x_BLD)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     hook = self.pe_hook(name='pe')
     q, k, bias = hook(q, k, pe_state)
+    q, k = q.astype(self.dtype), k.astype(self.dtype)
     if key_mask_BS is not None:
       bias = with_key_mask(bias, key_mask_BS)
     if self.is_mutable_collection('intermediates') and not self.decode:
@@ -240,7 +245,7 @@ class MultiHeadAttention(nn.Module):
     else:
       out = attention(q, k, v, bias=bias)
     return nn.DenseGeneral(d_model, axis=(-2, -1), use_bias=self.use_bias,
-                           kernel_init=self.out_init, name='out')(out)
+                           kernel_init=self.out_init, dtype=self.dtype, name='out')(out)
 
   def _cached(self, q, k, v, bias, attention, scale):
     if bias is not None and bias.shape[-2] != 1:

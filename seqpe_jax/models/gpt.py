@@ -11,6 +11,7 @@ the padding is masked out of every attention, so a batch decodes as its examples
 
 import functools
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -61,19 +62,21 @@ class GPT(nn.Module):
   attention: transformer.AttentionOptions = transformer.AttentionOptions()
   ln_eps: float = 1e-5
   decode: bool = False
+  dtype: Any = jnp.float32  # Of activations and matmuls; the logits are float32.
 
   @nn.compact
   def __call__(self, tokens_BL: jax.Array, features, *, deterministic: bool = True,
                key_mask_BL: jax.Array | None = None):
     embed = nn.Embed(self.vocab_size, self.width, embedding_init=nn.initializers.normal(0.02),
-                     name='embed')
+                     dtype=self.dtype, name='embed')
     x = self.perturb('embeddings', embed(tokens_BL))
     x = transformer.Transformer(
         self.depth, self.num_heads, self.mlp_dim, self.pe, causal=True, dropout=self.dropout,
         ln_eps=self.ln_eps, attention=self.attention,
         out_init=nn.initializers.normal(0.02 / math.sqrt(2 * self.depth)), decode=self.decode,
-        name='decoder')(x, features, deterministic=deterministic, key_mask_BL=key_mask_BL)
-    return embed.attend(x)
+        dtype=self.dtype, name='decoder')(x, features, deterministic=deterministic,
+                                          key_mask_BL=key_mask_BL)
+    return embed.attend(x).astype(jnp.float32)
 
 
 def slice_features(features, start, size: int):

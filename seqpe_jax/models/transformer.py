@@ -3,8 +3,11 @@
 import dataclasses
 from collections.abc import Callable
 
+from typing import Any
+
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from seqpe_jax import posenc
 from seqpe_jax.models import attention
@@ -31,19 +34,23 @@ class Block(nn.Module):
   decode: bool = False
   # The MLP's activation: GPT-2's tanh GELU; the ViT may take the exact one (timm).
   activation: Callable[[jax.Array], jax.Array] = nn.gelu
+  # Activations and matmuls (parameters stay float32; norms reduce in float32).
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_BLD, pe_state, *, deterministic: bool, key_mask_BL=None):
-    h = nn.LayerNorm(epsilon=self.ln_eps, name='ln_attn')(x_BLD)
+    h = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name='ln_attn')(x_BLD)
     h = attention.MultiHeadAttention(
         self.num_heads, pe_hook=self.pe.layer_hook, causal=self.causal, out_init=self.out_init,
         implementation=self.attention.implementation, block_size=self.attention.block_size,
-        dropout=self.attention.dropout, decode=self.decode,
+        dropout=self.attention.dropout, decode=self.decode, dtype=self.dtype,
         name='attn')(h, pe_state, deterministic=deterministic, key_mask_BS=key_mask_BL)
     x_BLD = x_BLD + nn.Dropout(self.dropout)(h, deterministic=deterministic)
-    h = nn.LayerNorm(epsilon=self.ln_eps, name='ln_mlp')(x_BLD)
-    h = nn.Dense(self.mlp_dim, kernel_init=nn.initializers.normal(0.02), name='mlp_in')(h)
-    h = nn.Dense(x_BLD.shape[-1], kernel_init=self.out_init, name='mlp_out')(self.activation(h))
+    h = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name='ln_mlp')(x_BLD)
+    h = nn.Dense(self.mlp_dim, kernel_init=nn.initializers.normal(0.02), dtype=self.dtype,
+                 name='mlp_in')(h)
+    h = nn.Dense(x_BLD.shape[-1], kernel_init=self.out_init, dtype=self.dtype,
+                 name='mlp_out')(self.activation(h))
     return x_BLD + nn.Dropout(self.dropout)(h, deterministic=deterministic)
 
 
@@ -65,16 +72,18 @@ class Transformer(nn.Module):
   decode: bool = False
   # The MLP's activation: GPT-2's tanh GELU; the ViT may take the exact one (timm).
   activation: Callable[[jax.Array], jax.Array] = nn.gelu
+  dtype: Any = jnp.float32  # Of activations and matmuls (see Block).
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array, features, *, deterministic: bool = True,
                key_mask_BL: jax.Array | None = None):
     hook = self.pe.model_hook(name='pe_inject')
     pe_state = hook(features)
-    x_BLD = nn.Dropout(self.dropout)(hook.embed(x_BLD, pe_state), deterministic=deterministic)
+    x_BLD = hook.embed(x_BLD.astype(self.dtype), pe_state).astype(self.dtype)
+    x_BLD = nn.Dropout(self.dropout)(x_BLD, deterministic=deterministic)
     for i in range(self.num_layers):
       x_BLD = Block(self.num_heads, self.mlp_dim, self.pe, self.causal, self.dropout,
                     self.ln_eps, self.attention, self.out_init, self.decode, self.activation,
-                    name=f'block_{i}')(x_BLD, pe_state, deterministic=deterministic,
-                                       key_mask_BL=key_mask_BL)
-    return nn.LayerNorm(epsilon=self.ln_eps, name='ln_final')(x_BLD)
+                    self.dtype, name=f'block_{i}')(x_BLD, pe_state, deterministic=deterministic,
+                                                   key_mask_BL=key_mask_BL)
+    return nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name='ln_final')(x_BLD)

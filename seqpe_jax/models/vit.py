@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 import re
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -76,6 +77,7 @@ class ViT(nn.Module):
   dropout: float = 0.0
   ln_eps: float = 1e-6
   init_options: InitOptions = InitOptions()
+  dtype: Any = jax.numpy.float32  # Of activations and matmuls; the logits are float32.
 
   @nn.compact
   def __call__(self, images_BHWC: jax.Array, features, *, deterministic: bool = True):
@@ -86,20 +88,21 @@ class ViT(nn.Module):
     else:
       patch_inits = dict(kernel_init=nn.initializers.normal(0.02))
     x = nn.Conv(self.width, (p, p), strides=(p, p), padding='VALID', **patch_inits,
-                name='patch_embed')(images_BHWC)
+                dtype=self.dtype, name='patch_embed')(images_BHWC)
     batch, h, w, _ = x.shape
     cls = self.param('cls', nn.initializers.normal(0.02), (1, 1, self.width))
-    x = jax.numpy.concatenate([jax.numpy.broadcast_to(cls, (batch, 1, self.width)),
-                               x.reshape(batch, h * w, self.width)], axis=1)
+    cls = jax.numpy.broadcast_to(cls, (batch, 1, self.width)).astype(x.dtype)
+    x = jax.numpy.concatenate([cls, x.reshape(batch, h * w, self.width)], axis=1)
     # The tanh GELU is the shared Transformer's default, so only the exact one is passed.
     activation = {} if self.init_options.gelu == 'tanh' else {
         'activation': functools.partial(nn.gelu, approximate=False)}
     x = transformer.Transformer(self.depth, self.num_heads, self.mlp_dim, self.pe,
                                 dropout=self.dropout, ln_eps=self.ln_eps, **activation,
-                                name='encoder')(x, features, deterministic=deterministic)
+                                dtype=self.dtype, name='encoder')(x, features, deterministic=deterministic)
     head_init = (truncated_normal(0.02, bound=2.0) if self.init_options.head_init == 'trunc_normal'
                  else nn.initializers.zeros)
-    return nn.Dense(self.num_classes, kernel_init=head_init, name='head')(x[:, 0])
+    return nn.Dense(self.num_classes, kernel_init=head_init, dtype=self.dtype,
+                    name='head')(x[:, 0]).astype(jax.numpy.float32)
 
 
 def uniform(bound: float) -> nn.initializers.Initializer:

@@ -61,7 +61,7 @@ class ClassificationTask(base.Task):
     self.model = vit.ViT(self.num_classes, self.variant['width'], self.variant['depth'],
                          self.variant['num_heads'], self.variant['mlp_dim'],
                          self.variant['patch_size'], self.pe, dropout=config.model.dropout,
-                         init_options=init_options)
+                         init_options=init_options, dtype=common.model_dtype(config))
     self.channels = self.splits['train'][0]['image'].shape[-1]
 
   def grid(self, resolution: int) -> tuple[int, int]:

@@ -2,8 +2,23 @@
 
 from collections.abc import Iterable, Sequence
 
+import jax.numpy as jnp
+
 from seqpe_jax import posenc
 from seqpe_jax.posenc import regularizers
+
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def model_dtype(config):
+  """config.model.dtype as a JAX dtype: the host's activations and matmuls (parameters,
+  optimizer state, softmax and losses stay float32). Runs saved before the field existed
+  trained in float32."""
+  name = config.model.get('dtype', 'float32')
+  if name not in DTYPES:
+    raise ValueError(f"model.dtype must be one of {', '.join(DTYPES)}, got '{name}'.")
+  return DTYPES[name]
 
 
 def build_pe(config, host: posenc.HostSpec, eval_shapes: Iterable[Sequence[int]]):

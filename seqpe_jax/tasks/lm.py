@@ -55,7 +55,8 @@ class LanguageModelTask(base.Task):
     m = config.model
     attention = transformer.AttentionOptions(m.attention, m.attention_block, m.attention_dropout)
     self.model = gpt.GPT(self.tokenizer.vocab_size, pe=self.pe, dropout=m.dropout,
-                         attention=attention, **gpt.parse_variant(m.variant))
+                         attention=attention, dtype=common.model_dtype(config),
+                         **gpt.parse_variant(m.variant))
 
   @property
   def sweep_protocol(self) -> str:

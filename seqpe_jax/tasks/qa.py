@@ -140,7 +140,8 @@ class QATask(base.Task):
     m = config.model
     attention = transformer.AttentionOptions(m.attention, m.attention_block, m.attention_dropout)
     self.model = gpt.GPT(self.tokenizer.vocab_size, pe=self.pe, dropout=m.dropout,
-                         attention=attention, **gpt.parse_variant(m.variant))
+                         attention=attention, dtype=common.model_dtype(config),
+                         **gpt.parse_variant(m.variant))
     self._eval_sets = {}
     self.eval_sets()  # Missing files or impossible lengths fail now, not after training.
     self._build_train_set()

@@ -1,0 +1,89 @@
+"""Mixed precision (config.model.dtype): bfloat16 activations and matmuls, float32
+parameters, optimizer state, logits and losses; float32 unchanged."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import lm_base, vit_base
+from seqpe_jax import state, tasks, train
+
+
+def build(family: str, pe: str, dtype: str):
+  base = lm_base if family == 'lm' else vit_base
+  config = base.get_config('smoke', pe=pe)
+  config.model.dtype = dtype
+  config.mesh.data = 1
+  return config, tasks.build(config)
+
+
+def forward(task, params, batch):
+  features = task.pe.features(params['pe'], task.train_shape)
+  return task.logits(params['model'], batch, features, train=False)
+
+
+@pytest.mark.parametrize('family, pe', [('lm', 'seqpe'), ('vit', 'seqpe')])
+def test_bfloat16_runs_the_matmuls_in_bfloat16_and_stays_close_to_float32(family, pe):
+  _, full = build(family, pe, 'float32')
+  _, half = build(family, pe, 'bfloat16')
+  params = state.init_state(full, optax.identity(), jax.random.key(0))['params']
+  if family == 'vit':  # Its head starts at zero; give the logits something to compare.
+    head = params['model']['head']
+    head['kernel'] = 0.5 * jax.random.normal(jax.random.key(1), head['kernel'].shape)
+  batch = jax.tree.map(jnp.asarray, full.train_batches(0)[0])
+  reference, mixed = forward(full, params, batch), forward(half, params, batch)
+  assert mixed.dtype == jnp.float32  # Logits (and so losses) in float32.
+  scale = np.abs(np.asarray(reference)).max()
+  np.testing.assert_allclose(mixed, reference, atol=0.03 * scale)
+  assert not np.allclose(mixed, reference, atol=1e-6 * scale)  # bfloat16 really ran.
+  # The host's matmuls (the PE features computed apart, as at evaluation) take bfloat16;
+  # SeqPE's q/k projections of the features (per position, not per example) stay float32.
+  features = half.pe.features(params['pe'], half.train_shape)
+  jaxpr = jax.make_jaxpr(lambda p: half.logits(p, batch, features, train=False))(
+      params['model'])
+  dtypes = [eqn.invars[0].aval.dtype for eqn in equations(jaxpr.jaxpr)
+            if eqn.primitive.name in ('dot_general', 'conv_general_dilated')]
+  half_precision = sum(d == jnp.bfloat16 for d in dtypes)
+  projections = sum(d == jnp.float32 for d in dtypes)
+  assert half_precision >= 8 and projections <= (2 if pe == 'seqpe' else 0), dtypes
+
+
+def equations(jaxpr):
+  """Every equation of `jaxpr` and of the jaxprs nested in it (jit, scan, cond, remat)."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (list, tuple)) else (param,):
+        inner = getattr(sub, 'jaxpr', sub)
+        if hasattr(inner, 'eqns'):
+          yield from equations(inner)
+
+
+def test_a_bfloat16_train_step_keeps_float32_parameters_and_optimizer_state():
+  config, task = build('lm', 'seqpe', 'bfloat16')
+  optimizer = state.make_optimizer(task, config)
+  fresh = state.init_state(task, optimizer, jax.random.key(0))
+  step = jax.jit(train.make_train_step(task, optimizer, jax.random.key(1),
+                                       task.shift_pool(jax.random.key(2))))
+  batch = jax.tree.map(jnp.asarray, task.train_batches(0)[0])
+  new, scalars = step(fresh, batch)
+  for leaf in jax.tree.leaves((new['params'], new['opt_state'])):
+    if jnp.issubdtype(leaf.dtype, jnp.floating):
+      assert leaf.dtype == jnp.float32
+  assert np.isfinite(float(scalars['train/loss']))
+  _, full_task = build('lm', 'seqpe', 'float32')
+  _, full_scalars = jax.jit(train.make_train_step(
+      full_task, optimizer, jax.random.key(1), full_task.shift_pool(jax.random.key(2))))(
+          fresh, batch)
+  assert float(scalars['train/task_loss']) == pytest.approx(
+      float(full_scalars['train/task_loss']), rel=1e-2)
+
+
+def test_an_unknown_dtype_is_one_sentence():
+  config = lm_base.get_config('smoke', pe='ape')
+  config.model.dtype = 'float16'
+  with pytest.raises(ValueError, match="model.dtype must be one of float32, bfloat16, got "
+                     "'float16'"):
+    tasks.build(config)
