@@ -97,6 +97,10 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
     c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 100, 5_000, 5_000
     c.keep_checkpoints = 3
     c.model.variant = 'small'
+    # GPT-2's dropouts, as the reference. Attention-probability dropout runs on the blockwise
+    # path (the fused kernels have none); `python -m benchmarks.attention_paths` measures its
+    # cost against the fused kernel, and --config.model.attention_dropout=0 takes the fused
+    # one (cuDNN on a GPU in bfloat16) where that cost matters more than faithfulness.
     c.model.dropout = c.model.attention_dropout = 0.1
     c.model.dtype = 'bfloat16'  # The reference trains under bf16 autocast.
     c.data.name, c.data.tokenizer, c.data.seq_len = 'wikitext', 'gpt2', 512
