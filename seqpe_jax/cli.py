@@ -4,7 +4,8 @@ A scheduler (Slurm, a TPU queue, a study script) needs to tell a finished run fr
 command, a diverged model and a preempted job, so each has its own exit status:
 
     0    finished
-    2    bad input: the one-sentence message says what to change
+    2    bad input: the one-sentence message says what to change (also a missing optional
+         package, e.g. tensorflow-datasets for a TFDS ImageNet)
     3    the loss or gradients became non-finite (the message names the step and the
          newest finite checkpoint)
     143  preempted by SIGTERM after a checkpoint was saved: run the same command again
@@ -54,7 +55,8 @@ def _status(error: Exception) -> int | None:
     return EXIT_PREEMPTED
   if isinstance(error, FloatingPointError):
     return EXIT_NONFINITE
-  if isinstance(error, (ValueError, OSError, app.UsageError)):  # OSError: missing files too.
+  # OSError: missing files too; ImportError: an optional package a feature needs.
+  if isinstance(error, (ValueError, OSError, ImportError, app.UsageError)):
     return EXIT_BAD_INPUT
   return None
 
