@@ -24,7 +24,6 @@ the depth keys for probes (deciles of the needle's depth), and `write_plots` dra
 a length x depth heatmap beside extrapolation.png.
 """
 
-import functools
 import math
 
 import jax.numpy as jnp
@@ -293,7 +292,6 @@ def _corpus_dir(data):
   return text.corpus_dir(data.name, data.dir, data.cache_dir)
 
 
-@functools.cache
 def write_depth_heatmap(workdir, results: dict[int, dict[str, float]], title: str = '',
                         suffix: str = '') -> epath.Path | None:
   """WORKDIR/extrapolation_depth{suffix}.png: EM per context length (rows) and needle depth
