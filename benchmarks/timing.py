@@ -56,9 +56,12 @@ def keep_freed_memory() -> bool:
   XLA on CPU allocates each step's temporaries (gigabytes at ViT-S/16) afresh per call;
   glibc serves blocks that large with mmap and unmaps them on free, so every step
   faults in and the kernel zeroes every page again (millions of minor faults, tens of
-  seconds of system time per run). With mmap off for large blocks and trimming off
-  (documented in mallopt(3)), the freed block is reused by the next step. The peak
-  resident size stays that of one step. Returns False where glibc is not the allocator.
+  seconds of system time per run). With one arena (XLA's threads would otherwise mmap
+  from their own), mmap off for large blocks and trimming off (mallopt(3)), the freed
+  block is reused by the next step. Call it before JAX's first computation. The price is
+  fragmentation: at ViT-S/16 batch 8 (SeqPE) faults fell 4.8 M -> 1.9 M and system time
+  10 -> 4.6 s, but the peak RSS rose 4.1 -> 7.8 GB, so the benchmark leaves it off by
+  default. Returns False where glibc is not the allocator.
   """
   try:
     libc = ctypes.CDLL(None)
@@ -66,3 +69,18 @@ def keep_freed_memory() -> bool:
                ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
   except (OSError, AttributeError):
     return False
+
+
+def without_ynn_fusions() -> None:
+  """Turns off XLA:CPU's YNNPACK fusions for this process; call it before JAX's first
+  computation (the flag is read when the CPU backend starts).
+
+  Measured on a 2-core AMD EPYC: their matrix products allocate scratch that grows with
+  the batch, past glibc's mmap threshold at ViT-S/16 batch 32, so every call faults it
+  in afresh (about 200k minor faults per batch-32 evaluation forward, none at batch 8):
+  the forward then scales 5.4-5.7x from batch 8 to 32 instead of about 4x. Without them
+  XLA uses its Eigen kernels; results differ in rounding only.
+  """
+  flags = os.environ.get('XLA_FLAGS', '')
+  if 'xla_cpu_experimental_ynn_fusion_type' not in flags:
+    os.environ['XLA_FLAGS'] = f'{flags} --xla_cpu_experimental_ynn_fusion_type='.strip()

@@ -1,70 +1,216 @@
-"""ViT train-step and evaluation time of SeqPE relative to the learnable APE, in one run.
+"""ViT train-step and evaluation time of SeqPE and the learnable APE at several batches, in one run.
 
-    python -m benchmarks.train_step [--variant=S/16] [--image_size=224] [--batch=32]
+    python -m benchmarks.train_step [--variant=S/16] [--image_size=224] [--batches=8,32]
+                                    [--pes=ape,seqpe] [--repeats=3] [--dtype=float32]
+                                    [--clock=wall|cpu] [--malloc=default|keep]
+                                    [--ynn_fusions=on|off]
 
 Both use the paper's ViT config (SeqPE with its regularisers and random shifts at the
-reference per-device sizes: 32 pivots x 64 candidates, 32 groups x 64 students, 32 shift
-windows); images are synthetic, since only time is measured. The SeqPE step carries a
-fixed amount of extra encoder work (about 4,300 five-token sequences per unshifted step),
-so its ratio to APE falls as the per-device batch grows (the reference runs 256 per device).
-Evaluation uses the PE table computed once per resolution, as the evaluator does.
+reference per-device sizes: 32 pivots x 64 candidates, 32 groups x 64 students, up to 32
+shift windows); images are synthetic, since only time is measured. The step is the
+trainer's: jitted with the state donated, run on its own output.
+
+A SeqPE step takes one of two branches, decided by a coin drawn from the step number:
+unshifted (one main window, 4,324 encoder sequences at 14x14, with distillation) or, with
+probability pe.shift.prob, shifted (W windows, no distillation). Each is timed at a step
+number whose coin names it, and every timed step's own `train/seqpe/shifted` metric is
+checked. Printed per batch: APE; SeqPE unshifted, shifted and their mix at pe.shift.prob;
+SeqPE's fixed cost (unshifted SeqPE - APE), which should not grow with the batch; the
+evaluation forward with the PE table computed once; and the compiled step's XLA memory.
+The last line is the process's peak RSS and page faults (run one PE and batch per process
+to read them per configuration).
 """
 
 import argparse
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.timing import describe_backend, median_seconds
+from benchmarks import timing
 from configs import vit_base
 from seqpe_jax import posenc, train
+from seqpe_jax import state as state_lib
 from seqpe_jax.tasks import classification
 
+BRANCHES = ('unshifted', 'shifted')
+SHIFTED_METRIC = 'train/seqpe/shifted'
 
-def build(pe_name, args):
+
+def build(pe_name: str, batch: int, variant: str, image_size: int, overrides=None,
+          dtype: str = 'float32'):
+  """(config, task) of the paper's ViT recipe at this size and host precision, on
+  synthetic-shaped data; `overrides` ({'pe.seqpe.d_model': 32, ...}) shrink it (tests)."""
   config = vit_base.get_config('paper', pe=pe_name)
-  config.data.name, config.data.image_size = 'digits', args.image_size  # Shapes only.
-  config.model.variant, config.batch_size = args.variant, args.batch
-  config.eval.resolutions = (args.image_size,)
+  config.model.dtype = dtype
+  config.data.name, config.data.image_size = 'digits', image_size  # Shapes only.
+  config.data.valid_size = 64
+  config.model.variant, config.batch_size = variant, batch
+  config.eval.resolutions = (image_size,)
   config.pe.contrastive.num_pivots = config.pe.ood.num_groups = 32
-  config.pe.shift.num_windows = min(32, args.batch)
+  config.pe.shift.num_windows = min(32, batch)
+  config.update_from_flattened_dict(overrides or {})
   return config, classification.ClassificationTask(config)
 
 
-def measure(pe_name, args):
-  config, task = build(pe_name, args)
-  key = jax.random.key(0)
-  optimizer = train.make_optimizer(task, config)
-  state = jax.jit(lambda k: train.init_state(task, optimizer, k))(key)
-  step = jax.jit(train.make_train_step(task, optimizer, key, train.make_shift_pool(task, key)))
+def synthetic_batch(batch: int, image_size: int, channels: int):
   rng = np.random.default_rng(0)
-  batch = {'image': jnp.asarray(rng.integers(0, 255, (args.batch, args.image_size,
-                                                       args.image_size, 1), np.uint8)),
-           'label': jnp.asarray(rng.integers(0, 10, args.batch), jnp.int32)}
-  step_time = median_seconds(lambda s: step(s, batch)[1]['train/loss'], state,
-                             repeats=args.repeats)
-  features = posenc.TableCache(task.pe, state['params']['pe'])(task.grid(args.image_size))
+  return {'image': jnp.asarray(rng.integers(0, 255, (batch, image_size, image_size, channels),
+                                            np.uint8)),
+          'label': jnp.asarray(rng.integers(0, 10, batch), jnp.int32)}
+
+
+@dataclasses.dataclass
+class Stepper:
+  """The trainer's step, compiled, run on its own (donated) output at chosen step numbers."""
+  task: classification.ClassificationTask
+  state: dict
+  batch: dict
+  step_fn: object  # The trainer's step function, unjitted (for the branch probe).
+  compiled: object
+
+  @classmethod
+  def build(cls, task, config, batch):
+    key = jax.random.key(0)
+    optimizer = state_lib.make_optimizer(task, config)
+    state = jax.jit(lambda k: state_lib.init_state(task, optimizer, k))(key)
+    step_fn = train.make_train_step(task, optimizer, key, task.shift_pool(key))
+    compiled = jax.jit(step_fn, donate_argnums=0).lower(state, batch).compile()
+    return cls(task, state, batch, step_fn, compiled)
+
+  def run(self, step_number: int):
+    """One step from the current state with its counter set to `step_number`; its metrics."""
+    state = {**self.state, 'step': jnp.asarray(step_number, jnp.int32)}
+    self.state, metrics = self.compiled(state, self.batch)
+    return metrics
+
+  def branch_steps(self, limit: int = 1000) -> dict[str, int]:
+    """The first step number taking each branch, from the step's own shifted metric.
+
+    Only the metric is asked for, so XLA prunes the rest of the step: each probe costs
+    microseconds, not a step.
+    """
+    probe = jax.jit(lambda state, batch, n: self.step_fn({**state, 'step': n}, batch)[1][
+        SHIFTED_METRIC])
+    found = {}
+    for n in range(limit):
+      branch = BRANCHES[int(probe(self.state, self.batch, jnp.asarray(n, jnp.int32)))]
+      found.setdefault(branch, n)
+      if len(found) == len(BRANCHES):
+        return found
+    raise RuntimeError(f'No step below {limit} takes each branch; is pe.shift.prob 0 or 1?')
+
+  def seconds(self, step_number: int, repeats: int, expect: str | None = None,
+              clock: str = 'wall') -> float:
+    """Median time of the step at `step_number`, checking the branch it took."""
+    def one():
+      metrics = self.run(step_number)
+      jax.block_until_ready(metrics)
+      if expect is not None and BRANCHES[int(metrics[SHIFTED_METRIC])] != expect:
+        raise AssertionError(f'Step {step_number} did not take the {expect} branch.')
+      return metrics
+    return timing.median_seconds(one, repeats=repeats, clock=clock)
+
+  def memory(self) -> dict[str, float]:
+    """XLA's memory analysis of the compiled step, in GB."""
+    m = self.compiled.memory_analysis()
+    return {'arguments': m.argument_size_in_bytes / 1e9, 'outputs': m.output_size_in_bytes / 1e9,
+            'aliased': m.alias_size_in_bytes / 1e9, 'temporaries': m.temp_size_in_bytes / 1e9}
+
+
+def eval_seconds(task, state, batch, image_size: int, repeats: int, clock: str) -> float:
+  """The evaluation forward with the PE table computed once per resolution."""
+  features = posenc.TableCache(task.pe, state['params']['pe'])(task.grid(image_size))
   forward = jax.jit(lambda p, f, x: task.logits(p, x, f, train=False))
-  eval_time = median_seconds(forward, state['params']['model'], features, batch,
-                             repeats=args.repeats)
-  return step_time, eval_time
+  return timing.median_seconds(forward, state['params']['model'], features, batch,
+                               repeats=repeats, clock=clock)
+
+
+def measure(pe_name: str, batch_size: int, args, overrides=None) -> dict[str, float]:
+  """Step times (per branch for SeqPE), evaluation time and XLA memory of one PE at one batch."""
+  config, task = build(pe_name, batch_size, args.variant, args.image_size, overrides,
+                       args.dtype)
+  batch = synthetic_batch(batch_size, args.image_size, task.channels)
+  stepper = Stepper.build(task, config, batch)
+  out = {f'xla_{k}_gb': v for k, v in stepper.memory().items()}
+  if task.regularizers is None:
+    out['step'] = stepper.seconds(0, args.repeats, clock=args.clock)
+  else:
+    for branch, n in stepper.branch_steps().items():
+      out[branch] = stepper.seconds(n, args.repeats, expect=branch, clock=args.clock)
+    p = out['shift_prob'] = task.regularizers.shift_prob
+    out['step'] = (1 - p) * out['unshifted'] + p * out['shifted']
+  out['eval'] = eval_seconds(task, stepper.state, batch, args.image_size, args.repeats,
+                             args.clock)
+  return out
+
+
+def report(results: dict, batches: list[int], shift_prob: float) -> None:
+  ms = lambda s: f'{s * 1e3:7.0f}'
+  print(f'{"batch":>5} | {"APE":>7} | {"SeqPE unshifted":>15} | {"shifted":>7} | '
+        f'{"mix p=" + str(shift_prob):>9} | {"fixed":>7} | {"eval APE":>8} | {"SeqPE":>7} | '
+        'XLA temporaries APE / SeqPE (GB)   [times in ms]')
+  for b in batches:
+    ape, seqpe = results.get(('ape', b)), results.get(('seqpe', b))
+    cells = [f'{b:5d}', ms(ape['step']) if ape else '      -']
+    cells += [f'{ms(seqpe["unshifted"]):>15}', ms(seqpe['shifted']), f'{ms(seqpe["step"]):>9}'] \
+        if seqpe else ['-' * 15, '      -', '        -']
+    cells.append(ms(seqpe['unshifted'] - ape['step']) if ape and seqpe else '      -')
+    cells.append(f'{ms(ape["eval"]):>8}' if ape else '       -')
+    cells.append(ms(seqpe['eval']) if seqpe else '      -')
+    temps = ' / '.join(f'{r["xla_temporaries_gb"]:.2f}' for r in (ape, seqpe) if r)
+    print(' | '.join(cells) + ' | ' + temps)
+  if len(batches) < 2:
+    return
+  lo, hi = batches[0], batches[-1]
+  ratio = lambda pe, key: results[(pe, hi)][key] / results[(pe, lo)][key]
+  if all((pe, b) in results for pe in ('ape', 'seqpe') for b in (lo, hi)):
+    fixed = lambda b: results[('seqpe', b)]['unshifted'] - results[('ape', b)]['step']
+    print(f'SeqPE fixed cost (unshifted - APE) b{hi} / b{lo} = {fixed(hi) / fixed(lo):.2f} '
+          '(target <= 1.15)')
+  for pe in ('ape', 'seqpe'):
+    if (pe, lo) in results and (pe, hi) in results:
+      print(f'{pe}: train step b{hi} / b{lo} = {ratio(pe, "step"):.2f}, eval forward '
+            f'b{hi} / b{lo} = {ratio(pe, "eval"):.2f} (batch ratio {hi / lo:g}; eval target '
+            f'<= 4.2 for 4x)')
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--variant', default='S/16')
   parser.add_argument('--image_size', type=int, default=224)
-  parser.add_argument('--batch', type=int, default=32)
+  parser.add_argument('--batches', default='8,32', help='comma-separated batch sizes')
+  parser.add_argument('--pes', default='ape,seqpe', help='comma-separated: ape, seqpe')
   parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32',
+                      help='host activations (the issue tables are float32; :paper trains bf16)')
+  parser.add_argument('--clock', choices=tuple(timing.CLOCKS), default='wall',
+                      help="'cpu': this process's CPU seconds, steadier on a shared machine")
+  parser.add_argument('--malloc', choices=('keep', 'default'), default='default',
+                      help="'keep': glibc reuses freed memory across steps (fewer page faults "
+                      "and less system time, but a higher peak RSS; timing.keep_freed_memory)")
+  parser.add_argument('--ynn_fusions', choices=('on', 'off'), default='on',
+                      help="'off': XLA:CPU without its YNNPACK fusions (timing.without_ynn_fusions)")
   args = parser.parse_args()
-  print(f'{describe_backend()}; ViT-{args.variant} at {args.image_size} px, batch {args.batch}')
-  ape_step, ape_eval = measure('ape', args)
-  seqpe_step, seqpe_eval = measure('seqpe', args)
-  print(f'train step: APE {ape_step * 1e3:.0f} ms | SeqPE {seqpe_step * 1e3:.0f} ms | '
-        f'SeqPE / APE = {seqpe_step / ape_step:.3f}x (target <= 1.15x)')
-  print(f'evaluation forward with the cached table: APE {ape_eval * 1e3:.0f} ms | SeqPE '
-        f'{seqpe_eval * 1e3:.0f} ms | SeqPE / APE = {seqpe_eval / ape_eval:.3f}x (target <= 1.02x)')
+  kept = args.malloc == 'keep' and timing.keep_freed_memory()
+  if args.ynn_fusions == 'off':
+    timing.without_ynn_fusions()
+  batches = sorted(int(b) for b in args.batches.split(','))
+  pes = args.pes.split(',')
+  print(f'{timing.describe_backend()}; ViT-{args.variant} at {args.image_size} px, '
+        f'{args.dtype}; {timing.describe_load()}; {args.clock} seconds; freed memory '
+        f'{"kept for reuse" if kept else "returned to the kernel"}; YNNPACK fusions '
+        f'{args.ynn_fusions}')
+  results = {}
+  for b in batches:
+    for pe in pes:
+      results[(pe, b)] = measure(pe, b, args)
+      print(f'  measured {pe} at batch {b}: ' + ', '.join(
+          f'{k} {v:.3f}' for k, v in results[(pe, b)].items()), flush=True)
+  shift_prob = next((r['shift_prob'] for r in results.values() if 'shift_prob' in r), 0.0)
+  report(results, batches, shift_prob)
+  print(timing.describe_process())
 
 
 if __name__ == '__main__':

@@ -35,7 +35,8 @@ def evaluate_workdir(workdir: str, split: str | None = None, overrides: dict | N
   evaluation settings; either writes extrapolation_{split}_{name}.json/png beside them and
   leaves config.json and the training run's results as they are.
   """
-  from seqpe_jax import sharding, tasks, train  # pylint: disable=g-import-not-at-top
+  from seqpe_jax import sharding, tasks  # pylint: disable=g-import-not-at-top
+  from seqpe_jax import state as state_lib  # pylint: disable=g-import-not-at-top
   path = epath.Path(workdir) / 'config.json'
   if not path.exists():
     raise FileNotFoundError(f'{path} does not exist: point --workdir at a training run.')
@@ -46,7 +47,7 @@ def evaluate_workdir(workdir: str, split: str | None = None, overrides: dict | N
                      'its results go to extrapolation_<name>.json.')
   mesh = sharding.make_mesh(config.mesh)
   task = tasks.build(config)
-  target = train.abstract_state(task, train.make_optimizer(task, config), mesh)
+  target = state_lib.abstract_state(task, state_lib.make_optimizer(task, config), mesh)
   checkpointer = checkpoint.Checkpointer(workdir, recorded, keep=config.keep_checkpoints)
   try:
     state = checkpointer.restore(target)

@@ -16,7 +16,7 @@ from etils import epath
 
 from seqpe_jax import checkpoint, cli, diagnostics, metrics, optim, sharding, tasks
 from seqpe_jax import results as results_files
-from seqpe_jax.state import abstract_state, init_state, make_optimizer  # TODO(move): callers
+from seqpe_jax.state import abstract_state, init_state, make_optimizer
 from seqpe_jax.preemption import PreemptionWatch
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from configs import lm_base
 from seqpe_jax import diagnostics, optim, posenc, sharding, tasks, train
+from seqpe_jax import state as state_lib
 from seqpe_jax.models import attention
 from seqpe_jax.posenc import baselines, inject
 
@@ -45,8 +46,8 @@ def lm_diagnostics(pe, **overrides):
   config.mesh.data = 1
   config.update_from_flattened_dict(overrides)
   task = tasks.build(config)
-  optimizer = train.make_optimizer(task, config)
-  state = train.init_state(task, optimizer, jax.random.key(0))
+  optimizer = state_lib.make_optimizer(task, config)
+  state = state_lib.init_state(task, optimizer, jax.random.key(0))
   _, step_key, pool_key = jax.random.split(jax.random.key(0), 3)
   gradients = train.make_gradients(task, step_key, task.shift_pool(pool_key))
   diagnose = jax.jit(diagnostics.make_diagnostics(task, gradients))

@@ -14,6 +14,7 @@ import pytest
 from configs import lm_ape, lm_base, lm_seqpe
 from seqpe_jax import evaluate, optim, posenc, sharding, tasks, train
 from seqpe_jax import results as results_files
+from seqpe_jax import state as state_lib
 from seqpe_jax.models import gpt
 
 CONFIGS = ['lm_seqpe', 'lm_ape', 'lm_sincos', 'lm_rope', 'lm_alibi', 'lm_nope']
@@ -31,7 +32,7 @@ def test_perplexity_equals_a_direct_computation_from_logits(pe, protocol):
   config = smoke_config(pe, **{'mesh.data': 1, 'eval.protocol': protocol,
                                'eval.stride_fraction': 0.25})
   task = tasks.build(config)
-  state = jax.jit(lambda k: train.init_state(task, optax.identity(), k))(jax.random.key(0))
+  state = jax.jit(lambda k: state_lib.init_state(task, optax.identity(), k))(jax.random.key(0))
   params = state['params']
   results = task.sweep(params, sharding.make_mesh(config.mesh))
   tokens = task.tokens['test']
@@ -120,8 +121,8 @@ def test_gpt2_small_takes_a_step_at_512():
   c.pe.contrastive.num_pivots, c.pe.ood.num_groups = 4, 4
   task = tasks.build(c)
   assert task.tokenizer.vocab_size == 50_257
-  optimizer = train.make_optimizer(task, c)
-  state = jax.jit(lambda k: train.init_state(task, optimizer, k))(jax.random.key(0))
+  optimizer = state_lib.make_optimizer(task, c)
+  state = jax.jit(lambda k: state_lib.init_state(task, optimizer, k))(jax.random.key(0))
   n_params = sum(x.size for x in jax.tree.leaves(state['params']['model']))
   assert 124e6 < n_params < 125e6  # GPT-2 small (tied) + the shared q/k projection.
   step = jax.jit(train.make_train_step(task, optimizer, jax.random.key(1),

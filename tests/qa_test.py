@@ -14,6 +14,7 @@ import pytest
 
 from configs import lm_base, qa_base
 from seqpe_jax import posenc, tasks, train
+from seqpe_jax import state as state_lib
 from seqpe_jax.data import tokenizers
 from seqpe_jax.models import gpt
 from seqpe_jax.posenc import config as pe_config
@@ -202,7 +203,7 @@ def test_smoke_run_fine_tunes_the_lm_and_reports_em_by_length_and_depth(lm_run, 
                tuned, expected)
   task = tasks.build(config)
   init_key = jax.random.split(jax.random.key(config.seed), 3)[0]  # As the trainer draws it.
-  fresh = jax.jit(lambda k: train.init_state(task, optax.identity(), k))(init_key)['params']
+  fresh = jax.jit(lambda k: state_lib.init_state(task, optax.identity(), k))(init_key)['params']
   assert np.abs(fresh['model']['embed']['embedding'] -
                 lm['model']['embed']['embedding']).max() > 20 * config.optimizer.lr
 

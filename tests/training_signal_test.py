@@ -14,6 +14,7 @@ import pytest
 
 from configs import lm_base, vit_base
 from seqpe_jax import optim, tasks, train
+from seqpe_jax import state as state_lib
 from seqpe_jax.posenc import regularizers
 
 pytestmark = pytest.mark.xdist_group('signal')
@@ -32,9 +33,9 @@ def smoke_task(family, **overrides):
 def first_step(family, **overrides):
   """(task, state, batch, gradients fn, scalars of step 0) for a :smoke SeqPE config."""
   config, task = smoke_task(family, **overrides)
-  optimizer = train.make_optimizer(task, config)
+  optimizer = state_lib.make_optimizer(task, config)
   init_key, step_key, pool_key = jax.random.split(jax.random.key(config.seed), 3)
-  state = train.init_state(task, optimizer, init_key)
+  state = state_lib.init_state(task, optimizer, init_key)
   pool = task.shift_pool(pool_key)
   batch = jax.tree.map(jnp.asarray, task.train_batches(config.seed)[0])
   step = jax.jit(train.make_train_step(task, optimizer, step_key, pool))
@@ -163,7 +164,7 @@ def test_each_clipping_group_is_clipped_to_its_own_threshold():
   """Through the real optimizer on the real parameter tree: a huge encoder gradient is
   clipped to clip_seqpe while the host's gradient passes unchanged."""
   config, task = smoke_task('vit', **{'optimizer.clip_seqpe': 0.5, 'optimizer.clip_host': 1e6})
-  params = train.init_state(task, optax.identity(), jax.random.key(0))['params']
+  params = state_lib.init_state(task, optax.identity(), jax.random.key(0))['params']
   labels = jax.tree_util.tree_map_with_path(lambda p, _: optim.is_seqpe_encoder(p), params)
   assert sum(jax.tree.leaves(labels)) > 10  # The SeqPE group is not empty.
   grads = jax.tree_util.tree_map_with_path(
