@@ -13,7 +13,7 @@ INFO logs of the libraries underneath (orbax's saves, the parameter table, ...).
 import os
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from seqpe_jax import cli, train
@@ -78,9 +78,10 @@ def main(argv):
   with cli.exit_statuses():
     use_compilation_cache(flags.FLAGS.compilation_cache)
     initialize_processes(flags.FLAGS)
-    logging.info('Process %d of %d; %d local of %d devices: %s', jax.process_index(),
-                 jax.process_count(), jax.local_device_count(), jax.device_count(),
-                 jax.devices()[0].device_kind)
+    if jax.process_count() > 1:  # Every host says it joined (each has its own log).
+      print(f'Process {jax.process_index()} of {jax.process_count()}; '
+            f'{jax.local_device_count()} local of {jax.device_count()} devices: '
+            f'{jax.devices()[0].device_kind}', flush=True)
     if flags.FLAGS.compile_only:
       print(train.format_compile_report(train.compile_report(flags.FLAGS.config)))
       return
