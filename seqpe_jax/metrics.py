@@ -47,7 +47,7 @@ class MetricWriter:
     if not self._is_main:
       return
     flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
-            for k, v in _flatten(config).items()}
+            for k, v in flatten_config(config).items()}
     file_writer = self._tb._get_file_writer()  # pylint: disable=protected-access
     for proto in tb_summary.hparams(flat, {}):
       file_writer.add_summary(proto)
@@ -58,11 +58,12 @@ class MetricWriter:
       self._tb.close()
 
 
-def _flatten(tree: dict, prefix: str = '') -> dict:
+def flatten_config(tree: dict, prefix: str = '') -> dict:
+  """{'model': {'name': 'gpt'}} -> {'model.name': 'gpt'}."""
   flat = {}
   for key, value in tree.items():
     if isinstance(value, dict):
-      flat.update(_flatten(value, f'{prefix}{key}.'))
+      flat.update(flatten_config(value, f'{prefix}{key}.'))
     else:
       flat[f'{prefix}{key}'] = value
   return flat

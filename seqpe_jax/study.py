@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from seqpe_jax import cli, evaluate, study_report, train
+from seqpe_jax import cli, evaluate, metrics, study_report, train
 from seqpe_jax.study_report import DIVERGED, SPLITS, is_finished
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -158,23 +158,13 @@ def build_config(suite: str, run: Run, *, seed: int, variant: str,
   return config
 
 
-def _flatten(tree: dict, prefix: str = '') -> dict:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat
-
-
 def _recorded_differences(run_dir: pathlib.Path, config: ml_collections.ConfigDict) -> list:
   """How the config a run directory was started with differs from `config` (none if new)."""
   path = run_dir / 'config.json'
   if not path.exists():
     return []
-  recorded = _flatten(json.loads(path.read_text()))
-  current = _flatten(json.loads(config.to_json_best_effort()))
+  recorded = metrics.flatten_config(json.loads(path.read_text()))
+  current = metrics.flatten_config(json.loads(config.to_json_best_effort()))
   return [f'{key}: {recorded.get(key)!r} then, {current.get(key)!r} now'
           for key in sorted(set(recorded) | set(current)) if recorded.get(key) != current.get(key)]
 
