@@ -139,3 +139,27 @@ def test_concat_form_traces_once_for_new_positions():
   chex.clear_trace_counter()
   forward(params, pe_params, jnp.asarray([[0]]))
   forward(params, pe_params, jnp.asarray([[40]]))
+
+
+@pytest.mark.parametrize('alike', [1.0, 0.0])
+def test_projection_of_alike_windows_equals_projecting_every_copy(alike):
+  """SeqPE's unshifted steps mark their W identical windows alike; the q/k projection then
+  runs on one window, forward and backward, and must give what projecting each copy gives
+  (values and gradients with respect to the parameters and the shared window)."""
+  windows = 4
+  proj = posenc.inject.QKProjection(D)
+  e1 = jax.random.normal(jax.random.key(4), (1, 6, D))
+  params = proj.init(jax.random.key(5), {'e': e1})
+  weights = jax.random.normal(jax.random.key(6), (windows, 6, 2 * D))
+
+  def loss(params, e1, marked):
+    e = jnp.broadcast_to(e1, (windows,) + e1.shape[1:])
+    features = {'e': e, posenc.inject.WINDOWS_ALIKE: jnp.float32(alike)} if marked else {'e': e}
+    return jnp.sum(jnp.sin(proj.apply(params, features)) * weights)
+
+  for argnum in (0, 1):
+    got = jax.jit(jax.grad(loss, argnum), static_argnums=2)(params, e1, True)
+    want = jax.grad(loss, argnum)(params, e1, False)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
+  np.testing.assert_allclose(loss(params, e1, True), loss(params, e1, False), rtol=1e-6)
+

@@ -40,6 +40,8 @@ def test_one_compile_for_shifted_and_unshifted_steps():
     chex.assert_shape(features['e'], (4, 17, 16))
     shifted = bool(aux['shifted'])
     seen.add(shifted)
+    # Unshifted windows are copies of one, which the host's projections may use.
+    assert float(features[posenc.inject.WINDOWS_ALIKE]) == float(not shifted)
     assert (float(aux['ood_loss']) == 0) == shifted  # Distillation only on unshifted steps.
     expected = reg.ct_weight * aux['contrastive_loss'] + reg.ood_weight * aux['ood_loss']
     np.testing.assert_allclose(aux['loss'], expected, rtol=1e-6)

@@ -7,7 +7,10 @@ Two kinds of hook, both Linen modules whose parameters belong to the host model:
 - a layer hook, one per attention layer (`pe`): `(q, k, state) -> (q, k, bias)`.
 
 The host calls both without knowing which PE it has. Features carry a window axis W;
-example b of the batch uses window b mod W (`per_example`).
+example b of the batch uses window b mod W (`per_example`). SeqPE's training features
+also carry `WINDOWS_ALIKE`, 1.0 on steps whose W windows are copies of window 0 (the
+unshifted ones): the q/k projections then run on window 0 alone (`QKProjection`), so
+their work does not grow with W, which tracks the batch.
 
 Injection methods: `input_add`, `attn_mul`, `attn_add`, `attn_scalar` (SeqPE and the
 additive tables), `rotary` (RoPE family), `bias` (ALiBi) and `none`.
@@ -20,6 +23,9 @@ import jax.numpy as jnp
 from seqpe_jax.posenc import baselines
 
 METHODS = ('input_add', 'attn_mul', 'attn_add', 'attn_scalar', 'rotary', 'bias', 'none')
+# Features key of a float32 scalar: 1.0 when every window equals window 0. A float, not a
+# bool, because the trainer differentiates the host loss with respect to the features.
+WINDOWS_ALIKE = 'windows_alike'
 
 
 def per_example(x_W: jax.Array, batch_size: int) -> jax.Array:
@@ -50,10 +56,72 @@ class InputAdd(ModelHook):
     return x_BLD + per_example(state['e'], x_BLD.shape[0]).astype(x_BLD.dtype)
 
 
-def qk_projection(d_out: int, init_std: float = 0.02, bias_init: float = 0.0) -> nn.Dense:
-  """The Dense e -> [p_q; p_k] = b + W e; the reference starts W ~ normal(0.02) and b = 0."""
-  return nn.Dense(2 * d_out, kernel_init=nn.initializers.normal(init_std),
-                  bias_init=nn.initializers.constant(bias_init), name='qk_proj')
+def _dense(e, kernel, bias):
+  """b + W e as nn.Dense computes it, so projections without the alike flag are unchanged."""
+  y = jax.lax.dot_general(e, kernel, (((e.ndim - 1,), (0,)), ((), ())))
+  return y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
+
+
+@jax.custom_vjp
+def project_distinct_windows(e_W, kernel, bias, alike):
+  """b + W e for features e [W, ...]; when `alike` > 0 (every window is window 0) only window
+  0 is projected and broadcast, and the backward projects the summed cotangent once.
+
+  A custom VJP because under `lax.cond` JAX's autodiff would keep both branches'
+  residuals (one per layer, zero-filled for the branch not taken); this one keeps only
+  e, which the host holds anyway, and the kernel.
+  """
+  return _forward(e_W, kernel, bias, alike)
+
+
+def _forward(e_W, kernel, bias, alike):
+  once = lambda: jnp.broadcast_to(_dense(e_W[:1], kernel, bias),
+                                  e_W.shape[:-1] + kernel.shape[-1:])
+  return jax.lax.cond(alike > 0, once, lambda: _dense(e_W, kernel, bias))
+
+
+def _forward_with_residuals(e_W, kernel, bias, alike):
+  return _forward(e_W, kernel, bias, alike), (e_W, kernel, alike)
+
+
+def _backward(residuals, cot_W):
+  e_W, kernel, alike = residuals
+  contract = tuple(range(e_W.ndim - 1))  # Windows and positions.
+
+  def grads(e, cot):
+    d_kernel = jax.lax.dot_general(e, cot, ((contract, contract), ((), ())))
+    d_e = jax.lax.dot_general(cot, kernel, (((cot.ndim - 1,), (1,)), ((), ())))
+    return d_e, d_kernel, cot.sum(contract)
+
+  def once():  # Window 0 stands for all: its cotangent is the sum, the others get none.
+    d_e, d_kernel, d_bias = grads(e_W[:1], cot_W.sum(0, keepdims=True))
+    return jnp.zeros_like(e_W).at[:1].set(d_e), d_kernel, d_bias
+
+  d_e, d_kernel, d_bias = jax.lax.cond(alike > 0, once, lambda: grads(e_W, cot_W))
+  return d_e, d_kernel, d_bias, jnp.zeros_like(alike)
+
+
+project_distinct_windows.defvjp(_forward_with_residuals, _backward)
+
+
+class QKProjection(nn.Module):
+  """The Dense e -> [p_q; p_k] = b + W e (parameters `kernel`, `bias` as nn.Dense names
+  them); the reference starts W ~ normal(0.02) and b = 0. Features marked
+  WINDOWS_ALIKE are projected once per distinct window, not once per copy."""
+  d_out: int
+  init_std: float = 0.02
+  bias_init: float = 0.0
+
+  @nn.compact
+  def __call__(self, features) -> jax.Array:
+    e = features['e']
+    kernel = self.param('kernel', nn.initializers.normal(self.init_std),
+                        (e.shape[-1], 2 * self.d_out))
+    bias = self.param('bias', nn.initializers.constant(self.bias_init), (2 * self.d_out,))
+    alike = features.get(WINDOWS_ALIKE)
+    if alike is None or e.shape[0] == 1:
+      return _dense(e, kernel, bias)
+    return project_distinct_windows(e, kernel, bias, alike)
 
 
 class SharedQKProjection(ModelHook):
@@ -64,7 +132,7 @@ class SharedQKProjection(ModelHook):
 
   @nn.compact
   def __call__(self, features):
-    pqk = qk_projection(self.d_out, self.init_std, self.bias_init)(features['e'])
+    pqk = QKProjection(self.d_out, self.init_std, self.bias_init, name='qk_proj')(features)
     return {'pq': pqk[..., :self.d_out], 'pk': pqk[..., self.d_out:]}
 
 
@@ -111,7 +179,7 @@ class QKInjection(LayerHook):
     batch, _, heads, head_dim = q_BLHD.shape
     if self.per_layer:
       d_out = state['e'].shape[-1]
-      pqk = qk_projection(d_out, self.proj_init_std, self.proj_bias_init)(state['e'])
+      pqk = QKProjection(d_out, self.proj_init_std, self.proj_bias_init, name='qk_proj')(state)
       pq, pk = pqk[..., :d_out], pqk[..., d_out:]
     else:
       pq, pk = state['pq'], state['pk']

@@ -8,6 +8,7 @@ the step compiles once and only the taken branch runs.
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from seqpe_jax import positions
-from seqpe_jax.posenc import losses, sampling
+from seqpe_jax.posenc import inject, losses, sampling
 
 BALANCE = ('none', 'grad_norm')
 
@@ -128,6 +129,21 @@ def sample_pivots(key: jax.Array, reg: Regularizers) -> dict[str, jax.Array]:
   return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
 
 
+COMPARISONS = frozenset({'lt', 'le', 'gt', 'ge', 'eq', 'ne'})
+
+
+def keep_products_and_masks(prim, *avals, **params) -> bool:
+  """What the backward of the encoder pass keeps from its forward (a `jax.checkpoint`
+  policy): matrix products, costly to redo, and comparisons (dropout's masks, one byte
+  an element, which would otherwise be redrawn). The elementwise rest -- layer norms,
+  GELU, dropout scaling, several times the products' size at 4,000-8,000 sequences x
+  5 tokens -- is recomputed from them in the backward, which costs little time; the
+  compiled ViT-S/16 step at batch 32 then needs about 3.7 GB fewer temporaries.
+  """
+  return (jax.checkpoint_policies.dots_with_no_batch_dims_saveable(prim, *avals, **params)
+          or prim.name in COMPARISONS)
+
+
 def seqpe_step(pe, params, key: jax.Array, pool: jax.Array, reg: Regularizers, *,
                deterministic: bool = False):
   """The main-task PE features and the weighted SeqPE losses of one training step.
@@ -142,7 +158,8 @@ def seqpe_step(pe, params, key: jax.Array, pool: jax.Array, reg: Regularizers, *
     deterministic: turn encoder dropout off (it is on for every position set in training).
 
   Returns:
-    features {'e': [W, P+N, d_out]} for the host (example b uses window b mod W) and aux
+    features {'e': [W, P+N, d_out], inject.WINDOWS_ALIKE: 1.0 when unshifted} for the host
+    (example b uses window b mod W) and aux
     {'loss': w_ct L_ct + w_ood L_ood, 'contrastive_loss', 'ood_loss', 'shifted'}.
   """
   shift_key, ct_key, ood_key, dropout_key = jax.random.split(key, 4)
@@ -155,11 +172,15 @@ def seqpe_step(pe, params, key: jax.Array, pool: jax.Array, reg: Regularizers, *
   grid = positions.grid(reg.train_shape)  # [N, n]
   students = grid[ood['teachers']] + ood['offsets'][:, None]  # [G, n_t, n]
 
+  @functools.partial(jax.checkpoint, policy=keep_products_and_masks)
+  def encode(params, pos):
+    return pe.source.apply({'params': params}, pos, deterministic=deterministic,
+                           rngs={'dropout': dropout_key}, method='encode')
+
   def encode_together(*groups):
     """One encoder pass over every group's positions, split back into the groups."""
     flat = [g.reshape(-1, g.shape[-1]) for g in groups]
-    e = pe.source.apply({'params': params}, jnp.concatenate(flat), deterministic=deterministic,
-                        rngs={'dropout': dropout_key}, method='encode')
+    e = encode(params, jnp.concatenate(flat))
     splits = np.cumsum([f.shape[0] for f in flat])[:-1]
     return [part.reshape(*g.shape[:-1], -1) for part, g in zip(jnp.split(e, splits), groups)]
 
@@ -181,6 +202,8 @@ def seqpe_step(pe, params, key: jax.Array, pool: jax.Array, reg: Regularizers, *
   ct_loss = losses.contrastive_loss(pivots, cands, ct['labels'], ct['valid'],
                                     num_heads=reg.ct_heads, logit_scale=reg.ct_logit_scale)
   features = pe.source.apply({'params': params}, main, method='with_prefix')
+  # Unshifted, the W windows are copies of one: the host's hooks then project it once.
+  features = {**features, inject.WINDOWS_ALIKE: jnp.logical_not(shifted).astype(jnp.float32)}
   aux = {'loss': reg.ct_weight * ct_loss + reg.ood_weight * ood_loss,
          'contrastive_loss': ct_loss, 'ood_loss': ood_loss, 'shifted': shifted}
   return features, aux
