@@ -44,8 +44,8 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
   # the length above which 'auto' leaves the dense kernel.
   c.model.attention = 'auto'
   c.model.attention_block = 512
-  # Activations and matmuls: float32 | bfloat16 (parameters, optimizer state, softmax and
-  # losses stay float32).
+  # Activations and matmuls, the SeqPE encoder's and q/k projections' included: float32 |
+  # bfloat16 (parameters, optimizer state, softmax, losses and PE embeddings stay float32).
   c.model.dtype = 'float32'
 
   c.data = ml_collections.ConfigDict()

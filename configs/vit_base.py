@@ -45,8 +45,8 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
   # Patch embedding: 'normal' (kernel N(0, 0.02), bias 0) | 'torch' (PyTorch's Conv2d
   # default, kernel and bias U(+-1/sqrt(fan_in)), as timm's PatchEmbed).
   c.model.patch_init = 'normal'
-  # Activations and matmuls: float32 | bfloat16 (parameters, optimizer state, softmax and
-  # losses stay float32).
+  # Activations and matmuls, the SeqPE encoder's and q/k projections' included: float32 |
+  # bfloat16 (parameters, optimizer state, softmax, losses and PE embeddings stay float32).
   c.model.dtype = 'float32'
 
   c.data = ml_collections.ConfigDict()

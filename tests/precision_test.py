@@ -38,16 +38,35 @@ def test_bfloat16_runs_the_matmuls_in_bfloat16_and_stays_close_to_float32(family
   scale = np.abs(np.asarray(reference)).max()
   np.testing.assert_allclose(mixed, reference, atol=0.03 * scale)
   assert not np.allclose(mixed, reference, atol=1e-6 * scale)  # bfloat16 really ran.
-  # The host's matmuls (the PE features computed apart, as at evaluation) take bfloat16;
-  # SeqPE's q/k projections of the features (per position, not per example) stay float32.
+  # Every matmul of the host takes bfloat16, SeqPE's q/k projections of the features too.
   features = half.pe.features(params['pe'], half.train_shape)
   jaxpr = jax.make_jaxpr(lambda p: half.logits(p, batch, features, train=False))(
       params['model'])
-  dtypes = [eqn.invars[0].aval.dtype for eqn in equations(jaxpr.jaxpr)
-            if eqn.primitive.name in ('dot_general', 'conv_general_dilated')]
-  half_precision = sum(d == jnp.bfloat16 for d in dtypes)
-  projections = sum(d == jnp.float32 for d in dtypes)
-  assert half_precision >= 8 and projections <= (2 if pe == 'seqpe' else 0), dtypes
+  dtypes = matmul_input_dtypes(jaxpr)
+  assert len(dtypes) >= 8 and set(dtypes) == {jnp.dtype(jnp.bfloat16)}, dtypes
+
+
+@pytest.mark.parametrize('family', ['lm', 'vit'])
+def test_bfloat16_seqpe_encodes_in_bfloat16_and_returns_float32_embeddings(family):
+  """The encoder follows model.dtype, as under the reference's autocast; what leaves it
+  (the features, and the embeddings the contrastive and distillation losses compare)
+  is float32 and close to the float32 encoder's."""
+  _, full = build(family, 'seqpe', 'float32')
+  _, half = build(family, 'seqpe', 'bfloat16')
+  pe_params = state.init_state(full, optax.identity(), jax.random.key(0))['params']['pe']
+  jaxpr = jax.make_jaxpr(lambda p: half.pe.features(p, half.train_shape))(pe_params)
+  dtypes = matmul_input_dtypes(jaxpr)
+  assert len(dtypes) >= 8 and set(dtypes) == {jnp.dtype(jnp.bfloat16)}, dtypes
+  got = half.pe.features(pe_params, half.train_shape)['e']
+  want = full.pe.features(pe_params, full.train_shape)['e']
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(got, want, atol=0.05 * float(np.abs(want).max()))
+  assert not np.allclose(got, want, atol=1e-6)  # bfloat16 really ran.
+
+
+def matmul_input_dtypes(closed_jaxpr) -> list:
+  return [eqn.invars[0].aval.dtype for eqn in equations(closed_jaxpr.jaxpr)
+          if eqn.primitive.name in ('dot_general', 'conv_general_dilated')]
 
 
 def equations(jaxpr):

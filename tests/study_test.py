@@ -176,6 +176,19 @@ def test_report_tables_plots_and_summary_from_finished_runs(tmp_path):
   assert 'Not finished yet: seqpe_tuned, ape, rope, alibi.' in report
 
 
+@pytest.mark.parametrize('deltas, verdict', [
+    ([0.06, 0.08], 'it uses position'),
+    ([0.03, 0.04], 'it uses position weakly'),
+    ([0.001, 0.06], 'it does not use position'),  # Mean 0.03 but within two seed-stds of 0.
+    ([2e-5, 2e-5], 'it does not use position'),  # The reference recipe's dead encoder.
+    ([0.02], 'it uses position weakly'),
+])
+def test_position_use_verdict_needs_a_clear_loss_increase(deltas, verdict):
+  assert study_report.position_use_verdict(deltas).startswith(verdict)
+  if verdict == 'it uses position':
+    assert 'weakly' not in study_report.position_use_verdict(deltas)
+
+
 @pytest.mark.parametrize('arguments, message', [
     ({'suite': 'mlm'}, "Unknown suite 'mlm'; use one of: lm, vit, ablations."),
     ({'only': ['seqpe', 'rope2d']}, "Suite lm has no run named 'rope2d'; its runs are: seqpe,"),

@@ -38,10 +38,11 @@ def parse_variant(variant: str) -> dict[str, int]:
   return dict(width=width, depth=depth, num_heads=heads, mlp_dim=mlp)
 
 
-def host_spec(variant: str, length: int) -> posenc.HostSpec:
+def host_spec(variant: str, length: int, dtype=jnp.float32) -> posenc.HostSpec:
   """What the PE needs to know about a GPT variant trained on `length` tokens."""
   v = parse_variant(variant)
-  return posenc.HostSpec(v['width'], v['num_heads'], (length,), num_prefix=0, causal=True)
+  return posenc.HostSpec(v['width'], v['num_heads'], (length,), num_prefix=0, causal=True,
+                         dtype=dtype)
 
 
 class GPT(nn.Module):

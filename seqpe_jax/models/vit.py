@@ -121,11 +121,12 @@ def truncated_normal(std: float, *, bound: float) -> nn.initializers.Initializer
   return init
 
 
-def host_spec(variant: str, image_size: int) -> posenc.HostSpec:
+def host_spec(variant: str, image_size: int, dtype=jax.numpy.float32) -> posenc.HostSpec:
   """What the PE needs to know about a ViT variant trained at `image_size`."""
   v = parse_variant(variant)
   grid = patch_grid(image_size, v['patch_size'])
-  return posenc.HostSpec(v['width'], v['num_heads'], (grid, grid), num_prefix=1, causal=False)
+  return posenc.HostSpec(v['width'], v['num_heads'], (grid, grid), num_prefix=1, causal=False,
+                         dtype=dtype)
 
 
 def patch_grid(image_size: int, patch_size: int) -> int:

@@ -12,6 +12,7 @@ The host model never branches on the PE's name: it only calls these hooks.
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -37,12 +38,15 @@ class HostSpec:
     train_shape: the training length (L,) or patch grid (h, w).
     num_prefix: tokens before the grid (the ViT's CLS), which get no grid position.
     causal: whether the host's attention is causal (ALiBi needs it).
+    dtype: of the host's activations and matmuls; SeqPE's encoder and q/k projections
+      compute in it too (their parameters, and the embeddings the losses see, stay float32).
   """
   d_model: int
   num_heads: int
   train_shape: tuple[int, ...]
   num_prefix: int = 0
   causal: bool = False
+  dtype: Any = jnp.float32
 
   def __post_init__(self):
     if self.d_model % self.num_heads:
@@ -207,13 +211,14 @@ def _qk_injection_hooks(cfg, host: HostSpec, method: str):
     raise ValueError(f'pe.inject.proj_init_std must be positive, got {cfg.inject.proj_init_std}.')
   init_std, bias_init = cfg.inject.proj_init_std, cfg.inject.proj_bias_init
   shared = functools.partial(inject.SharedQKProjection, d_out=d_out, init_std=init_std,
-                             bias_init=bias_init)
+                             bias_init=bias_init, dtype=host.dtype)
   model_hook = {'per_layer': inject.ModelHook, 'none': inject.DuplicateQK,
                 'shared': shared}[qk_proj]
   layer_hook = functools.partial(
       inject.QKInjection, method=method, per_layer=qk_proj == 'per_layer',
       multi_head=cfg.inject.multi_head, scalar_scale=cfg.inject.scalar_scale,
-      scalar_impl=cfg.inject.scalar_impl, proj_init_std=init_std, proj_bias_init=bias_init)
+      scalar_impl=cfg.inject.scalar_impl, proj_init_std=init_std, proj_bias_init=bias_init,
+      dtype=host.dtype)
   return model_hook, layer_hook
 
 
@@ -292,7 +297,7 @@ def _build_encoder(cfg, host: HostSpec, method: str) -> seqpe.SeqPEEncoder:
       ndim=host.ndim, num_digits=num_digits, d_out=d_out, base=s.base, d_model=s.d_model,
       num_heads=s.num_heads, num_layers=s.num_layers, dropout=s.dropout,
       attention=s.attention, mask_padding=s.mask_padding, slot_ids=s.slot_ids,
-      temperature=s.temperature, param_init=s.init)
+      temperature=s.temperature, param_init=s.init, dtype=host.dtype)
 
 
 def _even(what: str, value: int, multiple: int) -> None:

@@ -16,6 +16,8 @@ Injection methods: `input_add`, `attn_mul`, `attn_add`, `attn_scalar` (SeqPE and
 additive tables), `rotary` (RoPE family), `bias` (ALiBi) and `none`.
 """
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -111,6 +113,7 @@ class QKProjection(nn.Module):
   d_out: int
   init_std: float = 0.02
   bias_init: float = 0.0
+  dtype: Any = jnp.float32  # Of the product; the parameters stay float32.
 
   @nn.compact
   def __call__(self, features) -> jax.Array:
@@ -118,6 +121,7 @@ class QKProjection(nn.Module):
     kernel = self.param('kernel', nn.initializers.normal(self.init_std),
                         (e.shape[-1], 2 * self.d_out))
     bias = self.param('bias', nn.initializers.constant(self.bias_init), (2 * self.d_out,))
+    e, kernel, bias = (x.astype(self.dtype) for x in (e, kernel, bias))
     alike = features.get(WINDOWS_ALIKE)
     if alike is None or e.shape[0] == 1:
       return _dense(e, kernel, bias)
@@ -129,10 +133,12 @@ class SharedQKProjection(ModelHook):
   d_out: int
   init_std: float = 0.02
   bias_init: float = 0.0
+  dtype: Any = jnp.float32  # Of the projection's product.
 
   @nn.compact
   def __call__(self, features):
-    pqk = QKProjection(self.d_out, self.init_std, self.bias_init, name='qk_proj')(features)
+    pqk = QKProjection(self.d_out, self.init_std, self.bias_init, self.dtype,
+                       name='qk_proj')(features)
     return {'pq': pqk[..., :self.d_out], 'pk': pqk[..., self.d_out:]}
 
 
@@ -165,6 +171,7 @@ class QKInjection(LayerHook):
       cache work) or 'bias' (materialised [B, H, L, L] bias; the test oracle).
     proj_init_std, proj_bias_init: initial scale of W and value of b in the per-layer
       projection p = b + W e.
+    dtype: of the per-layer projection's product (the host's dtype).
   """
   method: str
   per_layer: bool
@@ -173,13 +180,15 @@ class QKInjection(LayerHook):
   scalar_impl: str = 'concat'
   proj_init_std: float = 0.02
   proj_bias_init: float = 0.0
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, q_BLHD, k_BLHD, state):
     batch, _, heads, head_dim = q_BLHD.shape
     if self.per_layer:
       d_out = state['e'].shape[-1]
-      pqk = QKProjection(d_out, self.proj_init_std, self.proj_bias_init, name='qk_proj')(state)
+      pqk = QKProjection(d_out, self.proj_init_std, self.proj_bias_init, self.dtype,
+                         name='qk_proj')(state)
       pq, pk = pqk[..., :d_out], pqk[..., d_out:]
     else:
       pq, pk = state['pq'], state['pk']

@@ -8,6 +8,8 @@ the axis-embedding table, so 1D text, 2D images and 3D video positions share one
 """
 
 import functools
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -38,16 +40,18 @@ class EncoderBlock(nn.Module):
   num_heads: int
   dropout: float
   param_init: str
+  dtype: Any = jnp.float32  # Of activations and matmuls (layer norms reduce in float32).
 
   @nn.compact
   def __call__(self, x_BTd, mask_BHTT, *, deterministic: bool, last_only: bool = False):
     batch, tokens, d = x_BTd.shape
     head_dim = d // self.num_heads
     init = embedding_init(self.param_init)
-    dense = functools.partial(nn.Dense, kernel_init=init)
-    qkv_kernel = self.param('qkv_kernel', init, (d, 3 * d))
-    qkv_bias = self.param('qkv_bias', nn.initializers.zeros, (3 * d,))
-    h = nn.LayerNorm(epsilon=LN_EPS, name='ln_attn')(x_BTd)
+    dense = functools.partial(nn.Dense, kernel_init=init, dtype=self.dtype)
+    layer_norm = functools.partial(nn.LayerNorm, epsilon=LN_EPS, dtype=self.dtype)
+    qkv_kernel = self.param('qkv_kernel', init, (d, 3 * d)).astype(self.dtype)
+    qkv_bias = self.param('qkv_bias', nn.initializers.zeros, (3 * d,)).astype(self.dtype)
+    h = layer_norm(name='ln_attn')(x_BTd)
     queries = slice(tokens - 1, tokens) if last_only else slice(None)
     q = h[:, queries] @ qkv_kernel[:, :d] + qkv_bias[:d]
     kv = h @ qkv_kernel[:, d:] + qkv_bias[d:]
@@ -58,7 +62,7 @@ class EncoderBlock(nn.Module):
                                         mask=mask_BHTT, scale=head_dim**-0.5)
     attn = dense(d, name='attn_out')(attn.reshape(batch, -1, d))
     x_BTd = x_BTd[:, queries] + nn.Dropout(self.dropout)(attn, deterministic=deterministic)
-    h = nn.LayerNorm(epsilon=LN_EPS, name='ln_mlp')(x_BTd)
+    h = layer_norm(name='ln_mlp')(x_BTd)
     h = nn.gelu(dense(4 * d, name='mlp_in')(h), approximate=True)  # GPT-2 "gelu_new".
     h = dense(d, name='mlp_out')(h)
     return x_BTd + nn.Dropout(self.dropout)(h, deterministic=deterministic)
@@ -80,6 +84,8 @@ class SeqPEEncoder(nn.Module):
     slot_ids: 'global' ids 0 .. n*k-1 (reference code) or 'per_axis' 0 .. k-1 (Fig. 1).
     temperature: the output is divided by it.
     param_init: 'normal' (std 0.02) or 'truncated_2sigma'.
+    dtype: of activations and matmuls (the host's); parameters and the returned
+      embeddings are float32, so the losses and the features' cache stay float32.
   """
   ndim: int
   num_digits: int
@@ -94,6 +100,7 @@ class SeqPEEncoder(nn.Module):
   slot_ids: str = 'global'
   temperature: float = 1.0
   param_init: str = 'normal'
+  dtype: Any = jnp.float32
 
   def setup(self):
     if self.d_model % self.num_heads:
@@ -110,11 +117,11 @@ class SeqPEEncoder(nn.Module):
       self.axis_embed = self.param('axis_embed', init, (self.ndim, self.d_model))
     self.cls = self.param('cls', init, (self.d_model,))
     self.blocks = [
-        EncoderBlock(self.num_heads, self.dropout, self.param_init, name=f'block_{i}')
+        EncoderBlock(self.num_heads, self.dropout, self.param_init, self.dtype, name=f'block_{i}')
         for i in range(self.num_layers)
     ]
-    self.ln_final = nn.LayerNorm(epsilon=LN_EPS)
-    self.out_proj = nn.Dense(self.d_out, kernel_init=init)
+    self.ln_final = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype)
+    self.out_proj = nn.Dense(self.d_out, kernel_init=init, dtype=self.dtype)
 
   def __call__(self, digits: jax.Array, *, deterministic: bool = True) -> jax.Array:
     seq_len = self.ndim * self.num_digits
@@ -123,13 +130,13 @@ class SeqPEEncoder(nn.Module):
                        f'{self.num_digits} digits), got {digits.shape[-1]}.')
     batch_shape = digits.shape[:-1]
     digits_BS = digits.reshape(-1, seq_len)
-    x_BTd = self.embed_digits(digits_BS)
+    x_BTd = self.embed_digits(digits_BS).astype(self.dtype)
     mask_BHTT = self.attention_mask(digits_BS)
     for i, block in enumerate(self.blocks):
       # Only CLS is read out, so the last block computes CLS alone.
       x_BTd = block(x_BTd, mask_BHTT, deterministic=deterministic,
                     last_only=i == self.num_layers - 1)
-    e = self.out_proj(self.ln_final(x_BTd[:, -1]))
+    e = self.out_proj(self.ln_final(x_BTd[:, -1])).astype(jnp.float32)
     return (e / self.temperature).reshape(*batch_shape, self.d_out)
 
   def embed_digits(self, digits_BS: jax.Array) -> jax.Array:

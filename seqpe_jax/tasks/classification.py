@@ -54,7 +54,8 @@ class ClassificationTask(base.Task):
       raise ValueError(f"eval.split must be one of {', '.join(self.splits)}, got "
                        f"'{config.eval.split}'.")
     self.num_classes = images.NUM_CLASSES[config.data.name]
-    self.host = vit.host_spec(config.model.variant, size)
+    self.host = vit.host_spec(config.model.variant, size,
+                              common.model_dtype(config))
     self.train_shape = self.host.train_shape
     self.pe, self.regularizers = common.build_pe(
         config, self.host, [self.grid(res) for res in config.eval.resolutions])

@@ -34,7 +34,8 @@ class LanguageModelTask(base.Task):
   def __init__(self, config):
     self.config = config
     data = config.data
-    self.host = gpt.host_spec(config.model.variant, data.seq_len)
+    self.host = gpt.host_spec(config.model.variant, data.seq_len,
+                              common.model_dtype(config))
     self.train_shape = self.host.train_shape
     self.pe, self.regularizers = common.build_pe(
         config, self.host, [(length,) for length in config.eval.lengths])

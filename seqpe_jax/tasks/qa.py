@@ -129,7 +129,8 @@ class QATask(base.Task):
     _validate(config)
     if config.init_from != SCRATCH:  # Refuse another model before any data work.
       finetune.check_compatible(config, finetune.source_config(config.init_from))
-    self.host = gpt.host_spec(config.model.variant, data.seq_len)
+    self.host = gpt.host_spec(config.model.variant, data.seq_len,
+                              common.model_dtype(config))
     self.train_shape = self.host.train_shape
     self.pe, self.regularizers = common.build_pe(
         config, self.host, [(length + ev.max_new_tokens,) for length in ev.lengths])
