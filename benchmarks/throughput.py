@@ -25,7 +25,7 @@ import numpy as np
 
 from benchmarks.timing import describe_backend, describe_load, median_seconds
 from configs import lm_base, vit_base
-from seqpe_jax import sharding, state, train
+from seqpe_jax import cli, sharding, state, train
 from seqpe_jax import tasks as tasks_lib
 
 # Dense peak FLOP/s per device by device kind (prefix match), for (float32/TF32, bfloat16).
@@ -142,6 +142,7 @@ def main():
                       'an accelerator).')
   parser.add_argument('--steps', type=int, default=5)
   args = parser.parse_args()
+  cli.without_ynn_fusions()  # As the entry points run; before JAX starts its backend.
   on_cpu = jax.devices()[0].platform == 'cpu'
   scale = ('small' if on_cpu else 'paper') if args.scale == 'auto' else args.scale
   peak, source = device_peak('float32')

@@ -69,18 +69,3 @@ def keep_freed_memory() -> bool:
                ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
   except (OSError, AttributeError):
     return False
-
-
-def without_ynn_fusions() -> None:
-  """Turns off XLA:CPU's YNNPACK fusions for this process; call it before JAX's first
-  computation (the flag is read when the CPU backend starts).
-
-  Measured on a 2-core AMD EPYC: their matrix products allocate scratch that grows with
-  the batch, past glibc's mmap threshold at ViT-S/16 batch 32, so every call faults it
-  in afresh (about 200k minor faults per batch-32 evaluation forward, none at batch 8):
-  the forward then scales 5.4-5.7x from batch 8 to 32 instead of about 4x. Without them
-  XLA uses its Eigen kernels; results differ in rounding only.
-  """
-  flags = os.environ.get('XLA_FLAGS', '')
-  if 'xla_cpu_experimental_ynn_fusion_type' not in flags:
-    os.environ['XLA_FLAGS'] = f'{flags} --xla_cpu_experimental_ynn_fusion_type='.strip()

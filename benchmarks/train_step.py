@@ -30,7 +30,7 @@ import numpy as np
 
 from benchmarks import timing
 from configs import vit_base
-from seqpe_jax import posenc, train
+from seqpe_jax import cli, posenc, train
 from seqpe_jax import state as state_lib
 from seqpe_jax.tasks import classification
 
@@ -190,12 +190,13 @@ def main():
   parser.add_argument('--malloc', choices=('keep', 'default'), default='default',
                       help="'keep': glibc reuses freed memory across steps (fewer page faults "
                       "and less system time, but a higher peak RSS; timing.keep_freed_memory)")
-  parser.add_argument('--ynn_fusions', choices=('on', 'off'), default='on',
-                      help="'off': XLA:CPU without its YNNPACK fusions (timing.without_ynn_fusions)")
+  parser.add_argument('--ynn_fusions', choices=('on', 'off'), default='off',
+                      help="'off' (as the entry points run): XLA:CPU without its YNNPACK "
+                      "fusions (cli.without_ynn_fusions); 'on': XLA's default")
   args = parser.parse_args()
   kept = args.malloc == 'keep' and timing.keep_freed_memory()
   if args.ynn_fusions == 'off':
-    timing.without_ynn_fusions()
+    cli.without_ynn_fusions()
   batches = sorted(int(b) for b in args.batches.split(','))
   pes = args.pes.split(',')
   print(f'{timing.describe_backend()}; ViT-{args.variant} at {args.image_size} px, '

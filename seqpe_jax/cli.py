@@ -61,6 +61,32 @@ def _status(error: Exception) -> int | None:
   return None
 
 
+def prepare_process() -> None:
+  """What every entry point does before JAX starts a backend: quiet logs, XLA:CPU tuned."""
+  quiet_library_logs()
+  without_ynn_fusions()
+
+
+# The XLA flag naming the matrix-product fusions XLA:CPU hands to YNNPACK; empty: none.
+YNN_FUSIONS_FLAG = 'xla_cpu_experimental_ynn_fusion_type'
+
+
+def without_ynn_fusions() -> None:
+  """Turns off XLA:CPU's YNNPACK fusions (Eigen's kernels run instead; results differ in
+  rounding only), unless XLA_FLAGS already sets them. Read when the CPU backend starts,
+  so it must run before JAX's first computation; accelerators are unaffected.
+
+  Measured on this project's 2-core CPU, ViT-S/16 SeqPE train step at batch 32 in one
+  sitting: XLA's planned temporaries 6.56 -> 5.49 GB, peak RSS 8.58 -> 7.61 GB, minor page
+  faults 13.5 M -> 6.3 M and the step 10% faster. Their products allocate scratch that
+  grows with the batch, past glibc's mmap threshold, so every call faulted it in afresh
+  (the evaluation forward scaled 5.4-5.7x from batch 8 to 32 instead of about 4x).
+  """
+  flags_now = os.environ.get('XLA_FLAGS', '')
+  if YNN_FUSIONS_FLAG not in flags_now:
+    os.environ['XLA_FLAGS'] = f'{flags_now} --{YNN_FUSIONS_FLAG}='.strip()
+
+
 def quiet_library_logs() -> None:
   """Library INFO logs off, and orbax's warnings (advice on save timing that a small run
   triggers on every save), unless --verbosity is given (e.g. --verbosity=0 for INFO)."""

@@ -167,7 +167,7 @@ def main(argv):
   if bool(flags.FLAGS.workdir) == bool(flags.FLAGS.compare):
     raise app.UsageError('Pass either --workdir=DIR (re-run a sweep) or --compare=DIR1,DIR2 '
                          '(plot finished runs together).')
-  cli.quiet_library_logs()
+  cli.prepare_process()
   with cli.exit_statuses():
     if flags.FLAGS.compare:
       print(compare(flags.FLAGS.compare.split(','), flags.FLAGS.out))

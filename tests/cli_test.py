@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from seqpe_jax import evaluate
+from seqpe_jax import cli, evaluate
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -89,3 +89,34 @@ def test_configs_resolve_from_outside_the_checkout(tmp_path, monkeypatch):
   assert cli._installed_config('--config=configs/lm_ape.py') == '--config=configs/lm_ape.py'
   assert cli._installed_config('--config=configs/missing.py') == '--config=configs/missing.py'
   assert cli._installed_config('--workdir=configs/lm_ape.py') == '--workdir=configs/lm_ape.py'
+
+
+YNN_PROBE = '''
+import sys
+from seqpe_jax import cli
+if sys.argv[1] == 'prepared':
+  cli.prepare_process()
+import jax, jax.numpy as jnp
+step = jax.jit(lambda x, w: jax.nn.gelu(x @ w + 1.0))
+print('__ynn_fusion' in step.lower(jnp.ones((64, 128)), jnp.ones((128, 256))).compile().as_text())
+'''
+
+
+@pytest.mark.parametrize('mode, fused', [('default', True), ('prepared', False)])
+def test_entry_points_compile_without_ynnpack_fusions(mode, fused):
+  """XLA:CPU's YNNPACK fusions cost memory and page faults at batch 32; every entry point
+  turns them off before JAX starts (the probe fails if XLA stops making them by default)."""
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  process = subprocess.run([sys.executable, '-c', YNN_PROBE, mode], cwd=REPO, env=env,
+                           capture_output=True, text=True, check=True)
+  assert process.stdout.strip() == str(fused)
+
+
+def test_a_users_own_ynn_setting_is_kept(monkeypatch):
+  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=individual_dot')
+  cli.without_ynn_fusions()
+  assert os.environ['XLA_FLAGS'] == '--xla_cpu_experimental_ynn_fusion_type=individual_dot'
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+  cli.without_ynn_fusions()
+  assert os.environ['XLA_FLAGS'] == ('--xla_force_host_platform_device_count=8 '
+                                     '--xla_cpu_experimental_ynn_fusion_type=')

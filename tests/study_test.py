@@ -51,8 +51,8 @@ def test_suites_hold_the_planned_runs():
   tuned_minus = [f'tuned_minus_{study._option_name(k)}' for k in study.TUNED_SEQPE['lm']]
   assert names['ablations'] == [
       'reference', 'no_contrastive', 'no_ood', 'no_regularizers', 'no_shift', 'warmup',
-      'balance', 'train_pivots', 'proj_init', 'tuned', *tuned_minus, 'input_add', 'attn_mul',
-      'bidirectional']
+      'balance', 'train_pivots', 'proj_init', 'tuned', *tuned_minus, 'tuned_more_shifts',
+      'input_add', 'attn_mul', 'bidirectional']
   ablations = {run.name: run for run in study.SUITES['ablations']}
   assert ablations['tuned'].overrides == study.TUNED_SEQPE['lm']
   assert 'pe.regularizers.balance' not in ablations['tuned_minus_balance'].overrides
@@ -113,6 +113,14 @@ def test_smoke_study_trains_reports_and_resumes(tmp_path, valid_sweep, monkeypat
                           only=['ape', 'nope'])
   assert again['trained'] == [('ape', 1)] and swept == [str(tmp_path / 'runs/ape/seed1')]
   assert study.run_study('lm', str(tmp_path), seeds=2, variant='smoke', steps=4,
+                         only=['nope'])['trained'] == []
+  # A config key added to the project after a run started is no difference: its default
+  # keeps what the run did.
+  recorded = tmp_path / 'runs/nope/seed0/config.json'
+  old = json.loads(recorded.read_text())
+  del old['model']['dtype']
+  recorded.write_text(json.dumps(old))
+  assert study.run_study('lm', str(tmp_path), seeds=1, variant='smoke', steps=4,
                          only=['nope'])['trained'] == []
 
   with pytest.raises(study.StudyError, match=r'was made by another config \(total_steps: 4 '
