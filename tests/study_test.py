@@ -52,7 +52,7 @@ def test_suites_hold_the_planned_runs():
   assert names['ablations'] == [
       'reference', 'no_contrastive', 'no_ood', 'no_regularizers', 'no_shift', 'warmup',
       'balance', 'train_pivots', 'proj_init', 'tuned', *tuned_minus, 'tuned_more_shifts',
-      'input_add', 'attn_mul', 'bidirectional']
+      'tuned_looser_balance', 'input_add', 'attn_mul', 'bidirectional']
   ablations = {run.name: run for run in study.SUITES['ablations']}
   assert ablations['tuned'].overrides == study.TUNED_SEQPE['lm']
   assert 'pe.regularizers.balance' not in ablations['tuned_minus_balance'].overrides
