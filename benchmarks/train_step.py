@@ -2,6 +2,7 @@
 
     python -m benchmarks.train_step [--variant=S/16] [--image_size=224] [--batches=8,32]
                                     [--pes=ape,seqpe] [--repeats=3] [--dtype=float32]
+                                    [--encoder_remat=matmuls|all]
                                     [--clock=wall|cpu] [--malloc=default|keep]
                                     [--ynn_fusions=on|off]
 
@@ -32,6 +33,7 @@ from benchmarks import timing
 from configs import vit_base
 from seqpe_jax import cli, posenc, train
 from seqpe_jax import state as state_lib
+from seqpe_jax.posenc import regularizers
 from seqpe_jax.tasks import classification
 
 BRANCHES = ('unshifted', 'shifted')
@@ -129,6 +131,9 @@ def eval_seconds(task, state, batch, image_size: int, repeats: int, clock: str) 
 
 def measure(pe_name: str, batch_size: int, args, overrides=None) -> dict[str, float]:
   """Step times (per branch for SeqPE), evaluation time and XLA memory of one PE at one batch."""
+  overrides = {'pe.regularizers.remat': args.encoder_remat, **(overrides or {})}
+  if pe_name != 'seqpe':
+    overrides.pop('pe.regularizers.remat')
   config, task = build(pe_name, batch_size, args.variant, args.image_size, overrides,
                        args.dtype)
   batch = synthetic_batch(batch_size, args.image_size, task.channels)
@@ -185,6 +190,9 @@ def main():
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32',
                       help='host activations (the issue tables are float32; :paper trains bf16)')
+  parser.add_argument('--encoder_remat', choices=regularizers.REMAT, default='matmuls',
+                      help="what the backward of SeqPE's encoder pass recomputes "
+                      "(pe.regularizers.remat)")
   parser.add_argument('--clock', choices=tuple(timing.CLOCKS), default='wall',
                       help="'cpu': this process's CPU seconds, steadier on a shared machine")
   parser.add_argument('--malloc', choices=('keep', 'default'), default='default',
@@ -200,7 +208,7 @@ def main():
   batches = sorted(int(b) for b in args.batches.split(','))
   pes = args.pes.split(',')
   print(f'{timing.describe_backend()}; ViT-{args.variant} at {args.image_size} px, '
-        f'{args.dtype}; {timing.describe_load()}; {args.clock} seconds; freed memory '
+        f'{args.dtype}, encoder remat {args.encoder_remat}; {timing.describe_load()}; {args.clock} seconds; freed memory '
         f'{"kept for reuse" if kept else "returned to the kernel"}; YNNPACK fusions '
         f'{args.ynn_fusions}')
   results = {}

@@ -162,3 +162,30 @@ def test_train_fraction_splits_the_pivots_and_keeps_the_reference_draws():
   _, _, reference = small_seqpe((4, 4))  # train_fraction 0: the reference sampler as it was.
   jax.tree.map(np.testing.assert_array_equal, regularizers.sample_pivots(jax.random.key(5), reference),
                sampling.sample_contrastive(jax.random.key(5), reference.contrastive))
+
+
+def test_rematerialising_the_whole_encoder_pass_changes_no_number():
+  """pe.regularizers.remat='all' reruns the encoder pass in the backward instead of keeping
+  its products: the losses, features and gradients stay those of 'matmuls' (dropout on,
+  so a redrawn mask would show), on both branches."""
+  _, pe, kept = small_seqpe(seqpe__dropout=0.1, shift__prob=0.5)
+  _, _, rerun = small_seqpe(seqpe__dropout=0.1, shift__prob=0.5, regularizers__remat='all')
+  assert (kept.remat, rerun.remat) == ('matmuls', 'all')
+  params = pe.init(jax.random.key(0), (4, 4))
+  pool = kept.shift_pool(jax.random.key(1))
+
+  def loss(params, key, reg):
+    features, aux = regularizers.seqpe_step(pe, params, key, pool, reg)
+    return aux['loss'] + jnp.sum(jnp.sin(features['e'])), aux['shifted']
+
+  branches = set()
+  for seed in range(6):
+    key = jax.random.key(seed)
+    (want, shifted), want_grads = jax.value_and_grad(loss, has_aux=True)(params, key, kept)
+    (got, _), got_grads = jax.jit(jax.value_and_grad(loss, has_aux=True),
+                                  static_argnums=2)(params, key, rerun)
+    branches.add(bool(shifted))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 got_grads, want_grads)
+  assert branches == {True, False}

@@ -180,6 +180,7 @@ def test_each_clipping_group_is_clipped_to_its_own_threshold():
     ({'pe.regularizers.start_step': -1}, 'pe.regularizers.start_step must be a non-negative'),
     ({'pe.regularizers.balance_target': 0.0}, 'balance_target .* must be positive'),
     ({'pe.regularizers.balance': 'pcgrad'}, "Unknown pe.regularizers.balance 'pcgrad'"),
+    ({'pe.regularizers.remat': 'some'}, "Unknown pe.regularizers.remat 'some'"),
     ({'pe.contrastive.train_fraction': 1.5}, 'train_fraction must lie in'),
     ({'pe.inject.proj_init_std': -0.1}, 'proj_init_std must be positive'),
 ])
