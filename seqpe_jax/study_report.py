@@ -333,7 +333,7 @@ def _seqpe_paragraph(name: str, records: list[RunRecord], summary: dict) -> str:
             if 'diag/pe_ablation_delta' in r.final_diag]
   if deltas:
     usage = (f"Final diag/pe_ablation_delta {_cell(_mean_std(deltas))} "
-             f'({len(deltas)} seeds): {position_use_verdict(deltas)}.')
+             f'({_seeds(len(deltas))}): {position_use_verdict(deltas)}.')
   else:
     usage = 'It logged no diag/pe_ablation_delta.'
   metric, columns = own[0].metric, _columns(summary)
@@ -344,11 +344,15 @@ def _seqpe_paragraph(name: str, records: list[RunRecord], summary: dict) -> str:
           f'the longest ({longest}).')
 
 
+def _seeds(count: int) -> str:
+  return f"{count} seed{'' if count == 1 else 's'}"
+
+
 def _run_status(run_names: list[str], records: list[RunRecord], root: pathlib.Path) -> str:
   seeds = {}
   for record in records:
     seeds.setdefault(record.name, []).append(record.seed)
-  done = ', '.join(f'{name} ({len(s)} seeds)' for name, s in seeds.items())
+  done = ', '.join(f'{name} ({_seeds(len(s))})' for name, s in seeds.items())
   missing = [name for name in run_names if name not in seeds]
   diverged = sorted(str(p.parent.relative_to(root)) for p in root.glob(f'runs/*/seed*/{DIVERGED}'))
   text = f'Finished: {done}.'
