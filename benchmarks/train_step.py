@@ -131,9 +131,8 @@ def eval_seconds(task, state, batch, image_size: int, repeats: int, clock: str) 
 
 def measure(pe_name: str, batch_size: int, args, overrides=None) -> dict[str, float]:
   """Step times (per branch for SeqPE), evaluation time and XLA memory of one PE at one batch."""
-  overrides = {'pe.regularizers.remat': args.encoder_remat, **(overrides or {})}
-  if pe_name != 'seqpe':
-    overrides.pop('pe.regularizers.remat')
+  if pe_name == 'seqpe':
+    overrides = {'pe.regularizers.remat': args.encoder_remat, **(overrides or {})}
   config, task = build(pe_name, batch_size, args.variant, args.image_size, overrides,
                        args.dtype)
   batch = synthetic_batch(batch_size, args.image_size, task.channels)
@@ -208,7 +207,8 @@ def main():
   batches = sorted(int(b) for b in args.batches.split(','))
   pes = args.pes.split(',')
   print(f'{timing.describe_backend()}; ViT-{args.variant} at {args.image_size} px, '
-        f'{args.dtype}, encoder remat {args.encoder_remat}; {timing.describe_load()}; {args.clock} seconds; freed memory '
+        f'{args.dtype}, encoder remat {args.encoder_remat}; {timing.describe_load()}; '
+        f'{args.clock} seconds; freed memory '
         f'{"kept for reuse" if kept else "returned to the kernel"}; YNNPACK fusions '
         f'{args.ynn_fusions}')
   results = {}
