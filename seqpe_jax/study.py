@@ -109,6 +109,12 @@ def _ablation_runs() -> list[Run]:
       # distance structure that lets attention fall off beyond the trained length keeps
       # more of its weight.
       Run('tuned_looser_balance', lm, {**tuned, 'pe.regularizers.balance_target': 10.0}),
+      # Half the training-window pivots compare positions of the window moved elsewhere:
+      # the trained encoder keeps the window's positions apart at short range but maps
+      # positions beyond it close together, so attention loses its locality there.
+      Run('tuned_shifted_pivots', lm, {**tuned, 'pe.contrastive.train_shift_fraction': 0.5}),
+      Run('tuned_shifted_pivots_more_shifts', lm,
+          {**tuned, 'pe.contrastive.train_shift_fraction': 0.5, 'pe.shift.prob': 0.5}),
       Run('input_add', lm, {'pe.inject.method': 'input_add'}),
       Run('attn_mul', lm, {'pe.inject.method': 'attn_mul'}),
       Run('bidirectional', lm, {'pe.seqpe.attention': 'bidirectional'}),

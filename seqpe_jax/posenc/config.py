@@ -94,6 +94,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Share of pivots drawn inside the training window (candidates: other positions of the
   # window), so the loss separates the positions the task trains on; 0 in the reference.
   pe.contrastive.train_fraction = 0.0
+  # Share of those pivots whose window (candidates included) is moved by a uniform random
+  # offset inside the position space, so positions the task never trains on are kept apart
+  # at the same short range; 0 keeps every one in the training window itself.
+  pe.contrastive.train_shift_fraction = 0.0
 
   pe.ood = ml_collections.ConfigDict()
   # Weight of the out-of-distribution distillation loss (0 turns it off).

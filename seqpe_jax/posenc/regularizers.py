@@ -30,6 +30,7 @@ class Regularizers:
   """Static settings of SeqPE's training-time work, validated from `config.pe`."""
   contrastive: sampling.ContrastiveSpec | None  # None when every pivot is in the window.
   ct_train_pivots: int  # Pivots drawn inside the training window (pe.contrastive.train_fraction).
+  ct_train_moved: int  # Of those, pivots whose window moves elsewhere (train_shift_fraction).
   ct_num_candidates: int
   ct_weight: float
   ct_heads: int  # 0 = loss on the full vector.
@@ -95,6 +96,9 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
     raise ValueError(f"Unknown pe.regularizers.remat '{remat}'; use one of: {', '.join(REMAT)}.")
   if not 0 <= ct.train_fraction <= 1:
     raise ValueError(f'pe.contrastive.train_fraction must lie in [0, 1], got {ct.train_fraction}.')
+  if not 0 <= ct.train_shift_fraction <= 1:
+    raise ValueError('pe.contrastive.train_shift_fraction must lie in [0, 1], got '
+                     f'{ct.train_shift_fraction}.')
   if enc.d_out % enc.num_heads:
     raise ValueError(f'SeqPE d_out={enc.d_out} does not split into its {enc.num_heads} heads '
                      'for the distillation loss.')
@@ -112,6 +116,7 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
   sampling.check_shift(train_shape, max_position, shift.pool_size)
   return Regularizers(
       contrastive=spec, ct_train_pivots=train_pivots,
+      ct_train_moved=round(ct.train_shift_fraction * train_pivots),
       ct_num_candidates=ct.num_candidates, ct_weight=ct.weight,
       ct_heads=enc.num_heads if ct.multi_head_loss else 0, ct_logit_scale=ct.logit_scale,
       ood_weight=ood.weight, ood_groups=ood.num_groups, ood_teachers=ood.num_teachers,
@@ -127,9 +132,14 @@ def sample_pivots(key: jax.Array, reg: Regularizers) -> dict[str, jax.Array]:
   (drawn from `key` itself, so the reference recipe's draws do not change)."""
   parts = []
   if reg.ct_train_pivots:
+    offsets = None
+    if reg.ct_train_moved:
+      offsets = sampling.train_window_offsets(
+          jax.random.fold_in(key, 2), reg.train_shape, reg.max_position,
+          num_pivots=reg.ct_train_pivots, num_moved=reg.ct_train_moved)
     parts.append(sampling.sample_train_window_contrastive(
         jax.random.fold_in(key, 1), reg.train_shape, num_pivots=reg.ct_train_pivots,
-        num_candidates=reg.ct_num_candidates))
+        num_candidates=reg.ct_num_candidates, offsets=offsets))
   if reg.contrastive is not None:
     parts.append(sampling.sample_contrastive(key, reg.contrastive))
   if len(parts) == 1:
