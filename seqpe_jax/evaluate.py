@@ -35,16 +35,30 @@ def evaluate_workdir(workdir: str, split: str | None = None, overrides: dict | N
   evaluation settings; either writes extrapolation_{split}_{name}.json/png beside them and
   leaves config.json and the training run's results as they are.
   """
+  if overrides and not name:
+    raise ValueError('Name the evaluation with --name=... when overriding eval settings; '
+                     'its results go to extrapolation_<name>.json.')
+  config, task, state, mesh = restore_run(workdir, overrides)
+  results = task.sweep(state['params'], mesh, split=split)
+  suffix = ''.join(f'_{part}' for part in (split, name) if part)
+  results_files.write_extrapolation(
+      workdir, results, task.metric, task.axis_label,
+      title=f'{config.model.name} {config.pe.name} {split or ""} {name}'.strip(),
+      suffix=suffix, protocol=task.sweep_protocol, overrides=overrides)
+  task.write_plots(workdir, results, suffix=suffix)  # Task-specific figures (QA: by depth).
+  return results
+
+
+def restore_run(workdir: str, overrides: dict | None = None):
+  """(config, task, state, mesh) of the latest checkpoint of the training run in `workdir`,
+  its config changed by the evaluation `overrides`."""
   from seqpe_jax import sharding, tasks  # pylint: disable=g-import-not-at-top
   from seqpe_jax import state as state_lib  # pylint: disable=g-import-not-at-top
   path = epath.Path(workdir) / 'config.json'
   if not path.exists():
     raise FileNotFoundError(f'{path} does not exist: point --workdir at a training run.')
-  recorded = ml_collections.ConfigDict(json.loads(path.read_text()))
+  recorded = ml_collections.ConfigDict(checkpoint.with_new_pe_fields(json.loads(path.read_text())))
   config = with_eval_overrides(recorded, overrides or {})
-  if overrides and not name:
-    raise ValueError('Name the evaluation with --name=... when overriding eval settings; '
-                     'its results go to extrapolation_<name>.json.')
   mesh = sharding.make_mesh(config.mesh)
   task = tasks.build(config)
   target = state_lib.abstract_state(task, state_lib.make_optimizer(task, config), mesh)
@@ -55,14 +69,7 @@ def evaluate_workdir(workdir: str, split: str | None = None, overrides: dict | N
     checkpointer.close()
   if state is None:
     raise FileNotFoundError(f'{workdir} has no checkpoint to evaluate.')
-  results = task.sweep(state['params'], mesh, split=split)
-  suffix = ''.join(f'_{part}' for part in (split, name) if part)
-  results_files.write_extrapolation(
-      workdir, results, task.metric, task.axis_label,
-      title=f'{config.model.name} {config.pe.name} {split or ""} {name}'.strip(),
-      suffix=suffix, protocol=task.sweep_protocol, overrides=overrides)
-  task.write_plots(workdir, results, suffix=suffix)  # Task-specific figures (QA: by depth).
-  return results
+  return config, task, state, mesh
 
 
 def with_eval_overrides(config: ml_collections.ConfigDict,

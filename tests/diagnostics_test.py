@@ -33,8 +33,9 @@ def test_alibi_position_logit_spread_equals_its_formula():
   length, heads, head_dim = 6, 4, 8
   hook = inject.KeyPositionBias(pre_scale=True)
   state = {'key_pos': jnp.arange(length, dtype=jnp.float32)[None]}
-  got = hook.apply({}, state, length, heads, head_dim, causal=True, dtype=jnp.float32,
-                   method=lambda h, *a, **k: attention.position_logit_spread(h, *a, **k))
+  logits = hook.apply({}, state, length, heads, head_dim, causal=True, dtype=jnp.float32,
+                      method=lambda h, *a, **k: attention.position_logits(h, *a, **k))
+  got = attention.position_logit_spread(logits)
   slopes = np.asarray(baselines.alibi_slopes(heads)) * head_dim**-0.5
   per_query = [np.std(np.arange(i + 1)) for i in range(length)]  # Keys 0..i are visible.
   np.testing.assert_allclose(got, np.mean(slopes[:, None] * np.asarray(per_query)[None]),

@@ -161,24 +161,35 @@ def with_key_mask(bias, key_mask_BS: jax.Array):
   return masked if bias is None else bias + masked
 
 
-def position_logit_spread(hook, pe_state, length: int, heads: int, head_dim: int, *,
-                          causal: bool, dtype) -> jax.Array:
-  """How much the PE alone moves this layer's attention logits: the hook applied to
-  constant content (q = k = 1), its logits' standard deviation across the keys each query
-  sees, averaged over queries and heads. 0 when the layer hook ignores position (no PE,
-  or a PE added to the token embeddings); for attn_scalar the spread of s p_q.p_k/sqrt(d_h),
-  for attn_mul that of p_q.p_k, for RoPE that of the rotation, for ALiBi that of the bias.
-  """
+def position_logits(hook, pe_state, length: int, heads: int, head_dim: int, *,
+                    causal: bool, dtype) -> jax.Array:
+  """The attention logits the PE alone gives this layer, [H, L, L] in float32: the hook
+  applied to constant content (q = k = 1), scaled as the attention scales them; keys a
+  query cannot see are -inf. For attn_scalar s p_q.p_k/sqrt(d_h) plus a constant, for
+  attn_mul p_q.p_k/sqrt(d_h), for RoPE the rotation's, for ALiBi its bias; constant
+  across keys when the layer hook ignores position (no PE, or one added to the input)."""
   ones = jnp.ones((1, length, heads, head_dim), dtype)
   q, k, bias = hook(ones, ones, pe_state)
   logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
   logits = logits * head_dim**-0.5 + (0.0 if bias is None else bias[:1])
   visible = jnp.tril(jnp.ones((length, length), bool)) if causal else jnp.ones(
       (length, length), bool)
+  return jnp.where(visible, logits[0], -jnp.inf)
+
+
+def position_logit_spread(logits_HLL: jax.Array) -> jax.Array:
+  """How much the PE alone moves a layer's attention logits (`position_logits`): their
+  standard deviation across the keys each query sees, averaged over queries and heads."""
+  visible = logits_HLL > -jnp.inf
   count = visible.sum(-1)
-  mean = jnp.where(visible, logits, 0).sum(-1) / count
-  var = jnp.where(visible, jnp.square(logits - mean[..., None]), 0).sum(-1) / count
+  mean = jnp.where(visible, logits_HLL, 0).sum(-1) / count
+  var = jnp.where(visible, jnp.square(logits_HLL - mean[..., None]), 0).sum(-1) / count
   return jnp.mean(jnp.sqrt(var))
+
+
+# Collection the attention layers write their `position_logits` to when it is mutable
+# (seqpe_jax.position_profile).
+POSITION_LOGITS = 'position_logits'
 
 
 class MultiHeadAttention(nn.Module):
@@ -231,10 +242,15 @@ class MultiHeadAttention(nn.Module):
     q, k = q.astype(self.dtype), k.astype(self.dtype)
     if key_mask_BS is not None:
       bias = with_key_mask(bias, key_mask_BS)
-    if self.is_mutable_collection('intermediates') and not self.decode:
-      self.sow('intermediates', 'pos_logit_spread',
-               position_logit_spread(hook, pe_state, q.shape[1], self.num_heads, head_dim,
-                                     causal=self.causal, dtype=q.dtype))
+    # Diagnostics, only when the caller asks for their collection (never in training).
+    wants = [c for c in ('intermediates', POSITION_LOGITS) if self.is_mutable_collection(c)]
+    if wants and not self.decode:
+      pos = position_logits(hook, pe_state, q.shape[1], self.num_heads, head_dim,
+                            causal=self.causal, dtype=q.dtype)
+      if 'intermediates' in wants:
+        self.sow('intermediates', 'pos_logit_spread', position_logit_spread(pos))
+      if POSITION_LOGITS in wants:
+        self.sow(POSITION_LOGITS, 'logits', pos)
     rng = None if deterministic or not self.dropout else self.make_rng('dropout')
     scale = head_dim**-0.5  # Of the head width, also when attn_scalar widens q and k.
     attention = functools.partial(attend, scale=scale, causal=self.causal,
