@@ -8,7 +8,8 @@ number of steps, once per seed, then sweeps each trained model on the validation
 well as the test split, and writes
 
     DIR/runs/<run>/seed<i>/   each run's training workdir (checkpoints, metrics.jsonl,
-                              extrapolation.json, extrapolation_valid.json)
+                              extrapolation.json, extrapolation_valid.json and, for
+                              1-D tasks, position_profile_<L>.json/png)
     DIR/results.csv           one row per (run, seed, split, length or resolution)
     DIR/results.md            mean ± std over seeds per run and column, best in bold
     DIR/test.png, valid.png   the metric against length or resolution, bands over seeds
@@ -34,10 +35,12 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from seqpe_jax import cli, evaluate, metrics, study_report, train
+from seqpe_jax import cli, evaluate, metrics, position_profile, study_report, train
 from seqpe_jax.study_report import DIVERGED, SPLITS, is_finished
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Longest length the study profiles (position_profile holds layers x heads x L^2 logits).
+PROFILE_LENGTH = 2048
 VARIANTS = ('', 'smoke')
 
 # ------------------------------------------------------------------ Suites.
@@ -115,6 +118,12 @@ def _ablation_runs() -> list[Run]:
       Run('tuned_shifted_pivots', lm, {**tuned, 'pe.contrastive.train_shift_fraction': 0.5}),
       Run('tuned_shifted_pivots_more_shifts', lm,
           {**tuned, 'pe.contrastive.train_shift_fraction': 0.5, 'pe.shift.prob': 0.5}),
+      # Distillation ten times stronger: it is the loss that asks the encoder's similarity
+      # structure to be the same wherever the window lies, which the host's projection
+      # needs to see the training window's locality beyond it.
+      Run('tuned_strong_ood', lm, {**tuned, 'pe.ood.weight': 1.0}),
+      Run('tuned_shifted_pivots_strong_ood', lm,
+          {**tuned, 'pe.contrastive.train_shift_fraction': 0.5, 'pe.ood.weight': 1.0}),
       Run('input_add', lm, {'pe.inject.method': 'input_add'}),
       Run('attn_mul', lm, {'pe.inject.method': 'attn_mul'}),
       Run('bidirectional', lm, {'pe.seqpe.attention': 'bidirectional'}),
@@ -274,6 +283,9 @@ def _train_and_sweep(job: _Job) -> bool:
             flush=True)
       return False
   evaluate.evaluate_workdir(str(job.directory), split='valid')
+  if 'lengths' in job.config.eval:  # A 1-D task: where its PE makes attention look.
+    position_profile.profile_run(str(job.directory),
+                                 min(max(job.config.eval.lengths), PROFILE_LENGTH))
   return True
 
 

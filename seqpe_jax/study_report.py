@@ -48,6 +48,7 @@ class RunRecord:
   results: dict[str, dict[int, float]]  # split -> x -> metric value.
   final_diag: dict[str, float]  # diag/* -> last logged value.
   curves: dict[str, dict[int, float]]  # diag/* -> step -> value.
+  profile: dict | None = None  # position_profile_<L>.json (1-D tasks), if written.
 
 
 def _read_metrics(path: pathlib.Path) -> list[dict]:
@@ -69,7 +70,10 @@ def _read_record(name: str, seed: int, run_dir: pathlib.Path) -> RunRecord:
   final = {key: curve[max(curve)] for key, curve in curves.items()}
   config_path = run_dir / 'config.json'
   config = json.loads(config_path.read_text()) if config_path.exists() else {}
-  return RunRecord(name, seed, config, metric, tables['test']['axis'], results, final, curves)
+  profiles = sorted(run_dir.glob('position_profile_*.json'))
+  profile = json.loads(profiles[-1].read_text()) if profiles else None
+  return RunRecord(name, seed, config, metric, tables['test']['axis'], results, final, curves,
+                   profile)
 
 
 def collect(root: pathlib.Path, run_names: list[str]) -> list[RunRecord]:
@@ -170,6 +174,31 @@ def diagnostics_table(final: dict[str, dict[str, tuple]], keys: list[str]) -> st
   return '\n'.join(lines)
 
 
+def locality_table(records: list[RunRecord]) -> str:
+  """Mass the PE-only attention puts on the nearest keys, per query range (mean ± std over
+  seeds), with a position-free layer's for reference; '' when no run has a profile."""
+  with_profile = [r for r in records if r.profile]
+  if not with_profile:
+    return ''
+  first = with_profile[0].profile
+  ranges = [tuple(r) for r in first['query_ranges']]
+  values = {}
+  for record in with_profile:
+    if [tuple(r) for r in record.profile['query_ranges']] == ranges:
+      values.setdefault(record.name, []).append(record.profile['mean']['near_mass'])
+  lines = [f"| run | {' | '.join(f'{lo}-{hi - 1}' for lo, hi in ranges)} |",
+           '|---' * (len(ranges) + 1) + '|']
+  for name, rows in values.items():
+    stats = [_mean_std([row[i] for row in rows]) for i in range(len(ranges))]
+    lines.append(f"| {_row_label(name, {0: stats[0]})} | {' | '.join(map(_cell, stats))} |")
+  free = ' | '.join(_number(v) for v in first['position_free']['near_mass'])
+  lines.append(f'| (position-free) | {free} |')
+  return (f"Share of the attention the PE alone pays to the {first['near']} nearest keys, per "
+          f"query position range, at {first['length']} positions (`seqpe_jax.position_profile`; "
+          'mean over layers and heads): a PE that keeps attention local beyond the training '
+          'length keeps this share there.\n\n' + '\n'.join(lines) + '\n')
+
+
 def _metric_caption(split: str, records: list[RunRecord]) -> str:
   metric, axis = records[0].metric, records[0].axis
   better = 'lower' if metric in LOWER_IS_BETTER else 'higher'
@@ -190,6 +219,9 @@ def _markdown_sections(records: list[RunRecord], heading: str) -> str:
                     f'{diagnostics_table(_final_diagnostics(records), keys)}\n')
   else:
     sections.append(f'{heading} Final diagnostics\n\nThe runs logged no diag/* metrics.\n')
+  locality = locality_table(records)
+  if locality:
+    sections.append(f'{heading} Attention locality of the PE alone\n\n{locality}')
   return '\n'.join(sections)
 
 

@@ -52,7 +52,9 @@ def test_suites_hold_the_planned_runs():
   assert names['ablations'] == [
       'reference', 'no_contrastive', 'no_ood', 'no_regularizers', 'no_shift', 'warmup',
       'balance', 'train_pivots', 'proj_init', 'tuned', *tuned_minus, 'tuned_more_shifts',
-      'tuned_looser_balance', 'input_add', 'attn_mul', 'bidirectional']
+      'tuned_looser_balance', 'tuned_shifted_pivots', 'tuned_shifted_pivots_more_shifts',
+      'tuned_strong_ood', 'tuned_shifted_pivots_strong_ood', 'input_add', 'attn_mul',
+      'bidirectional']
   ablations = {run.name: run for run in study.SUITES['ablations']}
   assert ablations['tuned'].overrides == study.TUNED_SEQPE['lm']
   assert 'pe.regularizers.balance' not in ablations['tuned_minus_balance'].overrides
@@ -98,6 +100,13 @@ def test_smoke_study_trains_reports_and_resumes(tmp_path, valid_sweep, monkeypat
   logged_diagnostics = any(key.startswith('diag/') for key in rows[0])
   assert (tmp_path / 'diagnostics.png').exists() == logged_diagnostics
   assert 'Not finished yet: seqpe, seqpe_tuned, rope, alibi.' in report
+  # Each run's PE-only attention profile; NoPE's is the position-free layer's.
+  assert (tmp_path / 'runs/nope/seed1/position_profile_64.png').stat().st_size > 0
+  locality = report.split('## Attention locality of the PE alone')[1].split('##')[0]
+  lines = {line.split(' | ')[0]: line for line in locality.splitlines() if line.startswith('| ')}
+  free = lines['| (position-free)'].split(' | ')[1:]
+  nope = [float(cell.split(' ±')[0].rstrip(' |')) for cell in lines['| nope'].split(' | ')[1:]]
+  assert nope == pytest.approx([float(v.rstrip(' |')) for v in free], rel=1e-3)
 
   # A second invocation trains nothing; a run that lost its validation sweep gets only that.
   def must_not_train(config, workdir):
