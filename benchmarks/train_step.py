@@ -1,7 +1,8 @@
 """ViT train-step and evaluation time of SeqPE and the learnable APE at several batches, in one run.
 
     python -m benchmarks.train_step [--variant=S/16] [--image_size=224] [--batches=8,32]
-                                    [--pes=ape,seqpe] [--repeats=3] [--dtype=float32]
+                                    [--pes=ape,seqpe[,seqpe_injection]] [--repeats=3]
+                                    [--dtype=float32]
                                     [--encoder_remat=matmuls|all]
                                     [--clock=wall|cpu] [--malloc=default|keep]
                                     [--ynn_fusions=on|off]
@@ -20,6 +21,11 @@ SeqPE's fixed cost (unshifted SeqPE - APE), which should not grow with the batch
 evaluation forward with the PE table computed once; and the compiled step's XLA memory.
 The last line is the process's peak RSS and page faults (run one PE and batch per process
 to read them per configuration).
+
+`seqpe_injection` is SeqPE with its regularisers cut to one pivot and one distillation
+group: what is left of the fixed cost is the PE's way into the host (the per-example q/k
+products of attn_mul, forward and backward, which grow with the batch by nature), and
+SeqPE - seqpe_injection is the regularisers' share, which should stay flat.
 """
 
 import argparse
@@ -37,6 +43,11 @@ from seqpe_jax.posenc import regularizers
 from seqpe_jax.tasks import classification
 
 BRANCHES = ('unshifted', 'shifted')
+# What each --pes name builds: the PE and its config overrides.
+PES = {'ape': ('ape', {}), 'seqpe': ('seqpe', {}),
+       'seqpe_injection': ('seqpe', {'pe.contrastive.num_pivots': 1,
+                                     'pe.contrastive.num_candidates': 4,
+                                     'pe.ood.num_groups': 1, 'pe.ood.num_teachers': 2})}
 SHIFTED_METRIC = 'train/seqpe/shifted'
 
 
@@ -129,10 +140,13 @@ def eval_seconds(task, state, batch, image_size: int, repeats: int, clock: str) 
                                repeats=repeats, clock=clock)
 
 
-def measure(pe_name: str, batch_size: int, args, overrides=None) -> dict[str, float]:
-  """Step times (per branch for SeqPE), evaluation time and XLA memory of one PE at one batch."""
+def measure(name: str, batch_size: int, args, overrides=None) -> dict[str, float]:
+  """Step times (per branch for SeqPE), evaluation time and XLA memory of one PES entry at
+  one batch."""
+  pe_name, own = PES[name]
+  overrides = {**own, **(overrides or {})}
   if pe_name == 'seqpe':
-    overrides = {'pe.regularizers.remat': args.encoder_remat, **(overrides or {})}
+    overrides = {'pe.regularizers.remat': args.encoder_remat, **overrides}
   config, task = build(pe_name, batch_size, args.variant, args.image_size, overrides,
                        args.dtype)
   batch = synthetic_batch(batch_size, args.image_size, task.channels)
@@ -148,6 +162,20 @@ def measure(pe_name: str, batch_size: int, args, overrides=None) -> dict[str, fl
   out['eval'] = eval_seconds(task, stepper.state, batch, args.image_size, args.repeats,
                              args.clock)
   return out
+
+
+def fixed_cost_split(results: dict, batch: int) -> dict[str, float] | None:
+  """SeqPE's unshifted fixed cost at `batch` (SeqPE - APE) split into its injection
+  (seqpe_injection - APE) and regulariser (SeqPE - seqpe_injection) parts; None unless
+  all three were measured."""
+  try:
+    ape, seqpe, injection = (results[(name, batch)] for name in ('ape', 'seqpe',
+                                                                 'seqpe_injection'))
+  except KeyError:
+    return None
+  return {'fixed': seqpe['unshifted'] - ape['step'],
+          'injection': injection['unshifted'] - ape['step'],
+          'regularizers': seqpe['unshifted'] - injection['unshifted']}
 
 
 def report(results: dict, batches: list[int], shift_prob: float) -> None:
@@ -173,6 +201,16 @@ def report(results: dict, batches: list[int], shift_prob: float) -> None:
     fixed = lambda b: results[('seqpe', b)]['unshifted'] - results[('ape', b)]['step']
     print(f'SeqPE fixed cost (unshifted - APE) b{hi} / b{lo} = {fixed(hi) / fixed(lo):.2f} '
           '(target <= 1.15)')
+  for b in batches:
+    split = fixed_cost_split(results, b)
+    if split:
+      print(f'b{b}: SeqPE fixed cost {split["fixed"]:.3f} s = injection '
+            f'{split["injection"]:.3f} s (per example) + regularisers '
+            f'{split["regularizers"]:.3f} s (per step)')
+  if all(fixed_cost_split(results, b) for b in (lo, hi)):
+    ratio_ = fixed_cost_split(results, hi)['regularizers'] / fixed_cost_split(results, lo)[
+        'regularizers']
+    print(f'SeqPE regularisers b{hi} / b{lo} = {ratio_:.2f} (flat: 1)')
   for pe in ('ape', 'seqpe'):
     if (pe, lo) in results and (pe, hi) in results:
       print(f'{pe}: train step b{hi} / b{lo} = {ratio(pe, "step"):.2f}, eval forward '
@@ -185,7 +223,8 @@ def main():
   parser.add_argument('--variant', default='S/16')
   parser.add_argument('--image_size', type=int, default=224)
   parser.add_argument('--batches', default='8,32', help='comma-separated batch sizes')
-  parser.add_argument('--pes', default='ape,seqpe', help='comma-separated: ape, seqpe')
+  parser.add_argument('--pes', default='ape,seqpe',
+                      help=f"comma-separated: {', '.join(PES)}")
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32',
                       help='host activations (the issue tables are float32; :paper trains bf16)')
@@ -206,6 +245,9 @@ def main():
     cli.without_ynn_fusions()
   batches = sorted(int(b) for b in args.batches.split(','))
   pes = args.pes.split(',')
+  unknown = [pe for pe in pes if pe not in PES]
+  if unknown:
+    parser.error(f"unknown --pes {', '.join(unknown)}; use some of: {', '.join(PES)}")
   print(f'{timing.describe_backend()}; ViT-{args.variant} at {args.image_size} px, '
         f'{args.dtype}, encoder remat {args.encoder_remat}; {timing.describe_load()}; '
         f'{args.clock} seconds; freed memory '

@@ -33,3 +33,25 @@ def test_timing_refuses_a_step_that_takes_the_other_branch(stepper):
   assert stepper.seconds(steps['unshifted'], repeats=1, expect='unshifted') > 0
   with pytest.raises(AssertionError, match='did not take the unshifted branch'):
     stepper.seconds(steps['shifted'], repeats=1, expect='unshifted')
+
+
+def test_fixed_cost_splits_into_injection_and_regularisers():
+  results = {('ape', 8): {'step': 1.0}, ('seqpe', 8): {'unshifted': 4.0},
+             ('seqpe_injection', 8): {'unshifted': 1.5}, ('ape', 32): {'step': 4.0},
+             ('seqpe', 32): {'unshifted': 7.5}}
+  assert train_step.fixed_cost_split(results, 8) == {'fixed': 3.0, 'injection': 0.5,
+                                                     'regularizers': 2.5}
+  assert train_step.fixed_cost_split(results, 32) is None  # No seqpe_injection at 32.
+
+
+def test_seqpe_injection_keeps_the_pe_and_cuts_the_regularisers():
+  """The split's reference point: SeqPE with the same injection and shift windows, and
+  one pivot and one distillation group left of the regularisers."""
+  pe, overrides = train_step.PES['seqpe_injection']
+  _, task = train_step.build(pe, BATCH, 'nano/4', IMAGE_SIZE, {**TINY, **overrides})
+  _, full = train_step.build('seqpe', BATCH, 'nano/4', IMAGE_SIZE, TINY)
+  reg, ref = task.regularizers, full.regularizers
+  assert (reg.contrastive.num_pivots, reg.ood_groups) == (1, 1)
+  assert (ref.contrastive.num_pivots, ref.ood_groups) == (32, 32)
+  assert (task.pe.method, reg.num_windows, reg.shift_prob) == (
+      full.pe.method, ref.num_windows, ref.shift_prob)
