@@ -64,7 +64,7 @@ def restore_run(workdir: str, overrides: dict | None = None):
   target = state_lib.abstract_state(task, state_lib.make_optimizer(task, config), mesh)
   checkpointer = checkpoint.Checkpointer(workdir, recorded, keep=config.keep_checkpoints)
   try:
-    state = checkpointer.restore(target)
+    state = checkpointer.restore(target, defaults=state_lib.NEWER_ENTRIES)
   finally:
     checkpointer.close()
   if state is None:

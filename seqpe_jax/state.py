@@ -12,6 +12,11 @@ import optax
 from seqpe_jax import optim, sharding
 
 
+# State entries added after some checkpoints were written, with the value such a checkpoint
+# restores to (Checkpointer.restore's `defaults`).
+NEWER_ENTRIES = {'first_nonfinite_step': 0}
+
+
 def init_state(task, optimizer, key):
   """Fresh parameters {'model', 'pe'}, optimizer state, step 0, and the first step whose
   loss or gradients were not finite (0: none so far)."""

@@ -16,7 +16,7 @@ from etils import epath
 
 from seqpe_jax import checkpoint, cli, diagnostics, metrics, optim, sharding, tasks
 from seqpe_jax import results as results_files
-from seqpe_jax.state import abstract_state, init_state, make_optimizer
+from seqpe_jax.state import NEWER_ENTRIES, abstract_state, init_state, make_optimizer
 from seqpe_jax.preemption import PreemptionWatch
 
 
@@ -211,7 +211,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   checkpointer = checkpoint.Checkpointer(workdir, config, keep=config.keep_checkpoints)
   try:
     # Runs saved before the finiteness flag existed resume with it cleared.
-    state = checkpointer.restore(target, defaults={'first_nonfinite_step': 0})  # Restore.
+    state = checkpointer.restore(target, defaults=NEWER_ENTRIES)  # Restore.
   except Exception:
     checkpointer.close()
     raise

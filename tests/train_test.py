@@ -13,6 +13,7 @@ import pytest
 
 from configs import lm_base, vit_base
 from seqpe_jax import checkpoint, cli, evaluate, metrics, train
+from seqpe_jax import state as state_lib
 from tests import event_files
 
 PES = ['seqpe', 'ape', 'sincos', 'rope2d', 'rope_mixed', 'none']
@@ -280,7 +281,7 @@ def test_a_checkpoint_older_than_a_state_entry_resumes_with_its_default(tmp_path
             'first_nonfinite_step': jax.ShapeDtypeStruct((), jax.numpy.int32,
                                                          sharding=one_device)}
   loader = checkpoint.Checkpointer(tmp_path, config)
-  restored = loader.restore(target, defaults={'first_nonfinite_step': 0})
+  restored = loader.restore(target, defaults=state_lib.NEWER_ENTRIES)  # As train and evaluate.
   loader.close()
   assert int(restored['step']) == 5 and int(restored['first_nonfinite_step']) == 0
   np.testing.assert_array_equal(restored['params']['w'], np.ones((2, 3)))
