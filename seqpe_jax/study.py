@@ -124,6 +124,12 @@ def _ablation_runs() -> list[Run]:
       Run('tuned_strong_ood', lm, {**tuned, 'pe.ood.weight': 1.0}),
       Run('tuned_shifted_pivots_strong_ood', lm,
           {**tuned, 'pe.contrastive.train_shift_fraction': 0.5, 'pe.ood.weight': 1.0}),
+      # No q/k projection (p_q = p_k = e, the reference GPT-2's other path): the position
+      # term of attention is then the very similarity the contrastive and distillation
+      # losses shape, instead of a learned bilinear form of it they do not constrain.
+      Run('tuned_no_qk_proj', lm, {**tuned, 'pe.inject.qk_proj': 'none'}),
+      Run('tuned_no_qk_proj_shifted_pivots', lm,
+          {**tuned, 'pe.inject.qk_proj': 'none', 'pe.contrastive.train_shift_fraction': 0.5}),
       Run('input_add', lm, {'pe.inject.method': 'input_add'}),
       Run('attn_mul', lm, {'pe.inject.method': 'attn_mul'}),
       Run('bidirectional', lm, {'pe.seqpe.attention': 'bidirectional'}),

@@ -53,8 +53,8 @@ def test_suites_hold_the_planned_runs():
       'reference', 'no_contrastive', 'no_ood', 'no_regularizers', 'no_shift', 'warmup',
       'balance', 'train_pivots', 'proj_init', 'tuned', *tuned_minus, 'tuned_more_shifts',
       'tuned_looser_balance', 'tuned_shifted_pivots', 'tuned_shifted_pivots_more_shifts',
-      'tuned_strong_ood', 'tuned_shifted_pivots_strong_ood', 'input_add', 'attn_mul',
-      'bidirectional']
+      'tuned_strong_ood', 'tuned_shifted_pivots_strong_ood', 'tuned_no_qk_proj',
+      'tuned_no_qk_proj_shifted_pivots', 'input_add', 'attn_mul', 'bidirectional']
   ablations = {run.name: run for run in study.SUITES['ablations']}
   assert ablations['tuned'].overrides == study.TUNED_SEQPE['lm']
   assert 'pe.regularizers.balance' not in ablations['tuned_minus_balance'].overrides
