@@ -242,9 +242,10 @@ class MultiHeadAttention(nn.Module):
     q, k = q.astype(self.dtype), k.astype(self.dtype)
     if key_mask_BS is not None:
       bias = with_key_mask(bias, key_mask_BS)
-    # Diagnostics, only when the caller asks for their collection (never in training).
+    # Diagnostics, only when the caller asks for their collection (never in training; `init`
+    # makes every collection but 'intermediates' mutable, hence the initialising check).
     wants = [c for c in ('intermediates', POSITION_LOGITS) if self.is_mutable_collection(c)]
-    if wants and not self.decode:
+    if wants and not self.decode and not self.is_initializing():
       pos = position_logits(hook, pe_state, q.shape[1], self.num_heads, head_dim,
                             causal=self.causal, dtype=q.dtype)
       if 'intermediates' in wants:
