@@ -91,9 +91,9 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
   if control.balance_target <= 0:
     raise ValueError('pe.regularizers.balance_target (the largest regulariser/task gradient '
                      f'norm ratio on the encoder) must be positive, got {control.balance_target}.')
-  remat = control.get('remat', 'matmuls')
-  if remat not in REMAT:
-    raise ValueError(f"Unknown pe.regularizers.remat '{remat}'; use one of: {', '.join(REMAT)}.")
+  if control.remat not in REMAT:
+    raise ValueError(f"Unknown pe.regularizers.remat '{control.remat}'; use one of: "
+                     f"{', '.join(REMAT)}.")
   if not 0 <= ct.train_fraction <= 1:
     raise ValueError(f'pe.contrastive.train_fraction must lie in [0, 1], got {ct.train_fraction}.')
   if not 0 <= ct.train_shift_fraction <= 1:
@@ -124,7 +124,7 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
       shift_prob=shift.prob, shift_pool_size=shift.pool_size, num_windows=shift.num_windows,
       train_shape=train_shape, max_position=max_position,
       warmup_steps=control.warmup_steps, start_step=control.start_step,
-      balance=control.balance, balance_target=control.balance_target, remat=remat)
+      balance=control.balance, balance_target=control.balance_target, remat=control.remat)
 
 
 def sample_pivots(key: jax.Array, reg: Regularizers) -> dict[str, jax.Array]:
