@@ -52,10 +52,10 @@ def query_profile(logits_HLL: np.ndarray, near: int) -> dict[str, np.ndarray]:
           'near_mass': (p * (absolute < near)).sum(-1).mean(0)}
 
 
-def uniform_profile(length: int, near: int, causal: bool = True) -> dict[str, np.ndarray]:
-  """`query_profile` of a layer that ignores position (every visible key alike)."""
-  return query_profile(np.where(np.tril(np.ones((length, length), bool)) | (not causal),
-                                0.0, -np.inf)[None], near)
+def uniform_profile(length: int, near: int) -> dict[str, np.ndarray]:
+  """`query_profile` of a causal layer that ignores position (every visible key alike)."""
+  return query_profile(np.where(np.tril(np.ones((length, length), bool)), 0.0, -np.inf)[None],
+                       near)
 
 
 def buckets(length: int, train_length: int) -> list[tuple[int, int]]:
@@ -78,14 +78,15 @@ def profile_run(workdir: str, length: int | None = None, near: int = 16) -> dict
   per_layer = [query_profile(x, near) for x in layer_position_logits(task, state['params'],
                                                                      length)]
   mean = {k: np.mean([p[k] for p in per_layer], axis=0) for k in per_layer[0]}
+  uniform = uniform_profile(length, near)
   ranges = buckets(length, train_length)
   out = {'pe': config.pe.name, 'length': length, 'train_length': train_length, 'near': near,
          'query_ranges': ranges, 'mean': bucketed(mean, ranges),
-         'position_free': bucketed(uniform_profile(length, near), ranges),
+         'position_free': bucketed(uniform, ranges),
          'layers': [bucketed(p, ranges) for p in per_layer]}
   path = epath.Path(workdir) / f'position_profile_{length}'
   path.with_suffix('.json').write_text(json.dumps(out, indent=1))
-  _plot(per_layer, mean, uniform_profile(length, near), train_length,
+  _plot(per_layer, mean, uniform, train_length,
         f'{config.model.name} {config.pe.name}', path.with_suffix('.png'))
   return out
 
