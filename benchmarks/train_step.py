@@ -201,16 +201,15 @@ def report(results: dict, batches: list[int], shift_prob: float) -> None:
     fixed = lambda b: results[('seqpe', b)]['unshifted'] - results[('ape', b)]['step']
     print(f'SeqPE fixed cost (unshifted - APE) b{hi} / b{lo} = {fixed(hi) / fixed(lo):.2f} '
           '(target <= 1.15)')
-  for b in batches:
-    split = fixed_cost_split(results, b)
+  splits = {b: fixed_cost_split(results, b) for b in batches}
+  for b, split in splits.items():
     if split:
       print(f'b{b}: SeqPE fixed cost {split["fixed"]:.3f} s = injection '
             f'{split["injection"]:.3f} s (per example) + regularisers '
             f'{split["regularizers"]:.3f} s (per step)')
-  if all(fixed_cost_split(results, b) for b in (lo, hi)):
-    ratio_ = fixed_cost_split(results, hi)['regularizers'] / fixed_cost_split(results, lo)[
-        'regularizers']
-    print(f'SeqPE regularisers b{hi} / b{lo} = {ratio_:.2f} (flat: 1)')
+  if splits[lo] and splits[hi]:
+    print(f'SeqPE regularisers b{hi} / b{lo} = '
+          f'{splits[hi]["regularizers"] / splits[lo]["regularizers"]:.2f} (flat: 1)')
   for pe in ('ape', 'seqpe'):
     if (pe, lo) in results and (pe, hi) in results:
       print(f'{pe}: train step b{hi} / b{lo} = {ratio(pe, "step"):.2f}, eval forward '
