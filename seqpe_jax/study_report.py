@@ -1,4 +1,5 @@
-"""A study's results: tables, plots and REPORT.md from the runs' workdirs (see study.py).
+"""A study's results: tables, plots (study_plots) and REPORT.md from the runs' workdirs
+(see study.py).
 
 Each finished (run, seed) workdir holds extrapolation.json (test), extrapolation_valid.json
 and metrics.jsonl; everything here is rebuilt from those files, so a partial study always
@@ -13,14 +14,9 @@ import os
 import pathlib
 
 import jax
-import matplotlib
 import numpy as np
 
-from seqpe_jax import results as results_files
-
-matplotlib.use('Agg')  # Files only; no display on training hosts.
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+from seqpe_jax import study_plots
 
 SPLITS = {'test': 'extrapolation.json', 'valid': 'extrapolation_valid.json'}
 SPLIT_TITLES = {'test': 'Test split', 'valid': 'Validation split'}
@@ -238,61 +234,6 @@ def write_csv(path: pathlib.Path, records: list[RunRecord]) -> None:
           writer.writerow([record.name, record.seed, split, x, record.metric, value, *diag])
 
 
-# ------------------------------------------------------------------ Plots.
-
-
-def _colour_cycle(ax, count: int) -> None:
-  if count > 10:  # Matplotlib's default cycle repeats after 10 lines.
-    ax.set_prop_cycle(color=plt.get_cmap('tab20').colors)
-
-
-def plot_metric(path: pathlib.Path, summary: dict, metric: str, axis: str, title: str) -> None:
-  """Mean per run against length/resolution, with a mean ± std band where seeds > 1."""
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  _colour_cycle(ax, len(summary))
-  for name, by_x in summary.items():
-    xs = sorted(by_x)
-    mean = np.array([by_x[x][0] for x in xs])
-    line, = ax.plot(xs, mean, marker='o', label=name)
-    if all(by_x[x][1] is not None for x in xs):
-      std = np.array([by_x[x][1] for x in xs])
-      ax.fill_between(xs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-  ax.set(xlabel=axis, ylabel=metric, title=title)
-  results_files.format_axes(ax, _columns(summary), metric)
-  ax.legend(fontsize='small', ncol=2 if len(summary) > 8 else 1)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
-def plot_diagnostics(path: pathlib.Path, records: list[RunRecord]) -> None:
-  """One panel per diag/* key: its training curve per run, averaged over seeds."""
-  keys = _diag_keys(records)
-  names = list(dict.fromkeys(record.name for record in records))
-  columns = min(2, len(keys))
-  rows = math.ceil(len(keys) / columns)
-  fig, axes = plt.subplots(rows, columns, figsize=(6 * columns, 3.5 * rows), squeeze=False)
-  for ax, key in zip(axes.flat, keys):
-    _colour_cycle(ax, len(names))
-    for name in names:
-      by_step = {}
-      for record in records:
-        if record.name == name:
-          for step, value in record.curves.get(key, {}).items():
-            by_step.setdefault(step, []).append(value)
-      steps = sorted(by_step)
-      ax.plot(steps, [np.mean(by_step[s]) for s in steps], label=name)
-    ax.set(title=key, xlabel='step')
-    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-  for ax in axes.flat[len(keys):]:
-    ax.set_visible(False)
-  axes.flat[0].legend(fontsize='small')
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
 # ------------------------------------------------------------------ Report.
 
 
@@ -443,9 +384,10 @@ def write_outputs(root: pathlib.Path, suite: str, run_names: list[str], command:
   write_csv(root / 'results.csv', records)
   (root / 'results.md').write_text(f'# Study: {suite}\n\n{_markdown_sections(records, "##")}')
   for split, summary in summaries.items():
-    plot_metric(root / f'{split}.png', summary, records[0].metric, records[0].axis,
-                f'{suite}: {SPLIT_TITLES[split].lower()}')
+    study_plots.plot_metric(root / f'{split}.png', summary, records[0].metric,
+                            records[0].axis, f'{suite}: {SPLIT_TITLES[split].lower()}',
+                            _columns(summary))
   if _diag_keys(records):
-    plot_diagnostics(root / 'diagnostics.png', records)
+    study_plots.plot_diagnostics(root / 'diagnostics.png', records, _diag_keys(records))
   (root / 'REPORT.md').write_text(report(suite, run_names, records, root, command))
   return summaries
