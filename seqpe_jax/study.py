@@ -35,7 +35,8 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from seqpe_jax import cli, evaluate, metrics, position_profile, study_report, train
+from seqpe_jax import (checkpoint, cli, evaluate, metrics, position_profile, study_report,
+                       train)
 from seqpe_jax.study_report import DIVERGED, SPLITS, is_finished
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -194,10 +195,11 @@ def _recorded_differences(run_dir: pathlib.Path, config: ml_collections.ConfigDi
   path = run_dir / 'config.json'
   if not path.exists():
     return []
-  recorded = metrics.flatten_config(json.loads(path.read_text()))
+  # PE fields added since the run started take their defaults, as checkpoints compare them.
+  recorded = metrics.flatten_config(checkpoint.with_new_pe_fields(json.loads(path.read_text())))
   current = metrics.flatten_config(json.loads(config.to_json_best_effort()))
-  # A key the record lacks was added to the configs after the run started; its default
-  # keeps the behaviour the run had (the code reads old configs that way too).
+  # Any other key the record lacks was added to the configs after the run started; its
+  # default keeps the behaviour the run had.
   return [f'{key}: {recorded.get(key)!r} then, {current.get(key)!r} now'
           for key in sorted(recorded) if recorded[key] != current.get(key)]
 

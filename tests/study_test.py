@@ -229,3 +229,15 @@ def test_command_line_bad_input_exits_2_without_traceback(tmp_path):
   assert process.returncode == 2
   assert "Suite lm has no run named 'nonesuch'" in process.stderr.splitlines()[-1]
   assert 'Traceback' not in process.stderr
+
+
+def test_a_run_recorded_before_a_pe_field_matches_only_that_fields_default(tmp_path):
+  run = study.select_runs('ablations', ['tuned'])[0]
+  config = study.build_config('ablations', run, seed=0, variant='smoke', steps=4)
+  recorded = json.loads(config.to_json_best_effort())
+  del recorded['pe']['contrastive']['train_shift_fraction']
+  (tmp_path / 'config.json').write_text(json.dumps(recorded))
+  assert study._recorded_differences(tmp_path, config) == []
+  config.pe.contrastive.train_shift_fraction = 0.5
+  assert study._recorded_differences(tmp_path, config) == [
+      'pe.contrastive.train_shift_fraction: 0.0 then, 0.5 now']
