@@ -134,6 +134,13 @@ def _ablation_runs() -> list[Run]:
       Run('tuned_no_qk_proj', lm, {**tuned, 'pe.inject.qk_proj': 'none'}),
       Run('tuned_no_qk_proj_shifted_pivots', lm,
           {**tuned, 'pe.inject.qk_proj': 'none', 'pe.contrastive.train_shift_fraction': 0.5}),
+      # Attention-level distillation: the position-only attention over the training window
+      # is asked of moved copies of it, with the keys before a copy counted and given no
+      # mass, so the position term must fall off beyond the trained length (the profiles
+      # show it flat there otherwise, whatever the embeddings' structure).
+      Run('tuned_attention', lm, {**tuned, 'pe.attention.weight': 1.0}),
+      Run('tuned_more_shifts_attention', lm,
+          {**tuned, 'pe.shift.prob': 0.5, 'pe.attention.weight': 1.0}),
       Run('input_add', lm, {'pe.inject.method': 'input_add'}),
       Run('attn_mul', lm, {'pe.inject.method': 'attn_mul'}),
       Run('bidirectional', lm, {'pe.seqpe.attention': 'bidirectional'}),

@@ -26,7 +26,8 @@ def make_gradients(task, base_key, shift_pool):
   The PE's forward (its features and the scheduled regulariser loss) is differentiated
   with `jax.vjp`, the host's with respect to its parameters and to the features; the
   PE's gradient is then one backward pass of (feature cotangent, 1) -- the same as
-  `jax.grad` of the total loss. With `split` it takes two passes instead and returns the
+  `jax.grad` of the total loss. The host's loss includes what the PE's hooks report from
+  inside it (`task.host_training_loss`), whose PE gradient counts as the task's below. With `split` it takes two passes instead and returns the
   task's and the regularisers' PE gradients apart: {'model', 'pe_task', 'pe_reg'}.
   """
 
@@ -38,16 +39,16 @@ def make_gradients(task, base_key, shift_pool):
                                                                  shift_pool)
       return (features, reg_loss), pe_scalars
 
-    def task_loss(model_params, features):
-      logits = task.logits(model_params, batch, features, train=True, rng=dropout_key)
-      return task.loss(logits, batch)
+    def host_loss(model_params, features):
+      return task.host_training_loss(model_params, batch, features, dropout_key)
 
     (features, reg_loss), pe_vjp, pe_scalars = jax.vjp(pe_forward, params['pe'], has_aux=True)
-    (loss, task_scalars), (model_grads, feature_cot) = jax.value_and_grad(
-        task_loss, argnums=(0, 1), has_aux=True)(params['model'], features)
+    (_, (loss, hook_loss, task_scalars, hook_scalars)), (model_grads, feature_cot) = (
+        jax.value_and_grad(host_loss, argnums=(0, 1), has_aux=True)(params['model'], features))
     one = jnp.ones_like(reg_loss)
-    scalars = {'train/loss': loss + reg_loss, 'train/task_loss': loss, **task_scalars,
-               **{f'train/seqpe/{k}': v for k, v in pe_scalars.items()}}
+    pe_scalars = {**pe_scalars, **hook_scalars}
+    scalars = {'train/loss': loss + reg_loss + hook_loss, 'train/task_loss': loss,
+               **task_scalars, **{f'train/seqpe/{k}': v for k, v in pe_scalars.items()}}
     if not split:
       (pe_grads,) = pe_vjp((feature_cot, one))
       return scalars, {'model': model_grads, 'pe': pe_grads}

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seqpe_jax.posenc import inject
+from seqpe_jax.posenc import inject, losses
 
 IMPLEMENTATIONS = ('auto', 'xla', 'cudnn', 'blockwise')
 # Logit added on a masked key (left padding). Finite, so a padding query whose every key is
@@ -161,20 +161,43 @@ def with_key_mask(bias, key_mask_BS: jax.Array):
   return masked if bias is None else bias + masked
 
 
-def position_logits(hook, pe_state, length: int, heads: int, head_dim: int, *,
-                    causal: bool, dtype) -> jax.Array:
-  """The attention logits the PE alone gives this layer, [H, L, L] in float32: the hook
-  applied to constant content (q = k = 1), scaled as the attention scales them; keys a
-  query cannot see are -inf. For attn_scalar s p_q.p_k/sqrt(d_h) plus a constant, for
-  attn_mul p_q.p_k/sqrt(d_h), for RoPE the rotation's, for ALiBi its bias; constant
-  across keys when the layer hook ignores position (no PE, or one added to the input)."""
-  ones = jnp.ones((1, length, heads, head_dim), dtype)
+def window_position_logits(hook, pe_state, windows: int, length: int, heads: int,
+                           head_dim: int, dtype) -> jax.Array:
+  """The attention logits the PE alone gives this layer in each of `pe_state`'s windows,
+  [W, H, L, L] in float32, no mask: the hook applied to constant content (q = k = 1),
+  scaled as the attention scales them. For attn_scalar s p_q.p_k/sqrt(d_h) plus a
+  constant, for attn_mul p_q.p_k/sqrt(d_h), for RoPE the rotation's, for ALiBi its bias;
+  constant across keys when the layer hook ignores position (no PE, or one added to the
+  input)."""
+  ones = jnp.ones((windows, length, heads, head_dim), dtype)
   q, k, bias = hook(ones, ones, pe_state)
   logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
-  logits = logits * head_dim**-0.5 + (0.0 if bias is None else bias[:1])
+  return logits * head_dim**-0.5 + (0.0 if bias is None else bias)
+
+
+def position_logits(hook, pe_state, length: int, heads: int, head_dim: int, *,
+                    causal: bool, dtype) -> jax.Array:
+  """`window_position_logits` of the first window, [H, L, L], with -inf on the keys a
+  query cannot see."""
+  logits = window_position_logits(hook, pe_state, 1, length, heads, head_dim, dtype)
   visible = jnp.tril(jnp.ones((length, length), bool)) if causal else jnp.ones(
       (length, length), bool)
   return jnp.where(visible, logits[0], -jnp.inf)
+
+
+def attention_distillation(hook, probes, heads: int, head_dim: int, *, causal: bool,
+                           dtype) -> jax.Array:
+  """This layer's pe.attention loss on the probes' PE states (`inject.ATTENTION_PROBES`
+  after the model hook): its position-only attention over the training window against
+  that over the moved copies."""
+  length = lambda state: jax.tree.leaves(state)[0].shape[1]
+  teacher = window_position_logits(hook, probes['teacher'], 1, length(probes['teacher']),
+                                   heads, head_dim, dtype)[0]
+  copies = probes['far_log_weight'].shape[0]
+  student = window_position_logits(hook, probes['student'], copies, length(probes['student']),
+                                   heads, head_dim, dtype)
+  return losses.attention_distillation_loss(teacher, student,
+                                            probes['far_log_weight'], causal=causal)
 
 
 def position_logit_spread(logits_HLL: jax.Array) -> jax.Array:
@@ -201,7 +224,8 @@ class MultiHeadAttention(nn.Module):
   what the PE hook made of each key (rotated k, k * p_k, or [k; p_k] for attn_scalar)
   and its key-position bias (ALiBi), so every cached key keeps its true position.
   `key_mask_BS` (true on real tokens) keeps left padding out of every query's view; it
-  enters as a key-position bias, so the cache keeps it with the keys.
+  enters as a key-position bias, so the cache keeps it with the keys. `probes` (the PE
+  states of `inject.ATTENTION_PROBES`) make the layer report its pe.attention loss.
 
   Attributes:
     num_heads: heads H; the head width is D / H.
@@ -229,7 +253,7 @@ class MultiHeadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array, pe_state, *, deterministic: bool = True,
-               key_mask_BS: jax.Array | None = None) -> jax.Array:
+               key_mask_BS: jax.Array | None = None, probes=None) -> jax.Array:
     d_model = x_BLD.shape[-1]
     if d_model % self.num_heads:
       raise ValueError(f'Model width {d_model} is not divisible by {self.num_heads} heads.')
@@ -252,6 +276,11 @@ class MultiHeadAttention(nn.Module):
         self.sow('intermediates', 'pos_logit_spread', position_logit_spread(pos))
       if POSITION_LOGITS in wants:
         self.sow(POSITION_LOGITS, 'logits', pos)
+    if probes is not None and not self.is_initializing():  # pe.attention, in training.
+      loss = attention_distillation(hook, probes, self.num_heads, head_dim, causal=self.causal,
+                                    dtype=q.dtype)
+      self.sow(inject.PE_LOSSES, 'attention_loss', loss)
+      self.sow(inject.PE_LOSSES, 'loss', probes['weight'] * loss)
     rng = None if deterministic or not self.dropout else self.make_rng('dropout')
     scale = head_dim**-0.5  # Of the head width, also when attn_scalar widens q and k.
     attention = functools.partial(attend, scale=scale, causal=self.causal,

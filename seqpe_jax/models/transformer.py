@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from seqpe_jax import posenc
+from seqpe_jax.posenc import inject
 from seqpe_jax.models import attention
 
 
@@ -38,13 +39,14 @@ class Block(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BLD, pe_state, *, deterministic: bool, key_mask_BL=None):
+  def __call__(self, x_BLD, pe_state, *, deterministic: bool, key_mask_BL=None, probes=None):
     h = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name='ln_attn')(x_BLD)
     h = attention.MultiHeadAttention(
         self.num_heads, pe_hook=self.pe.layer_hook, causal=self.causal, out_init=self.out_init,
         implementation=self.attention.implementation, block_size=self.attention.block_size,
         dropout=self.attention.dropout, decode=self.decode, dtype=self.dtype,
-        name='attn')(h, pe_state, deterministic=deterministic, key_mask_BS=key_mask_BL)
+        name='attn')(h, pe_state, deterministic=deterministic, key_mask_BS=key_mask_BL,
+                     probes=probes)
     x_BLD = x_BLD + nn.Dropout(self.dropout)(h, deterministic=deterministic)
     h = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name='ln_mlp')(x_BLD)
     h = nn.Dense(self.mlp_dim, kernel_init=nn.initializers.normal(0.02), dtype=self.dtype,
@@ -78,6 +80,12 @@ class Transformer(nn.Module):
   def __call__(self, x_BLD: jax.Array, features, *, deterministic: bool = True,
                key_mask_BL: jax.Array | None = None):
     hook = self.pe.model_hook(name='pe_inject')
+    probes = None
+    if isinstance(features, dict) and inject.ATTENTION_PROBES in features:
+      features = dict(features)
+      probes = features.pop(inject.ATTENTION_PROBES)
+      # The probes' PE states, through the same model hook (its parameters, once each).
+      probes = {**probes, 'teacher': hook(probes['teacher']), 'student': hook(probes['student'])}
     pe_state = hook(features)
     x_BLD = hook.embed(x_BLD.astype(self.dtype), pe_state).astype(self.dtype)
     x_BLD = nn.Dropout(self.dropout)(x_BLD, deterministic=deterministic)
@@ -85,5 +93,5 @@ class Transformer(nn.Module):
       x_BLD = Block(self.num_heads, self.mlp_dim, self.pe, self.causal, self.dropout,
                     self.ln_eps, self.attention, self.out_init, self.decode, self.activation,
                     self.dtype, name=f'block_{i}')(x_BLD, pe_state, deterministic=deterministic,
-                                                   key_mask_BL=key_mask_BL)
+                                                   key_mask_BL=key_mask_BL, probes=probes)
     return nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name='ln_final')(x_BLD)

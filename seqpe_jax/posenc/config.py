@@ -110,6 +110,17 @@ def get_config() -> ml_collections.ConfigDict:
   # kl (symmetric, reference) | mse.
   pe.ood.metric = 'kl'
 
+  pe.attention = ml_collections.ConfigDict()
+  # Attention-level distillation (not in the reference; 0 turns it off): the attention the
+  # PE alone gives each host layer over the training window (teacher, detached) is asked of
+  # `num_windows` copies of the window moved elsewhere in the position space. On a causal
+  # 1D host each copy's queries also see `num_far_keys` keys sampled before it, standing
+  # for all of them, on which the teacher puts no mass: the position term must then fall off
+  # with distance beyond the trained length as it does inside it.
+  pe.attention.weight = 0.0
+  pe.attention.num_windows = 4
+  pe.attention.num_far_keys = 64
+
   pe.shift = ml_collections.ConfigDict()
   # Probability that a training step uses shifted position windows (0 turns it off).
   pe.shift.prob = 0.1

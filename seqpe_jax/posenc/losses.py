@@ -55,3 +55,32 @@ def ood_distillation_loss(teacher_GnD: jax.Array, student_GnD: jax.Array, *, num
   if beta != 1.0:
     loss += (1.0 - beta) * divergence(a_t, sg(a_s))
   return loss
+
+
+def attention_distillation_loss(teacher_HNN: jax.Array, student_SHKK: jax.Array,
+                                far_log_weight_S: jax.Array, *, causal: bool) -> jax.Array:
+  """KL(teacher || student) between the attention the PE alone gives over the training
+  window and over moved copies of it (pe.attention), averaged over copies, heads, rows.
+
+  Args:
+    teacher_HNN: position logits among the N training positions (detached here).
+    student_SHKK: position logits among each copy's N positions followed by its F far
+      keys (K = N + F); only the copy's rows are read.
+    far_log_weight_S: log of how many keys each far key stands for; the student's softmax
+      counts far key f that many times, as if every key before the copy were present.
+    causal: queries see keys up to their own position, and only the second half of the
+      window's queries are compared (the first see too few keys to have a shape worth
+      copying). Far keys are always visible; the teacher gives them no mass.
+  """
+  n = teacher_HNN.shape[-1]
+  rows = slice(n // 2, n) if causal else slice(0, n)
+  visible = (jnp.tril(jnp.ones((n, n), bool)) if causal else jnp.ones((n, n), bool))[rows]
+  teacher = jax.lax.stop_gradient(teacher_HNN[:, rows].astype(jnp.float32))
+  hidden = -1e9  # Finite, so masked entries carry no NaN into the gradient.
+  log_p = jax.nn.log_softmax(jnp.where(visible, teacher, hidden), axis=-1)
+  student = student_SHKK[:, :, rows].astype(jnp.float32)
+  near = jnp.where(visible, student[..., :n], hidden)
+  far = student[..., n:] + far_log_weight_S[:, None, None, None]
+  log_q = jax.nn.log_softmax(jnp.concatenate([near, far], axis=-1), axis=-1)[..., :n]
+  kl = jnp.where(visible, jnp.exp(log_p) * (log_p - log_q), 0.0).sum(-1)
+  return jnp.mean(kl)

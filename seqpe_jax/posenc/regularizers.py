@@ -1,7 +1,9 @@
-"""One training step's SeqPE work: main PE, contrastive loss and OOD distillation loss.
+"""One training step's SeqPE work: main PE, contrastive loss and OOD distillation loss,
+and the probes of the optional attention-level distillation (pe.attention), whose loss
+the host's attention layers compute with their own q/k projections.
 
 Every position the step needs (main windows, contrastive pivots and candidates, OOD
-students) goes through the encoder in a single forward pass and is split back afterwards.
+students, attention probes) goes through the encoder in a single forward pass and is split back afterwards.
 A `lax.cond` on the shift coin picks between the common unshifted branch (one main window,
 broadcast to W, plus distillation) and the shifted branch (W windows, no distillation), so
 the step compiles once and only the taken branch runs.
@@ -51,6 +53,9 @@ class Regularizers:
   balance: str = 'none'
   balance_target: float = 1.0
   remat: str = 'matmuls'
+  attn_weight: float = 0.0  # pe.attention: the attention-level distillation.
+  attn_windows: int = 0
+  attn_far_keys: int = 0
 
   def weight_scale(self, step: jax.Array) -> jax.Array:
     """The regularisers' weight multiplier at optimizer step `step` (0-based): 0 before
@@ -112,6 +117,21 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
         train_shape=train_shape, num_pivots=ct.num_pivots - train_pivots,
         num_candidates=ct.num_candidates, mode_probs=ct.mode_probs,
         hard_fraction=ct.hard_fraction, window_range=ct.window_range)
+  attention = cfg.attention
+  if attention.weight < 0:
+    raise ValueError(f'pe.attention.weight must be non-negative, got {attention.weight}.')
+  if attention.weight and attention.num_windows < 1:
+    raise ValueError('pe.attention.num_windows must be a positive number of window copies, '
+                     f'got {attention.num_windows}.')
+  if attention.weight and attention.num_far_keys < 0:
+    raise ValueError('pe.attention.num_far_keys must be a non-negative number of keys, got '
+                     f'{attention.num_far_keys}.')
+  if attention.weight and attention.num_far_keys and not (pe.host.causal and enc.ndim == 1):
+    raise ValueError('pe.attention.num_far_keys samples keys before a moved window, which only '
+                     'a causal 1D host has; set it to 0 for this model.')
+  if attention.weight and enc.ndim == 1 and max_position - train_shape[0] < 1:
+    raise ValueError('pe.attention moves the training window inside pe.seqpe.max_position, '
+                     f'which must exceed the training length {train_shape[0]}.')
   sampling.check_ood(train_shape, max_position, ood.num_teachers)
   sampling.check_shift(train_shape, max_position, shift.pool_size)
   return Regularizers(
@@ -124,7 +144,9 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
       shift_prob=shift.prob, shift_pool_size=shift.pool_size, num_windows=shift.num_windows,
       train_shape=train_shape, max_position=max_position,
       warmup_steps=control.warmup_steps, start_step=control.start_step,
-      balance=control.balance, balance_target=control.balance_target, remat=control.remat)
+      balance=control.balance, balance_target=control.balance_target, remat=control.remat,
+      attn_weight=attention.weight, attn_windows=attention.num_windows if attention.weight else 0,
+      attn_far_keys=attention.num_far_keys if attention.weight else 0)
 
 
 def sample_pivots(key: jax.Array, reg: Regularizers) -> dict[str, jax.Array]:
@@ -177,7 +199,8 @@ def seqpe_step(pe, params, key: jax.Array, pool: jax.Array, reg: Regularizers, *
 
   Returns:
     features {'e': [W, P+N, d_out], inject.WINDOWS_ALIKE: 1.0 when unshifted} for the host
-    (example b uses window b mod W) and aux
+    (example b uses window b mod W), with inject.ATTENTION_PROBES when pe.attention is on
+    (its 'weight' 0 here: `training_features` schedules it), and aux
     {'loss': w_ct L_ct + w_ood L_ood, 'contrastive_loss', 'ood_loss', 'shifted'}.
   """
   shift_key, ct_key, ood_key, dropout_key = jax.random.split(key, 4)
@@ -189,6 +212,14 @@ def seqpe_step(pe, params, key: jax.Array, pool: jax.Array, reg: Regularizers, *
                             num_teachers=reg.ood_teachers)
   grid = positions.grid(reg.train_shape)  # [N, n]
   students = grid[ood['teachers']] + ood['offsets'][:, None]  # [G, n_t, n]
+  # pe.attention's moved copies of the window, each followed by its far keys: [S, N + F, n].
+  copies = None
+  if reg.attn_windows:
+    attn_draws = sampling.sample_attention_probes(
+        jax.random.fold_in(key, 1), train_shape=reg.train_shape, max_position=reg.max_position,
+        num_windows=reg.attn_windows, num_far_keys=reg.attn_far_keys)
+    copies = jnp.concatenate([grid[None] + attn_draws['offsets'][:, None], attn_draws['far']],
+                             axis=1)
 
   policy = (keep_products_and_masks if reg.remat == 'matmuls'
             else jax.checkpoint_policies.nothing_saveable)
@@ -205,26 +236,35 @@ def seqpe_step(pe, params, key: jax.Array, pool: jax.Array, reg: Regularizers, *
     splits = np.cumsum([f.shape[0] for f in flat])[:-1]
     return [part.reshape(*g.shape[:-1], -1) for part, g in zip(jnp.split(e, splits), groups)]
 
+  extra = () if copies is None else (copies,)
+
   def unshifted(_):
-    main_Nd, pivots, cands, students_e = encode_together(grid, ct['pivots'], ct['candidates'],
-                                                         students)
+    main_Nd, pivots, cands, students_e, *copies_e = encode_together(
+        grid, ct['pivots'], ct['candidates'], students, *extra)
     ood_loss = losses.ood_distillation_loss(
         main_Nd[ood['teachers']], students_e, num_heads=reg.ood_heads, beta=reg.ood_beta,
         metric=reg.ood_metric)
     main = jnp.broadcast_to(main_Nd, (reg.num_windows,) + main_Nd.shape)
-    return main, pivots, cands, ood_loss
+    return main, pivots, cands, ood_loss, [main_Nd, *copies_e] if copies_e else []
 
   def shifted_windows(_):
     windows = grid[None] + offsets[:, None]  # [W, N, n]
-    main, pivots, cands = encode_together(windows, ct['pivots'], ct['candidates'])
-    return main, pivots, cands, jnp.zeros((), jnp.float32)
+    main, pivots, cands, *probes = encode_together(
+        windows, ct['pivots'], ct['candidates'], *((grid,) + extra if extra else ()))
+    return main, pivots, cands, jnp.zeros((), jnp.float32), probes
 
-  main, pivots, cands, ood_loss = jax.lax.cond(shifted, shifted_windows, unshifted, None)
+  main, pivots, cands, ood_loss, probes_e = jax.lax.cond(shifted, shifted_windows, unshifted,
+                                                         None)
   ct_loss = losses.contrastive_loss(pivots, cands, ct['labels'], ct['valid'],
                                     num_heads=reg.ct_heads, logit_scale=reg.ct_logit_scale)
   features = pe.source.apply({'params': params}, main, method='with_prefix')
   # Unshifted, the W windows are copies of one: the host's hooks then project it once.
   features = {**features, inject.WINDOWS_ALIKE: jnp.logical_not(shifted).astype(jnp.float32)}
+  if probes_e:  # The window (teacher) and its copies: the host's layers score them.
+    teacher_e, copies_e = probes_e
+    features[inject.ATTENTION_PROBES] = {
+        'teacher': {'e': teacher_e[None]}, 'student': {'e': copies_e},
+        'far_log_weight': attn_draws['far_log_weight'], 'weight': jnp.zeros((), jnp.float32)}
   aux = {'loss': reg.ct_weight * ct_loss + reg.ood_weight * ood_loss,
          'contrastive_loss': ct_loss, 'ood_loss': ood_loss, 'shifted': shifted}
   return features, aux
@@ -245,6 +285,8 @@ def training_features(pe, reg: Regularizers | None, params, key: jax.Array, step
     return features, jnp.zeros((), jnp.float32), {}
   features, aux = seqpe_step(pe, params, key, pool, reg)
   scale = reg.weight_scale(step)
+  if inject.ATTENTION_PROBES in features:  # Its loss is reported from inside the host.
+    features[inject.ATTENTION_PROBES]['weight'] = scale * reg.attn_weight
   scalars = {'contrastive_loss': aux['contrastive_loss'], 'ood_loss': aux['ood_loss'],
              'shifted': aux['shifted'], 'reg_scale': scale}
   return features, scale * aux['loss'], scalars

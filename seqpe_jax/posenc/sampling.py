@@ -386,6 +386,36 @@ def sample_ood(key: jax.Array, *, train_shape: Sequence[int], max_position: int,
   return {'teachers': teachers, 'offsets': offsets}
 
 
+def sample_attention_probes(key: jax.Array, *, train_shape: Sequence[int], max_position: int,
+                            num_windows: int, num_far_keys: int) -> dict[str, jax.Array]:
+  """Where this step's attention-level distillation looks: copies of the training window
+  moved by one offset each and, in 1D, keys drawn before each copy.
+
+  1D offsets are log-uniform over [1, P - L], so each ratio of distance to training length
+  comes up as often as its double (extrapolation is judged at 2x, 4x, ..., not at +L,
+  +2L, ...); n-D offsets are uniform per axis over [0, P - n_a]. The far keys of a copy
+  at offset s are uniform over [0, s); each stands for s / F of them (`far_log_weight`).
+
+  Returns:
+    offsets int32[S, n], far int32[S, F, n] and far_log_weight float32[S].
+  """
+  offset_key, far_key = jax.random.split(key)
+  if len(train_shape) == 1:
+    (length,) = train_shape
+    top = max_position - length
+    u = jax.random.uniform(offset_key, (num_windows, 1), maxval=math.log(top + 1))
+    offsets = jnp.clip(jnp.floor(jnp.exp(u)), 1, top).astype(jnp.int32)
+  else:
+    extent = jnp.asarray(train_shape, jnp.int32)
+    offsets = jax.random.randint(offset_key, (num_windows, len(train_shape)), 0,
+                                 max_position - extent + 1)
+  far = jax.random.randint(far_key, (num_windows, num_far_keys, len(train_shape)), 0,
+                           offsets[:, None, :1])
+  far_log_weight = (jnp.log(offsets[:, 0].astype(jnp.float32))
+                    - math.log(max(num_far_keys, 1)))
+  return {'offsets': offsets, 'far': far, 'far_log_weight': far_log_weight}
+
+
 def check_shift(train_shape: Sequence[int], max_position: int, pool_size: int) -> None:
   """Raises ValueError unless the shift pool fits the window starts of the space."""
   total = int(np.prod([max_position - n + 1 for n in train_shape]))

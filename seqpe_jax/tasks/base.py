@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Protocol
 import jax
 import jax.numpy as jnp
 
+from seqpe_jax.posenc import inject
 from seqpe_jax.posenc import regularizers as regularizers_lib
 
 Batch = dict[str, jax.Array]
@@ -76,6 +77,16 @@ class Task(Protocol):
     if self.regularizers is None:
       return jnp.zeros((1, len(self.train_shape)), jnp.int32)
     return self.regularizers.shift_pool(key)
+
+  def host_training_loss(self, model_params, batch: Batch, features, rng: jax.Array):
+    """The host's training loss: the task's plus what the PE's hooks report from inside
+    the host (`inject.PE_LOSSES`; pe.attention). Returns (their sum, (task loss, hooks'
+    weighted loss, task scalars, hook scalars))."""
+    logits, reported = self.logits(model_params, batch, features, train=True, rng=rng,
+                                   mutable=[inject.PE_LOSSES])
+    loss, task_scalars = self.loss(logits, batch)
+    hook_loss, hook_scalars = inject.host_pe_losses(reported)
+    return loss + hook_loss, (loss, hook_loss, task_scalars, hook_scalars)
 
   def pe_training_features(self, pe_params, key: jax.Array, step: jax.Array,
                            shift_pool: jax.Array):
