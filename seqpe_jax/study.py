@@ -141,6 +141,7 @@ def _ablation_runs() -> list[Run]:
       Run('tuned_attention', lm, {**tuned, 'pe.attention.weight': 1.0}),
       Run('tuned_more_shifts_attention', lm,
           {**tuned, 'pe.shift.prob': 0.5, 'pe.attention.weight': 1.0}),
+      Run('tuned_weak_attention', lm, {**tuned, 'pe.attention.weight': 0.3}),
       Run('input_add', lm, {'pe.inject.method': 'input_add'}),
       Run('attn_mul', lm, {'pe.inject.method': 'attn_mul'}),
       Run('bidirectional', lm, {'pe.seqpe.attention': 'bidirectional'}),
