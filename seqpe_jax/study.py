@@ -55,6 +55,10 @@ TUNED_SEQPE = {
             'pe.inject.proj_bias_init': 1.0},
 }
 
+# pe.attention as the family suites run it (a causal LM counts the keys before a copy).
+ATTENTION = {'lm': {'pe.attention.weight': 1.0},
+             'vit': {'pe.attention.weight': 1.0, 'pe.attention.num_far_keys': 0}}
+
 # Options this codebase adds to the reference SeqPE recipe; the ablations try each alone.
 NEW_OPTIONS = {
     'warmup': {'pe.regularizers.warmup_steps': 200},
@@ -95,6 +99,9 @@ def _family_runs(family: str, baselines: tuple[str, ...]) -> list[Run]:
           # The LM ablations' best variant beyond the training length on validation: half
           # the steps on shifted windows, so the host meets positions beyond the window.
           Run('seqpe_tuned_more_shifts', seqpe, {**TUNED_SEQPE[family], 'pe.shift.prob': 0.5}),
+          # The LM ablations' best beyond the training length on validation: attention-level
+          # distillation (the ViT's grid host takes no far keys).
+          Run('seqpe_tuned_attention', seqpe, {**TUNED_SEQPE[family], **ATTENTION[family]}),
           *[Run(pe, f'configs/{family}_{pe}.py') for pe in baselines]]
 
 

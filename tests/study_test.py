@@ -46,17 +46,18 @@ def read_csv(path):
 
 def test_suites_hold_the_planned_runs():
   names = {suite: [run.name for run in runs] for suite, runs in study.SUITES.items()}
-  assert names['lm'] == ['seqpe', 'seqpe_tuned', 'seqpe_tuned_more_shifts', 'nope', 'ape',
-                         'rope', 'alibi']
-  assert names['vit'] == ['seqpe', 'seqpe_tuned', 'seqpe_tuned_more_shifts', 'nope', 'ape',
-                          'rope2d']
+  assert names['lm'] == ['seqpe', 'seqpe_tuned', 'seqpe_tuned_more_shifts',
+                         'seqpe_tuned_attention', 'nope', 'ape', 'rope', 'alibi']
+  assert names['vit'] == ['seqpe', 'seqpe_tuned', 'seqpe_tuned_more_shifts',
+                          'seqpe_tuned_attention', 'nope', 'ape', 'rope2d']
   tuned_minus = [f'tuned_minus_{study._option_name(k)}' for k in study.TUNED_SEQPE['lm']]
   assert names['ablations'] == [
       'reference', 'no_contrastive', 'no_ood', 'no_regularizers', 'no_shift', 'warmup',
       'balance', 'train_pivots', 'proj_init', 'tuned', *tuned_minus, 'tuned_more_shifts',
       'tuned_looser_balance', 'tuned_shifted_pivots', 'tuned_shifted_pivots_more_shifts',
       'tuned_strong_ood', 'tuned_shifted_pivots_strong_ood', 'tuned_no_qk_proj',
-      'tuned_no_qk_proj_shifted_pivots', 'input_add', 'attn_mul', 'bidirectional']
+      'tuned_no_qk_proj_shifted_pivots', 'tuned_attention', 'tuned_more_shifts_attention',
+      'tuned_weak_attention', 'input_add', 'attn_mul', 'bidirectional']
   ablations = {run.name: run for run in study.SUITES['ablations']}
   assert ablations['tuned'].overrides == study.TUNED_SEQPE['lm']
   assert 'pe.regularizers.balance' not in ablations['tuned_minus_balance'].overrides
@@ -101,7 +102,8 @@ def test_smoke_study_trains_reports_and_resumes(tmp_path, valid_sweep, monkeypat
   assert '--variant=smoke --steps=4 --only=ape,nope`' in report and '4 steps of batch 8' in report
   logged_diagnostics = any(key.startswith('diag/') for key in rows[0])
   assert (tmp_path / 'diagnostics.png').exists() == logged_diagnostics
-  assert 'Not finished yet: seqpe, seqpe_tuned, seqpe_tuned_more_shifts, rope, alibi.' in report
+  assert ('Not finished yet: seqpe, seqpe_tuned, seqpe_tuned_more_shifts, '
+          'seqpe_tuned_attention, rope, alibi.') in report
   # Each run's PE-only attention profile; NoPE's is the position-free layer's.
   assert (tmp_path / 'runs/nope/seed1/position_profile_64.png').stat().st_size > 0
   locality = report.split('## Attention locality of the PE alone')[1].split('##')[0]
@@ -192,7 +194,8 @@ def test_report_tables_plots_and_summary_from_finished_runs(tmp_path):
   assert ('**seqpe**. Final diag/pe_ablation_delta 0.3 ± 0 (2 seeds): it uses position. On '
           'validation it ranks 1st of 2 at the training length (32) and 2nd of 2 at the '
           'longest (64).') in report
-  assert 'Not finished yet: seqpe_tuned, seqpe_tuned_more_shifts, ape, rope, alibi.' in report
+  assert ('Not finished yet: seqpe_tuned, seqpe_tuned_more_shifts, seqpe_tuned_attention, ape, '
+          'rope, alibi.') in report
 
 
 @pytest.mark.parametrize('deltas, verdict', [
