@@ -236,11 +236,9 @@ def seqpe_step(pe, params, key: jax.Array, pool: jax.Array, reg: Regularizers, *
     splits = np.cumsum([f.shape[0] for f in flat])[:-1]
     return [part.reshape(*g.shape[:-1], -1) for part, g in zip(jnp.split(e, splits), groups)]
 
-  extra = () if copies is None else (copies,)
-
   def unshifted(_):
     main_Nd, pivots, cands, students_e, *copies_e = encode_together(
-        grid, ct['pivots'], ct['candidates'], students, *extra)
+        grid, ct['pivots'], ct['candidates'], students, *([] if copies is None else [copies]))
     ood_loss = losses.ood_distillation_loss(
         main_Nd[ood['teachers']], students_e, num_heads=reg.ood_heads, beta=reg.ood_beta,
         metric=reg.ood_metric)
@@ -249,8 +247,9 @@ def seqpe_step(pe, params, key: jax.Array, pool: jax.Array, reg: Regularizers, *
 
   def shifted_windows(_):
     windows = grid[None] + offsets[:, None]  # [W, N, n]
+    # The teacher is the unshifted window, which this branch encodes only for the probes.
     main, pivots, cands, *probes = encode_together(
-        windows, ct['pivots'], ct['candidates'], *((grid,) + extra if extra else ()))
+        windows, ct['pivots'], ct['candidates'], *([] if copies is None else [grid, copies]))
     return main, pivots, cands, jnp.zeros((), jnp.float32), probes
 
   main, pivots, cands, ood_loss, probes_e = jax.lax.cond(shifted, shifted_windows, unshifted,
