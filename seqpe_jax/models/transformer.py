@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 
 from seqpe_jax import posenc
-from seqpe_jax.posenc import inject
 from seqpe_jax.models import attention
+from seqpe_jax.posenc import inject
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +84,7 @@ class Transformer(nn.Module):
     if isinstance(features, dict) and inject.ATTENTION_PROBES in features:
       features = dict(features)
       probes = features.pop(inject.ATTENTION_PROBES)
-      # The probes' PE states, through the same model hook (its parameters, once each).
+      # The probes' PE states come through the same model hook, with the same parameters.
       probes = {**probes, 'teacher': hook(probes['teacher']), 'student': hook(probes['student'])}
     pe_state = hook(features)
     x_BLD = hook.embed(x_BLD.astype(self.dtype), pe_state).astype(self.dtype)
