@@ -149,6 +149,9 @@ def _ablation_runs() -> list[Run]:
       Run('tuned_more_shifts_attention', lm,
           {**tuned, 'pe.shift.prob': 0.5, 'pe.attention.weight': 1.0}),
       Run('tuned_weak_attention', lm, {**tuned, 'pe.attention.weight': 0.3}),
+      # Four times the copies per step: more of the long offsets where the fall-off thins.
+      Run('tuned_attention_more_copies', lm,
+          {**tuned, 'pe.attention.weight': 1.0, 'pe.attention.num_windows': 16}),
       Run('input_add', lm, {'pe.inject.method': 'input_add'}),
       Run('attn_mul', lm, {'pe.inject.method': 'attn_mul'}),
       Run('bidirectional', lm, {'pe.seqpe.attention': 'bidirectional'}),

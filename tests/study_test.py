@@ -57,7 +57,8 @@ def test_suites_hold_the_planned_runs():
       'tuned_looser_balance', 'tuned_shifted_pivots', 'tuned_shifted_pivots_more_shifts',
       'tuned_strong_ood', 'tuned_shifted_pivots_strong_ood', 'tuned_no_qk_proj',
       'tuned_no_qk_proj_shifted_pivots', 'tuned_attention', 'tuned_more_shifts_attention',
-      'tuned_weak_attention', 'input_add', 'attn_mul', 'bidirectional']
+      'tuned_weak_attention', 'tuned_attention_more_copies', 'input_add', 'attn_mul',
+      'bidirectional']
   ablations = {run.name: run for run in study.SUITES['ablations']}
   assert ablations['tuned'].overrides == study.TUNED_SEQPE['lm']
   assert 'pe.regularizers.balance' not in ablations['tuned_minus_balance'].overrides
