@@ -3,7 +3,8 @@ and the probes of the optional attention-level distillation (pe.attention), whos
 the host's attention layers compute with their own q/k projections.
 
 Every position the step needs (main windows, contrastive pivots and candidates, OOD
-students, attention probes) goes through the encoder in a single forward pass and is split back afterwards.
+students, attention probes) goes through the encoder in a single forward pass and is split
+back afterwards.
 A `lax.cond` on the shift coin picks between the common unshifted branch (one main window,
 broadcast to W, plus distillation) and the shifted branch (W windows, no distillation), so
 the step compiles once and only the taken branch runs.
@@ -54,8 +55,8 @@ class Regularizers:
   balance_target: float = 1.0
   remat: str = 'matmuls'
   attn_weight: float = 0.0  # pe.attention: the attention-level distillation.
-  attn_windows: int = 0
-  attn_far_keys: int = 0
+  attn_windows: int = 4
+  attn_far_keys: int = 64
 
   def weight_scale(self, step: jax.Array) -> jax.Array:
     """The regularisers' weight multiplier at optimizer step `step` (0-based): 0 before
@@ -145,8 +146,8 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
       train_shape=train_shape, max_position=max_position,
       warmup_steps=control.warmup_steps, start_step=control.start_step,
       balance=control.balance, balance_target=control.balance_target, remat=control.remat,
-      attn_weight=attention.weight, attn_windows=attention.num_windows if attention.weight else 0,
-      attn_far_keys=attention.num_far_keys if attention.weight else 0)
+      attn_weight=attention.weight, attn_windows=attention.num_windows,
+      attn_far_keys=attention.num_far_keys)
 
 
 def sample_pivots(key: jax.Array, reg: Regularizers) -> dict[str, jax.Array]:
@@ -214,7 +215,7 @@ def seqpe_step(pe, params, key: jax.Array, pool: jax.Array, reg: Regularizers, *
   students = grid[ood['teachers']] + ood['offsets'][:, None]  # [G, n_t, n]
   # pe.attention's moved copies of the window, each followed by its far keys: [S, N + F, n].
   copies = None
-  if reg.attn_windows:
+  if reg.attn_weight:
     attn_draws = sampling.sample_attention_probes(
         jax.random.fold_in(key, 1), train_shape=reg.train_shape, max_position=reg.max_position,
         num_windows=reg.attn_windows, num_far_keys=reg.attn_far_keys)
