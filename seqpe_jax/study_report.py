@@ -186,7 +186,8 @@ def locality_table(records: list[RunRecord]) -> str:
            '|---' * (len(ranges) + 1) + '|']
   for name, rows in values.items():
     stats = [_mean_std([row[i] for row in rows]) for i in range(len(ranges))]
-    lines.append(f"| {_row_label(name, dict(enumerate(stats)))} | {' | '.join(map(_cell, stats))} |")
+    label = _row_label(name, dict(enumerate(stats)))
+    lines.append(f"| {label} | {' | '.join(map(_cell, stats))} |")
   free = ' | '.join(_number(v) for v in first['position_free']['near_mass'])
   lines.append(f'| (position-free) | {free} |')
   return (f"Share of the attention the PE alone pays to the {first['near']} nearest keys, per "

@@ -27,8 +27,9 @@ def make_gradients(task, base_key, shift_pool):
   with `jax.vjp`, the host's with respect to its parameters and to the features; the
   PE's gradient is then one backward pass of (feature cotangent, 1) -- the same as
   `jax.grad` of the total loss. The host's loss includes what the PE's hooks report from
-  inside it (`task.host_training_loss`), whose PE gradient counts as the task's below. With `split` it takes two passes instead and returns the
-  task's and the regularisers' PE gradients apart: {'model', 'pe_task', 'pe_reg'}.
+  inside it (`task.host_training_loss`), whose PE gradient counts as the task's below.
+  With `split` it takes two passes instead and returns the task's and the regularisers'
+  PE gradients apart: {'model', 'pe_task', 'pe_reg'}.
   """
 
   def gradients(params, batch, step, split: bool):
