@@ -96,8 +96,9 @@ def _without(overrides: dict, key: str) -> dict:
 def _family_runs(family: str, baselines: tuple[str, ...]) -> list[Run]:
   seqpe = f'configs/{family}_seqpe.py'
   return [Run('seqpe', seqpe), Run('seqpe_tuned', seqpe, TUNED_SEQPE[family]),
-          # The LM ablations' best variant beyond the training length on validation: half
-          # the steps on shifted windows, so the host meets positions beyond the window.
+          # Before pe.attention, the LM ablations' best beyond the training length on
+          # validation: half the steps on shifted windows, so the host meets positions
+          # beyond the window.
           Run('seqpe_tuned_more_shifts', seqpe, {**TUNED_SEQPE[family], 'pe.shift.prob': 0.5}),
           # The LM ablations' best beyond the training length on validation: attention-level
           # distillation (the ViT's grid host takes no far keys).
