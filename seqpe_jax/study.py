@@ -59,6 +59,12 @@ TUNED_SEQPE = {
 ATTENTION = {'lm': {'pe.attention.weight': 1.0},
              'vit': {'pe.attention.weight': 1.0, 'pe.attention.num_far_keys': 0}}
 
+# Injections tried besides the family's reference one. The ViT's attn_mul only reweighs
+# content logits per channel, so it has no position-only term to make attention local
+# (RoPE-2D, relative, leads at the training resolution); attn_scalar adds one and input_add
+# is APE's route. Both use the LM's tuning (no projection bias: p_q.p_k is its own term).
+INJECTION_VARIANTS = {'vit': ('attn_scalar', 'input_add')}
+
 # Options this codebase adds to the reference SeqPE recipe; the ablations try each alone.
 NEW_OPTIONS = {
     'warmup': {'pe.regularizers.warmup_steps': 200},
@@ -103,6 +109,8 @@ def _family_runs(family: str, baselines: tuple[str, ...]) -> list[Run]:
           # The LM ablations' best beyond the training length on validation: attention-level
           # distillation (the ViT's grid host takes no far keys).
           Run('seqpe_tuned_attention', seqpe, {**TUNED_SEQPE[family], **ATTENTION[family]}),
+          *[Run(f'seqpe_tuned_{method}', seqpe, {**TUNED_SEQPE['lm'], 'pe.inject.method': method})
+            for method in INJECTION_VARIANTS.get(family, ())],
           *[Run(pe, f'configs/{family}_{pe}.py') for pe in baselines]]
 
 
