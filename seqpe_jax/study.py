@@ -59,11 +59,23 @@ TUNED_SEQPE = {
 ATTENTION = {'lm': {'pe.attention.weight': 1.0},
              'vit': {'pe.attention.weight': 1.0, 'pe.attention.num_far_keys': 0}}
 
-# Injections tried besides the family's reference one. The ViT's attn_mul only reweighs
-# content logits per channel, so it has no position-only term to make attention local
-# (RoPE-2D, relative, leads at the training resolution); attn_scalar adds one and input_add
-# is APE's route. Both use the LM's tuning (no projection bias: p_q.p_k is its own term).
-INJECTION_VARIANTS = {'vit': ('attn_scalar', 'input_add')}
+# Family-specific SeqPE variants, each tried against the suite's chosen one.
+FAMILY_VARIANTS = {
+    'lm': {
+        # Half the far keys log-uniform in distance: the keys just beyond the trained
+        # distances, where the position term is highest, are drawn ~log(s) times as often.
+        'seqpe_tuned_attention_log_far': {**TUNED_SEQPE['lm'], **ATTENTION['lm'],
+                                          'pe.attention.far_key_sampling': 'log_mixture'},
+    },
+    'vit': {
+        # attn_mul only reweighs the content logits per channel, so it has no position-only
+        # term to make attention local (RoPE-2D, relative, leads at the training
+        # resolution); attn_scalar adds one and input_add is APE's route. Both use the LM's
+        # tuning (no projection bias: p_q.p_k is a term of its own).
+        'seqpe_tuned_attn_scalar': {**TUNED_SEQPE['lm'], 'pe.inject.method': 'attn_scalar'},
+        'seqpe_tuned_input_add': {**TUNED_SEQPE['lm'], 'pe.inject.method': 'input_add'},
+    },
+}
 
 # Options this codebase adds to the reference SeqPE recipe; the ablations try each alone.
 NEW_OPTIONS = {
@@ -109,8 +121,7 @@ def _family_runs(family: str, baselines: tuple[str, ...]) -> list[Run]:
           # The LM ablations' best beyond the training length on validation: attention-level
           # distillation (the ViT's grid host takes no far keys).
           Run('seqpe_tuned_attention', seqpe, {**TUNED_SEQPE[family], **ATTENTION[family]}),
-          *[Run(f'seqpe_tuned_{method}', seqpe, {**TUNED_SEQPE['lm'], 'pe.inject.method': method})
-            for method in INJECTION_VARIANTS.get(family, ())],
+          *[Run(name, seqpe, overrides) for name, overrides in FAMILY_VARIANTS[family].items()],
           *[Run(pe, f'configs/{family}_{pe}.py') for pe in baselines]]
 
 

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.xdist_group('signal')
 
 def numpy_loss(teacher, student, far_log_weight, causal):
   """Row by row: KL(softmax(teacher row over its visible keys) || softmax(student row over
-  the same keys and every far key counted exp(far_log_weight) times))."""
+  the same keys and far key f counted exp(far_log_weight[s, f]) times))."""
   heads, n, _ = teacher.shape
   rows = range(n // 2, n) if causal else range(n)
   total, count = 0.0, 0
@@ -46,7 +46,7 @@ def test_loss_equals_numpy(causal, far):
   rng = np.random.default_rng(0)
   teacher = rng.normal(size=(2, 6, 6)).astype(np.float32)
   student = rng.normal(size=(3, 2, 6, 6 + far)).astype(np.float32)
-  weights = rng.uniform(0, 3, size=3).astype(np.float32)
+  weights = rng.uniform(0, 3, size=(3, far)).astype(np.float32)
   got = losses.attention_distillation_loss(teacher, student, weights, causal=causal)
   np.testing.assert_allclose(got, numpy_loss(teacher, student, weights, causal), rtol=1e-5)
 
@@ -55,7 +55,7 @@ def test_a_copy_that_attends_as_the_window_and_ignores_far_keys_costs_nothing():
   teacher = np.random.default_rng(1).normal(size=(2, 8, 8)).astype(np.float32)
   far = np.full((2, 8, 4), -1e4, np.float32)  # Far keys the position term rules out.
   student = np.concatenate([teacher, far], -1)[None].repeat(2, 0)
-  weights = np.log([100.0, 5000.0]).astype(np.float32)
+  weights = np.log([[100.0] * 4, [5000.0] * 4]).astype(np.float32)
   assert float(losses.attention_distillation_loss(teacher, student, weights, causal=True)) < 1e-6
   # The same copy whose far keys are as likely as near ones pays for all they stand for.
   flat = np.concatenate([teacher, np.zeros_like(far)], -1)[None].repeat(2, 0)
@@ -70,8 +70,8 @@ def test_far_keys_count_as_many_keys_as_their_weight_says():
   one_far = np.concatenate([near, np.zeros((1, 1, 4, 1), np.float32)], -1)
   two_far = np.concatenate([near, np.zeros((1, 1, 4, 2), np.float32)], -1)
   np.testing.assert_allclose(
-      losses.attention_distillation_loss(teacher, one_far, np.log([6.0]), causal=True),
-      losses.attention_distillation_loss(teacher, two_far, np.log([3.0]), causal=True),
+      losses.attention_distillation_loss(teacher, one_far, np.log([[6.0]]), causal=True),
+      losses.attention_distillation_loss(teacher, two_far, np.log([[2.0, 4.0]]), causal=True),
       rtol=1e-6)
 
 
@@ -79,7 +79,7 @@ def test_the_teacher_gets_no_gradient():
   rng = np.random.default_rng(3)
   teacher = jnp.asarray(rng.normal(size=(2, 4, 4)), jnp.float32)
   student = jnp.asarray(rng.normal(size=(1, 2, 4, 6)), jnp.float32)
-  loss = lambda t, s: losses.attention_distillation_loss(t, s, jnp.zeros(1), causal=True)
+  loss = lambda t, s: losses.attention_distillation_loss(t, s, jnp.zeros((1, 2)), causal=True)
   d_teacher, d_student = jax.grad(loss, argnums=(0, 1))(teacher, student)
   assert float(jnp.abs(d_teacher).max()) == 0.0
   assert float(jnp.abs(d_student).max()) > 0.0
@@ -93,11 +93,48 @@ def test_1d_probes_are_log_uniform_copies_with_far_keys_before_them():
   offsets, far = np.asarray(draws['offsets'][:, 0]), np.asarray(draws['far'][..., 0])
   assert offsets.min() >= 1 and offsets.max() <= 10_000
   assert np.all(far >= 0) and np.all(far < offsets[:, None])  # Every far key precedes its copy.
-  np.testing.assert_allclose(draws['far_log_weight'], np.log(offsets / 8), rtol=1e-5)
+  np.testing.assert_allclose(draws['far_log_weight'],
+                             np.broadcast_to(np.log(offsets[:, None] / 8), far.shape), rtol=1e-5)
   # Log-uniform: a tenth of the log range per tenth of the draws, so 2x-4x as often as 4x-8x.
   for lo, hi in ((1, 100), (100, 10_000)):
     share = np.mean((offsets >= lo) & (offsets < hi))
     np.testing.assert_allclose(share, math.log(hi / lo) / math.log(10_001), atol=0.03)
+
+
+def far_key_density(d, s, num_uniform, num_log):
+  """NumPy: F q(d) for distance d before a copy at s, the mixture of num_uniform uniform
+  keys and num_log keys at floor(exp(U[0, log(s + 1))))."""
+  return num_uniform / s + num_log * (np.log(d + 1) - np.log(d)) / np.log(s + 1)
+
+
+def test_log_mixture_far_keys_follow_their_density_and_weigh_its_inverse():
+  far_keys = 64
+  draws = sampling.sample_attention_probes(jax.random.key(3), train_shape=(24,),
+                                           max_position=1024, num_windows=3000,
+                                           num_far_keys=far_keys,
+                                           far_key_sampling='log_mixture')
+  offsets = np.asarray(draws['offsets'][:, 0])
+  distance = offsets[:, None] - np.asarray(draws['far'][..., 0])
+  assert distance.min() >= 1 and np.all(distance <= offsets[:, None])
+  density = far_key_density(distance, offsets[:, None], far_keys // 2, far_keys // 2)
+  np.testing.assert_allclose(draws['far_log_weight'], -np.log(density), rtol=1e-4, atol=1e-5)
+  # The first half is uniform, the second log-uniform: within 10 keys of a copy at s lie a
+  # share log(11) / log(s + 1) of the log keys and 10 / s of the uniform ones.
+  far_copies = offsets >= 100
+  near = distance[far_copies] <= 10
+  s = offsets[far_copies]
+  np.testing.assert_allclose(near[:, far_keys // 2:].mean(),
+                             np.mean(math.log(11) / np.log(s + 1)), atol=0.01)
+  np.testing.assert_allclose(near[:, :far_keys // 2].mean(), np.mean(10 / s), atol=0.01)
+  # Unbiased: the weights add up to the s keys before each copy, on average over draws.
+  total = np.exp(np.asarray(draws['far_log_weight'], np.float64)).sum(-1) / offsets
+  np.testing.assert_allclose(total.mean(), 1.0, atol=0.05)
+
+
+def test_unknown_far_key_sampling_stops_with_one_sentence():
+  with pytest.raises(ValueError, match="far_key_sampling must be one of uniform, log_mixture, "
+                                       "got 'log'"):
+    small_lm_seqpe(**{'attention.far_key_sampling': 'log'})
 
 
 def test_2d_probes_keep_the_moved_grid_inside_the_space():

@@ -120,6 +120,11 @@ def get_config() -> ml_collections.ConfigDict:
   pe.attention.weight = 0.0
   pe.attention.num_windows = 4
   pe.attention.num_far_keys = 64
+  # Where the far keys lie before a copy at offset s: uniform over the s keys, or
+  # log_mixture (half uniform, half log-uniform in distance, each key weighted by the
+  # mixture's density), which samples the keys just beyond the trained distances, where the
+  # position term is highest, about log(s) times as often at large s.
+  pe.attention.far_key_sampling = 'uniform'
 
   pe.shift = ml_collections.ConfigDict()
   # Probability that a training step uses shifted position windows (0 turns it off).

@@ -58,7 +58,7 @@ def ood_distillation_loss(teacher_GnD: jax.Array, student_GnD: jax.Array, *, num
 
 
 def attention_distillation_loss(teacher_HNN: jax.Array, student_SHKK: jax.Array,
-                                far_log_weight_S: jax.Array, *, causal: bool) -> jax.Array:
+                                far_log_weight_SF: jax.Array, *, causal: bool) -> jax.Array:
   """KL(teacher || student) between the attention the PE alone gives over the training
   window and over moved copies of it (pe.attention), averaged over copies, heads, rows.
 
@@ -66,7 +66,7 @@ def attention_distillation_loss(teacher_HNN: jax.Array, student_SHKK: jax.Array,
     teacher_HNN: position logits among the N training positions (detached here).
     student_SHKK: position logits among each copy's N positions followed by its F far
       keys (K = N + F); only the copy's rows are read.
-    far_log_weight_S: log of how many keys each far key stands for; the student's softmax
+    far_log_weight_SF: log of how many keys each far key stands for; the student's softmax
       counts far key f that many times, as if every key before the copy were present.
     causal: queries see keys up to their own position, and only the second half of the
       window's queries are compared (the first see too few keys to have a shape worth
@@ -80,7 +80,7 @@ def attention_distillation_loss(teacher_HNN: jax.Array, student_SHKK: jax.Array,
   log_p = jax.nn.log_softmax(jnp.where(visible, teacher, hidden), axis=-1)
   student = student_SHKK[:, :, rows].astype(jnp.float32)
   near = jnp.where(visible, student[..., :n], hidden)
-  far = student[..., n:] + far_log_weight_S[:, None, None, None]
+  far = student[..., n:] + far_log_weight_SF[:, None, None, :]
   log_q = jax.nn.log_softmax(jnp.concatenate([near, far], axis=-1), axis=-1)[..., :n]
   kl = jnp.where(visible, jnp.exp(log_p) * (log_p - log_q), 0.0).sum(-1)
   return jnp.mean(kl)

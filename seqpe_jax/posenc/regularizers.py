@@ -57,6 +57,7 @@ class Regularizers:
   attn_weight: float = 0.0  # pe.attention: the attention-level distillation.
   attn_windows: int = 4
   attn_far_keys: int = 64
+  attn_far_sampling: str = 'uniform'
 
   def weight_scale(self, step: jax.Array) -> jax.Array:
     """The regularisers' weight multiplier at optimizer step `step` (0-based): 0 before
@@ -130,6 +131,10 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
   if attention.weight and attention.num_far_keys and not (pe.host.causal and enc.ndim == 1):
     raise ValueError('pe.attention.num_far_keys samples keys before a moved window, which only '
                      'a causal 1D host has; set it to 0 for this model.')
+  if attention.far_key_sampling not in sampling.FAR_KEY_SAMPLINGS:
+    raise ValueError(f'pe.attention.far_key_sampling must be one of '
+                     f'{", ".join(sampling.FAR_KEY_SAMPLINGS)}, got '
+                     f'{attention.far_key_sampling!r}.')
   if attention.weight and enc.ndim == 1 and max_position - train_shape[0] < 1:
     raise ValueError('pe.attention moves the training window inside pe.seqpe.max_position, '
                      f'which must exceed the training length {train_shape[0]}.')
@@ -147,7 +152,7 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
       warmup_steps=control.warmup_steps, start_step=control.start_step,
       balance=control.balance, balance_target=control.balance_target, remat=control.remat,
       attn_weight=attention.weight, attn_windows=attention.num_windows,
-      attn_far_keys=attention.num_far_keys)
+      attn_far_keys=attention.num_far_keys, attn_far_sampling=attention.far_key_sampling)
 
 
 def sample_pivots(key: jax.Array, reg: Regularizers) -> dict[str, jax.Array]:
@@ -218,7 +223,8 @@ def seqpe_step(pe, params, key: jax.Array, pool: jax.Array, reg: Regularizers, *
   if reg.attn_weight:
     attn_draws = sampling.sample_attention_probes(
         jax.random.fold_in(key, 1), train_shape=reg.train_shape, max_position=reg.max_position,
-        num_windows=reg.attn_windows, num_far_keys=reg.attn_far_keys)
+        num_windows=reg.attn_windows, num_far_keys=reg.attn_far_keys,
+        far_key_sampling=reg.attn_far_sampling)
     copies = jnp.concatenate([grid[None] + attn_draws['offsets'][:, None], attn_draws['far']],
                              axis=1)
 

@@ -386,18 +386,24 @@ def sample_ood(key: jax.Array, *, train_shape: Sequence[int], max_position: int,
   return {'teachers': teachers, 'offsets': offsets}
 
 
+FAR_KEY_SAMPLINGS = ('uniform', 'log_mixture')
+
+
 def sample_attention_probes(key: jax.Array, *, train_shape: Sequence[int], max_position: int,
-                            num_windows: int, num_far_keys: int) -> dict[str, jax.Array]:
+                            num_windows: int, num_far_keys: int,
+                            far_key_sampling: str = 'uniform') -> dict[str, jax.Array]:
   """Where this step's attention-level distillation looks: copies of the training window
   moved by one offset each and, in 1D, keys drawn before each copy.
 
   1D offsets are log-uniform over [1, P - L], so each ratio of distance to training length
   comes up as often as its double (extrapolation is judged at 2x, 4x, ..., not at +L,
   +2L, ...); n-D offsets are uniform per axis over [0, P - n_a]. The far keys of a copy
-  at offset s are uniform over [0, s); each stands for s / F of them (`far_log_weight`).
+  at offset s lie at distances d in [1, s] before it (`far_key_distances`); key f stands
+  for 1 / (F q(d_f)) of the s keys there (`far_log_weight`), so the student's softmax
+  sees all of them in expectation.
 
   Returns:
-    offsets int32[S, n], far int32[S, F, n] and far_log_weight float32[S].
+    offsets int32[S, n], far int32[S, F, n] and far_log_weight float32[S, F].
   """
   offset_key, far_key = jax.random.split(key)
   if len(train_shape) == 1:
@@ -409,11 +415,41 @@ def sample_attention_probes(key: jax.Array, *, train_shape: Sequence[int], max_p
     extent = jnp.asarray(train_shape, jnp.int32)
     offsets = jax.random.randint(offset_key, (num_windows, len(train_shape)), 0,
                                  max_position - extent + 1)
-  far = jax.random.randint(far_key, (num_windows, num_far_keys, len(train_shape)), 0,
-                           offsets[:, None, :1])
-  far_log_weight = (jnp.log(offsets[:, 0].astype(jnp.float32))
-                    - math.log(max(num_far_keys, 1)))
-  return {'offsets': offsets, 'far': far, 'far_log_weight': far_log_weight}
+  start = offsets[:, :1]  # [S, 1]: far keys are drawn before the copy's first axis.
+  distance, log_weight = far_key_distances(far_key, start, num_far_keys, far_key_sampling)
+  far = jnp.broadcast_to((start - distance)[..., None],
+                         (num_windows, num_far_keys, len(train_shape)))
+  return {'offsets': offsets, 'far': far, 'far_log_weight': log_weight}
+
+
+def far_key_distances(key: jax.Array, start: jax.Array, num_far_keys: int,
+                      sampling: str) -> tuple[jax.Array, jax.Array]:
+  """F distances before each copy start s (int32[S, F], in [1, s]) and the log of how many
+  of the s keys each stands for, -log(F q(d)).
+
+  'uniform': q(d) = 1/s. 'log_mixture': the first F - F // 2 keys are uniform, the rest
+  log-uniform (d = floor(exp(u)), u ~ U[0, log(s + 1)), so P(d) = log((d + 1) / d) /
+  log(s + 1)); every key is weighted by the mixture F_u/F (1/s) + F_l/F P(d) (the balance
+  heuristic of multiple importance sampling), so the count stays unbiased and no weight
+  exceeds s / F_u.
+  """
+  if sampling not in FAR_KEY_SAMPLINGS:
+    raise ValueError(f'far-key sampling must be one of {FAR_KEY_SAMPLINGS}, got {sampling!r}.')
+  s = start.astype(jnp.float32)
+  shape = (start.shape[0], num_far_keys)
+  uniform_key, log_key = jax.random.split(key)
+  num_log = num_far_keys // 2 if sampling == 'log_mixture' else 0
+  num_uniform = num_far_keys - num_log
+  distance = jax.random.randint(uniform_key, shape, 1, start + 1)
+  if num_log:
+    u = jax.random.uniform(log_key, shape) * jnp.log(s + 1)
+    log_distance = jnp.clip(jnp.floor(jnp.exp(u)), 1, s).astype(jnp.int32)
+    distance = jnp.where(jnp.arange(num_far_keys) >= num_uniform, log_distance, distance)
+  d = distance.astype(jnp.float32)
+  count = num_uniform / s  # F q(d) = F_u / s + F_l P(d).
+  if num_log:
+    count = count + num_log * jnp.log1p(1 / d) / jnp.log(s + 1)
+  return distance, jnp.broadcast_to(-jnp.log(count), shape)
 
 
 def check_shift(train_shape: Sequence[int], max_position: int, pool_size: int) -> None:
