@@ -34,17 +34,26 @@ IMPORTANCE = ('model', 'pe', 'data', 'optimizer', 'batch_size', 'seed')
 
 def fingerprint(config: ml_collections.ConfigDict) -> dict:
   """The parts of the config a checkpoint depends on, as plain JSON values."""
-  return without_mutable(with_new_pe_fields(json.loads(config.to_json_best_effort())))
+  return without_mutable(with_new_fields(json.loads(config.to_json_best_effort())))
 
 
-def with_new_pe_fields(record: dict) -> dict:
-  """A config record (plain JSON values) with the PE fields added to the codebase since it
-  was written, at their defaults: every new PE option defaults to what the code did before
-  it existed, so an older run restores, resumes and compares equal to its config today."""
+# Evaluation fields added since some runs were recorded, per task (by `tasks.build`'s
+# name), at what the code did before they existed.
+NEW_EVAL_FIELDS = {'gpt': {'protocol': 'non_overlapping', 'stride_fraction': 0.5}}
+
+
+def with_new_fields(record: dict) -> dict:
+  """A config record (plain JSON values) with the PE and evaluation fields added to the
+  codebase since it was written, at their defaults: every new option defaults to what the
+  code did before it existed, so an older run restores, resumes, evaluates and compares
+  equal to its config today."""
   record = json.loads(json.dumps(record))
   if 'pe' in record:
     record['pe'] = _completed(json.loads(pe_config.get_config().to_json_best_effort()),
                               record['pe'])
+  task = record.get('task') or record.get('model', {}).get('name')
+  if 'eval' in record and task in NEW_EVAL_FIELDS:
+    record['eval'] = _completed(NEW_EVAL_FIELDS[task], record['eval'])
   return record
 
 
@@ -121,7 +130,7 @@ class Checkpointer:
       meta = self._read(step, meta=ocp.args.JsonRestore())
       if meta is None:
         continue
-      diffs = differences(without_mutable(with_new_pe_fields(meta['meta']['config'])),
+      diffs = differences(without_mutable(with_new_fields(meta['meta']['config'])),
                           self._fingerprint)
       if diffs:
         more = f' and {len(diffs) - 3} more' if len(diffs) > 3 else ''

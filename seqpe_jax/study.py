@@ -234,7 +234,7 @@ def _recorded_differences(run_dir: pathlib.Path, config: ml_collections.ConfigDi
   if not path.exists():
     return []
   # PE fields added since the run started take their defaults, as checkpoints compare them.
-  recorded = metrics.flatten_config(checkpoint.with_new_pe_fields(json.loads(path.read_text())))
+  recorded = metrics.flatten_config(checkpoint.with_new_fields(json.loads(path.read_text())))
   current = metrics.flatten_config(json.loads(config.to_json_best_effort()))
   # Any other key the record lacks was added to the configs after the run started; its
   # default keeps the behaviour the run had.

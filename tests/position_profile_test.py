@@ -80,13 +80,14 @@ def test_a_grid_task_is_one_sentence():
 
 def test_profile_of_a_trained_run_recorded_before_a_pe_field_existed(tmp_path):
   """A SeqPE run trained two steps; its config.json and checkpoint record then lose a PE
-  field (as a run recorded before the field was added) and the profile still restores
-  it and writes the table and plot."""
+  field and the evaluation protocol (as a run recorded before they were added) and the
+  profile still restores it and writes the table and plot."""
   config = lm_base.get_config('smoke', pe='seqpe')
   config.mesh.data, config.total_steps = 1, 2
   train.train_and_evaluate(config, str(tmp_path))
   recorded = json.loads((tmp_path / 'config.json').read_text())
   del recorded['pe']['contrastive']['train_shift_fraction']
+  del recorded['eval']['protocol'], recorded['eval']['stride_fraction']
   (tmp_path / 'config.json').write_text(json.dumps(recorded))
   for meta in tmp_path.glob('checkpoints/*/meta/metadata'):
     record = json.loads(meta.read_text())

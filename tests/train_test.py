@@ -149,10 +149,10 @@ def test_a_checkpoint_recorded_before_a_pe_field_existed_matches_its_default_onl
   config = smoke_config()
   old = checkpoint.fingerprint(config)
   del old['pe']['contrastive']['train_shift_fraction'], old['pe']['regularizers']
-  assert checkpoint.differences(checkpoint.with_new_pe_fields(old),
+  assert checkpoint.differences(checkpoint.with_new_fields(old),
                                 checkpoint.fingerprint(config)) == []
   config.pe.contrastive.train_shift_fraction = 0.5
-  assert checkpoint.differences(checkpoint.with_new_pe_fields(old),
+  assert checkpoint.differences(checkpoint.with_new_fields(old),
                                 checkpoint.fingerprint(config)) == [
                                     'pe.contrastive.train_shift_fraction: 0.0 vs 0.5']
 
