@@ -79,6 +79,12 @@ FAMILY_VARIANTS = {
         # tuning (no projection bias: p_q.p_k is a term of its own).
         'seqpe_tuned_attn_scalar': {**TUNED_SEQPE['lm'], 'pe.inject.method': 'attn_scalar'},
         'seqpe_tuned_input_add': {**TUNED_SEQPE['lm'], 'pe.inject.method': 'input_add'},
+        # attn_scalar leads SeqPE at the training resolution but extrapolates no better
+        # than tuned; half the steps on shifted grids, as for attn_mul, lets the host meet
+        # the positions a larger image brings.
+        'seqpe_tuned_attn_scalar_more_shifts': {**TUNED_SEQPE['lm'],
+                                                'pe.inject.method': 'attn_scalar',
+                                                'pe.shift.prob': 0.5},
     },
 }
 
