@@ -171,29 +171,50 @@ def diagnostics_table(final: dict[str, dict[str, tuple]], keys: list[str]) -> st
 
 
 def locality_table(records: list[RunRecord]) -> str:
-  """Mass the PE-only attention puts on the nearest keys, per query range (mean ± std over
-  seeds), with a position-free layer's for reference; '' when no run has a profile."""
-  with_profile = [r for r in records if r.profile]
-  if not with_profile:
+  """Where the PE-only attention looks per query range (mean ± std over seeds): its mass on
+  the nearest keys and its logit fall-off beyond the training length, each with a
+  position-free layer's for reference; '' when no run has a profile."""
+  near_mass = _profile_table(records, 'near_mass')
+  if not near_mass:
     return ''
-  first = with_profile[0].profile
+  first = next(r.profile for r in records if r.profile)
+  t = first['train_length']
+  text = (f"Share of the attention the PE alone pays to the {first['near']} nearest keys, per "
+          f"query position range, at {first['length']} positions (`seqpe_jax.position_profile`; "
+          'mean over layers and heads): a PE that keeps attention local beyond the training '
+          f'length keeps this share there.\n\n{near_mass}\n')
+  falloff = _profile_table(records, 'falloff')
+  if falloff:
+    text += (f'\nHow far the PE-only logits fall from those keys to the keys {t}-{2 * t - 1} '
+             'back (nats; distances just beyond any in the training window), per query range: '
+             'a PE whose position term falls off with distance wherever the query is keeps '
+             f'it.\n\n{falloff}\n')
+  return text
+
+
+def _profile_table(records: list[RunRecord], key: str) -> str:
+  """One row per run of the profiled `key` per query range, mean ± std over seeds, and the
+  position-free layer's; runs profiled over other ranges, or before `key` existed, are left
+  out ('' when none has it)."""
+  profiles = [(r.name, r.profile) for r in records if r.profile and key in r.profile['mean']]
+  if not profiles:
+    return ''
+  first = profiles[0][1]
   ranges = [tuple(r) for r in first['query_ranges']]
   values = {}
-  for record in with_profile:
-    if [tuple(r) for r in record.profile['query_ranges']] == ranges:
-      values.setdefault(record.name, []).append(record.profile['mean']['near_mass'])
+  for name, profile in profiles:
+    if [tuple(r) for r in profile['query_ranges']] == ranges:
+      values.setdefault(name, []).append(profile['mean'][key])
   lines = [f"| run | {' | '.join(f'{lo}-{hi - 1}' for lo, hi in ranges)} |",
            '|---' * (len(ranges) + 1) + '|']
   for name, rows in values.items():
-    stats = [_mean_std([row[i] for row in rows]) for i in range(len(ranges))]
-    label = _row_label(name, dict(enumerate(stats)))
+    stats = [None if rows[0][i] is None else _mean_std([row[i] for row in rows])
+             for i in range(len(ranges))]
+    label = _row_label(name, {i: s for i, s in enumerate(stats) if s})
     lines.append(f"| {label} | {' | '.join(map(_cell, stats))} |")
-  free = ' | '.join(_number(v) for v in first['position_free']['near_mass'])
+  free = ' | '.join('' if v is None else _number(v) for v in first['position_free'][key])
   lines.append(f'| (position-free) | {free} |')
-  return (f"Share of the attention the PE alone pays to the {first['near']} nearest keys, per "
-          f"query position range, at {first['length']} positions (`seqpe_jax.position_profile`; "
-          'mean over layers and heads): a PE that keeps attention local beyond the training '
-          'length keeps this share there.\n\n' + '\n'.join(lines) + '\n')
+  return '\n'.join(lines)
 
 
 def _metric_caption(split: str, records: list[RunRecord]) -> str:

@@ -20,21 +20,28 @@ def causal_logits(values_LL):
 
 def test_position_free_layer_spreads_attention_evenly():
   length, near = 40, 6
-  got = position_profile.query_profile(causal_logits(np.zeros((3, length, length))), near)
+  got = position_profile.query_profile(causal_logits(np.zeros((3, length, length))), near,
+                                       train_length=10)
   i = np.arange(length)
   np.testing.assert_allclose(got['mean_distance'], i / 2, atol=1e-12)
   np.testing.assert_allclose(got['near_mass'], np.minimum(near, i + 1) / (i + 1), atol=1e-12)
+  assert np.all(np.isnan(got['falloff'][:10])) and np.all(got['falloff'][10:] == 0)
 
 
 def test_a_linear_distance_penalty_gives_the_geometric_mean_distance():
   length, slope = 50, 0.3
   distance = np.arange(length)[:, None] - np.arange(length)[None]
-  got = position_profile.query_profile(causal_logits(-slope * distance)[None], near=4)
-  for i in (0, 7, 49):
+  got = position_profile.query_profile(causal_logits(-slope * distance)[None], near=4,
+                                       train_length=8)
+  for i in (0, 7, 12, 49):
     d = np.arange(i + 1)
     w = np.exp(-slope * d)
     np.testing.assert_allclose(got['mean_distance'][i], (d * w).sum() / w.sum(), rtol=1e-12)
     np.testing.assert_allclose(got['near_mass'][i], w[:4].sum() / w.sum(), rtol=1e-12)
+  # The fall-off is slope x (mean distance of the keys 8..15 back - that of the 4 nearest).
+  assert np.isnan(got['falloff'][7])
+  np.testing.assert_allclose(got['falloff'][12], slope * (np.mean([8, 9, 10, 11, 12]) - 1.5))
+  np.testing.assert_allclose(got['falloff'][49], slope * (11.5 - 1.5))
 
 
 def test_buckets_double_from_the_training_length():
@@ -67,10 +74,10 @@ def test_alibi_layers_give_their_bias_and_no_pe_gives_nothing():
                                rtol=1e-5, atol=1e-4)
   _, task, params = smoke_lm('none')
   for logits in position_profile.layer_position_logits(task, params, length):
-    got = position_profile.query_profile(logits, near=8)
-    want = position_profile.uniform_profile(length, near=8)
+    got = position_profile.query_profile(logits, near=8, train_length=16)
+    want = position_profile.uniform_profile(length, near=8, train_length=16)
     for key in want:
-      np.testing.assert_allclose(got[key], want[key], rtol=1e-5)
+      np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-5)
 
 
 def test_a_grid_task_is_one_sentence():

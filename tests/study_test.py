@@ -39,6 +39,11 @@ def lookup(config, flat_key):
   return functools.reduce(getattr, flat_key.split('.'), config)
 
 
+def table_rows(markdown):
+  """{'| run': row} of a Markdown table's body rows."""
+  return {line.split(' | ')[0]: line for line in markdown.splitlines() if line.startswith('| ')}
+
+
 def read_csv(path):
   with open(path, newline='') as f:
     return list(csv.DictReader(f))
@@ -46,10 +51,12 @@ def read_csv(path):
 
 def test_suites_hold_the_planned_runs():
   names = {suite: [run.name for run in runs] for suite, runs in study.SUITES.items()}
-  assert names['lm'] == ['seqpe', 'seqpe_tuned', 'seqpe_tuned_more_shifts',
-                         'seqpe_tuned_attention', 'nope', 'ape', 'rope', 'alibi']
-  assert names['vit'] == ['seqpe', 'seqpe_tuned', 'seqpe_tuned_more_shifts',
-                          'seqpe_tuned_attention', 'nope', 'ape', 'rope2d']
+  family = ['seqpe', 'seqpe_tuned', 'seqpe_tuned_more_shifts', 'seqpe_tuned_attention']
+  assert names['lm'] == [*family, 'seqpe_tuned_attention_log_far',
+                         'seqpe_tuned_attention_more_copies', 'seqpe_tuned_strong_attention',
+                         'nope', 'ape', 'rope', 'alibi']
+  assert names['vit'] == [*family, 'seqpe_tuned_attn_scalar', 'seqpe_tuned_input_add',
+                          'seqpe_tuned_attn_scalar_more_shifts', 'nope', 'ape', 'rope2d']
   tuned_minus = [f'tuned_minus_{study._option_name(k)}' for k in study.TUNED_SEQPE['lm']]
   assert names['ablations'] == [
       'reference', 'no_contrastive', 'no_ood', 'no_regularizers', 'no_shift', 'warmup',
@@ -103,15 +110,20 @@ def test_smoke_study_trains_reports_and_resumes(tmp_path, valid_sweep, monkeypat
   assert '--variant=smoke --steps=4 --only=ape,nope`' in report and '4 steps of batch 8' in report
   logged_diagnostics = any(key.startswith('diag/') for key in rows[0])
   assert (tmp_path / 'diagnostics.png').exists() == logged_diagnostics
-  assert ('Not finished yet: seqpe, seqpe_tuned, seqpe_tuned_more_shifts, '
-          'seqpe_tuned_attention, rope, alibi.') in report
+  unfinished = [run.name for run in study.SUITES['lm'] if run.name not in ('ape', 'nope')]
+  assert f"Not finished yet: {', '.join(unfinished)}." in report
   # Each run's PE-only attention profile; NoPE's is the position-free layer's.
   assert (tmp_path / 'runs/nope/seed1/position_profile_64.png').stat().st_size > 0
   locality = report.split('## Attention locality of the PE alone')[1].split('##')[0]
-  lines = {line.split(' | ')[0]: line for line in locality.splitlines() if line.startswith('| ')}
-  free = lines['| (position-free)'].split(' | ')[1:]
-  nope = [float(cell.split(' ±')[0].rstrip(' |')) for cell in lines['| nope'].split(' | ')[1:]]
+  near_mass, falloff = [table_rows(table) for table in locality.split('How far')]
+  free = near_mass['| (position-free)'].split(' | ')[1:]
+  nope = [float(cell.split(' ±')[0].rstrip(' |'))
+          for cell in near_mass['| nope'].split(' | ')[1:]]
   assert nope == pytest.approx([float(v.rstrip(' |')) for v in free], rel=1e-3)
+  # No position term, no fall-off: 0 beyond the training length, blank inside it.
+  assert falloff['| (position-free)'].split(' | ')[1:] == ['', '0 |']
+  inside, beyond = falloff['| nope'].split(' | ')[1:]
+  assert inside == '' and float(beyond.split(' ±')[0].rstrip(' |')) == pytest.approx(0, abs=1e-6)
 
   # A second invocation trains nothing; a run that lost its validation sweep gets only that.
   def must_not_train(config, workdir):
@@ -195,8 +207,8 @@ def test_report_tables_plots_and_summary_from_finished_runs(tmp_path):
   assert ('**seqpe**. Final diag/pe_ablation_delta 0.3 ± 0 (2 seeds): it uses position. On '
           'validation it ranks 1st of 2 at the training length (32) and 2nd of 2 at the '
           'longest (64).') in report
-  assert ('Not finished yet: seqpe_tuned, seqpe_tuned_more_shifts, seqpe_tuned_attention, ape, '
-          'rope, alibi.') in report
+  unfinished = [run.name for run in study.SUITES['lm'] if run.name not in ('seqpe', 'nope')]
+  assert f"Not finished yet: {', '.join(unfinished)}." in report
 
 
 @pytest.mark.parametrize('deltas, verdict', [
