@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from benchmarks.timing import describe_backend, median_seconds
 from seqpe_jax import positions, posenc
-from seqpe_jax.posenc import losses, regularizers, sampling
+from seqpe_jax.posenc import contrastive_sampling, losses, regularizers, sampling
 
 SETTINGS = {
     'ViT-S/16 (14x14, P=100)': dict(
@@ -56,7 +56,7 @@ def run(name, setting, repeats):
 
   def sample_all(k):
     k1, k2, k3 = jax.random.split(k, 3)
-    return (sampling.sample_contrastive(k1, reg.contrastive),
+    return (contrastive_sampling.sample_contrastive(k1, reg.contrastive),
             sampling.sample_ood(k2, train_shape=shape, max_position=reg.max_position,
                                 num_groups=reg.ood_groups, num_teachers=reg.ood_teachers),
             sampling.sample_shift(k3, pool, num_windows=reg.num_windows, prob=reg.shift_prob))
@@ -64,7 +64,7 @@ def run(name, setting, repeats):
   spec, d = reg.contrastive, enc.d_out
   e = jax.random.normal(key, (spec.num_pivots * (spec.num_candidates + 1)
                               + 2 * reg.ood_groups * reg.ood_teachers, d))
-  ct = jax.jit(lambda k: sampling.sample_contrastive(k, spec))(key)
+  ct = jax.jit(lambda k: contrastive_sampling.sample_contrastive(k, spec))(key)
 
   def both_losses(e):
     b, k = spec.num_pivots, spec.num_candidates

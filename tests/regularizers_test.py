@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from seqpe_jax import positions, posenc
-from seqpe_jax.posenc import losses, regularizers, sampling
+from seqpe_jax.posenc import contrastive_sampling, losses, regularizers, sampling
 
 
 def small_seqpe(shape=(4, 4), prefix=1, **fields):
@@ -67,7 +67,7 @@ def test_single_pass_equals_encoding_each_group_separately():
   key = jax.random.key(5)
   features, aux = jitted_step(pe, params, key, pool, reg)
   _, ct_key, ood_key, _ = _split_key(key)
-  ct = jax.jit(sampling.sample_contrastive, static_argnums=1)(ct_key, reg.contrastive)
+  ct = jax.jit(contrastive_sampling.sample_contrastive, static_argnums=1)(ct_key, reg.contrastive)
   ood = sampling.sample_ood(ood_key, train_shape=(12,), max_position=30, num_groups=3,
                             num_teachers=5)
   encode = jax.jit(lambda pos: pe.source.apply({'params': params}, pos, method='encode'))
@@ -138,7 +138,7 @@ def test_baselines_have_no_regularizers():
 
 @pytest.mark.parametrize('shape, num_candidates', [((16,), 6), ((3, 3), 6), ((2, 2), 10)])
 def test_train_window_pivots_and_candidates_stay_in_the_window(shape, num_candidates):
-  ct = jax.jit(lambda k: sampling.sample_train_window_contrastive(
+  ct = jax.jit(lambda k: contrastive_sampling.sample_train_window_contrastive(
       k, shape, num_pivots=50, num_candidates=num_candidates))(jax.random.key(3))
   grid = {tuple(p) for p in np.asarray(positions.grid(shape))}
   pivots, cands, valid = map(np.asarray, (ct['pivots'], ct['candidates'], ct['valid']))
@@ -161,7 +161,7 @@ def test_train_fraction_splits_the_pivots_and_keeps_the_reference_draws():
   assert np.all(np.asarray(ct['pivots'][:3]) < 4)  # The window share comes first.
   _, _, reference = small_seqpe((4, 4))  # train_fraction 0: the reference sampler as it was.
   jax.tree.map(np.testing.assert_array_equal, regularizers.sample_pivots(jax.random.key(5), reference),
-               sampling.sample_contrastive(jax.random.key(5), reference.contrastive))
+               contrastive_sampling.sample_contrastive(jax.random.key(5), reference.contrastive))
 
 
 def test_moved_training_windows_keep_their_shape_elsewhere_in_the_space():

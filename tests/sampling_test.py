@@ -8,20 +8,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqpe_jax.posenc import sampling
+from seqpe_jax.posenc import contrastive_sampling, sampling
 
 TEXT = dict(ndim=1, max_position=20_000, base=10, num_digits=5, train_shape=(512,),
             num_pivots=16, num_candidates=32)
 IMAGE = dict(ndim=2, max_position=100, base=10, num_digits=2, train_shape=(14, 14),
              num_pivots=32, num_candidates=64)
 
-sample = jax.jit(sampling.sample_contrastive, static_argnums=1)
+sample = jax.jit(contrastive_sampling.sample_contrastive, static_argnums=1)
 
 
 @pytest.mark.parametrize('setting', [TEXT, IMAGE, dict(IMAGE, max_position=20, num_candidates=40,
                                                        train_shape=(4, 4))], ids=['text', 'image', 'small'])
 def test_candidates_and_labels(setting):
-  spec = sampling.contrastive_spec(**setting)
+  spec = contrastive_sampling.contrastive_spec(**setting)
   out = jax.tree.map(np.asarray, sample(jax.random.key(0), spec))
   b, k, n = spec.num_pivots, spec.num_candidates, spec.ndim
   chex.assert_shape([out['pivots'], out['candidates'], out['valid'], out['labels']],
@@ -41,7 +41,7 @@ def test_label_takes_the_first_of_tied_candidates():
   # The method doc's example: pivot (5, 5), candidates (4, 5) at 2 and (5, 6) at 6 tie.
   pivot = np.array([5, 5])
   cands = np.array([[9, 9], [0, 0], [4, 5], [7, 7], [8, 1], [2, 2], [5, 6]])
-  dist = sampling.squared_distance(jnp.asarray(pivot), jnp.asarray(cands))
+  dist = contrastive_sampling.squared_distance(jnp.asarray(pivot), jnp.asarray(cands))
   assert int(jnp.argmin(dist)) == 2
 
 
@@ -64,9 +64,9 @@ def _edit_ball(s, depth):
 
 
 def test_hard_negatives_are_valid_nearby_numerals():
-  spec = sampling.contrastive_spec(**dict(TEXT, num_pivots=24))
+  spec = contrastive_sampling.contrastive_spec(**dict(TEXT, num_pivots=24))
   pivots = jax.random.randint(jax.random.key(1), (24, 1), 0, spec.max_position)
-  hard, ok = jax.jit(sampling.hard_negatives, static_argnums=2)(jax.random.key(2), pivots, spec)
+  hard, ok = jax.jit(contrastive_sampling.hard_negatives, static_argnums=2)(jax.random.key(2), pivots, spec)
   hard, ok, pivots = np.asarray(hard), np.asarray(ok), np.asarray(pivots)
   assert ok.mean() > 0.9
   for pivot, row, row_ok in zip(pivots[:, 0], hard[..., 0], ok):
@@ -78,16 +78,16 @@ def test_hard_negatives_are_valid_nearby_numerals():
 
 
 def test_hard_negatives_in_2d_stay_on_the_grid():
-  spec = sampling.contrastive_spec(**IMAGE)
+  spec = contrastive_sampling.contrastive_spec(**IMAGE)
   pivots = jnp.asarray([[28, 19], [3, 12], [0, 0], [99, 99], [5, 0]])
-  hard, ok = sampling.hard_negatives(jax.random.key(3), pivots, spec)
+  hard, ok = contrastive_sampling.hard_negatives(jax.random.key(3), pivots, spec)
   assert np.asarray(ok).mean() > 0.9
   hard = np.asarray(hard)[np.asarray(ok)]
   assert np.all((hard >= 0) & (hard < 100))
 
 
 def test_hard_negatives_are_farther_than_the_nearest_candidate():
-  spec = sampling.contrastive_spec(**dict(IMAGE, mode_probs=(0.0, 1.0, 0.0), num_pivots=64))
+  spec = contrastive_sampling.contrastive_spec(**dict(IMAGE, mode_probs=(0.0, 1.0, 0.0), num_pivots=64))
   out = jax.tree.map(np.asarray, sample(jax.random.key(4), spec))
   from_hard = (out['origin'] == 1) & out['valid']
   assert from_hard.sum() > 64 * spec.num_hard * 0.5
@@ -99,7 +99,7 @@ def test_hard_negatives_are_farther_than_the_nearest_candidate():
 
 @pytest.mark.parametrize('setting', [TEXT, IMAGE], ids=['text', 'image'])
 def test_mode_mix_matches_the_configured_ratios(setting):
-  spec = sampling.contrastive_spec(**dict(setting, num_pivots=4000))
+  spec = contrastive_sampling.contrastive_spec(**dict(setting, num_pivots=4000))
   out = sample(jax.random.key(5), spec)
   counts = collections.Counter(np.asarray(out['mode']).tolist())
   for mode, prob in enumerate(spec.mode_probs):
@@ -111,7 +111,7 @@ def test_mode_mix_matches_the_configured_ratios(setting):
 
 
 def test_sampling_is_a_function_of_the_key():
-  spec = sampling.contrastive_spec(**IMAGE)
+  spec = contrastive_sampling.contrastive_spec(**IMAGE)
   a, b = sample(jax.random.key(6), spec), sample(jax.random.key(6), spec)
   c = sample(jax.random.key(7), spec)
   chex.assert_trees_all_equal(a, b)
@@ -161,7 +161,7 @@ def test_shift_pool_and_rate():
 ])
 def test_bad_contrastive_settings(setting, message):
   with pytest.raises(ValueError, match=message):
-    sampling.contrastive_spec(**setting)
+    contrastive_sampling.contrastive_spec(**setting)
 
 
 def test_bad_ood_and_shift_settings():

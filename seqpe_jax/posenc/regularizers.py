@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from seqpe_jax import positions
-from seqpe_jax.posenc import inject, losses, sampling
+from seqpe_jax.posenc import contrastive_sampling, inject, losses, sampling
 
 BALANCE = ('none', 'grad_norm')
 # What the backward of the regularisers' encoder pass recomputes: 'matmuls' keeps the
@@ -31,7 +31,7 @@ REMAT = ('matmuls', 'all')
 @dataclasses.dataclass(frozen=True)
 class Regularizers:
   """Static settings of SeqPE's training-time work, validated from `config.pe`."""
-  contrastive: sampling.ContrastiveSpec | None  # None when every pivot is in the window.
+  contrastive: contrastive_sampling.ContrastiveSpec | None  # None when every pivot is in the window.
   ct_train_pivots: int  # Pivots drawn inside the training window (pe.contrastive.train_fraction).
   ct_train_moved: int  # Of those, pivots whose window moves elsewhere (train_shift_fraction).
   ct_num_candidates: int
@@ -114,7 +114,7 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
   train_pivots = round(ct.train_fraction * ct.num_pivots)
   spec = None
   if train_pivots < ct.num_pivots:
-    spec = sampling.contrastive_spec(
+    spec = contrastive_sampling.contrastive_spec(
         ndim=enc.ndim, max_position=max_position, base=enc.base, num_digits=enc.num_digits,
         train_shape=train_shape, num_pivots=ct.num_pivots - train_pivots,
         num_candidates=ct.num_candidates, mode_probs=ct.mode_probs,
@@ -162,14 +162,14 @@ def sample_pivots(key: jax.Array, reg: Regularizers) -> dict[str, jax.Array]:
   if reg.ct_train_pivots:
     offsets = None
     if reg.ct_train_moved:
-      offsets = sampling.train_window_offsets(
+      offsets = contrastive_sampling.train_window_offsets(
           jax.random.fold_in(key, 2), reg.train_shape, reg.max_position,
           num_pivots=reg.ct_train_pivots, num_moved=reg.ct_train_moved)
-    parts.append(sampling.sample_train_window_contrastive(
+    parts.append(contrastive_sampling.sample_train_window_contrastive(
         jax.random.fold_in(key, 1), reg.train_shape, num_pivots=reg.ct_train_pivots,
         num_candidates=reg.ct_num_candidates, offsets=offsets))
   if reg.contrastive is not None:
-    parts.append(sampling.sample_contrastive(key, reg.contrastive))
+    parts.append(contrastive_sampling.sample_contrastive(key, reg.contrastive))
   if len(parts) == 1:
     return parts[0]
   return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
