@@ -100,40 +100,40 @@ def sample_attention_probes(key: jax.Array, *, train_shape: Sequence[int], max_p
     offsets = jax.random.randint(offset_key, (num_windows, len(train_shape)), 0,
                                  max_position - extent + 1)
   start = offsets[:, :1]  # [S, 1]: far keys are drawn before the copy's first axis.
-  distance, log_weight = far_key_distances(far_key, start, num_far_keys, far_key_sampling)
-  far = jnp.broadcast_to((start - distance)[..., None],
-                         (num_windows, num_far_keys, len(train_shape)))
+  position, log_weight = far_keys(far_key, start, num_far_keys, far_key_sampling)
+  far = jnp.broadcast_to(position[..., None], (num_windows, num_far_keys, len(train_shape)))
   return {'offsets': offsets, 'far': far, 'far_log_weight': log_weight}
 
 
-def far_key_distances(key: jax.Array, start: jax.Array, num_far_keys: int,
-                      sampling: str) -> tuple[jax.Array, jax.Array]:
-  """F distances before each copy start s (int32[S, F], in [1, s]) and the log of how many
-  of the s keys each stands for, -log(F q(d)).
+def far_keys(key: jax.Array, start: jax.Array, num_far_keys: int,
+             sampling: str) -> tuple[jax.Array, jax.Array]:
+  """F key positions before each copy start s (int32[S, F], in [0, s)) and the log of how
+  many of the s keys there each stands for, -log(F q(d)) at its distance d = s - position.
 
   'uniform': q(d) = 1/s. 'log_mixture': the first F - F // 2 keys are uniform, the rest
-  log-uniform (d = floor(exp(u)), u ~ U[0, log(s + 1)), so P(d) = log((d + 1) / d) /
-  log(s + 1)); every key is weighted by the mixture F_u/F (1/s) + F_l/F P(d) (the balance
-  heuristic of multiple importance sampling), so the count stays unbiased and no weight
-  exceeds s / F_u.
+  log-uniform in distance (d = floor(exp(u)), u ~ U[0, log(s + 1)), so P(d) =
+  log((d + 1) / d) / log(s + 1)); every key is weighted by the mixture F_u/F (1/s) +
+  F_l/F P(d) (the balance heuristic of multiple importance sampling), so the count stays
+  unbiased and no weight exceeds s / F_u.
   """
   if sampling not in FAR_KEY_SAMPLINGS:
     raise ValueError(f'far-key sampling must be one of {FAR_KEY_SAMPLINGS}, got {sampling!r}.')
   s = start.astype(jnp.float32)
   shape = (start.shape[0], num_far_keys)
-  uniform_key, log_key = jax.random.split(key)
   num_log = num_far_keys // 2 if sampling == 'log_mixture' else 0
   num_uniform = num_far_keys - num_log
-  distance = jax.random.randint(uniform_key, shape, 1, start + 1)
+  # The uniform draw is the one runs made before log_mixture existed, key for key.
+  position = jax.random.randint(key, shape + (1,), 0, start[:, None, :])[..., 0]
   if num_log:
-    u = jax.random.uniform(log_key, shape) * jnp.log(s + 1)
+    u = jax.random.uniform(jax.random.fold_in(key, 1), shape) * jnp.log(s + 1)
     log_distance = jnp.clip(jnp.floor(jnp.exp(u)), 1, s).astype(jnp.int32)
-    distance = jnp.where(jnp.arange(num_far_keys) >= num_uniform, log_distance, distance)
-  d = distance.astype(jnp.float32)
+    position = jnp.where(jnp.arange(num_far_keys) >= num_uniform, start - log_distance,
+                         position)
   count = num_uniform / s  # F q(d) = F_u / s + F_l P(d).
   if num_log:
+    d = (start - position).astype(jnp.float32)
     count = count + num_log * jnp.log1p(1 / d) / jnp.log(s + 1)
-  return distance, jnp.broadcast_to(-jnp.log(count), shape)
+  return position, jnp.broadcast_to(-jnp.log(count), shape)
 
 
 def check_shift(train_shape: Sequence[int], max_position: int, pool_size: int) -> None:
