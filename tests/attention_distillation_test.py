@@ -47,8 +47,21 @@ def test_loss_equals_numpy(causal, far):
   teacher = rng.normal(size=(2, 6, 6)).astype(np.float32)
   student = rng.normal(size=(3, 2, 6, 6 + far)).astype(np.float32)
   weights = rng.uniform(0, 3, size=(3, far)).astype(np.float32)
-  got = losses.attention_distillation_loss(teacher, student, weights, causal=causal)
+  got = losses.attention_distillation_loss(teacher, student, weights, np.ones(2),
+                                           causal=causal)
   np.testing.assert_allclose(got, numpy_loss(teacher, student, weights, causal), rtol=1e-5)
+
+
+def test_heads_left_free_are_not_compared():
+  rng = np.random.default_rng(4)
+  teacher = rng.normal(size=(3, 6, 6)).astype(np.float32)
+  student = rng.normal(size=(2, 3, 6, 9)).astype(np.float32)
+  weights = rng.uniform(0, 3, size=(2, 3)).astype(np.float32)
+  got = losses.attention_distillation_loss(teacher, student, weights, np.array([1., 0., 1.]),
+                                           causal=True)
+  kept = [0, 2]
+  np.testing.assert_allclose(got, numpy_loss(teacher[kept], student[:, kept], weights, True),
+                             rtol=1e-5)
 
 
 def test_a_copy_that_attends_as_the_window_and_ignores_far_keys_costs_nothing():
@@ -56,10 +69,11 @@ def test_a_copy_that_attends_as_the_window_and_ignores_far_keys_costs_nothing():
   far = np.full((2, 8, 4), -1e4, np.float32)  # Far keys the position term rules out.
   student = np.concatenate([teacher, far], -1)[None].repeat(2, 0)
   weights = np.log([[100.0] * 4, [5000.0] * 4]).astype(np.float32)
-  assert float(losses.attention_distillation_loss(teacher, student, weights, causal=True)) < 1e-6
+  assert float(losses.attention_distillation_loss(teacher, student, weights, np.ones(2),
+                                                causal=True)) < 1e-6
   # The same copy whose far keys are as likely as near ones pays for all they stand for.
   flat = np.concatenate([teacher, np.zeros_like(far)], -1)[None].repeat(2, 0)
-  loose = losses.attention_distillation_loss(teacher, flat, weights, causal=True)
+  loose = losses.attention_distillation_loss(teacher, flat, weights, np.ones(2), causal=True)
   assert float(loose) > 1.0
 
 
@@ -70,8 +84,10 @@ def test_far_keys_count_as_many_keys_as_their_weight_says():
   one_far = np.concatenate([near, np.zeros((1, 1, 4, 1), np.float32)], -1)
   two_far = np.concatenate([near, np.zeros((1, 1, 4, 2), np.float32)], -1)
   np.testing.assert_allclose(
-      losses.attention_distillation_loss(teacher, one_far, np.log([[6.0]]), causal=True),
-      losses.attention_distillation_loss(teacher, two_far, np.log([[2.0, 4.0]]), causal=True),
+      losses.attention_distillation_loss(teacher, one_far, np.log([[6.0]]), np.ones(1),
+                                         causal=True),
+      losses.attention_distillation_loss(teacher, two_far, np.log([[2.0, 4.0]]), np.ones(1),
+                                         causal=True),
       rtol=1e-6)
 
 
@@ -79,7 +95,8 @@ def test_the_teacher_gets_no_gradient():
   rng = np.random.default_rng(3)
   teacher = jnp.asarray(rng.normal(size=(2, 4, 4)), jnp.float32)
   student = jnp.asarray(rng.normal(size=(1, 2, 4, 6)), jnp.float32)
-  loss = lambda t, s: losses.attention_distillation_loss(t, s, jnp.zeros((1, 2)), causal=True)
+  loss = lambda t, s: losses.attention_distillation_loss(t, s, jnp.zeros((1, 2)), jnp.ones(2),
+                                                         causal=True)
   d_teacher, d_student = jax.grad(loss, argnums=(0, 1))(teacher, student)
   assert float(jnp.abs(d_teacher).max()) == 0.0
   assert float(jnp.abs(d_student).max()) > 0.0
@@ -176,6 +193,15 @@ def test_the_step_encodes_the_window_its_copies_and_their_far_keys(shift_prob):
   np.testing.assert_allclose(probes['teacher']['e'], encode(grid)[None], atol=1e-5)
   np.testing.assert_allclose(probes['student']['e'], encode(copies), atol=1e-5)
   np.testing.assert_allclose(probes['far_log_weight'], draws['far_log_weight'])
+  np.testing.assert_array_equal(probes['head_weight'], [1.0, 1.0])  # num_heads 0: all.
+
+
+def test_num_heads_selects_the_first_host_heads():
+  pe, reg = small_lm_seqpe(**{'attention.num_heads': 1})
+  params = pe.init(jax.random.key(0), (12,))
+  features, _ = regularizers.seqpe_step(pe, params, jax.random.key(2),
+                                        reg.shift_pool(jax.random.key(1)), reg)
+  np.testing.assert_array_equal(features[inject.ATTENTION_PROBES]['head_weight'], [1.0, 0.0])
 
 
 def test_the_step_has_no_probes_when_the_option_is_off():
@@ -190,6 +216,7 @@ def test_the_step_has_no_probes_when_the_option_is_off():
     ({'attention.weight': -1.0}, 'pe.attention.weight must be non-negative, got -1.0.'),
     ({'attention.num_windows': 0}, 'pe.attention.num_windows must be a positive number'),
     ({'attention.num_far_keys': -2}, 'pe.attention.num_far_keys must be a non-negative'),
+    ({'attention.num_heads': 3}, "between 0 \\(all\\) and the host's 2 heads, got 3"),
 ])
 def test_bad_values_stop_with_one_sentence(fields, message):
   with pytest.raises(ValueError, match=message):

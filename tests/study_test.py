@@ -53,7 +53,7 @@ def test_suites_hold_the_planned_runs():
   names = {suite: [run.name for run in runs] for suite, runs in study.SUITES.items()}
   family = ['seqpe', 'seqpe_tuned', 'seqpe_tuned_more_shifts', 'seqpe_tuned_attention']
   assert names['lm'] == [*family, 'seqpe_tuned_attention_log_far',
-                         'seqpe_tuned_attention_more_copies', 'seqpe_tuned_strong_attention',
+                         'seqpe_tuned_attention_more_copies', 'seqpe_tuned_attention_half_heads',
                          'nope', 'ape', 'rope', 'alibi']
   assert names['vit'] == [*family, 'seqpe_tuned_attn_scalar', 'seqpe_tuned_input_add',
                           'seqpe_tuned_attn_scalar_more_shifts', 'nope', 'ape', 'rope2d']

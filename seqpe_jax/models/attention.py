@@ -197,7 +197,8 @@ def attention_distillation(hook, probes, heads: int, head_dim: int, *, causal: b
   student = window_position_logits(hook, probes['student'], copies, length(probes['student']),
                                    heads, head_dim, dtype)
   return losses.attention_distillation_loss(teacher, student,
-                                            probes['far_log_weight'], causal=causal)
+                                            probes['far_log_weight'], probes['head_weight'],
+                                            causal=causal)
 
 
 def position_logit_spread(logits_HLL: jax.Array) -> jax.Array:

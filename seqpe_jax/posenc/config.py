@@ -125,6 +125,9 @@ def get_config() -> ml_collections.ConfigDict:
   # mixture's density), which samples the keys just beyond the trained distances, where the
   # position term is highest, about log(s) times as often at large s.
   pe.attention.far_key_sampling = 'uniform'
+  # Host heads the loss compares, the first ones (0 = all): the others keep whatever
+  # position term the task gives them beyond the trained length (global heads, say).
+  pe.attention.num_heads = 0
 
   pe.shift = ml_collections.ConfigDict()
   # Probability that a training step uses shifted position windows (0 turns it off).

@@ -58,6 +58,7 @@ class Regularizers:
   attn_windows: int = 4
   attn_far_keys: int = 64
   attn_far_sampling: str = 'uniform'
+  attn_heads: int = 0  # Host heads pe.attention compares; 0 = all.
 
   def weight_scale(self, step: jax.Array) -> jax.Array:
     """The regularisers' weight multiplier at optimizer step `step` (0-based): 0 before
@@ -135,6 +136,9 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
     raise ValueError(f'pe.attention.far_key_sampling must be one of '
                      f'{", ".join(sampling.FAR_KEY_SAMPLINGS)}, got '
                      f'{attention.far_key_sampling!r}.')
+  if not 0 <= attention.num_heads <= pe.host.num_heads:
+    raise ValueError(f'pe.attention.num_heads must be between 0 (all) and the host\'s '
+                     f'{pe.host.num_heads} heads, got {attention.num_heads}.')
   if attention.weight and enc.ndim == 1 and max_position - train_shape[0] < 1:
     raise ValueError('pe.attention moves the training window inside pe.seqpe.max_position, '
                      f'which must exceed the training length {train_shape[0]}.')
@@ -152,7 +156,8 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
       warmup_steps=control.warmup_steps, start_step=control.start_step,
       balance=control.balance, balance_target=control.balance_target, remat=control.remat,
       attn_weight=attention.weight, attn_windows=attention.num_windows,
-      attn_far_keys=attention.num_far_keys, attn_far_sampling=attention.far_key_sampling)
+      attn_far_keys=attention.num_far_keys, attn_far_sampling=attention.far_key_sampling,
+      attn_heads=attention.num_heads)
 
 
 def sample_pivots(key: jax.Array, reg: Regularizers) -> dict[str, jax.Array]:
@@ -270,7 +275,9 @@ def seqpe_step(pe, params, key: jax.Array, pool: jax.Array, reg: Regularizers, *
     teacher_e, copies_e = probes_e
     features[inject.ATTENTION_PROBES] = {
         'teacher': {'e': teacher_e[None]}, 'student': {'e': copies_e},
-        'far_log_weight': attn_draws['far_log_weight'], 'weight': jnp.zeros((), jnp.float32)}
+        'far_log_weight': attn_draws['far_log_weight'], 'weight': jnp.zeros((), jnp.float32),
+        'head_weight': (jnp.arange(pe.host.num_heads)
+                        < (reg.attn_heads or pe.host.num_heads)).astype(jnp.float32)}
   aux = {'loss': reg.ct_weight * ct_loss + reg.ood_weight * ood_loss,
          'contrastive_loss': ct_loss, 'ood_loss': ood_loss, 'shifted': shifted}
   return features, aux
