@@ -66,7 +66,8 @@ def _edit_ball(s, depth):
 def test_hard_negatives_are_valid_nearby_numerals():
   spec = contrastive_sampling.contrastive_spec(**dict(TEXT, num_pivots=24))
   pivots = jax.random.randint(jax.random.key(1), (24, 1), 0, spec.max_position)
-  hard, ok = jax.jit(contrastive_sampling.hard_negatives, static_argnums=2)(jax.random.key(2), pivots, spec)
+  hard, ok = jax.jit(contrastive_sampling.hard_negatives, static_argnums=2)(jax.random.key(2),
+                                                                          pivots, spec)
   hard, ok, pivots = np.asarray(hard), np.asarray(ok), np.asarray(pivots)
   assert ok.mean() > 0.9
   for pivot, row, row_ok in zip(pivots[:, 0], hard[..., 0], ok):
@@ -87,7 +88,8 @@ def test_hard_negatives_in_2d_stay_on_the_grid():
 
 
 def test_hard_negatives_are_farther_than_the_nearest_candidate():
-  spec = contrastive_sampling.contrastive_spec(**dict(IMAGE, mode_probs=(0.0, 1.0, 0.0), num_pivots=64))
+  spec = contrastive_sampling.contrastive_spec(**dict(IMAGE, mode_probs=(0.0, 1.0, 0.0),
+                                                      num_pivots=64))
   out = jax.tree.map(np.asarray, sample(jax.random.key(4), spec))
   from_hard = (out['origin'] == 1) & out['valid']
   assert from_hard.sum() > 64 * spec.num_hard * 0.5

@@ -31,7 +31,8 @@ REMAT = ('matmuls', 'all')
 @dataclasses.dataclass(frozen=True)
 class Regularizers:
   """Static settings of SeqPE's training-time work, validated from `config.pe`."""
-  contrastive: contrastive_sampling.ContrastiveSpec | None  # None when every pivot is in the window.
+  # None when every pivot is in the training window.
+  contrastive: contrastive_sampling.ContrastiveSpec | None
   ct_train_pivots: int  # Pivots drawn inside the training window (pe.contrastive.train_fraction).
   ct_train_moved: int  # Of those, pivots whose window moves elsewhere (train_shift_fraction).
   ct_num_candidates: int
