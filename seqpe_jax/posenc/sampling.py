@@ -82,7 +82,7 @@ def sample_attention_probes(key: jax.Array, *, train_shape: Sequence[int], max_p
   1D offsets are log-uniform over [1, P - L], so each ratio of distance to training length
   comes up as often as its double (extrapolation is judged at 2x, 4x, ..., not at +L,
   +2L, ...); n-D offsets are uniform per axis over [0, P - n_a]. The far keys of a copy
-  at offset s lie at distances d in [1, s] before it (`far_key_distances`); key f stands
+  at offset s lie at distances d in [1, s] before it (`far_keys`); key f stands
   for 1 / (F q(d_f)) of the s keys there (`far_log_weight`), so the student's softmax
   sees all of them in expectation.
 
@@ -124,13 +124,12 @@ def far_keys(key: jax.Array, start: jax.Array, num_far_keys: int,
   num_uniform = num_far_keys - num_log
   # The uniform draw is the one runs made before log_mixture existed, key for key.
   position = jax.random.randint(key, shape + (1,), 0, start[:, None, :])[..., 0]
+  count = num_uniform / s  # F q(d) = F_u / s + F_l P(d).
   if num_log:
     u = jax.random.uniform(jax.random.fold_in(key, 1), shape) * jnp.log(s + 1)
     log_distance = jnp.clip(jnp.floor(jnp.exp(u)), 1, s).astype(jnp.int32)
     position = jnp.where(jnp.arange(num_far_keys) >= num_uniform, start - log_distance,
                          position)
-  count = num_uniform / s  # F q(d) = F_u / s + F_l P(d).
-  if num_log:
     d = (start - position).astype(jnp.float32)
     count = count + num_log * jnp.log1p(1 / d) / jnp.log(s + 1)
   return position, jnp.broadcast_to(-jnp.log(count), shape)
