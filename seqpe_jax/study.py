@@ -67,8 +67,8 @@ FAMILY_VARIANTS = {
         'seqpe_tuned_attention_log_far': {**TUNED_SEQPE['lm'], **ATTENTION['lm'],
                                           'pe.attention.far_key_sampling': 'log_mixture'},
         # Four times the copies per step. Beyond 1,024 tokens the trained position term
-        # falls off half as steeply with distance as it does at 512-1,023 (4.2 against 7.8
-        # nats from distance < 16 to 128-255): copies that far are 7.5% of the draws.
+        # falls off half as steeply with distance as it does at 512-1,023 (position_profile's
+        # fall-off 4.3 against 8.8 nats with 4 copies): copies that far are 7.5% of the draws.
         'seqpe_tuned_attention_more_copies': {**TUNED_SEQPE['lm'], **ATTENTION['lm'],
                                               'pe.attention.num_windows': 16},
         # Half the host's heads (2 of the tiny GPT's 4) distilled, the others left as the
@@ -249,7 +249,8 @@ def _recorded_differences(run_dir: pathlib.Path, config: ml_collections.ConfigDi
   path = run_dir / 'config.json'
   if not path.exists():
     return []
-  # PE fields added since the run started take their defaults, as checkpoints compare them.
+  # PE and evaluation fields added since the run started take their defaults, as
+  # checkpoints compare them.
   recorded = metrics.flatten_config(checkpoint.with_new_fields(json.loads(path.read_text())))
   current = metrics.flatten_config(json.loads(config.to_json_best_effort()))
   # Any other key the record lacks was added to the configs after the run started; its
