@@ -40,6 +40,46 @@ def grid(shape: Sequence[int], start: Sequence[int] | jax.Array | None = None) -
   return pos
 
 
+def canvas_grid(shape: Sequence[int], canvas: Sequence[int] = ()) -> jax.Array:
+  """Grid positions spread over a fixed canvas: int32[prod(shape), ndim], row-major.
+
+  Axis a's n positions are floor((2i + 1) C_a / 2n), the centres of n equal cells of
+  [0, C_a): every resolution's grid covers the same canvas, so a larger image's patches
+  fall between the trained positions rather than beyond them (APE's resampling of its
+  table does the same). An empty canvas gives the plain grid, patch i at position i.
+  """
+  if not canvas:
+    return grid(shape)
+  check_canvas(shape, canvas)
+  axes = [(2 * jnp.arange(n, dtype=jnp.int32) + 1) * c // (2 * n)
+          for n, c in zip(shape, canvas)]
+  return jnp.stack(jnp.meshgrid(*axes, indexing='ij'), axis=-1).reshape(-1, len(shape))
+
+
+def canvas_of(train_shape: Sequence[int], stride: int) -> tuple[int, ...]:
+  """The canvas on which the training grid's positions lie `stride` apart (pe.canvas_stride;
+  0 = no canvas, the empty tuple)."""
+  if stride < 0 or stride == 1:
+    raise ValueError('pe.canvas_stride must be 0 (grid positions) or at least 2, so positions '
+                     f'of larger grids fit between the trained ones; got {stride}.')
+  return tuple(stride * n for n in train_shape) if stride else ()
+
+
+def check_canvas(shape: Sequence[int], canvas: Sequence[int]) -> None:
+  """Raises ValueError unless every axis of `shape` has distinct positions on the canvas."""
+  if any(n > c for n, c in zip(shape, canvas)):
+    raise ValueError(f'The {tuple(shape)} grid has more positions per axis than its canvas '
+                     f'{tuple(canvas)} (pe.canvas_stride times the training grid) holds.')
+
+
+def canvas_cell(train_shape: Sequence[int], canvas: Sequence[int]
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """Per-axis offsets [lo, hi) that move a training position anywhere inside its canvas
+  cell (C_a // n_a wide, the position at its centre): int arrays lo, hi of length ndim."""
+  stride = np.asarray([c // n for n, c in zip(train_shape, canvas)])
+  return -(stride // 2), stride - stride // 2
+
+
 def digitize(pos: jax.Array, *, base: int = 10, width: int) -> jax.Array:
   """Fixed-width, left-zero-padded digits of each coordinate, axes concatenated.
 

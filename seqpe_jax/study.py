@@ -59,6 +59,12 @@ TUNED_SEQPE = {
 ATTENTION = {'lm': {'pe.attention.weight': 1.0},
              'vit': {'pe.attention.weight': 1.0, 'pe.attention.num_far_keys': 0}}
 
+# Canvas positions for grids (pe.canvas_stride): the 7x7 training grid's positions lie 12
+# apart on an 84-wide canvas and every larger grid spreads over the same canvas, between
+# them (as APE's bicubic resampling does), instead of beyond them. Shifted steps then move
+# the grid inside its 12x12 cells, all 144 offsets in the pool.
+CANVAS = {'pe.canvas_stride': 12, 'pe.shift.pool_size': 144}
+
 # Family-specific SeqPE variants, each tried against the suite's chosen one.
 FAMILY_VARIANTS = {
     'lm': {
@@ -90,8 +96,21 @@ FAMILY_VARIANTS = {
         'seqpe_tuned_attn_scalar_more_shifts': {**TUNED_SEQPE['lm'],
                                                 'pe.inject.method': 'attn_scalar',
                                                 'pe.shift.prob': 0.5},
+        # Every PE that extends the grid in patch units with relative position in the
+        # logits (attn_scalar, RoPE-2D) collapses at 36 px on this upscaled data while APE,
+        # which resamples, does not: the same variants on a canvas.
+        'seqpe_tuned_canvas': {**TUNED_SEQPE['vit'], **CANVAS},
+        'seqpe_tuned_attn_scalar_canvas': {**TUNED_SEQPE['lm'], 'pe.inject.method': 'attn_scalar',
+                                           **CANVAS},
+        'seqpe_tuned_attn_scalar_canvas_more_shifts': {
+            **TUNED_SEQPE['lm'], 'pe.inject.method': 'attn_scalar', **CANVAS,
+            'pe.shift.prob': 0.5},
     },
 }
+
+# Baselines with an option of their own: (PE, overrides). RoPE-2D on the same canvas tells
+# whether a canvas gain is SeqPE's or any relative PE's.
+BASELINE_VARIANTS = {'lm': {}, 'vit': {'rope2d_canvas': ('rope2d', {'pe.canvas_stride': 12})}}
 
 # Options this codebase adds to the reference SeqPE recipe; the ablations try each alone.
 NEW_OPTIONS = {
@@ -138,7 +157,9 @@ def _family_runs(family: str, baselines: tuple[str, ...]) -> list[Run]:
           # distillation (the ViT's grid host takes no far keys).
           Run('seqpe_tuned_attention', seqpe, {**TUNED_SEQPE[family], **ATTENTION[family]}),
           *[Run(name, seqpe, overrides) for name, overrides in FAMILY_VARIANTS[family].items()],
-          *[Run(pe, f'configs/{family}_{pe}.py') for pe in baselines]]
+          *[Run(pe, f'configs/{family}_{pe}.py') for pe in baselines],
+          *[Run(name, f'configs/{family}_{pe}.py', overrides)
+            for name, (pe, overrides) in BASELINE_VARIANTS[family].items()]]
 
 
 def _ablation_runs() -> list[Run]:

@@ -56,7 +56,10 @@ def test_suites_hold_the_planned_runs():
                          'seqpe_tuned_attention_more_copies', 'seqpe_tuned_attention_half_heads',
                          'nope', 'ape', 'rope', 'alibi']
   assert names['vit'] == [*family, 'seqpe_tuned_attn_scalar', 'seqpe_tuned_input_add',
-                          'seqpe_tuned_attn_scalar_more_shifts', 'nope', 'ape', 'rope2d']
+                          'seqpe_tuned_attn_scalar_more_shifts', 'seqpe_tuned_canvas',
+                          'seqpe_tuned_attn_scalar_canvas',
+                          'seqpe_tuned_attn_scalar_canvas_more_shifts', 'nope', 'ape', 'rope2d',
+                          'rope2d_canvas']
   tuned_minus = [f'tuned_minus_{study._option_name(k)}' for k in study.TUNED_SEQPE['lm']]
   assert names['ablations'] == [
       'reference', 'no_contrastive', 'no_ood', 'no_regularizers', 'no_shift', 'warmup',

@@ -128,6 +128,11 @@ def jitted_table(pe: PositionalEncoding, shape: tuple[int, ...], chunk: int = 40
   return jax.jit(chunked)
 
 
+def canvas_of(cfg: ml_collections.ConfigDict, host: HostSpec) -> tuple[int, ...]:
+  """The per-axis canvas widths pe.canvas_stride gives this host's grid; () for none."""
+  return positions.canvas_of(host.train_shape, cfg.canvas_stride)
+
+
 def seqpe_num_digits(cfg: ml_collections.ConfigDict) -> int:
   """Digits per axis: the explicit override, else enough for max_position."""
   return cfg.num_digits or positions.num_digits(cfg.max_position, cfg.base)
@@ -145,11 +150,14 @@ class PEKind:
       modules that put the features into the model; by default those of the method.
     config_section: the `config.pe` section its parameters' meaning depends on (checked
       when a QA run starts from an LM run); '' if none.
+    canvas: whether its source reads per-axis coordinates, which `pe.canvas_stride` can
+      spread over a fixed canvas (`canvas_of`; its source then takes `canvas=`).
   """
   methods: tuple[str, ...]
   source: Callable[[ml_collections.ConfigDict, HostSpec, str], nn.Module]
   hooks: Callable[[ml_collections.ConfigDict, HostSpec, str], tuple] = None
   config_section: str = ''
+  canvas: bool = False
 
   def __post_init__(self):
     unknown = [m for m in self.methods if m not in inject.METHODS]
@@ -180,6 +188,9 @@ def build(cfg: ml_collections.ConfigDict, host: HostSpec) -> PositionalEncoding:
   if method not in kind.methods:
     raise ValueError(f"PE '{cfg.name}' does not support injection '{method}'; it supports: "
                      f"{', '.join(kind.methods)}.")
+  if canvas_of(cfg, host) and not kind.canvas:
+    raise ValueError(f"pe.canvas_stride spreads per-axis coordinates over a canvas, and PE "
+                     f"'{cfg.name}' has none to spread; set pe.canvas_stride = 0 for it.")
   source = kind.source(cfg, host, method)
   model_hook, layer_hook = kind.hooks(cfg, host, method)
   return PositionalEncoding(cfg.name, method, host, source, model_hook, layer_hook)
@@ -226,7 +237,8 @@ def _qk_injection_hooks(cfg, host: HostSpec, method: str):
 
 
 def _seqpe_source(cfg, host, method):
-  return sources.SeqPESource(_build_encoder(cfg, host, method), num_prefix=host.num_prefix)
+  return sources.SeqPESource(_build_encoder(cfg, host, method), num_prefix=host.num_prefix,
+                             canvas=canvas_of(cfg, host))
 
 
 def _sincos_source(cfg, host, method):
@@ -238,7 +250,8 @@ def _sincos_source(cfg, host, method):
 def _sincos2d_source(cfg, host, method):
   del method
   _even(f'A {host.ndim}D sinusoidal PE', host.d_model, 2 * host.ndim)
-  return sources.SinCosGridSource(host.d_model, host.num_prefix, cfg.sincos.base)
+  return sources.SinCosGridSource(host.d_model, host.num_prefix, cfg.sincos.base,
+                                  canvas_of(cfg, host))
 
 
 def _rotary_source(axial: bool):
@@ -248,15 +261,16 @@ def _rotary_source(axial: bool):
     if axial:
       _need_2d(name, host)
     _even(f'{name} (head dimension)', host.head_dim, 4 if axial else 2)
-    return sources.RotarySource(host.head_dim, axial, host.num_prefix, cfg.rope.base)
+    return sources.RotarySource(host.head_dim, axial, host.num_prefix, cfg.rope.base,
+                                canvas=canvas_of(cfg, host))
   return source
 
 
 def _rope_mixed_source(cfg, host, method):
-  del cfg, method
+  del method
   _need_2d('rope_mixed', host)
   _even('rope_mixed (head dimension)', host.head_dim, 4)
-  return sources.CoordinateSource(host.num_prefix)
+  return sources.CoordinateSource(host.num_prefix, canvas=canvas_of(cfg, host))
 
 
 def _alibi_source(cfg, host, method):
@@ -268,15 +282,17 @@ def _alibi_source(cfg, host, method):
 
 
 register('seqpe', PEKind(('attn_mul', 'attn_add', 'attn_scalar', 'input_add'), _seqpe_source,
-                         config_section='seqpe'))
+                         config_section='seqpe', canvas=True))
 register('ape', PEKind(('input_add',), lambda cfg, host, method: sources.LearnedSource(
     host.train_shape, host.d_model, host.num_prefix, cfg.ape.cubic), config_section='ape'))
 register('sincos', PEKind(('input_add',), _sincos_source, config_section='sincos'))
-register('sincos2d', PEKind(('input_add',), _sincos2d_source, config_section='sincos'))
+register('sincos2d', PEKind(('input_add',), _sincos2d_source, config_section='sincos',
+                            canvas=True))
 register('rope', PEKind(('rotary',), _rotary_source(axial=False), config_section='rope'))
-register('rope2d', PEKind(('rotary',), _rotary_source(axial=True), config_section='rope'))
+register('rope2d', PEKind(('rotary',), _rotary_source(axial=True), config_section='rope',
+                          canvas=True))
 register('rope_mixed', PEKind(
-    ('rotary',), _rope_mixed_source, config_section='rope',
+    ('rotary',), _rope_mixed_source, config_section='rope', canvas=True,
     hooks=lambda cfg, host, method: (inject.ModelHook, functools.partial(
         inject.MixedRotary, base=cfg.rope.base))))
 register('alibi', PEKind(('bias',), _alibi_source, config_section='alibi'))
@@ -292,7 +308,8 @@ def _build_encoder(cfg, host: HostSpec, method: str) -> seqpe.SeqPEEncoder:
     raise ValueError(f"SeqPE d_out={d_out} does not fit injection '{method}': it must equal "
                      f"{'the model width' if per_head else 'the head width'} {expected}.")
   num_digits = seqpe_num_digits(s)
-  positions.check_extent_fits(host.train_shape, base=s.base, width=num_digits)
+  extent = canvas_of(cfg, host) or host.train_shape
+  positions.check_extent_fits(extent, base=s.base, width=num_digits)
   return seqpe.SeqPEEncoder(
       ndim=host.ndim, num_digits=num_digits, d_out=d_out, base=s.base, d_model=s.d_model,
       num_heads=s.num_heads, num_layers=s.num_layers, dropout=s.dropout,

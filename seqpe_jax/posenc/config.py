@@ -15,6 +15,13 @@ def get_config() -> ml_collections.ConfigDict:
   # one registered with posenc.register.
   pe.name = 'seqpe'
 
+  # Positions of a grid: 0 = patch (or token) indices, so a larger grid extends beyond the
+  # trained positions; s >= 2 = the centres of n equal cells of a canvas s times the
+  # training grid on each axis (positions.canvas_grid: the training positions lie s apart),
+  # so a larger grid falls between them, as APE's resampled table does. For PEs of
+  # per-axis coordinates (seqpe, sincos2d, rope2d, rope_mixed); 0 in the reference.
+  pe.canvas_stride = 0
+
   pe.inject = ml_collections.ConfigDict()
   # How the PE enters the host; '' takes the PE's default (posenc.REGISTRY[name].methods).
   pe.inject.method = ''

@@ -150,7 +150,8 @@ def sample_contrastive(key: jax.Array, spec: ContrastiveSpec) -> dict[str, jax.A
 
 def sample_train_window_contrastive(key: jax.Array, train_shape: Sequence[int], *,
                                     num_pivots: int, num_candidates: int,
-                                    offsets: jax.Array | None = None) -> dict[str, jax.Array]:
+                                    offsets: jax.Array | None = None,
+                                    canvas: Sequence[int] = ()) -> dict[str, jax.Array]:
   """Pivots inside the training window, each with K other window positions as candidates.
 
   The reference draws pivots over the whole position space (P = 10,000 in 1D), so the
@@ -160,9 +161,10 @@ def sample_train_window_contrastive(key: jax.Array, train_shape: Sequence[int], 
   positions the surplus is masked (`valid`). Same keys as `sample_contrastive`.
   `offsets` (int32[B, n]) move each pivot's window, candidates included, elsewhere in
   the position space (`train_window_offsets`), so positions beyond the training window
-  are kept apart at the same short range.
+  are kept apart at the same short range. On a `canvas` (pe.canvas_stride) the window's
+  positions are those on it (`positions.canvas_grid`).
   """
-  grid = positions.grid(train_shape)  # [N, n]
+  grid = positions.canvas_grid(train_shape, canvas)  # [N, n]
   n = grid.shape[0]
   pivot_key, pick_key = jax.random.split(key)
   pivot_idx = jax.random.randint(pivot_key, (num_pivots,), 0, n)
@@ -186,10 +188,11 @@ def sample_train_window_contrastive(key: jax.Array, train_shape: Sequence[int], 
 
 
 def train_window_offsets(key: jax.Array, train_shape: Sequence[int], max_position: int,
-                         num_pivots: int, num_moved: int) -> jax.Array:
+                         num_pivots: int, num_moved: int, canvas: Sequence[int] = ()) -> jax.Array:
   """int32[num_pivots, n]: 0 for the first pivots, and for the last `num_moved` a uniform
-  offset per axis that keeps the whole training window inside [0, max_position)."""
-  extent = jnp.asarray(train_shape, jnp.int32)
+  offset per axis that keeps the whole training window (on its canvas, if any) inside
+  [0, max_position)."""
+  extent = jnp.max(positions.canvas_grid(train_shape, canvas), axis=0) + 1
   moved = jax.random.randint(key, (num_moved, len(train_shape)), 0, max_position - extent + 1)
   return jnp.concatenate([jnp.zeros((num_pivots - num_moved, len(train_shape)), jnp.int32),
                           moved])

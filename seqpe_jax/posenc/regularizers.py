@@ -60,6 +60,11 @@ class Regularizers:
   attn_far_keys: int = 64
   attn_far_sampling: str = 'uniform'
   attn_heads: int = 0  # Host heads pe.attention compares; 0 = all.
+  canvas: tuple[int, ...] = ()  # pe.canvas_stride's: the training positions lie on it.
+
+  def train_positions(self) -> jax.Array:
+    """int32[N, n]: the positions the task trains on."""
+    return positions.canvas_grid(self.train_shape, self.canvas)
 
   def weight_scale(self, step: jax.Array) -> jax.Array:
     """The regularisers' weight multiplier at optimizer step `step` (0-based): 0 before
@@ -72,7 +77,7 @@ class Regularizers:
   def shift_pool(self, key: jax.Array) -> jax.Array:
     """The run's fixed pool of window starts, from a key derived from the run's seed."""
     return sampling.shift_pool(key, train_shape=self.train_shape, max_position=self.max_position,
-                               pool_size=self.shift_pool_size)
+                               pool_size=self.shift_pool_size, canvas=self.canvas)
 
 
 def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
@@ -112,6 +117,7 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
     raise ValueError(f'SeqPE d_out={enc.d_out} does not split into its {enc.num_heads} heads '
                      'for the distillation loss.')
   train_shape, max_position = pe.host.train_shape, cfg.seqpe.max_position
+  canvas = positions.canvas_of(train_shape, cfg.canvas_stride)
   positions.check_extent_fits((max_position,), base=enc.base, width=enc.num_digits)
   train_pivots = round(ct.train_fraction * ct.num_pivots)
   spec = None
@@ -133,6 +139,9 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
   if attention.weight and attention.num_far_keys and not (pe.host.causal and enc.ndim == 1):
     raise ValueError('pe.attention.num_far_keys samples keys before a moved window, which only '
                      'a causal 1D host has; set it to 0 for this model.')
+  if attention.weight and attention.num_far_keys and canvas:
+    raise ValueError('pe.attention.num_far_keys samples keys before a moved window, and on a '
+                     'canvas (pe.canvas_stride) the window moves only inside its cells; set it to 0.')
   if attention.far_key_sampling not in sampling.FAR_KEY_SAMPLINGS:
     raise ValueError(f'pe.attention.far_key_sampling must be one of '
                      f'{", ".join(sampling.FAR_KEY_SAMPLINGS)}, got '
@@ -140,11 +149,11 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
   if not 0 <= attention.num_heads <= pe.host.num_heads:
     raise ValueError(f'pe.attention.num_heads must be between 0 (all) and the host\'s '
                      f'{pe.host.num_heads} heads, got {attention.num_heads}.')
-  if attention.weight and enc.ndim == 1 and max_position - train_shape[0] < 1:
+  if attention.weight and enc.ndim == 1 and not canvas and max_position - train_shape[0] < 1:
     raise ValueError('pe.attention moves the training window inside pe.seqpe.max_position, '
                      f'which must exceed the training length {train_shape[0]}.')
-  sampling.check_ood(train_shape, max_position, ood.num_teachers)
-  sampling.check_shift(train_shape, max_position, shift.pool_size)
+  sampling.check_ood(train_shape, max_position, ood.num_teachers, canvas)
+  sampling.check_shift(train_shape, max_position, shift.pool_size, canvas)
   return Regularizers(
       contrastive=spec, ct_train_pivots=train_pivots,
       ct_train_moved=round(ct.train_shift_fraction * train_pivots),
@@ -158,7 +167,7 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
       balance=control.balance, balance_target=control.balance_target, remat=control.remat,
       attn_weight=attention.weight, attn_windows=attention.num_windows,
       attn_far_keys=attention.num_far_keys, attn_far_sampling=attention.far_key_sampling,
-      attn_heads=attention.num_heads)
+      attn_heads=attention.num_heads, canvas=canvas)
 
 
 def sample_pivots(key: jax.Array, reg: Regularizers) -> dict[str, jax.Array]:
@@ -170,10 +179,10 @@ def sample_pivots(key: jax.Array, reg: Regularizers) -> dict[str, jax.Array]:
     if reg.ct_train_moved:
       offsets = contrastive_sampling.train_window_offsets(
           jax.random.fold_in(key, 2), reg.train_shape, reg.max_position,
-          num_pivots=reg.ct_train_pivots, num_moved=reg.ct_train_moved)
+          num_pivots=reg.ct_train_pivots, num_moved=reg.ct_train_moved, canvas=reg.canvas)
     parts.append(contrastive_sampling.sample_train_window_contrastive(
         jax.random.fold_in(key, 1), reg.train_shape, num_pivots=reg.ct_train_pivots,
-        num_candidates=reg.ct_num_candidates, offsets=offsets))
+        num_candidates=reg.ct_num_candidates, offsets=offsets, canvas=reg.canvas))
   if reg.contrastive is not None:
     parts.append(contrastive_sampling.sample_contrastive(key, reg.contrastive))
   if len(parts) == 1:
@@ -221,8 +230,8 @@ def seqpe_step(pe, params, key: jax.Array, pool: jax.Array, reg: Regularizers, *
   ct = sample_pivots(ct_key, reg)
   ood = sampling.sample_ood(ood_key, train_shape=reg.train_shape,
                             max_position=reg.max_position, num_groups=reg.ood_groups,
-                            num_teachers=reg.ood_teachers)
-  grid = positions.grid(reg.train_shape)  # [N, n]
+                            num_teachers=reg.ood_teachers, canvas=reg.canvas)
+  grid = reg.train_positions()  # [N, n]
   students = grid[ood['teachers']] + ood['offsets'][:, None]  # [G, n_t, n]
   # pe.attention's moved copies of the window, each followed by its far keys: [S, N + F, n].
   copies = None
@@ -230,7 +239,7 @@ def seqpe_step(pe, params, key: jax.Array, pool: jax.Array, reg: Regularizers, *
     attn_draws = sampling.sample_attention_probes(
         jax.random.fold_in(key, 1), train_shape=reg.train_shape, max_position=reg.max_position,
         num_windows=reg.attn_windows, num_far_keys=reg.attn_far_keys,
-        far_key_sampling=reg.attn_far_sampling)
+        far_key_sampling=reg.attn_far_sampling, canvas=reg.canvas)
     copies = jnp.concatenate([grid[None] + attn_draws['offsets'][:, None], attn_draws['far']],
                              axis=1)
 

@@ -13,13 +13,41 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seqpe_jax import positions
 
-def check_ood(train_shape: Sequence[int], max_position: int, num_teachers: int) -> None:
+
+def check_canvas(train_shape: Sequence[int], max_position: int,
+                 canvas: Sequence[int]) -> None:
+  """Raises ValueError unless the training positions on the canvas, moved anywhere inside
+  their cells (`cell_offsets`), stay in the position space."""
+  _, hi = positions.canvas_cell(train_shape, canvas)
+  top = int(np.max(positions.canvas_grid(train_shape, canvas))) + int(np.max(hi)) - 1
+  if top >= max_position:
+    raise ValueError(f'Training positions moved inside their canvas cells reach {top}, beyond '
+                     f'pe.seqpe.max_position {max_position}; raise it or lower pe.canvas_stride.')
+
+
+def cell_offsets(key: jax.Array, num: int, train_shape: Sequence[int],
+                 canvas: Sequence[int]) -> jax.Array:
+  """int32[num, n]: offsets uniform over a canvas cell (`positions.canvas_cell`) without
+  the zero offset, so every draw moves the training positions between the trained ones."""
+  lo, hi = positions.canvas_cell(train_shape, canvas)
+  sizes = tuple(int(x) for x in hi - lo)
+  zero = int(np.ravel_multi_index(tuple(-lo), sizes))
+  u = jax.random.randint(key, (num,), 0, int(np.prod(sizes)) - 1)
+  u = u + (u >= zero)
+  return (jnp.stack(jnp.unravel_index(u, sizes), axis=-1) + lo).astype(jnp.int32)
+
+
+def check_ood(train_shape: Sequence[int], max_position: int, num_teachers: int,
+              canvas: Sequence[int] = ()) -> None:
   """Raises ValueError unless OOD distillation is possible for this window and space."""
   if num_teachers > int(np.prod(train_shape)):
     raise ValueError(f'{num_teachers} OOD teachers exceed the {int(np.prod(train_shape))} '
                      'positions of the training window; lower pe.ood.num_teachers.')
-  if len(train_shape) == 1:
+  if canvas:
+    check_canvas(train_shape, max_position, canvas)
+  elif len(train_shape) == 1:
     (length,) = train_shape
     if max_position - length <= length // 4:
       raise ValueError(f'No OOD offset fits: [{length // 4}, {max_position - length}) is empty; '
@@ -38,12 +66,14 @@ def _ood_offset_count(train_shape, max_position):
 
 
 def sample_ood(key: jax.Array, *, train_shape: Sequence[int], max_position: int,
-               num_groups: int, num_teachers: int) -> dict[str, jax.Array]:
+               num_groups: int, num_teachers: int, canvas: Sequence[int] = ()) -> dict[str, jax.Array]:
   """Teacher indices into the training window and one student offset per group.
 
   1D offsets are uniform in [L//4, P - L); 2D offsets are uniform over [0, P-h) x [0, P-w)
   minus those with s_r < h and s_c < w, so the student block never coincides with the
-  training block. Student position = teacher position + offset.
+  training block. On a canvas (pe.canvas_stride) the positions a larger grid brings lie
+  between the trained ones, and offsets move the teachers inside their cells
+  (`cell_offsets`). Student position = teacher position + offset.
 
   Returns:
     teachers int32[G, n_t] (distinct indices into the N window positions, row-major) and
@@ -53,7 +83,9 @@ def sample_ood(key: jax.Array, *, train_shape: Sequence[int], max_position: int,
   teacher_key, offset_key = jax.random.split(key)
   priority = jax.random.uniform(teacher_key, (num_groups, n))
   teachers = jnp.argsort(priority, axis=1)[:, :num_teachers].astype(jnp.int32)
-  if len(train_shape) == 1:
+  if canvas:
+    offsets = cell_offsets(offset_key, num_groups, train_shape, canvas)
+  elif len(train_shape) == 1:
     (length,) = train_shape
     offsets = jax.random.randint(offset_key, (num_groups, 1), length // 4, max_position - length)
   else:
@@ -75,13 +107,15 @@ FAR_KEY_SAMPLINGS = ('uniform', 'log_mixture')
 
 def sample_attention_probes(key: jax.Array, *, train_shape: Sequence[int], max_position: int,
                             num_windows: int, num_far_keys: int,
-                            far_key_sampling: str = 'uniform') -> dict[str, jax.Array]:
+                            far_key_sampling: str = 'uniform',
+                            canvas: Sequence[int] = ()) -> dict[str, jax.Array]:
   """Where this step's attention-level distillation looks: copies of the training window
   moved by one offset each and, in 1D, keys drawn before each copy.
 
   1D offsets are log-uniform over [1, P - L], so each ratio of distance to training length
   comes up as often as its double (extrapolation is judged at 2x, 4x, ..., not at +L,
-  +2L, ...); n-D offsets are uniform per axis over [0, P - n_a]. The far keys of a copy
+  +2L, ...); n-D offsets are uniform per axis over [0, P - n_a]; on a canvas they move
+  the window inside its cells (`cell_offsets`), and there are no far keys. The far keys of a copy
   at offset s lie at distances d in [1, s] before it (`far_keys`); key f stands
   for 1 / (F q(d_f)) of the s keys there (`far_log_weight`), so the student's softmax
   sees all of them in expectation.
@@ -90,7 +124,11 @@ def sample_attention_probes(key: jax.Array, *, train_shape: Sequence[int], max_p
     offsets int32[S, n], far int32[S, F, n] and far_log_weight float32[S, F].
   """
   offset_key, far_key = jax.random.split(key)
-  if len(train_shape) == 1:
+  if canvas:
+    if num_far_keys:
+      raise ValueError('A canvas copy moves inside its cells: it has no keys before it.')
+    offsets = cell_offsets(offset_key, num_windows, train_shape, canvas)
+  elif len(train_shape) == 1:
     (length,) = train_shape
     top = max_position - length
     u = jax.random.uniform(offset_key, (num_windows, 1), maxval=math.log(top + 1))
@@ -135,25 +173,37 @@ def far_keys(key: jax.Array, start: jax.Array, num_far_keys: int,
   return position, jnp.broadcast_to(-jnp.log(count), shape)
 
 
-def check_shift(train_shape: Sequence[int], max_position: int, pool_size: int) -> None:
+def _shift_starts(train_shape, max_position, canvas):
+  """Per-axis window starts a shifted step may use: (lowest, count)."""
+  if canvas:
+    lo, hi = positions.canvas_cell(train_shape, canvas)
+    return lo, hi - lo
+  return np.zeros(len(train_shape), int), np.asarray([max_position - n + 1 for n in train_shape])
+
+
+def check_shift(train_shape: Sequence[int], max_position: int, pool_size: int,
+                canvas: Sequence[int] = ()) -> None:
   """Raises ValueError unless the shift pool fits the window starts of the space."""
-  total = int(np.prod([max_position - n + 1 for n in train_shape]))
+  total = int(np.prod(_shift_starts(train_shape, max_position, canvas)[1]))
   if pool_size > total:
     raise ValueError(f'The shift pool of {pool_size} exceeds the {total} window starts that fit; '
                      'lower pe.shift.pool_size.')
 
 
 def shift_pool(key: jax.Array, *, train_shape: Sequence[int], max_position: int,
-               pool_size: int) -> jax.Array:
+               pool_size: int, canvas: Sequence[int] = ()) -> jax.Array:
   """The run's fixed pool of window starts: int32[M, n], drawn once from the run's seed.
 
-  Every start whose window fits the position space ({0..P-L} or {0..P-h} x {0..P-w}) is
-  listed, shuffled, and the first M kept; every process draws the same pool.
+  Every start whose window fits the position space ({0..P-L} or {0..P-h} x {0..P-w}; on
+  a canvas, every offset inside a cell, `positions.canvas_cell`) is listed, shuffled, and
+  the first M kept; every process draws the same pool.
   """
-  check_shift(train_shape, max_position, pool_size)
-  starts_per_axis = [max_position - n + 1 for n in train_shape]
-  chosen = jax.random.permutation(key, int(np.prod(starts_per_axis)))[:pool_size]
-  return jnp.stack(jnp.unravel_index(chosen, starts_per_axis), axis=-1).astype(jnp.int32)
+  check_shift(train_shape, max_position, pool_size, canvas)
+  lowest, counts = _shift_starts(train_shape, max_position, canvas)
+  counts = tuple(int(c) for c in counts)
+  chosen = jax.random.permutation(key, int(np.prod(counts)))[:pool_size]
+  starts = jnp.stack(jnp.unravel_index(chosen, counts), axis=-1) + lowest
+  return starts.astype(jnp.int32)
 
 
 def sample_shift(key: jax.Array, pool: jax.Array, *, num_windows: int, prob: float):

@@ -19,9 +19,11 @@ from seqpe_jax import positions
 from seqpe_jax.posenc import baselines, seqpe
 
 
-def window_positions(shape: Sequence[int], offsets: jax.Array | None) -> jax.Array:
-  """int32[W, N, ndim]: the grid of `shape` shifted by each window's offset (W=1 if None)."""
-  pos = positions.grid(shape)[None]
+def window_positions(shape: Sequence[int], offsets: jax.Array | None,
+                     canvas: Sequence[int] = ()) -> jax.Array:
+  """int32[W, N, ndim]: the grid of `shape` (spread over `canvas` if one is given,
+  `positions.canvas_grid`) shifted by each window's offset (W=1 if None)."""
+  pos = positions.canvas_grid(shape, canvas)[None]
   return pos if offsets is None else pos + jnp.asarray(offsets, jnp.int32)[:, None, :]
 
 
@@ -41,10 +43,12 @@ class SeqPESource(nn.Module):
 
   The prefix vectors are host-side parameters in the method (clipped and decayed with the
   host, not with the encoder); they live here only because they are concatenated before
-  the q/k projection. The encoder's own subtree is `encoder`.
+  the q/k projection. The encoder's own subtree is `encoder`. A `canvas` (per-axis widths,
+  pe.canvas_stride) encodes every grid at its positions on it.
   """
   encoder: seqpe.SeqPEEncoder
   num_prefix: int = 0
+  canvas: tuple[int, ...] = ()
 
   def setup(self):
     if self.num_prefix:
@@ -53,8 +57,9 @@ class SeqPESource(nn.Module):
 
   def __call__(self, shape, offsets=None, *, deterministic=True):
     enc = self.encoder
-    positions.check_extent_fits(shape, base=enc.base, width=enc.num_digits)
-    return self.with_prefix(self.encode(window_positions(shape, offsets),
+    extent = self.canvas or shape
+    positions.check_extent_fits(extent, base=enc.base, width=enc.num_digits)
+    return self.with_prefix(self.encode(window_positions(shape, offsets, self.canvas),
                                         deterministic=deterministic))
 
   def encode(self, pos: jax.Array, *, deterministic=True) -> jax.Array:
@@ -116,10 +121,11 @@ class SinCosGridSource(nn.Module):
   dim: int
   num_prefix: int = 0
   base: float = 10_000.
+  canvas: tuple[int, ...] = ()
 
   @nn.compact
   def __call__(self, shape, offsets=None, *, deterministic=True):
-    e = baselines.sincos_nd(window_positions(shape, offsets), self.dim, self.base)
+    e = baselines.sincos_nd(window_positions(shape, offsets, self.canvas), self.dim, self.base)
     return {'e': _with_prefix(jnp.zeros((self.num_prefix, self.dim)), e)}
 
 
@@ -129,10 +135,11 @@ class RotarySource(nn.Module):
   axial: bool
   num_prefix: int = 0
   base: float = 10_000.
+  canvas: tuple[int, ...] = ()  # Axial only: a flat index has no per-axis canvas.
 
   @nn.compact
   def __call__(self, shape, offsets=None, *, deterministic=True):
-    pos = window_positions(shape, offsets)
+    pos = window_positions(shape, offsets, self.canvas)
     if self.axial:  # Prefix tokens get angle 0: they are not rotated.
       angles = baselines.rope_axial_angles(pos, self.head_dim, self.base)
       angles = _with_prefix(jnp.zeros((self.num_prefix, self.head_dim // 2)), angles)
@@ -145,10 +152,11 @@ class RotarySource(nn.Module):
 class CoordinateSource(nn.Module):
   """Raw float coordinates [W, P+N, ndim] for PEs whose layers own their frequencies."""
   num_prefix: int = 0
+  canvas: tuple[int, ...] = ()
 
   @nn.compact
   def __call__(self, shape, offsets=None, *, deterministic=True):
-    pos = window_positions(shape, offsets).astype(jnp.float32)
+    pos = window_positions(shape, offsets, self.canvas).astype(jnp.float32)
     return {'pos': _with_prefix(jnp.zeros((self.num_prefix, len(shape))), pos)}
 
 
