@@ -141,7 +141,8 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
                      'a causal 1D host has; set it to 0 for this model.')
   if attention.weight and attention.num_far_keys and canvas:
     raise ValueError('pe.attention.num_far_keys samples keys before a moved window, and on a '
-                     'canvas (pe.canvas_stride) the window moves only inside its cells; set it to 0.')
+                     'canvas (pe.canvas_stride) the window moves only inside its cells; set it '
+                     'to 0.')
   if attention.far_key_sampling not in sampling.FAR_KEY_SAMPLINGS:
     raise ValueError(f'pe.attention.far_key_sampling must be one of '
                      f'{", ".join(sampling.FAR_KEY_SAMPLINGS)}, got '

@@ -66,7 +66,8 @@ def _ood_offset_count(train_shape, max_position):
 
 
 def sample_ood(key: jax.Array, *, train_shape: Sequence[int], max_position: int,
-               num_groups: int, num_teachers: int, canvas: Sequence[int] = ()) -> dict[str, jax.Array]:
+               num_groups: int, num_teachers: int,
+               canvas: Sequence[int] = ()) -> dict[str, jax.Array]:
   """Teacher indices into the training window and one student offset per group.
 
   1D offsets are uniform in [L//4, P - L); 2D offsets are uniform over [0, P-h) x [0, P-w)
@@ -115,8 +116,8 @@ def sample_attention_probes(key: jax.Array, *, train_shape: Sequence[int], max_p
   1D offsets are log-uniform over [1, P - L], so each ratio of distance to training length
   comes up as often as its double (extrapolation is judged at 2x, 4x, ..., not at +L,
   +2L, ...); n-D offsets are uniform per axis over [0, P - n_a]; on a canvas they move
-  the window inside its cells (`cell_offsets`), and there are no far keys. The far keys of a copy
-  at offset s lie at distances d in [1, s] before it (`far_keys`); key f stands
+  the window inside its cells (`cell_offsets`), and there are no far keys. The far keys of
+  a copy at offset s lie at distances d in [1, s] before it (`far_keys`); key f stands
   for 1 / (F q(d_f)) of the s keys there (`far_log_weight`), so the student's softmax
   sees all of them in expectation.
 
