@@ -63,7 +63,8 @@ ATTENTION = {'lm': {'pe.attention.weight': 1.0},
 # apart on an 84-wide canvas and every larger grid spreads over the same canvas, between
 # them (as APE's bicubic resampling does), instead of beyond them. Shifted steps then move
 # the grid inside its 12x12 cells, all 144 offsets in the pool.
-CANVAS = {'pe.canvas_stride': 12, 'pe.shift.pool_size': 144}
+CANVAS_STRIDE = 12
+CANVAS = {'pe.canvas_stride': CANVAS_STRIDE, 'pe.shift.pool_size': CANVAS_STRIDE**2}
 
 # Family-specific SeqPE variants, each tried against the suite's chosen one.
 FAMILY_VARIANTS = {
@@ -111,7 +112,8 @@ FAMILY_VARIANTS = {
 
 # Baselines with an option of their own: (PE, overrides). RoPE-2D on the same canvas tells
 # whether a canvas gain is SeqPE's or any relative PE's.
-BASELINE_VARIANTS = {'lm': {}, 'vit': {'rope2d_canvas': ('rope2d', {'pe.canvas_stride': 12})}}
+BASELINE_VARIANTS = {'lm': {},
+                     'vit': {'rope2d_canvas': ('rope2d', {'pe.canvas_stride': CANVAS_STRIDE})}}
 
 # Options this codebase adds to the reference SeqPE recipe; the ablations try each alone.
 NEW_OPTIONS = {

@@ -117,7 +117,7 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
     raise ValueError(f'SeqPE d_out={enc.d_out} does not split into its {enc.num_heads} heads '
                      'for the distillation loss.')
   train_shape, max_position = pe.host.train_shape, cfg.seqpe.max_position
-  canvas = positions.canvas_of(train_shape, cfg.canvas_stride)
+  canvas = pe.source.canvas  # pe.canvas_stride's, as the source encodes the task's grids.
   positions.check_extent_fits((max_position,), base=enc.base, width=enc.num_digits)
   train_pivots = round(ct.train_fraction * ct.num_pivots)
   spec = None
@@ -153,6 +153,8 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
   if attention.weight and enc.ndim == 1 and not canvas and max_position - train_shape[0] < 1:
     raise ValueError('pe.attention moves the training window inside pe.seqpe.max_position, '
                      f'which must exceed the training length {train_shape[0]}.')
+  if canvas:
+    sampling.check_canvas(train_shape, max_position, canvas)
   sampling.check_ood(train_shape, max_position, ood.num_teachers, canvas)
   sampling.check_shift(train_shape, max_position, shift.pool_size, canvas)
   return Regularizers(

@@ -45,9 +45,9 @@ def check_ood(train_shape: Sequence[int], max_position: int, num_teachers: int,
   if num_teachers > int(np.prod(train_shape)):
     raise ValueError(f'{num_teachers} OOD teachers exceed the {int(np.prod(train_shape))} '
                      'positions of the training window; lower pe.ood.num_teachers.')
-  if canvas:
-    check_canvas(train_shape, max_position, canvas)
-  elif len(train_shape) == 1:
+  if canvas:  # Offsets inside the cells; `check_canvas` checks they fit.
+    return
+  if len(train_shape) == 1:
     (length,) = train_shape
     if max_position - length <= length // 4:
       raise ValueError(f'No OOD offset fits: [{length // 4}, {max_position - length}) is empty; '
