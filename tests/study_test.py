@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from seqpe_jax import cli, evaluate, study, study_report, train
+from seqpe_jax import cli, evaluate, study, study_report, study_suites, train
 
 # One xdist worker runs this file: its smoke study trains four runs.
 pytestmark = pytest.mark.xdist_group('study')
@@ -50,7 +50,7 @@ def read_csv(path):
 
 
 def test_suites_hold_the_planned_runs():
-  names = {suite: [run.name for run in runs] for suite, runs in study.SUITES.items()}
+  names = {suite: [run.name for run in runs] for suite, runs in study_suites.SUITES.items()}
   family = ['seqpe', 'seqpe_tuned', 'seqpe_tuned_more_shifts', 'seqpe_tuned_attention']
   assert names['lm'] == [*family, 'seqpe_tuned_attention_log_far',
                          'seqpe_tuned_attention_more_copies', 'seqpe_tuned_attention_half_heads',
@@ -60,7 +60,8 @@ def test_suites_hold_the_planned_runs():
                           'seqpe_tuned_attn_scalar_canvas',
                           'seqpe_tuned_attn_scalar_canvas_more_shifts', 'nope', 'ape', 'rope2d',
                           'rope2d_canvas']
-  tuned_minus = [f'tuned_minus_{study._option_name(k)}' for k in study.TUNED_SEQPE['lm']]
+  tuned_minus = [f'tuned_minus_{study_suites._option_name(k)}'
+                 for k in study_suites.TUNED_SEQPE['lm']]
   assert names['ablations'] == [
       'reference', 'no_contrastive', 'no_ood', 'no_regularizers', 'no_shift', 'warmup',
       'balance', 'train_pivots', 'proj_init', 'tuned', *tuned_minus, 'tuned_more_shifts',
@@ -69,25 +70,25 @@ def test_suites_hold_the_planned_runs():
       'tuned_no_qk_proj_shifted_pivots', 'tuned_attention', 'tuned_more_shifts_attention',
       'tuned_weak_attention', 'tuned_attention_more_copies', 'input_add', 'attn_mul',
       'bidirectional']
-  ablations = {run.name: run for run in study.SUITES['ablations']}
-  assert ablations['tuned'].overrides == study.TUNED_SEQPE['lm']
+  ablations = {run.name: run for run in study_suites.SUITES['ablations']}
+  assert ablations['tuned'].overrides == study_suites.TUNED_SEQPE['lm']
   assert 'pe.regularizers.balance' not in ablations['tuned_minus_balance'].overrides
 
 
-@pytest.mark.parametrize('suite', list(study.SUITES))
+@pytest.mark.parametrize('suite', list(study_suites.SUITES))
 @pytest.mark.parametrize('variant', ['', 'smoke'])
 def test_every_run_of_every_suite_builds_its_config(suite, variant):
-  for run in study.SUITES[suite]:
+  for run in study_suites.SUITES[suite]:
     config = study.build_config(suite, run, seed=1, variant=variant, steps=None)
     assert config.seed == 1
     for key, value in run.overrides.items():
-      if key not in study.STEP_COUNT_KEYS:
+      if key not in study_suites.STEP_COUNT_KEYS:
         assert lookup(config, key) == value
-  warmup = {run.name: run for run in study.SUITES['ablations']}['warmup']
+  warmup = {run.name: run for run in study_suites.SUITES['ablations']}['warmup']
   config = study.build_config('ablations', warmup, seed=0, variant=variant, steps=None)
   expected = 200 if variant == '' else config.total_steps // 2  # Fitted to a smoke run.
   assert config.pe.regularizers.warmup_steps == expected
-  assert study.build_config(suite, study.SUITES[suite][0], seed=0, variant=variant,
+  assert study.build_config(suite, study_suites.SUITES[suite][0], seed=0, variant=variant,
                             steps=7).total_steps == 7
 
 
@@ -113,7 +114,7 @@ def test_smoke_study_trains_reports_and_resumes(tmp_path, valid_sweep, monkeypat
   assert '--variant=smoke --steps=4 --only=ape,nope`' in report and '4 steps of batch 8' in report
   logged_diagnostics = any(key.startswith('diag/') for key in rows[0])
   assert (tmp_path / 'diagnostics.png').exists() == logged_diagnostics
-  unfinished = [run.name for run in study.SUITES['lm'] if run.name not in ('ape', 'nope')]
+  unfinished = [run.name for run in study_suites.SUITES['lm'] if run.name not in ('ape', 'nope')]
   assert f"Not finished yet: {', '.join(unfinished)}." in report
   # Each run's PE-only attention profile; NoPE's is the position-free layer's.
   assert (tmp_path / 'runs/nope/seed1/position_profile_64.png').stat().st_size > 0
@@ -193,7 +194,8 @@ def test_report_tables_plots_and_summary_from_finished_runs(tmp_path):
   write_fake_run(tmp_path, 'seqpe', 0, 'seqpe', (10.0, 20.0), (11.0, 21.0), diag)
   write_fake_run(tmp_path, 'seqpe', 1, 'seqpe', (12.0, 22.0), (13.0, 23.0), diag)
   write_fake_run(tmp_path, 'nope', 0, 'none', (15.0, 16.0), (15.0, 16.0), [(4, {})])
-  summaries = study_report.write_outputs(tmp_path, 'lm', [r.name for r in study.SUITES['lm']],
+  names = [r.name for r in study_suites.SUITES['lm']]
+  summaries = study_report.write_outputs(tmp_path, 'lm', names,
                                         'python -m seqpe_jax.study --suite=lm')
   assert summaries['test']['seqpe'][32] == (11.0, pytest.approx(2 ** 0.5), 2)
   table = (tmp_path / 'results.md').read_text()
@@ -210,7 +212,7 @@ def test_report_tables_plots_and_summary_from_finished_runs(tmp_path):
   assert ('**seqpe**. Final diag/pe_ablation_delta 0.3 ± 0 (2 seeds): it uses position. On '
           'validation it ranks 1st of 2 at the training length (32) and 2nd of 2 at the '
           'longest (64).') in report
-  unfinished = [run.name for run in study.SUITES['lm'] if run.name not in ('seqpe', 'nope')]
+  unfinished = [run.name for run in study_suites.SUITES['lm'] if run.name not in ('seqpe', 'nope')]
   assert f"Not finished yet: {', '.join(unfinished)}." in report
 
 
