@@ -154,7 +154,7 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
     raise ValueError('pe.attention moves the training window inside pe.seqpe.max_position, '
                      f'which must exceed the training length {train_shape[0]}.')
   if canvas:
-    sampling.check_canvas(train_shape, max_position, canvas)
+    sampling.check_cells_fit(train_shape, max_position, canvas)
   sampling.check_ood(train_shape, max_position, ood.num_teachers, canvas)
   sampling.check_shift(train_shape, max_position, shift.pool_size, canvas)
   return Regularizers(

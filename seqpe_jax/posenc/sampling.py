@@ -16,8 +16,8 @@ import numpy as np
 from seqpe_jax import positions
 
 
-def check_canvas(train_shape: Sequence[int], max_position: int,
-                 canvas: Sequence[int]) -> None:
+def check_cells_fit(train_shape: Sequence[int], max_position: int,
+                    canvas: Sequence[int]) -> None:
   """Raises ValueError unless the training positions on the canvas, moved anywhere inside
   their cells (`cell_offsets`), stay in the position space."""
   _, hi = positions.canvas_cell(train_shape, canvas)
@@ -45,7 +45,7 @@ def check_ood(train_shape: Sequence[int], max_position: int, num_teachers: int,
   if num_teachers > int(np.prod(train_shape)):
     raise ValueError(f'{num_teachers} OOD teachers exceed the {int(np.prod(train_shape))} '
                      'positions of the training window; lower pe.ood.num_teachers.')
-  if canvas:  # Offsets inside the cells; `check_canvas` checks they fit.
+  if canvas:  # Offsets inside the cells; `check_cells_fit` checks they fit.
     return
   if len(train_shape) == 1:
     (length,) = train_shape
