@@ -1,5 +1,5 @@
-"""The shape of the house: the trainer knows tasks (not PEs, not the evaluator), and no
-two modules of the package import each other."""
+"""The shape of the house: the library never imports the lab, the trainer knows tasks (not
+PEs, not the evaluator), and no two modules of the package import each other."""
 
 import ast
 import pathlib
@@ -16,8 +16,8 @@ def module_name(path: pathlib.Path) -> str:
   return '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
 
 
-def imported_modules(path: pathlib.Path) -> set[str]:
-  """The seqpe_jax modules `path` imports anywhere in the file (function-level too)."""
+def imported_modules(path: pathlib.Path, root: str = 'seqpe_jax') -> set[str]:
+  """The `root` modules `path` imports anywhere in the file (function-level too)."""
   found = set()
   for node in ast.walk(ast.parse(path.read_text())):
     if isinstance(node, ast.Import):
@@ -25,7 +25,7 @@ def imported_modules(path: pathlib.Path) -> set[str]:
     elif isinstance(node, ast.ImportFrom) and node.module:
       found.add(node.module)
       found |= {f'{node.module}.{alias.name}' for alias in node.names}
-  return {name for name in found if name.startswith('seqpe_jax')}
+  return {name for name in found if name == root or name.startswith(f'{root}.')}
 
 
 MODULES = {module_name(p): p for p in PACKAGE.rglob('*.py')}
@@ -34,6 +34,11 @@ MODULES = {module_name(p): p for p in PACKAGE.rglob('*.py')}
 GRAPH = {name: {m for m in imported_modules(path)
                 if m in MODULES and m != name and not name.startswith(f'{m}.')}
          for name, path in MODULES.items()}
+
+
+def test_the_library_never_imports_the_lab():
+  importers = {name: sorted(imported_modules(path, 'lab')) for name, path in MODULES.items()}
+  assert not {name: found for name, found in importers.items() if found}
 
 
 def test_the_trainer_imports_neither_the_evaluator_nor_a_position_encoding():

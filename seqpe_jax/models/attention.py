@@ -212,7 +212,7 @@ def position_logit_spread(logits_HLL: jax.Array) -> jax.Array:
 
 
 # Collection the attention layers write their `position_logits` to when it is mutable
-# (seqpe_jax.position_profile).
+# (lab/position_profile.py).
 POSITION_LOGITS = 'position_logits'
 
 

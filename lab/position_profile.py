@@ -1,6 +1,6 @@
 """Where does the PE alone make attention look, inside and beyond the training length?
 
-    python -m seqpe_jax.position_profile --workdir=DIR [--length=2048] [--near=16]
+    python -m lab.position_profile --workdir=DIR [--length=2048] [--near=16]
 
 restores the run in DIR (a 1-D task: language modelling or QA), computes every layer's
 `attention.position_logits` at `length` positions -- the logits the PE gives when every

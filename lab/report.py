@@ -1,4 +1,4 @@
-"""A study's results: tables, plots (study_plots) and REPORT.md from the runs' workdirs
+"""A study's results: tables, plots (lab/plots.py) and REPORT.md from the runs' workdirs
 (see study.py).
 
 Each finished (run, seed) workdir holds extrapolation.json (test), extrapolation_valid.json
@@ -16,7 +16,7 @@ import pathlib
 import jax
 import numpy as np
 
-from seqpe_jax import study_plots
+from lab import plots as study_plots
 
 SPLITS = {'test': 'extrapolation.json', 'valid': 'extrapolation_valid.json'}
 SPLIT_TITLES = {'test': 'Test split', 'valid': 'Validation split'}
@@ -180,7 +180,7 @@ def locality_table(records: list[RunRecord]) -> str:
   first = next(r.profile for r in records if r.profile)
   t = first['train_length']
   text = (f"Share of the attention the PE alone pays to the {first['near']} nearest keys, per "
-          f"query position range, at {first['length']} positions (`seqpe_jax.position_profile`; "
+          f"query position range, at {first['length']} positions (`lab.position_profile`; "
           'mean over layers and heads): a PE that keeps attention local beyond the training '
           f'length keeps this share there.\n\n{near_mass}\n')
   falloff = _profile_table(records, 'falloff')

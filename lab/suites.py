@@ -1,5 +1,5 @@
 """What the studies run: every suite's runs, each a config file and the keys it overrides
-(`python -m seqpe_jax.study` trains and reports them).
+(`python -m lab.study` trains and reports them).
 
 The family suites (lm, vit) compare SeqPE as the reference trains it, SeqPE with this
 codebase's options, and the baselines; the ablations suite tries each option alone and

@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from seqpe_jax import cli, evaluate, study, study_report, study_suites, train
+from lab import report as study_report, study, suites as study_suites
+from seqpe_jax import cli, evaluate, train
 
 # One xdist worker runs this file: its smoke study trains four runs.
 pytestmark = pytest.mark.xdist_group('study')
@@ -196,7 +197,7 @@ def test_report_tables_plots_and_summary_from_finished_runs(tmp_path):
   write_fake_run(tmp_path, 'nope', 0, 'none', (15.0, 16.0), (15.0, 16.0), [(4, {})])
   names = [r.name for r in study_suites.SUITES['lm']]
   summaries = study_report.write_outputs(tmp_path, 'lm', names,
-                                        'python -m seqpe_jax.study --suite=lm')
+                                        'python -m lab.study --suite=lm')
   assert summaries['test']['seqpe'][32] == (11.0, pytest.approx(2 ** 0.5), 2)
   table = (tmp_path / 'results.md').read_text()
   assert '| seqpe | **11 ± 1.4** | 21 ± 1.4 |' in table  # Lowest perplexity in bold.
@@ -245,7 +246,7 @@ def test_bad_input_is_one_sentence(tmp_path, arguments, message):
 
 def test_command_line_bad_input_exits_2_without_traceback(tmp_path):
   process = subprocess.run(
-      [sys.executable, '-m', 'seqpe_jax.study', '--suite=lm', f'--workdir={tmp_path}',
+      [sys.executable, '-m', 'lab.study', '--suite=lm', f'--workdir={tmp_path}',
        '--only=seqpe,nonesuch'], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
   assert process.returncode == 2
   assert "Suite lm has no run named 'nonesuch'" in process.stderr.splitlines()[-1]

@@ -1,9 +1,9 @@
 """Position-encoding studies: every run of a suite, one budget, several seeds, one report.
 
-    python -m seqpe_jax.study --suite=lm|vit|ablations --workdir=DIR [--seeds=2]
+    python -m lab.study --suite=lm|vit|ablations --workdir=DIR [--seeds=2]
         [--variant=smoke] [--steps=N] [--only=name1,name2]
 
-trains every run of the suite (study_suites.SUITES) on the embedded default data with the same
+trains every run of the suite (lab/suites.py) on the embedded default data with the same
 number of steps, once per seed, then sweeps each trained model on the validation split as
 well as the test split, and writes
 
@@ -35,10 +35,10 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from seqpe_jax import (checkpoint, cli, evaluate, metrics, position_profile, study_report,
-                       train)
-from seqpe_jax.study_report import DIVERGED, SPLITS, is_finished
-from seqpe_jax.study_suites import STEP_COUNT_KEYS, SUITES, Run
+from lab import position_profile, report as study_report
+from lab.report import DIVERGED, SPLITS, is_finished
+from lab.suites import STEP_COUNT_KEYS, SUITES, Run
+from seqpe_jax import checkpoint, cli, evaluate, metrics, train
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Longest length the study profiles (position_profile holds layers x heads x L^2 logits).
@@ -200,7 +200,7 @@ def _train_and_sweep(job: _Job) -> bool:
 
 
 def _command_line(suite, workdir, seeds, variant, steps, only) -> str:
-  args = ['python', '-m', 'seqpe_jax.study', f'--suite={suite}', f'--workdir={workdir}',
+  args = ['python', '-m', 'lab.study', f'--suite={suite}', f'--workdir={workdir}',
           f'--seeds={seeds}']
   args += [f'--variant={variant}'] if variant else []
   args += [f'--steps={steps}'] if steps is not None else []

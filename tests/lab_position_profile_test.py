@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from configs import lm_base
-from seqpe_jax import position_profile, tasks, train
+from lab import position_profile
+from seqpe_jax import tasks, train
 from seqpe_jax import state as state_lib
 from seqpe_jax.posenc import baselines
 
