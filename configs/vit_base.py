@@ -7,6 +7,9 @@ Argument string (big_vision style, after the file name):
   smoke   scikit-learn digits, a tiny ViT, a few steps: seconds, for tests.
   paper   ImageNet-1k ViT-S/16 at 224 px, the paper's recipe (DeiT augmentation, timm ViT
           initialisation); evaluates at 224..672 px.
+  tuned   (SeqPE, the default of the CPU sizes) TUNED_SEQPE below: canvas positions, so a
+          larger grid is read by interpolation, not extension (docs/method.md §9).
+  reference  (SeqPE) the authors' recipe at the CPU sizes: 'reference' or 'reference,smoke'.
 """
 
 import ml_collections
@@ -23,9 +26,21 @@ SEQPE_SIZES = {
                                candidates=64, groups=128, students=64, windows=128, pool=320),
 }
 
+# SeqPE's recipe at the CPU scale, the best SeqPE of the earlier ViT studies
+# (docs/results.md): the LM's balance and window pivots, attn_scalar, and canvas positions
+# (the 7x7 training grid 12 apart on an 84-wide canvas, every in-cell offset in the shift
+# pool). It reads a larger image by interpolation (the `interpolate` protocol, as APE's
+# resampling); `reference` extends the grid in patch units as the paper does. The fair study
+# (lab/) re-chooses it.
+CANVAS_STRIDE = 12
+TUNED_SEQPE = {'regularizers.balance': 'grad_norm', 'contrastive.train_fraction': 0.5,
+               'inject.method': 'attn_scalar', 'canvas_stride': CANVAS_STRIDE,
+               'shift.pool_size': CANVAS_STRIDE**2}
+
 
 def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
   c, variant = common.run_config(arg)
+  _, recipe = common.parse_arg(arg)
   c.total_steps = 1_500
   c.batch_size = 128
   c.eval_every_steps = 0  # Each sweep covers all 10k test images.
@@ -68,6 +83,8 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
   c.pe = common.pe_section(pe, SEQPE_SIZES[variant])
   # ViT default for SeqPE: per-layer projection, attn_mul (docs/method.md §4.2).
   c.pe.inject.qk_proj = 'per_layer'
+  if pe == 'seqpe' and recipe == 'tuned':
+    c.pe.update_from_flattened_dict(TUNED_SEQPE)
 
   c.optimizer = common.optimizer_config(lr=1e-3, schedule='cosine', warmup_steps=100,
                                        warmup_init=1e-6, min_lr=1e-5, weight_decay=0.05)

@@ -1,279 +1,294 @@
-"""Position-encoding studies: every run of a suite, one budget, several seeds, one report.
+"""Fair position-encoding studies: the same search budget for every PE, selection on the
+validation split, three seeds of each choice, and the test split read once.
 
-    python -m lab.study --suite=lm|vit|ablations --workdir=DIR [--seeds=2]
-        [--variant=smoke] [--steps=N] [--only=name1,name2]
+    python -m lab.study --suite=lm|vit --workdir=DIR [--jobs=N] [--variant=smoke]
+        [--dispatch=local|slurm] [--dry-run]
+    python -m lab.study --suite=lm|vit --workdir=DIR --final
 
-trains every run of the suite (lab/suites.py) on the embedded default data with the same
-number of steps, once per seed, then sweeps each trained model on the validation split as
-well as the test split, and writes
-
-    DIR/runs/<run>/seed<i>/   each run's training workdir (checkpoints, metrics.jsonl,
-                              extrapolation.json, extrapolation_valid.json and, for
-                              1-D tasks, position_profile_<L>.json/png)
-    DIR/results.csv           one row per (run, seed, split, length or resolution)
-    DIR/results.md            mean ± std over seeds per run and column, best in bold
-    DIR/test.png, valid.png   the metric against length or resolution, bands over seeds
-    DIR/diagnostics.png       the diag/* training curves per run
-    DIR/REPORT.md             all of it with the command, hardware, budget and a summary
-
-Seeds go one at a time (every run of seed 0, then of seed 1, ...), so an interrupted study
-still compares complete sets. A second invocation trains nothing that has finished and
-resumes an interrupted run from its checkpoint; the tables are rewritten after every run.
-Exit status: 2 for bad arguments, 143 when SIGTERM stopped a run (rerun to resume).
+Stages, each resumable (a second invocation trains nothing that finished):
+  search   every configuration of every PE's declared space (lab/suites.py): one seed,
+           the suite's short budget, the run's sweep on the validation split only;
+  choose   the best configuration per PE on validation (suites.criterion) goes to
+           DIR/CHOSEN.json, with the criterion and how many configurations each PE had;
+  final    each choice at its config's own budget with three seeds, validation only;
+           DIR/valid.md is the table a decision may read;
+  --final  once DIR/CHOSEN.json is committed: the test split of the chosen runs only (and
+           the suite's evaluation-time transforms of them), then DIR/results.md, results.csv,
+           test_<protocol>.png and REPORT.md, with SeqPE paired by seed against the best
+           other PE of each column.
+Exit status: 2 for bad arguments or a study directory that does not fit them, 130 / 143
+when Ctrl-C / SIGTERM stopped it after its runs saved (rerun to resume).
 """
 
-import dataclasses
 import importlib
-import importlib.util
 import json
 import pathlib
+import platform
 import shlex
+import subprocess
 import sys
-import time
 
-import ml_collections
-import numpy as np
 from absl import app, flags
 
-from lab import position_profile, report as study_report
-from lab.report import DIVERGED, SPLITS, is_finished
-from lab.suites import STEP_COUNT_KEYS, SUITES, Run
-from seqpe_jax import checkpoint, cli, evaluate, metrics, train
+from lab import jobs as job_runner, report
+from lab.suites import SUITES, Suite, SuiteError, criterion, score
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-# Longest length the study profiles (position_profile holds layers x heads x L^2 logits).
-PROFILE_LENGTH = 2048
-VARIANTS = ('', 'smoke')
+CHOSEN = 'CHOSEN.json'
+
 
 class StudyError(ValueError):
-  """Bad arguments or a study directory that does not match them; one sentence."""
+  """Bad arguments, or a study directory that does not fit them; one sentence."""
 
 
-class Preempted(RuntimeError):
-  """SIGTERM stopped a run after it saved a checkpoint."""
+def get_suite(name: str, variant: str = '') -> Suite:
+  if name not in SUITES:
+    raise StudyError(f"Unknown suite '{name}'; use one of: {', '.join(SUITES)}.")
+  if variant not in ('', 'smoke'):
+    raise StudyError(f"Unknown --variant '{variant}'; use smoke, or leave it out.")
+  suite = SUITES[name].smoke() if variant == 'smoke' else SUITES[name]
+  suite.check(name)
+  return suite
 
 
-# ------------------------------------------------------------------ Configs.
-
-
-def load_config(config_file: str, variant: str) -> ml_collections.ConfigDict:
-  """`get_config(variant)` of configs/<file>.py, imported from the repository's configs/."""
-  if importlib.util.find_spec('configs') is None:  # Started from outside the checkout.
-    sys.path.insert(0, str(REPO_ROOT))
+def load_config(config_file: str, variant: str = ''):
+  """`get_config(variant)` of configs/<file>.py (what a run of the study starts from)."""
   module = importlib.import_module(f'configs.{pathlib.Path(config_file).stem}')
   return module.get_config(variant or None)
 
 
-def _fit_to_budget(overrides: dict, total_steps: int) -> dict:
-  return {k: min(v, total_steps // 2) if k in STEP_COUNT_KEYS else v
-          for k, v in overrides.items()}
+def _config_arg(config_file: str, variant: str) -> str:
+  return f'{config_file}:{variant}' if variant else config_file
 
 
-def build_config(suite: str, run: Run, *, seed: int, variant: str,
-                 steps: int | None) -> ml_collections.ConfigDict:
-  """The config of `run` for one seed: its file's variant, its overrides, the budget."""
-  config = load_config(run.config_file, variant)
-  overrides = dict(run.overrides)
-  if steps is not None:
-    overrides['total_steps'] = steps
-  if variant == 'smoke':
-    overrides = _fit_to_budget(overrides, overrides.get('total_steps', config.total_steps))
-  overrides['seed'] = seed
-  for key, value in overrides.items():  # One at a time, to name the key that fails.
-    try:
-      config.update_from_flattened_dict({key: value})
-    except (KeyError, TypeError, ValueError) as e:
-      raise StudyError(f'Run {suite}/{run.name} sets {key}={value!r}, which '
-                       f'{run.config_file} does not accept ({type(e).__name__}).') from e
-  return config
+def search_jobs(suite: Suite, root: pathlib.Path, variant: str) -> list[job_runner.Job]:
+  """Every configuration of every PE: seed 0, the search budget, validation only."""
+  return [job_runner.train_job(
+      f'search/{e.name}/{name}', root / 'search' / e.name / name,
+      _config_arg(e.config_file, variant),
+      {**overrides, 'total_steps': suite.search_steps, 'eval.split': 'valid', 'seed': 0})
+          for e in suite.entrants for name, overrides in e.search_space().items()]
 
 
-def _recorded_differences(run_dir: pathlib.Path, config: ml_collections.ConfigDict) -> list:
-  """How the config a run directory was started with differs from `config` (none if new)."""
-  path = run_dir / 'config.json'
-  if not path.exists():
-    return []
-  # PE and evaluation fields added since the run started take their defaults, as
-  # checkpoints compare them.
-  recorded = metrics.flatten_config(checkpoint.with_new_fields(json.loads(path.read_text())))
-  current = metrics.flatten_config(json.loads(config.to_json_best_effort()))
-  # Any other key the record lacks was added to the configs after the run started; its
-  # default keeps the behaviour the run had.
-  return [f'{key}: {recorded.get(key)!r} then, {current.get(key)!r} now'
-          for key in sorted(recorded) if recorded[key] != current.get(key)]
+def final_jobs(suite: Suite, root: pathlib.Path, variant: str,
+               chosen: dict) -> list[job_runner.Job]:
+  """Each PE's chosen configuration at its config's budget, seeds 0 .. suite.seeds - 1."""
+  return [job_runner.train_job(
+      f'final/{e.name}/seed{seed}', root / 'final' / e.name / f'seed{seed}',
+      _config_arg(e.config_file, variant),
+      {**chosen['choices'][e.name]['overrides'], 'eval.split': 'valid', 'seed': seed})
+          for e in suite.entrants for seed in range(suite.seeds)]
 
 
-# ------------------------------------------------------------------ Running.
+# ------------------------------------------------------------------ Choosing.
 
 
-@dataclasses.dataclass(eq=False)  # Jobs are compared by identity in the pending list.
-class _Job:
-  """One (run, seed) of a study: its config and its training workdir."""
-  run: Run
-  seed: int
-  config: ml_collections.ConfigDict
-  directory: pathlib.Path
-
-  @property
-  def label(self) -> str:
-    return f'{self.run.name} seed {self.seed}'
+def read_sweep(run_dir: pathlib.Path, suffix: str = '') -> dict[int, float]:
+  """{length or resolution: metric} of extrapolation{suffix}.json."""
+  record = json.loads((run_dir / f'extrapolation{suffix}.json').read_text())
+  return {int(x): values[record['metric']] for x, values in record['results'].items()}
 
 
-def _is_done(run_dir: pathlib.Path) -> bool:
-  return is_finished(run_dir) or (run_dir / DIVERGED).exists()
+def _swept_split(run_dir: pathlib.Path) -> str:
+  return json.loads((run_dir / 'config.json').read_text())['eval']['split']
 
 
-def select_runs(suite: str, only: list[str] | None) -> list[Run]:
-  """The runs of `suite`, restricted to the names in `only` (suite order either way)."""
-  if suite not in SUITES:
-    raise StudyError(f"Unknown suite '{suite}'; use one of: {', '.join(SUITES)}.")
-  runs = SUITES[suite]
-  names = [run.name for run in runs]
-  unknown = [name for name in only or () if name not in names]
-  if unknown:
-    raise StudyError(f"Suite {suite} has no run named {', '.join(map(repr, unknown))}; its "
-                     f"runs are: {', '.join(names)}.")
-  return [run for run in runs if not only or run.name in only]
+def choose(suite: Suite, suite_name: str, root: pathlib.Path) -> dict:
+  """The best configuration per PE on the validation sweeps of the search runs."""
+  description, lower_is_better = criterion(suite.family)
+  choices = {}
+  for e in suite.entrants:
+    scores, diverged = {}, []
+    for name, overrides in e.search_space().items():
+      run_dir = root / 'search' / e.name / name
+      if (run_dir / job_runner.DIVERGED).exists():
+        diverged.append(name)
+        continue
+      if _swept_split(run_dir) != 'valid':  # Selection never sees another split.
+        raise StudyError(f'{run_dir} swept the {_swept_split(run_dir)} split; a search run '
+                         'sweeps validation only. Delete it and rerun.')
+      scores[name] = score(suite.family, read_sweep(run_dir))
+    if not scores:
+      raise StudyError(f'Every configuration of {e.name} diverged; widen its search space.')
+    best = (min if lower_is_better else max)(scores, key=scores.get)
+    choices[e.name] = {'configuration': best, 'overrides': e.search_space()[best],
+                       'score': round(scores[best], 4), 'configurations_tried': len(scores)
+                       + len(diverged), 'diverged': diverged,
+                       'scores': {k: round(v, 4) for k, v in scores.items()}}
+  return {'suite': suite_name, 'split': 'valid', 'criterion': description,
+          'lower_is_better': lower_is_better, 'search_steps': suite.search_steps,
+          'commit': _commit(), 'choices': choices}
 
 
-def _check_arguments(seeds: int, variant: str, steps: int | None) -> None:
-  if seeds < 1:
-    raise StudyError(f'--seeds must be at least 1, got {seeds}.')
-  if variant not in VARIANTS:
-    raise StudyError(f"Unknown --variant '{variant}'; use smoke, or leave it out for the "
-                     'default configs.')
-  if steps is not None and steps < 1:
-    raise StudyError(f'--steps must be at least 1, got {steps}.')
+def load_chosen(suite: Suite, root: pathlib.Path) -> dict:
+  """DIR/CHOSEN.json, checked against the suite: every PE, and configurations it declares."""
+  path = root / CHOSEN
+  chosen = json.loads(path.read_text())
+  names = [e.name for e in suite.entrants]
+  for pe, choice in chosen.get('choices', {}).items():
+    if pe not in names:
+      raise StudyError(f"{path} names {pe}, which is not a PE of this suite ({', '.join(names)}).")
+    space = suite.entrant(pe).search_space()
+    if choice['configuration'] not in space:
+      raise StudyError(f"{path} chooses {pe}/{choice['configuration']}, which is not in its "
+                       f"search space ({', '.join(space)}).")
+  missing = [name for name in names if name not in chosen.get('choices', {})]
+  if missing:
+    raise StudyError(f"{path} chooses nothing for {', '.join(missing)}; rerun without --final "
+                     'after deleting it to choose again.')
+  return chosen
 
 
-def _plan(suite, runs, root, *, seeds, variant, steps) -> list[_Job]:
-  """Every (run, seed), seed-major, with its config; refuses directories made otherwise."""
-  jobs = []
-  for seed in range(seeds):
-    for run in runs:
-      job = _Job(run, seed, build_config(suite, run, seed=seed, variant=variant, steps=steps),
-                 root / 'runs' / run.name / f'seed{seed}')
-      differences = _recorded_differences(job.directory, job.config)
-      if differences:
-        raise StudyError(f"{job.directory} was made by another config "
-                         f"({'; '.join(differences[:3])}); rerun with the arguments that made "
-                         'it, or use another --workdir.')
-      jobs.append(job)
-  return jobs
+def _commit() -> str:
+  out = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,
+                       cwd=pathlib.Path(__file__).parent, check=False)
+  return out.stdout.strip() or 'unknown'
 
 
-def _duration(seconds: float) -> str:
-  if seconds < 90:
-    return f'{seconds:.0f} s'
-  if seconds < 2 * 3600:
-    return f'{seconds / 60:.0f} min'
-  return f'{seconds / 3600:.1f} h'
+def _uncommitted(path: pathlib.Path) -> bool:
+  """Whether `path` lies in a git work tree and is untracked or modified there."""
+  def git(*args):
+    return subprocess.run(['git', *args], capture_output=True, text=True, cwd=path.parent,
+                          check=False)
+  if git('rev-parse', '--is-inside-work-tree').stdout.strip() != 'true':
+    return False  # A study outside the repository (a scratch directory): nothing to check.
+  return bool(git('ls-files', '--error-unmatch', path.name).returncode
+              or git('status', '--porcelain', '--', path.name).stdout.strip())
 
 
-def _time_left(pending: list[_Job], durations: dict[str, list[float]]) -> str:
-  """From this invocation's wall times: per run name where that run has finished once."""
-  every = [t for times in durations.values() for t in times]
-  if not every:
-    return 'time left known after the first run'
-  seconds = sum(np.mean(durations.get(job.run.name, every)) for job in pending)
-  return f'about {_duration(seconds)} left'
+# ------------------------------------------------------------------ Stages.
 
 
-def _train_and_sweep(job: _Job) -> bool:
-  """Trains (or resumes) one run and sweeps its validation split; False if it diverged."""
-  if not (job.directory / SPLITS['test']).exists():
-    try:
-      train.train_and_evaluate(job.config, str(job.directory))
-    except cli.Preempted as e:
-      raise Preempted(f'SIGTERM stopped {job.label} after a checkpoint; run the same command '
-                      'again to resume.') from e
-    except FloatingPointError as e:  # A diverged run is a result; the others go on.
-      (job.directory / DIVERGED).write_text(f'{e}\n')
-      print(f'{job.label} diverged: {e} (delete {job.directory / DIVERGED} to retry).',
-            flush=True)
-      return False
-  evaluate.evaluate_workdir(str(job.directory), split='valid')
-  if 'lengths' in job.config.eval:  # A 1-D task: where its PE makes attention look.
-    position_profile.profile_run(str(job.directory),
-                                 min(max(job.config.eval.lengths), PROFILE_LENGTH))
+def _run(job_list, root, *, parallel, dispatch, dry_run) -> bool:
+  """Runs (or submits, or prints) the unfinished jobs; True when all have finished."""
+  if dry_run:
+    return job_runner.print_commands(job_list) == 0 if dispatch == 'local' else \
+        job_runner.submit_slurm(job_list, dry_run=True) == 0
+  if dispatch == 'slurm':
+    submitted = job_runner.submit_slurm(job_list)
+    waiting = [j for j in job_list if not (j.finished or j.diverged)]
+    if waiting:
+      print(f'{submitted} runs submitted, {len(waiting)} not finished yet; run the same '
+            'command again when they have, to collect them and go on.', flush=True)
+    return not waiting
+  job_runner.run_local(job_list, root, parallel)
   return True
 
 
-def _command_line(suite, workdir, seeds, variant, steps, only) -> str:
-  args = ['python', '-m', 'lab.study', f'--suite={suite}', f'--workdir={workdir}',
-          f'--seeds={seeds}']
-  args += [f'--variant={variant}'] if variant else []
-  args += [f'--steps={steps}'] if steps is not None else []
-  args += [f"--only={','.join(only)}"] if only else []
-  return shlex.join(args)
+def run_study(suite_name: str, workdir: str, *, variant: str = '', parallel: int = 1,
+              dispatch: str = 'local', dry_run: bool = False) -> dict:
+  """Search, choose and train the finals of `suite_name` in `workdir`; test is not read.
 
-
-def run_study(suite: str, workdir: str, seeds: int = 2, variant: str = '',
-              steps: int | None = None, only: list[str] | None = None) -> dict:
-  """Trains and sweeps every unfinished (run, seed) of `suite`, then writes the report.
-
-  Returns {'trained': [(run, seed), ...] (this invocation), 'diverged': [...],
-  'finished': finished (run, seed) pairs of this selection, 'total': their number,
-  'summary': {split: {run: {x: (mean, std or None, seeds)}}}}.
-  Raises StudyError for bad arguments, Preempted when SIGTERM stopped a run.
+  Returns {'stage': 'search' | 'final' | 'done', 'chosen': CHOSEN.json's content or None}.
   """
-  _check_arguments(seeds, variant, steps)
-  runs = select_runs(suite, only)
+  suite = get_suite(suite_name, variant)
+  if parallel < 1:
+    raise StudyError(f'--jobs must be at least 1, got {parallel}.')
+  if dispatch not in ('local', 'slurm'):
+    raise StudyError(f"Unknown --dispatch '{dispatch}'; use local or slurm.")
   root = pathlib.Path(workdir)
-  command = _command_line(suite, workdir, seeds, variant, steps, only)
-  jobs = _plan(suite, runs, root, seeds=seeds, variant=variant, steps=steps)
-  names = [run.name for run in SUITES[suite]]  # The report covers every run of the suite.
-  pending = [job for job in jobs if not _is_done(job.directory)]
-  print(f'{suite}: {len(jobs) - len(pending)} of {len(jobs)} runs already done in {root}.',
-        flush=True)
-  durations, trained, diverged = {}, [], []
-  try:
-    for job in list(pending):
-      done = len(jobs) - len(pending)
-      print(f'[{jobs.index(job) + 1}/{len(jobs)}] {suite}/{job.label} — {done} finished, '
-            f'{_time_left(pending, durations)}', flush=True)
-      start = time.perf_counter()
-      (trained if _train_and_sweep(job) else diverged).append((job.run.name, job.seed))
-      durations.setdefault(job.run.name, []).append(time.perf_counter() - start)
-      pending.remove(job)
-      study_report.write_outputs(root, suite, names, command)
-  finally:  # Also after SIGTERM or an error: the finished runs get their tables.
-    summary = study_report.write_outputs(root, suite, names, command)
-  return {'trained': trained, 'diverged': diverged,
-          'finished': sum(is_finished(job.directory) for job in jobs), 'total': len(jobs),
-          'summary': summary}
+  search = search_jobs(suite, root, variant)
+  done = sum(j.finished or j.diverged for j in search)
+  print(f'{suite_name}: search {done} of {len(search)} runs done in {root}.', flush=True)
+  if not _run(search, root, parallel=parallel, dispatch=dispatch, dry_run=dry_run):
+    return {'stage': 'search', 'chosen': None}
+  report.write_search(root, suite, suite_name)
+  if dry_run and not (root / CHOSEN).exists():
+    print('The search has finished; without --dry-run the study chooses and trains the finals.')
+    return {'stage': 'choose', 'chosen': None}
+  if not (root / CHOSEN).exists():
+    (root / CHOSEN).write_text(json.dumps(choose(suite, suite_name, root), indent=1) + '\n')
+    print(f'Chosen on validation: {root / CHOSEN} (commit it before --final).', flush=True)
+  chosen = load_chosen(suite, root)
+  final = final_jobs(suite, root, variant, chosen)
+  done = sum(j.finished or j.diverged for j in final)
+  print(f'{suite_name}: final {done} of {len(final)} runs done.', flush=True)
+  if not _run(final, root, parallel=parallel, dispatch=dispatch, dry_run=dry_run):
+    return {'stage': 'final', 'chosen': chosen}
+  report.write_valid(root, suite, suite_name)
+  return {'stage': 'done', 'chosen': chosen}
+
+
+def test_jobs(suite: Suite, root: pathlib.Path) -> list[job_runner.Job]:
+  """The sweeps --final runs: the test split of the final runs of the configurations
+  CHOSEN.json names (load_chosen has checked it names one for every PE, from its space), and
+  the suite's evaluation-time transforms of them on both splits. Search runs never get one."""
+  out = []
+  for e in suite.entrants:
+    for seed in range(suite.seeds):
+      run_dir = root / 'final' / e.name / f'seed{seed}'
+      out.append(job_runner.evaluate_job(f'test/{e.name}/seed{seed}', run_dir, 'test'))
+      for t in (t for t in suite.transforms if t.entrant == e.name):
+        out += [job_runner.evaluate_job(f'{split}/{t.name}/seed{seed}', run_dir, split, t.name,
+                                        t.overrides) for split in ('valid', 'test')]
+  return out
+
+
+def run_final(suite_name: str, workdir: str, *, variant: str = '', parallel: int = 1) -> dict:
+  """Reads the test split once, for the runs CHOSEN.json names; writes the final report."""
+  suite = get_suite(suite_name, variant)
+  root = pathlib.Path(workdir)
+  path = root / CHOSEN
+  if not path.exists():
+    raise StudyError(f'{path} does not exist: run the study without --final first (it trains '
+                     'and chooses on validation), commit the choice, then run --final.')
+  if _uncommitted(path):
+    raise StudyError(f'Commit {path} before reading the test split (git add {path} && git '
+                     'commit): the choice must be on record before test numbers exist.')
+  chosen = load_chosen(suite, root)
+  unfinished = [j.label for j in final_jobs(suite, root, variant, chosen)
+                if not (j.finished or j.diverged)]
+  if unfinished:
+    raise StudyError(f'{len(unfinished)} final runs have not finished (first: {unfinished[0]}); '
+                     'run the study without --final to train them.')
+  job_runner.run_local(test_jobs(suite, root), root, parallel)
+  return report.write_final(root, suite, suite_name, chosen, command_line(), hardware())
+
+
+def command_line() -> str:
+  return shlex.join(['python', '-m', 'lab.study', *sys.argv[1:]])
+
+
+def hardware() -> str:
+  import os  # pylint: disable=g-import-not-at-top
+  return f'{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}'
 
 
 # ------------------------------------------------------------------ Command line.
 
 
-def _exit_with(message: str, status: int) -> None:
-  print(message, file=sys.stderr)
-  sys.exit(status)
-
-
 def main(argv):
   if len(argv) > 1:
-    _exit_with(f'Unexpected arguments: {" ".join(argv[1:])}.', 2)
-  if not flags.FLAGS.suite or not flags.FLAGS.workdir:
-    _exit_with('Pass --suite=lm|vit|ablations and --workdir=DIR.', 2)
-  cli.prepare_process()
+    print(f'Unexpected arguments: {" ".join(argv[1:])}.', file=sys.stderr)
+    sys.exit(2)
+  args = flags.FLAGS
+  if not args.suite or not args.workdir:
+    print('Pass --suite=lm|vit and --workdir=DIR.', file=sys.stderr)
+    sys.exit(2)
   try:
-    run_study(flags.FLAGS.suite, flags.FLAGS.workdir, seeds=flags.FLAGS.seeds,
-              variant=flags.FLAGS.variant, steps=flags.FLAGS.steps, only=flags.FLAGS.only)
-  except (StudyError, study_report.MixedMetricsError) as e:  # One sentence, not absl's usage page and a traceback.
-    _exit_with(str(e), 2)
-  except Preempted as e:
-    _exit_with(str(e), cli.EXIT_PREEMPTED)
-  print(f'Report: {pathlib.Path(flags.FLAGS.workdir) / "REPORT.md"}')
+    if args.final:
+      out = run_final(args.suite, args.workdir, variant=args.variant, parallel=args.jobs)
+      print(f"Report: {pathlib.Path(args.workdir) / 'REPORT.md'}")
+      return out
+    out = run_study(args.suite, args.workdir, variant=args.variant, parallel=args.jobs,
+                    dispatch=args.dispatch, dry_run=args.dry_run)
+    if out['stage'] == 'done' and not args.dry_run:
+      print(f"Validation table: {pathlib.Path(args.workdir) / 'valid.md'}. Commit "
+            f'{pathlib.Path(args.workdir) / CHOSEN}, then run with --final to read test once.')
+  except (StudyError, SuiteError, job_runner.JobError) as e:
+    print(e, file=sys.stderr)
+    sys.exit(2)
+  except job_runner.Preempted as e:
+    print(e, file=sys.stderr)
+    sys.exit(e.status)
 
 
 if __name__ == '__main__':
-  flags.DEFINE_string('suite', None, f"Which runs: {' | '.join(SUITES)}.")
-  flags.DEFINE_string('workdir', None, 'The study directory (runs/, tables, plots, report).')
-  flags.DEFINE_integer('seeds', 2, 'Seeds per run: 0 .. N-1.')
-  flags.DEFINE_string('variant', '', "Config variant of every run: '' (default) or smoke.")
-  flags.DEFINE_integer('steps', None, 'total_steps of every run (default: the config\'s).')
-  flags.DEFINE_list('only', None, 'Train only these runs of the suite (the report shows all '
-                    'finished ones).')
+  flags.DEFINE_string('suite', None, f"Which study: {' | '.join(SUITES)}.")
+  flags.DEFINE_string('workdir', None, 'The study directory (search/, final/, tables, report).')
+  flags.DEFINE_string('variant', '', "'' (the default configs) or smoke (a few steps).")
+  flags.DEFINE_integer('jobs', 1, 'Runs trained at once on this machine.')
+  flags.DEFINE_enum('dispatch', 'local', ['local', 'slurm'], 'Train here, or submit each run '
+                    'as its own Slurm job through launch/gpu_slurm.sh.')
+  flags.DEFINE_bool('dry_run', False, 'Print the command of every unfinished run; run nothing.')
+  flags.DEFINE_bool('final', False, 'Read the test split of the runs CHOSEN.json names.')
   app.run(main)

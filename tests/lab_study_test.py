@@ -1,265 +1,232 @@
-"""Studies: suites as data, a two-PE two-seed smoke study, resumption, report, bad input."""
+"""The fair study: equal search spaces, selection on validation only, test read once for the
+runs CHOSEN.json names, paired comparisons, resumption, and one sentence for bad input."""
 
-import csv
-import functools
-import inspect
+import dataclasses
 import json
+import math
 import pathlib
-import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from scipy import stats
 
-from lab import report as study_report, study, suites as study_suites
-from seqpe_jax import cli, evaluate, train
+from lab import jobs, report, study, suites
+from configs import common
 
-# One xdist worker runs this file: its smoke study trains four runs.
+# One xdist worker runs this file: its smoke study trains eight runs.
 pytestmark = pytest.mark.xdist_group('study')
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def valid_sweep(monkeypatch):
-  """The validation sweep; until evaluate_workdir takes `split`, a copy of the test sweep."""
-  if 'split' in inspect.signature(evaluate.evaluate_workdir).parameters:
-    return
-
-  def copy_test_sweep(workdir, split):
-    table = json.loads((pathlib.Path(workdir) / 'extrapolation.json').read_text())
-    for values in table['results'].values():
-      values[table['metric']] *= 1.01
-    (pathlib.Path(workdir) / f'extrapolation_{split}.json').write_text(json.dumps(table))
-    return {int(x): values for x, values in table['results'].items()}
-
-  monkeypatch.setattr(evaluate, 'evaluate_workdir', copy_test_sweep)
+# ------------------------------------------------------------------ Suites.
 
 
-def lookup(config, flat_key):
-  return functools.reduce(getattr, flat_key.split('.'), config)
+@pytest.mark.parametrize('name', list(suites.SUITES))
+def test_every_pe_of_a_suite_gets_the_same_search_budget(name):
+  suite = suites.SUITES[name]
+  suite.check(name)
+  sizes = {e.name: len(e.search_space()) for e in suite.entrants}
+  assert set(sizes.values()) == {suites.SEARCH_BUDGET}, sizes
+  for e in suite.entrants:  # Learning rates first, each on the PE's own recipe.
+    lrs = [o['optimizer.lr'] for o in list(e.search_space().values())[:3]]
+    assert lrs == list(suites.LEARNING_RATES)
 
 
-def table_rows(markdown):
-  """{'| run': row} of a Markdown table's body rows."""
-  return {line.split(' | ')[0]: line for line in markdown.splitlines() if line.startswith('| ')}
+@pytest.mark.parametrize('name', list(suites.SUITES))
+def test_every_configuration_of_a_suite_is_a_valid_config(name):
+  for e in suites.SUITES[name].entrants:
+    for label, overrides in e.search_space().items():
+      config = study.load_config(e.config_file, 'smoke')
+      for key, value in overrides.items():
+        config.update_from_flattened_dict({key: value})
+      assert config.pe.name, (e.name, label)
 
 
-def read_csv(path):
-  with open(path, newline='') as f:
-    return list(csv.DictReader(f))
+def test_a_search_space_larger_than_the_budget_is_refused():
+  lm = suites.SUITES['lm']
+  greedy = dataclasses.replace(lm.entrants[0], variants={
+      **lm.entrants[0].variants, 'one_more': {'model.dropout': 0.2}})
+  suite = dataclasses.replace(lm, entrants=(greedy, *lm.entrants[1:]))
+  with pytest.raises(suites.SuiteError, match='declares 7 configurations; the search budget is 6'):
+    suite.check('lm')
 
 
-def test_suites_hold_the_planned_runs():
-  names = {suite: [run.name for run in runs] for suite, runs in study_suites.SUITES.items()}
-  family = ['seqpe', 'seqpe_tuned', 'seqpe_tuned_more_shifts', 'seqpe_tuned_attention']
-  assert names['lm'] == [*family, 'seqpe_tuned_attention_log_far',
-                         'seqpe_tuned_attention_more_copies', 'seqpe_tuned_attention_half_heads',
-                         'nope', 'ape', 'rope', 'alibi']
-  assert names['vit'] == [*family, 'seqpe_tuned_attn_scalar', 'seqpe_tuned_input_add',
-                          'seqpe_tuned_attn_scalar_more_shifts', 'seqpe_tuned_canvas',
-                          'seqpe_tuned_attn_scalar_canvas',
-                          'seqpe_tuned_attn_scalar_canvas_more_shifts', 'nope', 'ape', 'rope2d',
-                          'rope2d_canvas']
-  tuned_minus = [f'tuned_minus_{study_suites._option_name(k)}'
-                 for k in study_suites.TUNED_SEQPE['lm']]
-  assert names['ablations'] == [
-      'reference', 'no_contrastive', 'no_ood', 'no_regularizers', 'no_shift', 'warmup',
-      'balance', 'train_pivots', 'proj_init', 'tuned', *tuned_minus, 'tuned_more_shifts',
-      'tuned_looser_balance', 'tuned_shifted_pivots', 'tuned_shifted_pivots_more_shifts',
-      'tuned_strong_ood', 'tuned_shifted_pivots_strong_ood', 'tuned_no_qk_proj',
-      'tuned_no_qk_proj_shifted_pivots', 'tuned_attention', 'tuned_more_shifts_attention',
-      'tuned_weak_attention', 'tuned_attention_more_copies', 'input_add', 'attn_mul',
-      'bidirectional']
-  ablations = {run.name: run for run in study_suites.SUITES['ablations']}
-  assert ablations['tuned'].overrides == study_suites.TUNED_SEQPE['lm']
-  assert 'pe.regularizers.balance' not in ablations['tuned_minus_balance'].overrides
+def test_unequal_search_spaces_are_refused():
+  lm = suites.SUITES['lm']
+  short = dataclasses.replace(lm.entrants[1], size=4)
+  with pytest.raises(suites.SuiteError, match='unequal search spaces'):
+    dataclasses.replace(lm, entrants=(lm.entrants[0], short)).check('lm')
 
 
-@pytest.mark.parametrize('suite', list(study_suites.SUITES))
-@pytest.mark.parametrize('variant', ['', 'smoke'])
-def test_every_run_of_every_suite_builds_its_config(suite, variant):
-  for run in study_suites.SUITES[suite]:
-    config = study.build_config(suite, run, seed=1, variant=variant, steps=None)
-    assert config.seed == 1
-    for key, value in run.overrides.items():
-      if key not in study_suites.STEP_COUNT_KEYS:
-        assert lookup(config, key) == value
-  warmup = {run.name: run for run in study_suites.SUITES['ablations']}['warmup']
-  config = study.build_config('ablations', warmup, seed=0, variant=variant, steps=None)
-  expected = 200 if variant == '' else config.total_steps // 2  # Fitted to a smoke run.
-  assert config.pe.regularizers.warmup_steps == expected
-  assert study.build_config(suite, study_suites.SUITES[suite][0], seed=0, variant=variant,
-                            steps=7).total_steps == 7
+def test_the_smoke_suite_is_two_pes_two_configurations_two_seeds():
+  smoke = suites.SUITES['lm'].smoke()
+  assert [len(e.search_space()) for e in smoke.entrants] == [2, 2]
+  assert smoke.seeds == 2 and smoke.search_steps == suites.SMOKE_STEPS
 
 
-def test_smoke_study_trains_reports_and_resumes(tmp_path, valid_sweep, monkeypatch, capsys):
-  del valid_sweep
-  result = study.run_study('lm', str(tmp_path), seeds=2, variant='smoke', steps=4,
-                           only=['ape', 'nope'])
-  assert result['trained'] == [('nope', 0), ('ape', 0), ('nope', 1), ('ape', 1)]  # Suite order.
-  assert result['finished'] == result['total'] == 4
-  assert '[4/4] lm/ape seed 1 — 3 finished, about' in capsys.readouterr().out
-  for name in ('results.csv', 'results.md', 'test.png', 'valid.png', 'REPORT.md'):
-    assert (tmp_path / name).stat().st_size > 0
-  table = (tmp_path / 'results.md').read_text()
-  for run in ('nope', 'ape'):
-    row = next(line for line in table.splitlines() if line.startswith(f'| {run} |'))
-    assert row.count('±') == 2  # Lengths 32 and 64, two seeds each.
-  rows = read_csv(tmp_path / 'results.csv')
-  keys = sorted((r['run'], r['seed'], r['split'], r['x']) for r in rows)
-  assert keys == sorted((run, str(seed), split, x) for run in ('nope', 'ape')
-                        for seed in (0, 1) for split in ('test', 'valid') for x in ('32', '64'))
-  assert all(r['metric'] == 'ppl' and float(r['value']) > 1 for r in rows)
-  report = (tmp_path / 'REPORT.md').read_text()
-  assert '--variant=smoke --steps=4 --only=ape,nope`' in report and '4 steps of batch 8' in report
-  logged_diagnostics = any(key.startswith('diag/') for key in rows[0])
-  assert (tmp_path / 'diagnostics.png').exists() == logged_diagnostics
-  unfinished = [run.name for run in study_suites.SUITES['lm'] if run.name not in ('ape', 'nope')]
-  assert f"Not finished yet: {', '.join(unfinished)}." in report
-  # Each run's PE-only attention profile; NoPE's is the position-free layer's.
-  assert (tmp_path / 'runs/nope/seed1/position_profile_64.png').stat().st_size > 0
-  locality = report.split('## Attention locality of the PE alone')[1].split('##')[0]
-  near_mass, falloff = [table_rows(table) for table in locality.split('How far')]
-  free = near_mass['| (position-free)'].split(' | ')[1:]
-  nope = [float(cell.split(' ±')[0].rstrip(' |'))
-          for cell in near_mass['| nope'].split(' | ')[1:]]
-  assert nope == pytest.approx([float(v.rstrip(' |')) for v in free], rel=1e-3)
-  # No position term, no fall-off: 0 beyond the training length, blank inside it.
-  assert falloff['| (position-free)'].split(' | ')[1:] == ['', '0 |']
-  inside, beyond = falloff['| nope'].split(' | ')[1:]
-  assert inside == '' and float(beyond.split(' ±')[0].rstrip(' |')) == pytest.approx(0, abs=1e-6)
-
-  # A second invocation trains nothing; a run that lost its validation sweep gets only that.
-  def must_not_train(config, workdir):
-    raise AssertionError(f'{workdir} was trained again.')
-
-  swept = []
-  sweep = evaluate.evaluate_workdir
-  monkeypatch.setattr(train, 'train_and_evaluate', must_not_train)
-  monkeypatch.setattr(evaluate, 'evaluate_workdir',
-                      lambda workdir, split: swept.append(workdir) or sweep(workdir, split=split))
-  (tmp_path / 'runs/ape/seed1/extrapolation_valid.json').unlink()
-  again = study.run_study('lm', str(tmp_path), seeds=2, variant='smoke', steps=4,
-                          only=['ape', 'nope'])
-  assert again['trained'] == [('ape', 1)] and swept == [str(tmp_path / 'runs/ape/seed1')]
-  assert study.run_study('lm', str(tmp_path), seeds=2, variant='smoke', steps=4,
-                         only=['nope'])['trained'] == []
-  # A config key added to the project after a run started is no difference: its default
-  # keeps what the run did.
-  recorded = tmp_path / 'runs/nope/seed0/config.json'
-  old = json.loads(recorded.read_text())
-  del old['model']['dtype']
-  recorded.write_text(json.dumps(old))
-  assert study.run_study('lm', str(tmp_path), seeds=1, variant='smoke', steps=4,
-                         only=['nope'])['trained'] == []
-
-  with pytest.raises(study.StudyError, match=r'was made by another config \(total_steps: 4 '
-                     r'then, 5 now\)'):
-    study.run_study('lm', str(tmp_path), seeds=1, variant='smoke', steps=5, only=['nope'])
+def test_selection_scores_closed_forms():
+  assert suites.score('lm', {128: 100., 256: 400.}) == pytest.approx(200.)  # Geometric mean.
+  assert suites.score('vit', {28: .8, 56: .4}) == pytest.approx(.6)
 
 
-def test_preemption_stops_and_divergence_is_recorded(tmp_path, monkeypatch):
-  def diverge_or_preempt(config, workdir):
-    pathlib.Path(workdir).mkdir(parents=True)
-    (pathlib.Path(workdir) / 'config.json').write_text(config.to_json_best_effort())
-    if config.pe.name == 'none':
-      raise FloatingPointError('train/loss is nan at step 3.')
-    raise cli.Preempted('SIGTERM: saved a checkpoint at step 2 and stopped.')
-
-  monkeypatch.setattr(train, 'train_and_evaluate', diverge_or_preempt)
-  with pytest.raises(study.Preempted, match='SIGTERM stopped ape seed 0'):
-    study.run_study('lm', str(tmp_path), seeds=1, variant='smoke', only=['nope', 'ape'])
-  assert (tmp_path / 'runs/nope/seed0' / study_report.DIVERGED).exists()
-  assert not (tmp_path / 'runs/ape/seed0/extrapolation.json').exists()
+def test_config_arguments_name_a_size_and_a_recipe():
+  assert common.parse_arg('reference,smoke') == ('smoke', 'reference')
+  assert common.parse_arg(None) == ('', 'tuned')
+  assert common.parse_arg('paper') == ('paper', 'reference')
+  with pytest.raises(ValueError, match="Unknown config variant 'smoke,fast'"):
+    common.parse_arg('smoke,fast')
+  with pytest.raises(ValueError, match='reference recipe at the paper'):
+    common.parse_arg('paper,tuned')
 
 
-def write_fake_run(root, name, seed, pe, test, valid, diag_rows):
-  """A finished LM run as train.py and evaluate.py leave it."""
-  run_dir = root / 'runs' / name / f'seed{seed}'
-  run_dir.mkdir(parents=True)
-  config = {'total_steps': 6, 'batch_size': 8, 'model': {'name': 'gpt', 'variant': 'nano'},
-            'data': {'name': 'pydoc_topics', 'seq_len': 32}, 'pe': {'name': pe}}
-  (run_dir / 'config.json').write_text(json.dumps(config))
-  for file, values in (('extrapolation.json', test), ('extrapolation_valid.json', valid)):
-    table = {'metric': 'ppl', 'axis': 'evaluation length (tokens)',
-             'results': {str(x): {'ppl': v, 'nll': 1.0} for x, v in zip((32, 64), values)}}
-    (run_dir / file).write_text(json.dumps(table))
-  lines = [json.dumps({'step': step, 'train/loss': 3.0, **diag}) for step, diag in diag_rows]
-  (run_dir / 'metrics.jsonl').write_text('\n'.join(lines) + '\n')
+# ------------------------------------------------------------------ Paired comparisons.
 
 
-def test_report_tables_plots_and_summary_from_finished_runs(tmp_path):
-  diag = [(2, {'diag/pe_ablation_delta': 0.1, 'diag/grad_ratio': 5.0}),
-          (4, {'diag/pe_ablation_delta': 0.3})]
-  write_fake_run(tmp_path, 'seqpe', 0, 'seqpe', (10.0, 20.0), (11.0, 21.0), diag)
-  write_fake_run(tmp_path, 'seqpe', 1, 'seqpe', (12.0, 22.0), (13.0, 23.0), diag)
-  write_fake_run(tmp_path, 'nope', 0, 'none', (15.0, 16.0), (15.0, 16.0), [(4, {})])
-  names = [r.name for r in study_suites.SUITES['lm']]
-  summaries = study_report.write_outputs(tmp_path, 'lm', names,
-                                        'python -m lab.study --suite=lm')
-  assert summaries['test']['seqpe'][32] == (11.0, pytest.approx(2 ** 0.5), 2)
-  table = (tmp_path / 'results.md').read_text()
-  assert '| seqpe | **11 ± 1.4** | 21 ± 1.4 |' in table  # Lowest perplexity in bold.
-  assert '| nope (1 seed) | 15 | **16** |' in table
-  assert '| seqpe | 5 ± 0 | 0.3 ± 0 |' in table  # diag/grad_ratio, diag/pe_ablation_delta.
-  rows = read_csv(tmp_path / 'results.csv')
-  assert len(rows) == 3 * 2 * 2
-  assert {r['diag/pe_ablation_delta'] for r in rows if r['run'] == 'seqpe'} == {'0.3'}
-  assert {r['diag/pe_ablation_delta'] for r in rows if r['run'] == 'nope'} == {''}
-  assert (tmp_path / 'diagnostics.png').stat().st_size > 0
-  report = (tmp_path / 'REPORT.md').read_text()
-  assert '- 32: **seqpe** (12 ± 1.4)' in report and '- 64: **nope** (16)' in report
-  assert ('**seqpe**. Final diag/pe_ablation_delta 0.3 ± 0 (2 seeds): it uses position. On '
-          'validation it ranks 1st of 2 at the training length (32) and 2nd of 2 at the '
-          'longest (64).') in report
-  unfinished = [run.name for run in study_suites.SUITES['lm'] if run.name not in ('seqpe', 'nope')]
-  assert f"Not finished yet: {', '.join(unfinished)}." in report
+def test_paired_comparison_against_the_t_interval():
+  focus = {0: {8: 140.}, 1: {8: 141.}, 2: {8: 139.5}}
+  other = {0: {8: 143.}, 1: {8: 144.5}, 2: {8: 141.}}
+  got = report.paired(focus, other, 8, lower_is_better=True)
+  diffs = np.array([-3., -3.5, -1.5])
+  half = stats.t.ppf(0.975, 2) * diffs.std(ddof=1) / math.sqrt(3)
+  assert got['differences'] == pytest.approx(diffs.tolist())
+  assert got['interval'] == pytest.approx((diffs.mean() - half, diffs.mean() + half))
+  assert got['better_on'] == 3
+  assert got['verdict'] == 'better on 3 of 3 seeds, interval excludes 0'
 
 
-@pytest.mark.parametrize('deltas, verdict', [
-    ([0.06, 0.08], 'it uses position'),
-    ([0.03, 0.04], 'it uses position weakly'),
-    ([0.001, 0.06], 'it does not use position'),  # Mean 0.03 but within two seed-stds of 0.
-    ([2e-5, 2e-5], 'it does not use position'),  # The reference recipe's dead encoder.
-    ([0.02], 'it uses position weakly'),
+def test_paired_comparison_says_not_separable_when_the_interval_holds_zero():
+  focus = {0: {1: .70}, 1: {1: .60}, 2: {1: .66}}
+  other = {0: {1: .65}, 1: {1: .64}, 2: {1: .65}}
+  got = report.paired(focus, other, 1, lower_is_better=False)  # Accuracy: higher wins.
+  assert got['better_on'] == 2
+  assert got['verdict'] == 'not separable (better on 2 of 3 seeds)'
+
+
+def test_paired_comparison_pairs_by_seed_and_says_worse():
+  focus = {0: {1: .50}, 1: {1: .52}, 3: {1: .9}}  # Seed 3 has no partner: left out.
+  other = {0: {1: .60}, 1: {1: .61}, 2: {1: .1}}
+  got = report.paired(focus, other, 1, lower_is_better=False)
+  assert got['seeds'] == [0, 1]
+  assert got['verdict'] == 'worse on 2 of 2 seeds, interval excludes 0'
+
+
+# ------------------------------------------------------------------ Commands.
+
+
+def test_config_flags_spell_every_value_type():
+  assert jobs.config_flags({'optimizer.lr': 3e-4, 'pe.alibi.pre_scale': False,
+                            'pe.name': 'rope', 'seed': 2, 'eval.lengths': (128, 256)}) == [
+      '--config.optimizer.lr=0.0003', '--config.pe.alibi.pre_scale=false',
+      '--config.pe.name=rope', '--config.seed=2', '--config.eval.lengths=(128,256)']
+
+
+def test_search_runs_sweep_validation_at_the_search_budget(tmp_path):
+  suite = study.get_suite('lm')
+  search = study.search_jobs(suite, tmp_path, '')
+  assert len(search) == len(suite.entrants) * suites.SEARCH_BUDGET
+  for job in search:
+    assert '--config.eval.split=valid' in job.args
+    assert f'--config.total_steps={suite.search_steps}' in job.args
+    assert '--config.seed=0' in job.args
+
+
+def _run_cli(*args, cwd=REPO_ROOT):
+  return subprocess.run([sys.executable, '-m', 'lab.study', *args], capture_output=True,
+                        text=True, cwd=cwd, check=False, timeout=600)
+
+
+def test_dry_run_prints_every_search_command_and_runs_nothing(tmp_path):
+  out = _run_cli('--suite=lm', f'--workdir={tmp_path}', '--dry-run')
+  assert out.returncode == 0, out.stderr
+  commands = [line for line in out.stdout.splitlines() if 'seqpe_jax.main' in line]
+  assert len(commands) == 6 * suites.SEARCH_BUDGET
+  assert not list(tmp_path.iterdir())
+  slurm = _run_cli('--suite=vit', f'--workdir={tmp_path}', '--dispatch=slurm', '--dry-run')
+  submissions = [line for line in slurm.stdout.splitlines() if line.startswith('sbatch')]
+  assert len(submissions) == 10 * suites.SEARCH_BUDGET
+  assert 'launch/gpu_slurm.sh configs/vit_rope2d.py' in slurm.stdout
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--suite=lm'], 'Pass --suite=lm|vit and --workdir=DIR.'),
+    (['--suite=text', '--workdir=W'], "Unknown suite 'text'"),
+    (['--suite=lm', '--workdir=W', '--jobs=0'], '--jobs must be at least 1'),
+    (['--suite=lm', '--workdir=W', '--final'], 'does not exist: run the study without --final'),
 ])
-def test_position_use_verdict_needs_a_clear_loss_increase(deltas, verdict):
-  assert study_report.position_use_verdict(deltas).startswith(verdict)
-  if verdict == 'it uses position':
-    assert 'weakly' not in study_report.position_use_verdict(deltas)
+def test_bad_arguments_are_one_sentence(tmp_path, args, message):
+  args = [a.replace('W', str(tmp_path / 'w')) for a in args]
+  out = _run_cli(*args)
+  assert out.returncode == 2
+  assert message in out.stderr and 'Traceback' not in out.stderr
 
 
-@pytest.mark.parametrize('arguments, message', [
-    ({'suite': 'mlm'}, "Unknown suite 'mlm'; use one of: lm, vit, ablations."),
-    ({'only': ['seqpe', 'rope2d']}, "Suite lm has no run named 'rope2d'; its runs are: seqpe,"),
-    ({'seeds': 0}, '--seeds must be at least 1, got 0.'),
-    ({'variant': 'paper'}, "Unknown --variant 'paper'; use smoke"),
-    ({'steps': 0}, '--steps must be at least 1, got 0.'),
-])
-def test_bad_input_is_one_sentence(tmp_path, arguments, message):
-  arguments = {'suite': 'lm', 'workdir': str(tmp_path), **arguments}
-  with pytest.raises(study.StudyError, match=re.escape(message)):
-    study.run_study(**arguments)
-  assert not (tmp_path / 'runs').exists()
+# ------------------------------------------------------------------ The smoke study.
 
 
-def test_command_line_bad_input_exits_2_without_traceback(tmp_path):
-  process = subprocess.run(
-      [sys.executable, '-m', 'lab.study', '--suite=lm', f'--workdir={tmp_path}',
-       '--only=seqpe,nonesuch'], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
-  assert process.returncode == 2
-  assert "Suite lm has no run named 'nonesuch'" in process.stderr.splitlines()[-1]
-  assert 'Traceback' not in process.stderr
+def _test_files(root: pathlib.Path) -> list[pathlib.Path]:
+  return sorted(root.rglob('extrapolation_test*.json'))
 
 
-def test_a_run_recorded_before_a_pe_field_matches_only_that_fields_default(tmp_path):
-  run = study.select_runs('ablations', ['tuned'])[0]
-  config = study.build_config('ablations', run, seed=0, variant='smoke', steps=4)
-  recorded = json.loads(config.to_json_best_effort())
-  del recorded['pe']['contrastive']['train_shift_fraction']
-  (tmp_path / 'config.json').write_text(json.dumps(recorded))
-  assert study._recorded_differences(tmp_path, config) == []
-  config.pe.contrastive.train_shift_fraction = 0.5
-  assert study._recorded_differences(tmp_path, config) == [
-      'pe.contrastive.train_shift_fraction: 0.0 then, 0.5 now']
+@pytest.fixture(scope='module')
+def smoke_study(tmp_path_factory):
+  root = tmp_path_factory.mktemp('fair')
+  out = study.run_study('lm', str(root), variant='smoke', parallel=2)
+  return root, out
+
+
+def test_the_smoke_study_chooses_on_validation_and_reads_no_test(smoke_study):
+  root, out = smoke_study
+  assert out['stage'] == 'done'
+  chosen = json.loads((root / study.CHOSEN).read_text())
+  assert chosen['split'] == 'valid' and set(chosen['choices']) == {'seqpe', 'rope'}
+  for pe, choice in chosen['choices'].items():  # The choice is the best validation score.
+    scores = {name: suites.score('lm', study.read_sweep(root / 'search' / pe / name))
+              for name in ('lr0.0003', 'lr0.001')}
+    assert choice['configuration'] == min(scores, key=scores.get)
+    assert choice['configurations_tried'] == 2
+    for seed in (0, 1):
+      config = json.loads((root / 'final' / pe / f'seed{seed}' / 'config.json').read_text())
+      assert config['eval']['split'] == 'valid' and config['seed'] == seed
+      assert config['optimizer']['lr'] == choice['overrides']['optimizer.lr']
+  assert not _test_files(root)  # No test number exists before --final.
+  assert '| seqpe |' in (root / 'valid.md').read_text()
+
+
+def test_a_second_invocation_trains_nothing(smoke_study, capsys):
+  root, _ = smoke_study
+  timings = (root / jobs.TIMINGS).read_text()
+  study.run_study('lm', str(root), variant='smoke', parallel=2)
+  assert 'started' not in capsys.readouterr().out
+  assert (root / jobs.TIMINGS).read_text() == timings
+
+
+def test_a_chosen_file_that_names_another_configuration_is_refused(smoke_study, tmp_path):
+  root, _ = smoke_study
+  chosen = json.loads((root / study.CHOSEN).read_text())
+  chosen['choices']['rope']['configuration'] = 'lr0.01'
+  (tmp_path / study.CHOSEN).write_text(json.dumps(chosen))
+  with pytest.raises(study.StudyError, match='chooses rope/lr0.01, which is not in its search'):
+    study.load_chosen(study.get_suite('lm', 'smoke'), tmp_path)
+  del chosen['choices']['rope']
+  (tmp_path / study.CHOSEN).write_text(json.dumps(chosen))
+  with pytest.raises(study.StudyError, match='chooses nothing for rope'):
+    study.load_chosen(study.get_suite('lm', 'smoke'), tmp_path)
+
+
+def test_final_reads_test_once_for_the_chosen_runs_only(smoke_study):
+  root, _ = smoke_study
+  out = study.run_final('lm', str(root), variant='smoke', parallel=2)
+  files = _test_files(root)
+  assert files and all(f.parent.parent.parent.name == 'final' for f in files)
+  assert not list((root / 'search').rglob('extrapolation_test*.json'))
+  expected = {root / 'final' / pe / f'seed{s}' / 'extrapolation_test.json'
+              for pe in ('seqpe', 'rope') for s in (0, 1)}
+  assert expected <= set(files)
+  results = (root / 'results.md').read_text()
+  assert 'paired by seed' in results
+  comparison = out['comparisons']['extend']
+  assert {c['other'] for c in comparison} == {'rope'}
+  assert (root / 'REPORT.md').read_text().count('| seqpe |') == 1

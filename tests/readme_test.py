@@ -1,0 +1,83 @@
+"""Every results table in the README comes from a committed file: each cell equals the mean
+(± std) over seeds of the rows of the results.csv its marker names, to the printed digits."""
+
+import collections
+import csv
+import pathlib
+import re
+
+import numpy as np
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+MARKER = re.compile(r'<!-- results: (\S+) split=(\w+) -->')
+
+
+def results_tables(text: str) -> list[tuple[str, str, list[str]]]:
+  """(csv path, split, table lines) for every table that follows a results marker."""
+  lines = text.splitlines()
+  found = []
+  for i, line in enumerate(lines):
+    match = MARKER.search(line)
+    if match:
+      table = []
+      for row in lines[i + 1:]:
+        if not row.startswith('|'):
+          break
+        table.append(row)
+      found.append((match[1], match[2], table))
+  return found
+
+
+def _cells(row: str) -> list[str]:
+  return [cell.strip() for cell in row.strip().strip('|').split('|')]
+
+
+def column_value(header: str) -> int:
+  """'1,024 (8×)' -> 1024."""
+  return int(re.match(r'[\d,]+', header)[0].replace(',', ''))
+
+
+def check_table(csv_path: pathlib.Path, split: str, table: list[str]) -> list[str]:
+  """The cells that do not match the file: '<run> at <x>: printed P, file F'."""
+  values = collections.defaultdict(list)
+  with open(csv_path, newline='') as f:
+    for row in csv.DictReader(f):
+      if row['split'] == split:
+        values[(row['run'], int(row['x']))].append(float(row['value']))
+  columns = [column_value(h) for h in _cells(table[0])[1:]]
+  wrong = []
+  for row in table[2:]:
+    label, *cells = _cells(row)
+    run = re.findall(r'`([^`]+)`', label)[-1]
+    for x, cell in zip(columns, cells):
+      numbers = re.findall(r'\d+\.\d+', cell)
+      found = values.get((run, x))
+      if not found:
+        wrong.append(f'{run} at {x}: no rows in {csv_path}')
+        continue
+      want = [np.mean(found)] + ([np.std(found, ddof=1)] if len(numbers) > 1 else [])
+      for printed, value in zip(numbers, want):
+        if f'{value:.{len(printed.split(".")[1])}f}' != printed:
+          wrong.append(f'{run} at {x}: printed {printed}, file {value:.4f}')
+  return wrong
+
+
+def test_the_readme_has_results_tables():
+  tables = results_tables((REPO_ROOT / 'README.md').read_text())
+  assert tables and all(len(t) > 2 for _, _, t in tables)
+
+
+@pytest.mark.parametrize('path, split, table',
+                         results_tables((REPO_ROOT / 'README.md').read_text()))
+def test_every_readme_number_matches_its_committed_file(path, split, table):
+  assert not check_table(REPO_ROOT / path, split, table)
+
+
+def test_a_changed_number_is_caught():
+  path, split, table = results_tables((REPO_ROOT / 'README.md').read_text())[0]
+  row = table[2]
+  number = re.findall(r'\d+\.\d+', row)[0]
+  bumped = f'{float(number) + 0.1:.{len(number.split(".")[1])}f}'
+  changed = [*table[:2], row.replace(number, bumped, 1), *table[3:]]
+  assert check_table(REPO_ROOT / path, split, changed)
