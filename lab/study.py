@@ -38,7 +38,7 @@ from absl import app, flags
 from lab import position_profile, report as study_report
 from lab.report import DIVERGED, SPLITS, is_finished
 from lab.suites import STEP_COUNT_KEYS, SUITES, Run
-from seqpe_jax import checkpoint, cli, evaluate, metrics, train
+from seqpe_jax import cli, evaluate, metrics, train
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Longest length the study profiles (position_profile holds layers x heads x L^2 logits).
@@ -93,9 +93,7 @@ def _recorded_differences(run_dir: pathlib.Path, config: ml_collections.ConfigDi
   path = run_dir / 'config.json'
   if not path.exists():
     return []
-  # PE and evaluation fields added since the run started take their defaults, as
-  # checkpoints compare them.
-  recorded = metrics.flatten_config(checkpoint.with_new_fields(json.loads(path.read_text())))
+  recorded = metrics.flatten_config(json.loads(path.read_text()))
   current = metrics.flatten_config(json.loads(config.to_json_best_effort()))
   # Any other key the record lacks was added to the configs after the run started; its
   # default keeps the behaviour the run had.

@@ -18,9 +18,9 @@ TUNED_SEQPE = {
             'pe.inject.proj_bias_init': 1.0},
 }
 
-# pe.attention as the family suites run it (a causal LM counts the keys before a copy).
-ATTENTION = {'lm': {'pe.attention.weight': 1.0},
-             'vit': {'pe.attention.weight': 1.0, 'pe.attention.num_far_keys': 0}}
+# pe.logit_distill as the family suites run it (a causal LM counts the keys before a copy).
+ATTENTION = {'lm': {'pe.logit_distill.weight': 1.0},
+             'vit': {'pe.logit_distill.weight': 1.0, 'pe.logit_distill.num_far_keys': 0}}
 
 # Canvas positions for grids (pe.canvas_stride): the 7x7 training grid's positions lie 12
 # apart on an 84-wide canvas and every larger grid spreads over the same canvas, between
@@ -32,20 +32,11 @@ CANVAS = {'pe.canvas_stride': CANVAS_STRIDE, 'pe.shift.pool_size': CANVAS_STRIDE
 # Family-specific SeqPE variants, each tried against the suite's chosen one.
 FAMILY_VARIANTS = {
     'lm': {
-        # Half the far keys log-uniform in distance: the keys just beyond the trained
-        # distances, where the position term is highest, are drawn ~log(s) times as often.
-        'seqpe_tuned_attention_log_far': {**TUNED_SEQPE['lm'], **ATTENTION['lm'],
-                                          'pe.attention.far_key_sampling': 'log_mixture'},
         # Four times the copies per step. Beyond 1,024 tokens the trained position term
         # falls off half as steeply with distance as it does at 512-1,023 (position_profile's
         # fall-off 4.3 against 8.8 nats with 4 copies): copies that far are 7.5% of the draws.
         'seqpe_tuned_attention_more_copies': {**TUNED_SEQPE['lm'], **ATTENTION['lm'],
-                                              'pe.attention.num_windows': 16},
-        # Half the host's heads (2 of the tiny GPT's 4) distilled, the others left as the
-        # task makes them: tests whether the 8.6 points it costs at the training length
-        # come from heads the task would rather keep global beyond it.
-        'seqpe_tuned_attention_half_heads': {**TUNED_SEQPE['lm'], **ATTENTION['lm'],
-                                             'pe.attention.num_heads': 2},
+                                              'pe.logit_distill.num_windows': 16},
     },
     'vit': {
         # attn_mul only reweighs the content logits per channel, so it has no position-only
@@ -88,7 +79,7 @@ NEW_OPTIONS = {
 
 # Overrides counted in optimizer steps: a smoke run has only a handful of steps, so they
 # are capped at half of them (a 200-step warm-up would never reach full weight).
-STEP_COUNT_KEYS = ('pe.regularizers.warmup_steps', 'pe.regularizers.start_step')
+STEP_COUNT_KEYS = ('pe.regularizers.warmup_steps',)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +106,7 @@ def _without(overrides: dict, key: str) -> dict:
 def _family_runs(family: str, baselines: tuple[str, ...]) -> list[Run]:
   seqpe = f'configs/{family}_seqpe.py'
   return [Run('seqpe', seqpe), Run('seqpe_tuned', seqpe, TUNED_SEQPE[family]),
-          # Before pe.attention, the LM ablations' best beyond the training length on
+          # Before pe.logit_distill, the LM ablations' best beyond the training length on
           # validation: half the steps on shifted windows, so the host meets positions
           # beyond the window.
           Run('seqpe_tuned_more_shifts', seqpe, {**TUNED_SEQPE[family], 'pe.shift.prob': 0.5}),
@@ -142,39 +133,25 @@ def _ablation_runs() -> list[Run]:
       # Half the steps on shifted windows instead of a tenth: the host meets positions up
       # to pe.seqpe.max_position far more often.
       Run('tuned_more_shifts', lm, {**tuned, 'pe.shift.prob': 0.5}),
-      # The regulariser gradient may reach 10x the task's on the encoder instead of 1x: the
-      # distance structure that lets attention fall off beyond the trained length keeps
-      # more of its weight.
-      Run('tuned_looser_balance', lm, {**tuned, 'pe.regularizers.balance_target': 10.0}),
-      # Half the training-window pivots compare positions of the window moved elsewhere:
-      # the trained encoder keeps the window's positions apart at short range but maps
-      # positions beyond it close together, so attention loses its locality there.
-      Run('tuned_shifted_pivots', lm, {**tuned, 'pe.contrastive.train_shift_fraction': 0.5}),
-      Run('tuned_shifted_pivots_more_shifts', lm,
-          {**tuned, 'pe.contrastive.train_shift_fraction': 0.5, 'pe.shift.prob': 0.5}),
       # Distillation ten times stronger: it is the loss that asks the encoder's similarity
       # structure to be the same wherever the window lies, which the host's projection
       # needs to see the training window's locality beyond it.
       Run('tuned_strong_ood', lm, {**tuned, 'pe.ood.weight': 1.0}),
-      Run('tuned_shifted_pivots_strong_ood', lm,
-          {**tuned, 'pe.contrastive.train_shift_fraction': 0.5, 'pe.ood.weight': 1.0}),
       # No q/k projection (p_q = p_k = e, the reference GPT-2's other path): the position
       # term of attention is then the very similarity the contrastive and distillation
       # losses shape, instead of a learned bilinear form of it they do not constrain.
       Run('tuned_no_qk_proj', lm, {**tuned, 'pe.inject.qk_proj': 'none'}),
-      Run('tuned_no_qk_proj_shifted_pivots', lm,
-          {**tuned, 'pe.inject.qk_proj': 'none', 'pe.contrastive.train_shift_fraction': 0.5}),
       # Attention-level distillation: the position-only attention over the training window
       # is asked of moved copies of it, with the keys before a copy counted and given no
       # mass, so the position term must fall off beyond the trained length (the profiles
       # show it flat there otherwise, whatever the embeddings' structure).
-      Run('tuned_attention', lm, {**tuned, 'pe.attention.weight': 1.0}),
+      Run('tuned_attention', lm, {**tuned, 'pe.logit_distill.weight': 1.0}),
       Run('tuned_more_shifts_attention', lm,
-          {**tuned, 'pe.shift.prob': 0.5, 'pe.attention.weight': 1.0}),
-      Run('tuned_weak_attention', lm, {**tuned, 'pe.attention.weight': 0.3}),
+          {**tuned, 'pe.shift.prob': 0.5, 'pe.logit_distill.weight': 1.0}),
+      Run('tuned_weak_attention', lm, {**tuned, 'pe.logit_distill.weight': 0.3}),
       # Four times the copies per step: more of the long offsets where the fall-off thins.
       Run('tuned_attention_more_copies', lm,
-          {**tuned, 'pe.attention.weight': 1.0, 'pe.attention.num_windows': 16}),
+          {**tuned, 'pe.logit_distill.weight': 1.0, 'pe.logit_distill.num_windows': 16}),
       Run('input_add', lm, {'pe.inject.method': 'input_add'}),
       Run('attn_mul', lm, {'pe.inject.method': 'attn_mul'}),
       Run('bidirectional', lm, {'pe.seqpe.attention': 'bidirectional'}),
