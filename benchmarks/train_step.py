@@ -49,8 +49,8 @@ PES = {'ape': ('ape', {}), 'seqpe': ('seqpe', {}),
                                      'pe.contrastive.num_candidates': 4,
                                      'pe.ood.num_groups': 1, 'pe.ood.num_teachers': 2}),
        # SeqPE with the attention-level distillation (grid host: no far keys).
-       'seqpe_attention': ('seqpe', {'pe.attention.weight': 1.0,
-                                     'pe.attention.num_far_keys': 0})}
+       'seqpe_attention': ('seqpe', {'pe.logit_distill.weight': 1.0,
+                                     'pe.logit_distill.num_far_keys': 0})}
 SHIFTED_METRIC = 'train/seqpe/shifted'
 
 

@@ -33,7 +33,7 @@ SEQPE_SIZES = {
 # encoder, half the contrastive pivots in the training window, and attention-level
 # distillation with 16 moved copies per step. The fair study (lab/) re-chooses it.
 TUNED_SEQPE = {'regularizers.balance': 'grad_norm', 'contrastive.train_fraction': 0.5,
-               'attention.weight': 1.0, 'attention.num_windows': 16}
+               'logit_distill.weight': 1.0, 'logit_distill.num_windows': 16}
 
 
 def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:

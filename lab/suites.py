@@ -123,10 +123,10 @@ SHIFTS = {'pe.shift.prob': 0.5}
 # variants are the other recipes those studies ranked: the reference, the recipe without
 # distillation, and the recipe with more shifted steps.
 SEQPE_TUNED = {'pe.regularizers.balance': 'grad_norm', 'pe.contrastive.train_fraction': 0.5}
-SEQPE_DISTILL = {'pe.attention.weight': 1.0, 'pe.attention.num_windows': 16}
+SEQPE_DISTILL = {'pe.logit_distill.weight': 1.0, 'pe.logit_distill.num_windows': 16}
 # The reference recipe: none of this codebase's SeqPE options.
 REFERENCE = {'pe.regularizers.balance': 'none', 'pe.contrastive.train_fraction': 0.0,
-             'pe.attention.weight': 0.0}
+             'pe.logit_distill.weight': 0.0}
 
 # The ViT's canvas: the 7x7 training grid's positions lie 12 apart on an 84-wide canvas; a
 # larger grid spreads over the same canvas (interpolation), and shifted steps move the grid
@@ -140,7 +140,7 @@ def _lm_entrants() -> tuple[Entrant, ...]:
   return (
       Entrant('seqpe', lm('seqpe'), ('extend',), recipe={**SEQPE_TUNED, **SEQPE_DISTILL},
               variants={'reference': REFERENCE,
-                        'no_distill': {'pe.attention.weight': 0.0},
+                        'no_distill': {'pe.logit_distill.weight': 0.0},
                         'more_shifts': SHIFTS}),
       Entrant('rope', lm('rope'), ('extend',),
               variants={'base500': {'pe.rope.base': 500.}, 'base1e5': {'pe.rope.base': 1e5},
@@ -171,7 +171,7 @@ def _vit_entrants() -> tuple[Entrant, ...]:
   vit = 'configs/vit_{}.py'.format
   # The ViT has no attention-level distillation in its recipe (the grid host takes no far
   # keys, and the earlier ViT study never chose it).
-  reference_vit = {k: v for k, v in REFERENCE.items() if not k.startswith('pe.attention')}
+  reference_vit = {k: v for k, v in REFERENCE.items() if not k.startswith('pe.logit_distill')}
   seqpe_canvas = {**SEQPE_TUNED, **CANVAS, 'pe.inject.method': 'attn_scalar'}
   return (
       Entrant('seqpe', vit('seqpe'), ('extend',), recipe=SEQPE_TUNED,

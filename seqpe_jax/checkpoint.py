@@ -19,7 +19,6 @@ from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
-from seqpe_jax.posenc import config as pe_config
 
 # Fields a resumed run may change, because they leave the saved state meaning the same:
 # how long and how often, where data and caches live, what to evaluate, how the devices are
@@ -34,42 +33,11 @@ IMPORTANCE = ('model', 'pe', 'data', 'optimizer', 'batch_size', 'seed')
 
 def fingerprint(config: ml_collections.ConfigDict) -> dict:
   """The parts of the config a checkpoint depends on, as plain JSON values."""
-  return without_mutable(with_new_fields(json.loads(config.to_json_best_effort())))
-
-
-# Evaluation fields added since some runs were recorded, per task (by `tasks.build`'s
-# name), at what the code did before they existed.
-NEW_EVAL_FIELDS = {'gpt': {'protocol': 'non_overlapping', 'stride_fraction': 0.5}}
-
-
-def with_new_fields(record: dict) -> dict:
-  """A config record (plain JSON values) with the PE and evaluation fields added to the
-  codebase since it was written, at their defaults: every new option defaults to what the
-  code did before it existed, so an older run restores, resumes, evaluates and compares
-  equal to its config today."""
-  record = json.loads(json.dumps(record))
-  if 'pe' in record:
-    record['pe'] = _completed(json.loads(pe_config.get_config().to_json_best_effort()),
-                              record['pe'])
-  task = record.get('task') or record.get('model', {}).get('name')
-  if 'eval' in record and task in NEW_EVAL_FIELDS:
-    record['eval'] = _completed(NEW_EVAL_FIELDS[task], record['eval'])
-  return record
-
-
-def _completed(defaults: dict, recorded: dict) -> dict:
-  out = dict(recorded)
-  for key, value in defaults.items():
-    if key not in out:
-      out[key] = value
-    elif isinstance(value, dict) and isinstance(out[key], dict):
-      out[key] = _completed(value, out[key])
-  return out
+  return without_mutable(json.loads(config.to_json_best_effort()))
 
 
 def without_mutable(flat: dict) -> dict:
-  """A config record minus the MUTABLE fields (also applied to records saved when fewer
-  fields were mutable, so older checkpoints compare equal)."""
+  """A config record minus the MUTABLE fields."""
   flat = json.loads(json.dumps(flat))
   for field in MUTABLE:
     node, *rest = field.split('.')
@@ -130,8 +98,7 @@ class Checkpointer:
       meta = self._read(step, meta=ocp.args.JsonRestore())
       if meta is None:
         continue
-      diffs = differences(without_mutable(with_new_fields(meta['meta']['config'])),
-                          self._fingerprint)
+      diffs = differences(without_mutable(meta['meta']['config']), self._fingerprint)
       if diffs:
         more = f' and {len(diffs) - 3} more' if len(diffs) > 3 else ''
         raise ValueError(f'The checkpoint in {self.directory} was made by another config '

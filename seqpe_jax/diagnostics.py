@@ -41,7 +41,8 @@ def make_diagnostics(task, gradients):
   encoder's task and regulariser gradients of exactly this step, so the ratio costs one
   extra forward and backward on logging steps only.
   """
-  pe, num_prefix = task.pe, task.host.num_prefix
+  pe = task.pe
+  num_prefix = pe.host.num_prefix  # The Task contract declares `pe`, whose host spec this is.
 
   def heldout_loss(params, batch, features, capture=False):
     out = task.logits(params['model'], batch, features, train=False,

@@ -57,7 +57,7 @@ def restore_run(workdir: str, overrides: dict | None = None):
   path = epath.Path(workdir) / 'config.json'
   if not path.exists():
     raise FileNotFoundError(f'{path} does not exist: point --workdir at a training run.')
-  recorded = ml_collections.ConfigDict(checkpoint.with_new_fields(json.loads(path.read_text())))
+  recorded = ml_collections.ConfigDict(json.loads(path.read_text()))
   config = with_eval_overrides(recorded, overrides or {})
   mesh = sharding.make_mesh(config.mesh)
   task = tasks.build(config)

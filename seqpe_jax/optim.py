@@ -92,6 +92,6 @@ def encoder_norm(pe_grads) -> jax.Array:
 
 def encoder_grad_ratio(pe_task_grads, pe_reg_grads) -> jax.Array:
   """||task gradient|| / ||regulariser gradient|| on the SeqPE encoder (inf when the
-  regularisers contribute nothing, e.g. before pe.regularizers.start_step)."""
+  regularisers contribute nothing, e.g. with every regulariser weight 0)."""
   task_norm, reg_norm = encoder_norm(pe_task_grads), encoder_norm(pe_reg_grads)
   return jnp.where(reg_norm > 0, task_norm / jnp.where(reg_norm > 0, reg_norm, 1.0), jnp.inf)

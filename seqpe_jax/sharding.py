@@ -137,5 +137,16 @@ def wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
   it may be long: e.g. until every host has compiled). A no-op in a single process."""
   if jax.process_count() == 1:
     return
+  coordination_client().wait_at_barrier(name, timeout_s * 1000)
+
+
+def coordination_client():
+  """The client of JAX's coordination service (None before jax.distributed.initialize).
+
+  Private JAX: the public barrier (`multihost_utils.sync_global_devices`) is a device
+  collective, whose set-up times out long before a slow host finishes compiling, and no
+  public API reaches the service's own barrier. tests/sharding_test.py fails when a JAX
+  upgrade moves it.
+  """
   from jax._src import distributed  # pylint: disable=g-import-not-at-top
-  distributed.global_state.client.wait_at_barrier(name, timeout_s * 1000)
+  return distributed.global_state.client

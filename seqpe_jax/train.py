@@ -23,46 +23,52 @@ from seqpe_jax.preemption import PreemptionWatch
 def make_gradients(task, base_key, shift_pool):
   """(params, batch, step, split) -> (scalars, grads): the loss's gradient in two parts.
 
-  The PE's forward (its features and the scheduled regulariser loss) is differentiated
-  with `jax.vjp`, the host's with respect to its parameters and to the features; the
-  PE's gradient is then one backward pass of (feature cotangent, 1) -- the same as
-  `jax.grad` of the total loss. The host's loss includes what the PE's hooks report from
-  inside it (`task.host_training_loss`), whose PE gradient counts as the task's below.
-  With `split` it takes two passes instead and returns the task's and the regularisers'
-  PE gradients apart: {'model', 'pe_task', 'pe_reg'}.
+  The loss is the task's plus the PE's one regulariser term (`task.pe_regularizer`), which
+  reads what the PE's training step made (its terms) and what the host reports on the PE's
+  probes. The PE's forward (features, probes, terms) is differentiated with `jax.vjp`, the
+  loss with respect to the host's parameters and to those three; the PE's gradient is then
+  one backward pass of their cotangents -- the same as `jax.grad` of the total loss. The
+  features reach only the task's loss and the probes and terms only the regulariser, so
+  with `split` two passes give the task's and the regulariser's PE gradients apart:
+  {'model', 'pe_task', 'pe_reg'}.
   """
 
   def gradients(params, batch, step, split: bool):
     pe_key, dropout_key = jax.random.split(jax.random.fold_in(base_key, step))
 
     def pe_forward(pe_params):
-      features, reg_loss, pe_scalars = task.pe_training_features(pe_params, pe_key, step,
-                                                                 shift_pool)
-      return (features, reg_loss), pe_scalars
+      features, probes, terms, pe_scalars = task.pe_training_step(pe_params, pe_key, step,
+                                                                  shift_pool)
+      return (features, probes, terms), pe_scalars
 
-    def host_loss(model_params, features):
-      return task.host_training_loss(model_params, batch, features, dropout_key)
+    def total_loss(model_params, features, probes, terms):
+      logits, probe_logits = task.training_outputs(model_params, batch, features, probes,
+                                                   dropout_key)
+      loss, task_scalars = task.loss(logits, batch)
+      reg_loss, reg_scalars = task.pe_regularizer(terms, probe_logits)
+      return loss + reg_loss, (loss, task_scalars, reg_scalars)
 
-    (features, reg_loss), pe_vjp, pe_scalars = jax.vjp(pe_forward, params['pe'], has_aux=True)
-    (_, (loss, hook_loss, task_scalars, hook_scalars)), (model_grads, feature_cot) = (
-        jax.value_and_grad(host_loss, argnums=(0, 1), has_aux=True)(params['model'], features))
-    one = jnp.ones_like(reg_loss)
-    pe_scalars = {**pe_scalars, **hook_scalars}
-    scalars = {'train/loss': loss + reg_loss + hook_loss, 'train/task_loss': loss,
-               **task_scalars, **{f'train/seqpe/{k}': v for k, v in pe_scalars.items()}}
+    pe_out, pe_vjp, pe_scalars = jax.vjp(pe_forward, params['pe'], has_aux=True)
+    (total, (loss, task_scalars, reg_scalars)), (model_grads, *pe_cot) = jax.value_and_grad(
+        total_loss, argnums=(0, 1, 2, 3), has_aux=True)(params['model'], *pe_out)
+    pe_scalars = {**pe_scalars, **reg_scalars}
+    scalars = {'train/loss': total, 'train/task_loss': loss, **task_scalars,
+               **{f'train/seqpe/{k}': v for k, v in pe_scalars.items()}}
     if not split:
-      (pe_grads,) = pe_vjp((feature_cot, one))
+      (pe_grads,) = pe_vjp(tuple(pe_cot))
       return scalars, {'model': model_grads, 'pe': pe_grads}
-    (pe_task,) = pe_vjp((feature_cot, jnp.zeros_like(one)))
-    (pe_reg,) = pe_vjp((jax.tree.map(jnp.zeros_like, features), one))
+    feature_cot, probe_cot, terms_cot = pe_cot
+    zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)
+    (pe_task,) = pe_vjp((feature_cot, zeros(probe_cot), zeros(terms_cot)))
+    (pe_reg,) = pe_vjp((zeros(feature_cot), probe_cot, terms_cot))
     return scalars, {'model': model_grads, 'pe_task': pe_task, 'pe_reg': pe_reg}
 
   return gradients
 
 
-def balance_pe_gradients(grads, target: float):
+def balance_pe_gradients(grads, target: float = 1.0):
   """Sums the PE's task and regulariser gradients, the latter scaled down on the SeqPE
-  encoder to at most `target` times the task's norm there (pe.regularizers.balance)."""
+  encoder to at most `target` times the task's norm there (pe.regularizers.balance: 1)."""
   ratio = optim.encoder_grad_ratio(grads['pe_task'], grads['pe_reg'])
   scale = jnp.minimum(1.0, target * ratio)
   pe = jax.tree.map(lambda t, r: t + scale * r, grads['pe_task'], grads['pe_reg'])
@@ -72,14 +78,13 @@ def balance_pe_gradients(grads, target: float):
 
 def make_train_step(task, optimizer, base_key, shift_pool):
   """(state, batch) -> (state, metrics); all randomness is a function of the step."""
-  balance_target = task.pe_gradient_balance
-  balance = balance_target is not None
+  balance = task.pe_balances_gradients
   gradients = make_gradients(task, base_key, shift_pool)
 
   def step(state, batch):
     scalars, grads = gradients(state['params'], batch, state['step'], split=balance)
     if balance:
-      grads, balance_scalars = balance_pe_gradients(grads, balance_target)
+      grads, balance_scalars = balance_pe_gradients(grads)
       scalars.update(balance_scalars)
     updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)

@@ -11,7 +11,7 @@ import pytest
 
 from configs import vit_base
 from seqpe_jax import positions, posenc, train
-from seqpe_jax.posenc import baselines, contrastive_sampling, losses, regularizers, sampling
+from seqpe_jax.posenc import baselines, losses, regularizers, sampling
 
 # A 3x3 training grid 4 apart on a 12x12 canvas: cells [-2, 2) around each position.
 TRAIN, STRIDE, CANVAS = (3, 3), 4, (12, 12)
@@ -97,7 +97,8 @@ def test_rope2d_rotates_by_the_canvas_coordinates():
 
 
 def test_every_training_draw_moves_the_grid_inside_its_cells():
-  pe, reg = canvas_seqpe(ood__weight=0.1, attention__weight=1.0, attention__num_far_keys=0)
+  pe, reg = canvas_seqpe(ood__weight=0.1, logit_distill__weight=1.0,
+                         logit_distill__num_far_keys=0)
   params = pe.init(jax.random.key(0), TRAIN)
   pool = reg.shift_pool(jax.random.key(1))
   encode = jax.jit(lambda pos: pe.source.apply({'params': params}, pos, method='encode'))
@@ -117,9 +118,8 @@ def test_every_training_draw_moves_the_grid_inside_its_cells():
     ct = regularizers.sample_pivots(ct_key, reg)
     train_pivots = np.asarray(ct['pivots'][:reg.ct_train_pivots])
     assert {tuple(p) for p in train_pivots} <= set(map(tuple, np.asarray(trained).tolist()))
-    probes = features[posenc.inject.ATTENTION_PROBES]
-    copies = probes['student']['e']
-    draws = sampling.sample_attention_probes(
+    copies = aux['probes']['student']['e']
+    draws = sampling.sample_logit_distill_probes(
         jax.random.fold_in(key, 1), train_shape=TRAIN, max_position=30, num_windows=4,
         num_far_keys=0, canvas=CANVAS)
     np.testing.assert_allclose(copies, encode(trained[None] + draws['offsets'][:, None]),
@@ -137,19 +137,12 @@ def test_every_training_draw_moves_the_grid_inside_its_cells():
   assert seen == {True, False}
 
 
-def test_moved_training_windows_stay_inside_the_space_on_a_canvas():
-  offsets = contrastive_sampling.train_window_offsets(
-      jax.random.key(3), TRAIN, 30, num_pivots=400, num_moved=400, canvas=CANVAS)
-  # The canvas grid's last position is 10, so the window moves by at most 30 - 11.
-  assert int(offsets.min()) == 0 and int(offsets.max()) == 19
-
-
 def test_a_vit_trains_and_extrapolates_on_a_canvas(tmp_path):
-  config = vit_base.get_config('smoke', pe='seqpe')
+  config = vit_base.get_config('reference,smoke', pe='seqpe')
   config.mesh.data = 1
   config.update_from_flattened_dict({
       'total_steps': 4, 'pe.canvas_stride': 6, 'pe.shift.prob': 0.5,
-      'pe.attention.weight': 1.0, 'pe.attention.num_far_keys': 0})
+      'pe.logit_distill.weight': 1.0, 'pe.logit_distill.num_far_keys': 0})
   results = train.train_and_evaluate(config, str(tmp_path))
   assert set(results) == {8, 16}  # The 2x2 training grid and the 4x4 one between it.
   chex.assert_tree_all_finite(results)

@@ -79,7 +79,7 @@ def test_seqpe_diagnostics_at_initialisation():
 
 
 def test_grad_ratio_is_infinite_while_the_regularisers_weigh_nothing():
-  """Before pe.regularizers.start_step the regulariser gradient is exactly 0."""
+  """With every regulariser weight 0 the regulariser gradient is exactly 0."""
   task = {'encoder': {'w': jnp.full((3,), 4.0)}}
   np.testing.assert_allclose(optim.encoder_grad_ratio(task, {'encoder': {'w': jnp.ones(3)}}), 4.0)
   assert optim.encoder_grad_ratio(task, {'encoder': {'w': jnp.zeros(3)}}) == np.inf

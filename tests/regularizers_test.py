@@ -164,37 +164,6 @@ def test_train_fraction_splits_the_pivots_and_keeps_the_reference_draws():
                contrastive_sampling.sample_contrastive(jax.random.key(5), reference.contrastive))
 
 
-def test_moved_training_windows_keep_their_shape_elsewhere_in_the_space():
-  """train_shift_fraction moves the last share of the window pivots, each with its own
-  candidates, by one offset that keeps the whole window inside [0, max_position): the
-  moved draws are the unmoved draws plus that offset, labels unchanged."""
-  cfg, pe, reg = small_seqpe((4, 4), contrastive__num_pivots=8, contrastive__train_fraction=1.0,
-                             contrastive__train_shift_fraction=0.5)
-  assert (reg.ct_train_pivots, reg.ct_train_moved, reg.contrastive) == (8, 4, None)
-  _, _, unmoved = small_seqpe((4, 4), contrastive__num_pivots=8, contrastive__train_fraction=1.0)
-  moved_seen = set()
-  for seed in range(20):
-    got = regularizers.sample_pivots(jax.random.key(seed), reg)
-    want = regularizers.sample_pivots(jax.random.key(seed), unmoved)
-    offset = np.asarray(got['pivots'] - want['pivots'])  # [8, 2]
-    np.testing.assert_array_equal(offset[:4], 0)  # The first half stays in the window.
-    np.testing.assert_array_equal(got['candidates'] - want['candidates'],
-                                  np.broadcast_to(offset[:, None], got['candidates'].shape))
-    np.testing.assert_array_equal(got['labels'], want['labels'])
-    assert np.all(offset >= 0) and np.all(offset + 4 <= cfg.seqpe.max_position)
-    moved_seen.update(map(tuple, offset[4:]))
-  assert len(moved_seen) > 40  # Offsets spread over the space, not a fixed few.
-
-
-def test_train_shift_fraction_zero_keeps_the_window_draws():
-  _, _, reg = small_seqpe((4, 4), contrastive__train_fraction=0.5,
-                          contrastive__train_shift_fraction=0.0)
-  _, _, plain = small_seqpe((4, 4), contrastive__train_fraction=0.5)
-  assert reg.ct_train_moved == 0
-  jax.tree.map(np.testing.assert_array_equal, regularizers.sample_pivots(jax.random.key(3), reg),
-               regularizers.sample_pivots(jax.random.key(3), plain))
-
-
 def test_rematerialising_the_whole_encoder_pass_changes_no_number():
   """pe.regularizers.remat='all' reruns the encoder pass in the backward instead of keeping
   its products: the losses, features and gradients stay those of 'matmuls' (dropout on,

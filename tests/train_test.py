@@ -143,20 +143,6 @@ def test_unknown_config_key_is_an_error():
     vit_base.get_config('tiny', pe='seqpe')
 
 
-def test_a_checkpoint_recorded_before_a_pe_field_existed_matches_its_default_only():
-  """A record without a PE field added since compares equal to today's config at that
-  field's default (so older runs resume and evaluate), and unequal to any other value."""
-  config = smoke_config()
-  old = checkpoint.fingerprint(config)
-  del old['pe']['contrastive']['train_shift_fraction'], old['pe']['regularizers']
-  assert checkpoint.differences(checkpoint.with_new_fields(old),
-                                checkpoint.fingerprint(config)) == []
-  config.pe.contrastive.train_shift_fraction = 0.5
-  assert checkpoint.differences(checkpoint.with_new_fields(old),
-                                checkpoint.fingerprint(config)) == [
-                                    'pe.contrastive.train_shift_fraction: 0.0 vs 0.5']
-
-
 def test_evaluate_reruns_the_sweep_from_the_checkpoint(seqpe_run):
   workdir, results = seqpe_run
   (workdir / 'extrapolation.json').unlink()

@@ -12,8 +12,9 @@ Corpora (`config.data.name`):
 Token arrays are cached under the cache directory, keyed by the corpus content and the
 tokenizer. Training windows are non-overlapping blocks of the train length in a shuffled,
 repeated grain `MapDataset` (element s is the global batch of step s, so the iterator state
-is the step). Evaluation cuts a split into non-overlapping windows of each evaluation
-length, keeps the last partial one (padded, masked) and starts every window at position 0.
+is the step). Evaluation cuts a split into windows of each evaluation length, each starting
+at position 0 (`eval_windows`): non-overlapping ones, the last partial one kept (padded,
+masked), or sliding ones a stride apart that score only their last stride of tokens.
 """
 
 import hashlib

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seqpe_jax.posenc import inject, losses
+from seqpe_jax.posenc import inject
 
 IMPLEMENTATIONS = ('auto', 'xla', 'cudnn', 'blockwise')
 # Logit added on a masked key (left padding). Finite, so a padding query whose every key is
@@ -185,22 +185,6 @@ def position_logits(hook, pe_state, length: int, heads: int, head_dim: int, *,
   return jnp.where(visible, logits[0], -jnp.inf)
 
 
-def attention_distillation(hook, probes, heads: int, head_dim: int, *, causal: bool,
-                           dtype) -> jax.Array:
-  """This layer's pe.attention loss on the probes' PE states (`inject.ATTENTION_PROBES`
-  after the model hook): its position-only attention over the training window against
-  that over the moved copies."""
-  length = lambda state: jax.tree.leaves(state)[0].shape[1]
-  teacher = window_position_logits(hook, probes['teacher'], 1, length(probes['teacher']),
-                                   heads, head_dim, dtype)[0]
-  copies = probes['far_log_weight'].shape[0]
-  student = window_position_logits(hook, probes['student'], copies, length(probes['student']),
-                                   heads, head_dim, dtype)
-  return losses.attention_distillation_loss(teacher, student,
-                                            probes['far_log_weight'], probes['head_weight'],
-                                            causal=causal)
-
-
 def position_logit_spread(logits_HLL: jax.Array) -> jax.Array:
   """How much the PE alone moves a layer's attention logits (`position_logits`): their
   standard deviation across the keys each query sees, averaged over queries and heads."""
@@ -214,6 +198,9 @@ def position_logit_spread(logits_HLL: jax.Array) -> jax.Array:
 # Collection the attention layers write their `position_logits` to when it is mutable
 # (lab/position_profile.py).
 POSITION_LOGITS = 'position_logits'
+# Collection the attention layers write the probes' `window_position_logits` to, one entry
+# per probe name, when it is mutable (`transformer.stacked_probe_logits` reads it).
+PROBE_LOGITS = 'probe_logits'
 
 
 class MultiHeadAttention(nn.Module):
@@ -225,8 +212,10 @@ class MultiHeadAttention(nn.Module):
   what the PE hook made of each key (rotated k, k * p_k, or [k; p_k] for attn_scalar)
   and its key-position bias (ALiBi), so every cached key keeps its true position.
   `key_mask_BS` (true on real tokens) keeps left padding out of every query's view; it
-  enters as a key-position bias, so the cache keeps it with the keys. `probes` (the PE
-  states of `inject.ATTENTION_PROBES`) make the layer report its pe.attention loss.
+  enters as a key-position bias, so the cache keeps it with the keys. `probes` (name -> the
+  PE state of another set of positions, [W, L, ...]) make the layer report the logits its
+  PE hook alone gives among each (`window_position_logits`) in PROBE_LOGITS, when the
+  caller makes that collection mutable: the intermediates a PE's regulariser reads.
 
   Attributes:
     num_heads: heads H; the head width is D / H.
@@ -277,11 +266,11 @@ class MultiHeadAttention(nn.Module):
         self.sow('intermediates', 'pos_logit_spread', position_logit_spread(pos))
       if POSITION_LOGITS in wants:
         self.sow(POSITION_LOGITS, 'logits', pos)
-    if probes is not None and not self.is_initializing():  # pe.attention, in training.
-      loss = attention_distillation(hook, probes, self.num_heads, head_dim, causal=self.causal,
-                                    dtype=q.dtype)
-      self.sow(inject.PE_LOSSES, 'attention_loss', loss)
-      self.sow(inject.PE_LOSSES, 'loss', probes['weight'] * loss)
+    if probes and self.is_mutable_collection(PROBE_LOGITS) and not self.is_initializing():
+      for name, state in probes.items():
+        windows, length = jax.tree.leaves(state)[0].shape[:2]
+        self.sow(PROBE_LOGITS, name, window_position_logits(
+            hook, state, windows, length, self.num_heads, head_dim, q.dtype))
     rng = None if deterministic or not self.dropout else self.make_rng('dropout')
     scale = head_dim**-0.5  # Of the head width, also when attn_scalar widens q and k.
     attention = functools.partial(attend, scale=scale, causal=self.causal,

@@ -51,7 +51,8 @@ class GPT(nn.Module):
   HF GPT-2 initialisation: normal(0.02) everywhere, residual output projections
   0.02 / sqrt(2 * depth); LayerNorm eps 1e-5; output projection tied to the embedding.
   The token embeddings pass through `perturb('embeddings')`, so tests can take gradients
-  with respect to them. `key_mask_BL` (true on real tokens) hides padding from attention.
+  with respect to them. `key_mask_BL` (true on real tokens) hides padding from attention;
+  `probes` see `transformer.Transformer`.
   """
   vocab_size: int
   width: int
@@ -67,7 +68,7 @@ class GPT(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BL: jax.Array, features, *, deterministic: bool = True,
-               key_mask_BL: jax.Array | None = None):
+               key_mask_BL: jax.Array | None = None, probes=None):
     embed = nn.Embed(self.vocab_size, self.width, embedding_init=nn.initializers.normal(0.02),
                      dtype=self.dtype, name='embed')
     x = self.perturb('embeddings', embed(tokens_BL))
@@ -76,7 +77,7 @@ class GPT(nn.Module):
         ln_eps=self.ln_eps, attention=self.attention,
         out_init=nn.initializers.normal(0.02 / math.sqrt(2 * self.depth)), decode=self.decode,
         dtype=self.dtype, name='decoder')(x, features, deterministic=deterministic,
-                                          key_mask_BL=key_mask_BL)
+                                          key_mask_BL=key_mask_BL, probes=probes)
     return embed.attend(x).astype(jnp.float32)
 
 

@@ -11,7 +11,6 @@ import jax.numpy as jnp
 
 from seqpe_jax import posenc
 from seqpe_jax.models import attention
-from seqpe_jax.posenc import inject
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +60,9 @@ class Transformer(nn.Module):
 
   `features` come from `pe.features(...)`, computed once per set of positions outside the
   model; the model hook turns them into the per-forward PE state every layer reads.
+  `probes` (name -> features of another set of positions) go through the same model hook,
+  and every attention layer reports the logits the PE alone gives among them
+  (`attention.PROBE_LOGITS`, read by `stacked_probe_logits`); they do not touch the output.
   """
   num_layers: int
   num_heads: int
@@ -78,14 +80,10 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array, features, *, deterministic: bool = True,
-               key_mask_BL: jax.Array | None = None):
+               key_mask_BL: jax.Array | None = None, probes=None):
     hook = self.pe.model_hook(name='pe_inject')
-    probes = None
-    if isinstance(features, dict) and inject.ATTENTION_PROBES in features:
-      features = dict(features)
-      probes = features.pop(inject.ATTENTION_PROBES)
-      # The probes' PE states come through the same model hook, with the same parameters.
-      probes = {**probes, 'teacher': hook(probes['teacher']), 'student': hook(probes['student'])}
+    # The probes' PE states come through the same model hook, with the same parameters.
+    probes = {name: hook(f) for name, f in probes.items()} if probes else None
     pe_state = hook(features)
     x_BLD = hook.embed(x_BLD.astype(self.dtype), pe_state).astype(self.dtype)
     x_BLD = nn.Dropout(self.dropout)(x_BLD, deterministic=deterministic)
@@ -95,3 +93,13 @@ class Transformer(nn.Module):
                     self.dtype, name=f'block_{i}')(x_BLD, pe_state, deterministic=deterministic,
                                                    key_mask_BL=key_mask_BL, probes=probes)
     return nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name='ln_final')(x_BLD)
+
+
+def stacked_probe_logits(collections) -> dict[str, jax.Array]:
+  """{probe name: the position-only logits of every attention layer, [layers, W, H, L, L]}
+  from a forward's mutable `attention.PROBE_LOGITS` collection (see `Transformer`)."""
+  by_name = {}
+  for path, logits in jax.tree_util.tree_flatten_with_path(collections[attention.PROBE_LOGITS])[0]:
+    name = path[-2].key  # sow keeps each value in a tuple: (..., layer, name, index).
+    by_name.setdefault(name, []).append(logits)
+  return {name: jnp.stack(layers) for name, layers in by_name.items()}

@@ -65,7 +65,7 @@ class ViT(nn.Module):
   """Images [B, H, W, C] + PE features for the (H/p, W/p) grid -> logits [B, classes].
 
   A learned CLS token sits before the patches (the PE's prefix token); classification
-  reads its final state.
+  reads its final state. `probes`: see `transformer.Transformer`.
   """
   num_classes: int
   width: int
@@ -80,7 +80,8 @@ class ViT(nn.Module):
   dtype: Any = jax.numpy.float32  # Of activations and matmuls; the logits are float32.
 
   @nn.compact
-  def __call__(self, images_BHWC: jax.Array, features, *, deterministic: bool = True):
+  def __call__(self, images_BHWC: jax.Array, features, *, deterministic: bool = True,
+               probes=None):
     p = self.patch_size
     if self.init_options.patch_init == 'torch':
       bound = 1 / np.sqrt(p * p * images_BHWC.shape[-1])
@@ -98,7 +99,8 @@ class ViT(nn.Module):
         'activation': functools.partial(nn.gelu, approximate=False)}
     x = transformer.Transformer(self.depth, self.num_heads, self.mlp_dim, self.pe,
                                 dropout=self.dropout, ln_eps=self.ln_eps, **activation,
-                                dtype=self.dtype, name='encoder')(x, features, deterministic=deterministic)
+                                dtype=self.dtype, name='encoder')(
+                                    x, features, deterministic=deterministic, probes=probes)
     head_init = (truncated_normal(0.02, bound=2.0) if self.init_options.head_init == 'trunc_normal'
                  else nn.initializers.zeros)
     return nn.Dense(self.num_classes, kernel_init=head_init, dtype=self.dtype,

@@ -101,10 +101,6 @@ def get_config() -> ml_collections.ConfigDict:
   # Share of pivots drawn inside the training window (candidates: other positions of the
   # window), so the loss separates the positions the task trains on; 0 in the reference.
   pe.contrastive.train_fraction = 0.0
-  # Share of those pivots whose window (candidates included) is moved by a uniform random
-  # offset inside the position space, so positions the task never trains on are kept apart
-  # at the same short range; 0 keeps every one in the training window itself.
-  pe.contrastive.train_shift_fraction = 0.0
 
   pe.ood = ml_collections.ConfigDict()
   # Weight of the out-of-distribution distillation loss (0 turns it off).
@@ -117,24 +113,16 @@ def get_config() -> ml_collections.ConfigDict:
   # kl (symmetric, reference) | mse.
   pe.ood.metric = 'kl'
 
-  pe.attention = ml_collections.ConfigDict()
-  # Attention-level distillation (not in the reference; 0 turns it off): the attention the
-  # PE alone gives each host layer over the training window (teacher, detached) is asked of
+  pe.logit_distill = ml_collections.ConfigDict()
+  # Logit distillation (not in the reference; 0 turns it off): the attention the PE alone
+  # gives each host layer over the training window (teacher, detached) is asked of
   # `num_windows` copies of the window moved elsewhere in the position space. On a causal
   # 1D host each copy's queries also see `num_far_keys` keys sampled before it, standing
   # for all of them, on which the teacher puts no mass: the position term must then fall off
   # with distance beyond the trained length as it does inside it.
-  pe.attention.weight = 0.0
-  pe.attention.num_windows = 4
-  pe.attention.num_far_keys = 64
-  # Where the far keys lie before a copy at offset s: uniform over the s keys, or
-  # log_mixture (half uniform, half log-uniform in distance, each key weighted by the
-  # mixture's density), which samples the keys just beyond the trained distances, where the
-  # position term is highest, about log(s) times as often at large s.
-  pe.attention.far_key_sampling = 'uniform'
-  # Host heads the loss compares, the first ones (0 = all): the others keep whatever
-  # position term the task gives them beyond the trained length (global heads, say).
-  pe.attention.num_heads = 0
+  pe.logit_distill.weight = 0.0
+  pe.logit_distill.num_windows = 4
+  pe.logit_distill.num_far_keys = 64
 
   pe.shift = ml_collections.ConfigDict()
   # Probability that a training step uses shifted position windows (0 turns it off).
@@ -145,15 +133,13 @@ def get_config() -> ml_collections.ConfigDict:
   pe.shift.num_windows = 128
 
   pe.regularizers = ml_collections.ConfigDict()
-  # Both regulariser weights ramp linearly from 0 to their value over `warmup_steps`
-  # optimizer steps, starting at `start_step` (0 and 0: full weight from the first step).
+  # Every regulariser weight ramps linearly from 0 to its value over `warmup_steps`
+  # optimizer steps (0: full weight from the first step).
   pe.regularizers.warmup_steps = 0
-  pe.regularizers.start_step = 0
   # none (reference) | grad_norm: on the SeqPE encoder the regulariser gradient is scaled
-  # down, when larger, to `balance_target` times the task gradient's norm before the
-  # optimizer, so the task is not drowned (its share of an Adam update is otherwise ~1e-3).
+  # down, when larger, to the task gradient's norm before the optimizer, so the task is not
+  # drowned (its share of an Adam update is otherwise ~1e-3).
   pe.regularizers.balance = 'none'
-  pe.regularizers.balance_target = 1.0
   # What the backward of the regularisers' encoder pass recomputes: matmuls (keeps the
   # matrix products and dropout masks) | all (keeps nothing: about one more encoder
   # forward per step for ~1.3 GB fewer temporaries at ViT-S/16 batch 32).

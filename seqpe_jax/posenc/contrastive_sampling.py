@@ -150,7 +150,6 @@ def sample_contrastive(key: jax.Array, spec: ContrastiveSpec) -> dict[str, jax.A
 
 def sample_train_window_contrastive(key: jax.Array, train_shape: Sequence[int], *,
                                     num_pivots: int, num_candidates: int,
-                                    offsets: jax.Array | None = None,
                                     canvas: Sequence[int] = ()) -> dict[str, jax.Array]:
   """Pivots inside the training window, each with K other window positions as candidates.
 
@@ -158,11 +157,9 @@ def sample_train_window_contrastive(key: jax.Array, train_shape: Sequence[int], 
   L positions the task trains on are almost never compared with each other and nothing
   stops the encoder from mapping them all to one vector. These pivots keep them apart.
   Candidates are distinct and never the pivot; when the window has fewer than K other
-  positions the surplus is masked (`valid`). Same keys as `sample_contrastive`.
-  `offsets` (int32[B, n]) move each pivot's window, candidates included, elsewhere in
-  the position space (`train_window_offsets`), so positions beyond the training window
-  are kept apart at the same short range. On a `canvas` (pe.canvas_stride) the window's
-  positions are those on it (`positions.canvas_grid`).
+  positions the surplus is masked (`valid`). Same keys as `sample_contrastive`. On a
+  `canvas` (pe.canvas_stride) the window's positions are those on it
+  (`positions.canvas_grid`).
   """
   grid = positions.canvas_grid(train_shape, canvas)  # [N, n]
   n = grid.shape[0]
@@ -176,8 +173,6 @@ def sample_train_window_contrastive(key: jax.Array, train_shape: Sequence[int], 
   valid = jnp.arange(num_candidates)[None] < min(num_candidates, n - 1)
   valid = jnp.broadcast_to(valid, order.shape)
   pivots, candidates = grid[pivot_idx], grid[order]
-  if offsets is not None:
-    pivots, candidates = pivots + offsets, candidates + offsets[:, None]
   distance = jnp.where(valid, squared_distance(pivots[:, None], candidates),
                        jnp.iinfo(jnp.int32).max)
   window_mode = MODES.index('window')
@@ -185,17 +180,6 @@ def sample_train_window_contrastive(key: jax.Array, train_shape: Sequence[int], 
           'labels': jnp.argmin(distance, axis=1).astype(jnp.int32),
           'mode': jnp.full((num_pivots,), window_mode, jnp.int32),
           'origin': jnp.full(order.shape, window_mode, jnp.int32)}
-
-
-def train_window_offsets(key: jax.Array, train_shape: Sequence[int], max_position: int,
-                         num_pivots: int, num_moved: int, canvas: Sequence[int] = ()) -> jax.Array:
-  """int32[num_pivots, n]: 0 for the first pivots, and for the last `num_moved` a uniform
-  offset per axis that keeps the whole training window (on its canvas, if any) inside
-  [0, max_position)."""
-  extent = jnp.max(positions.canvas_grid(train_shape, canvas), axis=0) + 1
-  moved = jax.random.randint(key, (num_moved, len(train_shape)), 0, max_position - extent + 1)
-  return jnp.concatenate([jnp.zeros((num_pivots - num_moved, len(train_shape)), jnp.int32),
-                          moved])
 
 
 def _window_draws(key, spec: ContrastiveSpec):

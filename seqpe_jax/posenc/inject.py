@@ -28,30 +28,6 @@ METHODS = ('input_add', 'attn_mul', 'attn_add', 'attn_scalar', 'rotary', 'bias',
 # Features key of a float32 scalar: 1.0 when every window equals window 0. A float, not a
 # bool, because the trainer differentiates the host loss with respect to the features.
 WINDOWS_ALIKE = 'windows_alike'
-# Features key of SeqPE's attention-level distillation probes in training (pe.attention):
-# {'teacher': features of the training window [1, N, d], 'student': of its moved copies
-# and their far keys [S, N + F, d], 'far_log_weight' [S], 'weight' (scheduled)}. The host
-# passes them through its model hook and every attention layer scores its own attention
-# on them (models/attention.py), reporting the loss in the PE_LOSSES collection.
-ATTENTION_PROBES = 'attention_probes'
-# Collection of the losses a PE's hooks report from inside the host: each layer adds its
-# weighted loss under 'loss' (the trainer adds their mean over layers to the total) and
-# the unweighted one under its own name (logged).
-PE_LOSSES = 'pe_losses'
-
-
-def host_pe_losses(collections) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """(weighted loss to add, scalars to log: it as 'hook_loss' and each unweighted loss's
-  mean over layers) from a forward's PE_LOSSES collection; (0, {}) when none was reported."""
-  reported = collections.get(PE_LOSSES, {}) if collections else {}
-  by_name = {}
-  for path, value in jax.tree_util.tree_flatten_with_path(reported)[0]:
-    name = next(k.key for k in reversed(path) if isinstance(k, jax.tree_util.DictKey))
-    by_name.setdefault(name, []).append(value)
-  if not by_name:
-    return jnp.zeros((), jnp.float32), {}
-  means = {name: jnp.mean(jnp.stack(values)) for name, values in by_name.items()}
-  return means['loss'], {'hook_loss': means.pop('loss'), **means}
 
 
 def per_example(x_W: jax.Array, batch_size: int) -> jax.Array:

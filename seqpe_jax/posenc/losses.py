@@ -1,4 +1,5 @@
-"""SeqPE's regularisers: the distance-contrastive loss and the OOD distillation loss."""
+"""SeqPE's regularisers: the distance-contrastive loss, the OOD distillation loss and the
+logit distillation loss (pe.logit_distill)."""
 
 import jax
 import jax.numpy as jnp
@@ -57,12 +58,10 @@ def ood_distillation_loss(teacher_GnD: jax.Array, student_GnD: jax.Array, *, num
   return loss
 
 
-def attention_distillation_loss(teacher_HNN: jax.Array, student_SHKK: jax.Array,
-                                far_log_weight_SF: jax.Array, head_weight_H: jax.Array, *,
-                                causal: bool) -> jax.Array:
+def logit_distill_loss(teacher_HNN: jax.Array, student_SHKK: jax.Array,
+                                far_log_weight_SF: jax.Array, *, causal: bool) -> jax.Array:
   """KL(teacher || student) between the attention the PE alone gives over the training
-  window and over moved copies of it (pe.attention), averaged over copies, the heads
-  `head_weight_H` selects, and rows.
+  window and over moved copies of it (pe.logit_distill), averaged over copies, heads and rows.
 
   Args:
     teacher_HNN: position logits among the N training positions (detached here).
@@ -70,7 +69,6 @@ def attention_distillation_loss(teacher_HNN: jax.Array, student_SHKK: jax.Array,
       keys (K = N + F); only the copy's rows are read.
     far_log_weight_SF: log of how many keys each far key stands for; the student's softmax
       counts far key f that many times, as if every key before the copy were present.
-    head_weight_H: 1 for the heads compared, 0 for those left free.
     causal: queries see keys up to their own position, and only the second half of the
       window's queries are compared (the first see too few keys to have a shape worth
       copying). Far keys are always visible; the teacher gives them no mass.
@@ -86,5 +84,4 @@ def attention_distillation_loss(teacher_HNN: jax.Array, student_SHKK: jax.Array,
   far = student[..., n:] + far_log_weight_SF[:, None, None, :]
   log_q = jax.nn.log_softmax(jnp.concatenate([near, far], axis=-1), axis=-1)[..., :n]
   kl = jnp.where(visible, jnp.exp(log_p) * (log_p - log_q), 0.0).sum(-1)  # [S, H, rows]
-  heads = head_weight_H.shape[0]
-  return jnp.mean(kl * head_weight_H[:, None]) * (heads / jnp.sum(head_weight_H))
+  return jnp.mean(kl)

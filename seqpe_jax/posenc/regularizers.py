@@ -1,9 +1,9 @@
 """One training step's SeqPE work: main PE, contrastive loss and OOD distillation loss,
-and the probes of the optional attention-level distillation (pe.attention), whose loss
-the host's attention layers compute with their own q/k projections.
+and the probes of the optional logit distillation (pe.logit_distill), whose loss
+`regularizer_loss` computes from the position-only logits the host reports on them.
 
 Every position the step needs (main windows, contrastive pivots and candidates, OOD
-students, attention probes) goes through the encoder in a single forward pass and is split
+students, logit-distillation probes) goes through the encoder in a single forward pass and is split
 back afterwards.
 A `lax.cond` on the shift coin picks between the common unshifted branch (one main window,
 broadcast to W, plus distillation) and the shifted branch (W windows, no distillation), so
@@ -34,7 +34,6 @@ class Regularizers:
   # None when every pivot is in the training window.
   contrastive: contrastive_sampling.ContrastiveSpec | None
   ct_train_pivots: int  # Pivots drawn inside the training window (pe.contrastive.train_fraction).
-  ct_train_moved: int  # Of those, pivots whose window moves elsewhere (train_shift_fraction).
   ct_num_candidates: int
   ct_weight: float
   ct_heads: int  # 0 = loss on the full vector.
@@ -51,15 +50,12 @@ class Regularizers:
   train_shape: tuple[int, ...]
   max_position: int
   warmup_steps: int = 0
-  start_step: int = 0
   balance: str = 'none'
-  balance_target: float = 1.0
   remat: str = 'matmuls'
-  attn_weight: float = 0.0  # pe.attention: the attention-level distillation.
-  attn_windows: int = 4
-  attn_far_keys: int = 64
-  attn_far_sampling: str = 'uniform'
-  attn_heads: int = 0  # Host heads pe.attention compares; 0 = all.
+  distill_weight: float = 0.0  # pe.logit_distill.
+  distill_windows: int = 4
+  distill_far_keys: int = 64
+  causal: bool = False  # The host's attention: the distillation compares what it sees.
   canvas: tuple[int, ...] = ()  # pe.canvas_stride's: the training positions lie on it.
 
   def train_positions(self) -> jax.Array:
@@ -67,12 +63,11 @@ class Regularizers:
     return positions.canvas_grid(self.train_shape, self.canvas)
 
   def weight_scale(self, step: jax.Array) -> jax.Array:
-    """The regularisers' weight multiplier at optimizer step `step` (0-based): 0 before
-    `start_step`, then a linear ramp to 1 over `warmup_steps`."""
-    since = jnp.asarray(step, jnp.float32) - self.start_step
+    """The regularisers' weight multiplier at optimizer step `step` (0-based): a linear
+    ramp to 1 over `warmup_steps`, 1 throughout without one."""
     if self.warmup_steps == 0:
-      return (since >= 0).astype(jnp.float32)
-    return jnp.clip((since + 1) / self.warmup_steps, 0.0, 1.0)
+      return jnp.ones((), jnp.float32)
+    return jnp.clip((jnp.asarray(step, jnp.float32) + 1) / self.warmup_steps, 0.0, 1.0)
 
   def shift_pool(self, key: jax.Array) -> jax.Array:
     """The run's fixed pool of window starts, from a key derived from the run's seed."""
@@ -95,24 +90,17 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
   if ood.beta > 1:
     raise ValueError(f'pe.ood.beta must lie in [0, 1], got {ood.beta}.')
   control = cfg.regularizers
-  for name in ('warmup_steps', 'start_step'):
-    if getattr(control, name) < 0:
-      raise ValueError(f'pe.regularizers.{name} must be a non-negative number of steps, got '
-                       f'{getattr(control, name)}.')
+  if control.warmup_steps < 0:
+    raise ValueError('pe.regularizers.warmup_steps must be a non-negative number of steps, '
+                     f'got {control.warmup_steps}.')
   if control.balance not in BALANCE:
     raise ValueError(f"Unknown pe.regularizers.balance '{control.balance}'; use one of: "
                      f"{', '.join(BALANCE)}.")
-  if control.balance_target <= 0:
-    raise ValueError('pe.regularizers.balance_target (the largest regulariser/task gradient '
-                     f'norm ratio on the encoder) must be positive, got {control.balance_target}.')
   if control.remat not in REMAT:
     raise ValueError(f"Unknown pe.regularizers.remat '{control.remat}'; use one of: "
                      f"{', '.join(REMAT)}.")
   if not 0 <= ct.train_fraction <= 1:
     raise ValueError(f'pe.contrastive.train_fraction must lie in [0, 1], got {ct.train_fraction}.')
-  if not 0 <= ct.train_shift_fraction <= 1:
-    raise ValueError('pe.contrastive.train_shift_fraction must lie in [0, 1], got '
-                     f'{ct.train_shift_fraction}.')
   if enc.d_out % enc.num_heads:
     raise ValueError(f'SeqPE d_out={enc.d_out} does not split into its {enc.num_heads} heads '
                      'for the distillation loss.')
@@ -127,31 +115,24 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
         train_shape=train_shape, num_pivots=ct.num_pivots - train_pivots,
         num_candidates=ct.num_candidates, mode_probs=ct.mode_probs,
         hard_fraction=ct.hard_fraction, window_range=ct.window_range)
-  attention = cfg.attention
-  if attention.weight < 0:
-    raise ValueError(f'pe.attention.weight must be non-negative, got {attention.weight}.')
-  if attention.weight and attention.num_windows < 1:
-    raise ValueError('pe.attention.num_windows must be a positive number of window copies, '
-                     f'got {attention.num_windows}.')
-  if attention.weight and attention.num_far_keys < 0:
-    raise ValueError('pe.attention.num_far_keys must be a non-negative number of keys, got '
-                     f'{attention.num_far_keys}.')
-  if attention.weight and attention.num_far_keys and not (pe.host.causal and enc.ndim == 1):
-    raise ValueError('pe.attention.num_far_keys samples keys before a moved window, which only '
+  distill = cfg.logit_distill
+  if distill.weight < 0:
+    raise ValueError(f'pe.logit_distill.weight must be non-negative, got {distill.weight}.')
+  if distill.weight and distill.num_windows < 1:
+    raise ValueError('pe.logit_distill.num_windows must be a positive number of window copies, '
+                     f'got {distill.num_windows}.')
+  if distill.weight and distill.num_far_keys < 0:
+    raise ValueError('pe.logit_distill.num_far_keys must be a non-negative number of keys, got '
+                     f'{distill.num_far_keys}.')
+  if distill.weight and distill.num_far_keys and not (pe.host.causal and enc.ndim == 1):
+    raise ValueError('pe.logit_distill.num_far_keys samples keys before a moved window, which only '
                      'a causal 1D host has; set it to 0 for this model.')
-  if attention.weight and attention.num_far_keys and canvas:
-    raise ValueError('pe.attention.num_far_keys samples keys before a moved window, and on a '
+  if distill.weight and distill.num_far_keys and canvas:
+    raise ValueError('pe.logit_distill.num_far_keys samples keys before a moved window, and on a '
                      'canvas (pe.canvas_stride) the window moves only inside its cells; set it '
                      'to 0.')
-  if attention.far_key_sampling not in sampling.FAR_KEY_SAMPLINGS:
-    raise ValueError(f'pe.attention.far_key_sampling must be one of '
-                     f'{", ".join(sampling.FAR_KEY_SAMPLINGS)}, got '
-                     f'{attention.far_key_sampling!r}.')
-  if not 0 <= attention.num_heads <= pe.host.num_heads:
-    raise ValueError(f'pe.attention.num_heads must be between 0 (all) and the host\'s '
-                     f'{pe.host.num_heads} heads, got {attention.num_heads}.')
-  if attention.weight and enc.ndim == 1 and not canvas and max_position - train_shape[0] < 1:
-    raise ValueError('pe.attention moves the training window inside pe.seqpe.max_position, '
+  if distill.weight and enc.ndim == 1 and not canvas and max_position - train_shape[0] < 1:
+    raise ValueError('pe.logit_distill moves the training window inside pe.seqpe.max_position, '
                      f'which must exceed the training length {train_shape[0]}.')
   if canvas:
     sampling.check_cells_fit(train_shape, max_position, canvas)
@@ -159,18 +140,15 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
   sampling.check_shift(train_shape, max_position, shift.pool_size, canvas)
   return Regularizers(
       contrastive=spec, ct_train_pivots=train_pivots,
-      ct_train_moved=round(ct.train_shift_fraction * train_pivots),
       ct_num_candidates=ct.num_candidates, ct_weight=ct.weight,
       ct_heads=enc.num_heads if ct.multi_head_loss else 0, ct_logit_scale=ct.logit_scale,
       ood_weight=ood.weight, ood_groups=ood.num_groups, ood_teachers=ood.num_teachers,
       ood_heads=enc.num_heads, ood_beta=ood.beta, ood_metric=ood.metric,
       shift_prob=shift.prob, shift_pool_size=shift.pool_size, num_windows=shift.num_windows,
       train_shape=train_shape, max_position=max_position,
-      warmup_steps=control.warmup_steps, start_step=control.start_step,
-      balance=control.balance, balance_target=control.balance_target, remat=control.remat,
-      attn_weight=attention.weight, attn_windows=attention.num_windows,
-      attn_far_keys=attention.num_far_keys, attn_far_sampling=attention.far_key_sampling,
-      attn_heads=attention.num_heads, canvas=canvas)
+      warmup_steps=control.warmup_steps, balance=control.balance, remat=control.remat,
+      distill_weight=distill.weight, distill_windows=distill.num_windows,
+      distill_far_keys=distill.num_far_keys, causal=pe.host.causal, canvas=canvas)
 
 
 def sample_pivots(key: jax.Array, reg: Regularizers) -> dict[str, jax.Array]:
@@ -178,14 +156,9 @@ def sample_pivots(key: jax.Array, reg: Regularizers) -> dict[str, jax.Array]:
   (drawn from `key` itself, so the reference recipe's draws do not change)."""
   parts = []
   if reg.ct_train_pivots:
-    offsets = None
-    if reg.ct_train_moved:
-      offsets = contrastive_sampling.train_window_offsets(
-          jax.random.fold_in(key, 2), reg.train_shape, reg.max_position,
-          num_pivots=reg.ct_train_pivots, num_moved=reg.ct_train_moved, canvas=reg.canvas)
     parts.append(contrastive_sampling.sample_train_window_contrastive(
         jax.random.fold_in(key, 1), reg.train_shape, num_pivots=reg.ct_train_pivots,
-        num_candidates=reg.ct_num_candidates, offsets=offsets, canvas=reg.canvas))
+        num_candidates=reg.ct_num_candidates, canvas=reg.canvas))
   if reg.contrastive is not None:
     parts.append(contrastive_sampling.sample_contrastive(key, reg.contrastive))
   if len(parts) == 1:
@@ -223,9 +196,10 @@ def seqpe_step(pe, params, key: jax.Array, pool: jax.Array, reg: Regularizers, *
 
   Returns:
     features {'e': [W, P+N, d_out], inject.WINDOWS_ALIKE: 1.0 when unshifted} for the host
-    (example b uses window b mod W), with inject.ATTENTION_PROBES when pe.attention is on
-    (its 'weight' 0 here: `training_features` schedules it), and aux
-    {'loss': w_ct L_ct + w_ood L_ood, 'contrastive_loss', 'ood_loss', 'shifted'}.
+    (example b uses window b mod W), and aux {'loss': w_ct L_ct + w_ood L_ood,
+    'contrastive_loss', 'ood_loss', 'shifted'}; with pe.logit_distill also 'probes'
+    {'teacher': features of the training window [1, N, d], 'student': of its moved copies
+    and their far keys [S, N + F, d]} and their 'far_log_weight' [S, F].
   """
   shift_key, ct_key, ood_key, dropout_key = jax.random.split(key, 4)
   shifted, offsets = sampling.sample_shift(shift_key, pool, num_windows=reg.num_windows,
@@ -236,15 +210,13 @@ def seqpe_step(pe, params, key: jax.Array, pool: jax.Array, reg: Regularizers, *
                             num_teachers=reg.ood_teachers, canvas=reg.canvas)
   grid = reg.train_positions()  # [N, n]
   students = grid[ood['teachers']] + ood['offsets'][:, None]  # [G, n_t, n]
-  # pe.attention's moved copies of the window, each followed by its far keys: [S, N + F, n].
+  # pe.logit_distill's moved copies of the window, each followed by its far keys: [S, N + F, n].
   copies = None
-  if reg.attn_weight:
-    attn_draws = sampling.sample_attention_probes(
+  if reg.distill_weight:
+    draws = sampling.sample_logit_distill_probes(
         jax.random.fold_in(key, 1), train_shape=reg.train_shape, max_position=reg.max_position,
-        num_windows=reg.attn_windows, num_far_keys=reg.attn_far_keys,
-        far_key_sampling=reg.attn_far_sampling, canvas=reg.canvas)
-    copies = jnp.concatenate([grid[None] + attn_draws['offsets'][:, None], attn_draws['far']],
-                             axis=1)
+        num_windows=reg.distill_windows, num_far_keys=reg.distill_far_keys, canvas=reg.canvas)
+    copies = jnp.concatenate([grid[None] + draws['offsets'][:, None], draws['far']], axis=1)
 
   policy = (keep_products_and_masks if reg.remat == 'matmuls'
             else jax.checkpoint_policies.nothing_saveable)
@@ -284,35 +256,52 @@ def seqpe_step(pe, params, key: jax.Array, pool: jax.Array, reg: Regularizers, *
   features = pe.source.apply({'params': params}, main, method='with_prefix')
   # Unshifted, the W windows are copies of one: the host's hooks then project it once.
   features = {**features, inject.WINDOWS_ALIKE: jnp.logical_not(shifted).astype(jnp.float32)}
-  if probes_e:  # The window (teacher) and its copies: the host's layers score them.
-    teacher_e, copies_e = probes_e
-    features[inject.ATTENTION_PROBES] = {
-        'teacher': {'e': teacher_e[None]}, 'student': {'e': copies_e},
-        'far_log_weight': attn_draws['far_log_weight'], 'weight': jnp.zeros((), jnp.float32),
-        'head_weight': (jnp.arange(pe.host.num_heads)
-                        < (reg.attn_heads or pe.host.num_heads)).astype(jnp.float32)}
   aux = {'loss': reg.ct_weight * ct_loss + reg.ood_weight * ood_loss,
          'contrastive_loss': ct_loss, 'ood_loss': ood_loss, 'shifted': shifted}
+  if probes_e:  # The window (teacher) and its copies: the host reports their logits.
+    teacher_e, copies_e = probes_e
+    aux['probes'] = {'teacher': {'e': teacher_e[None]}, 'student': {'e': copies_e}}
+    aux['far_log_weight'] = draws['far_log_weight']
   return features, aux
 
 
-def training_features(pe, reg: Regularizers | None, params, key: jax.Array, step: jax.Array,
-                      pool: jax.Array):
+def training_step(pe, reg: Regularizers | None, params, key: jax.Array, step: jax.Array,
+                  pool: jax.Array):
   """The PE's part of a training step, the same call for every PE.
 
   Returns:
-    features for the host, the scheduled regulariser loss (0 without regularisers) and
-    scalars to log: the unweighted losses, whether the step was shifted and the weight
-    multiplier of `reg.weight_scale`.
+    features for the host; probes, the position sets whose position-only logits the host
+    reports (`models.transformer.Transformer`; {} without pe.logit_distill); the terms
+    `regularizer_loss` reads ('loss': the scheduled contrastive and OOD losses, 0 without
+    regularisers); and scalars to log: the unweighted losses, whether the step was shifted
+    and the weight multiplier of `reg.weight_scale`.
   """
   if reg is None:
     features = pe.features(params, pe.host.train_shape, deterministic=False,
                            rngs={'dropout': key})
-    return features, jnp.zeros((), jnp.float32), {}
+    return features, {}, {'loss': jnp.zeros((), jnp.float32)}, {}
   features, aux = seqpe_step(pe, params, key, pool, reg)
   scale = reg.weight_scale(step)
-  if inject.ATTENTION_PROBES in features:  # Its loss is reported from inside the host.
-    features[inject.ATTENTION_PROBES]['weight'] = scale * reg.attn_weight
+  terms = {'loss': scale * aux['loss']}
+  if 'probes' in aux:
+    terms.update(far_log_weight=aux['far_log_weight'],
+                 logit_distill_weight=scale * reg.distill_weight)
   scalars = {'contrastive_loss': aux['contrastive_loss'], 'ood_loss': aux['ood_loss'],
              'shifted': aux['shifted'], 'reg_scale': scale}
-  return features, scale * aux['loss'], scalars
+  return features, aux.get('probes', {}), terms, scalars
+
+
+def regularizer_loss(reg: Regularizers | None, terms, probe_logits):
+  """The PE's one regulariser term of a training step and scalars to log: the scheduled
+  contrastive and OOD losses (`training_step`'s terms) plus, with pe.logit_distill, its
+  scheduled weight times the logit distillation loss of the host's probe logits
+  ({'teacher': [layers, 1, H, N, N], 'student': [layers, S, H, N + F, N + F]}), averaged
+  over layers."""
+  if not probe_logits:
+    return terms['loss'], {}
+  per_layer = jax.vmap(lambda teacher, student: losses.logit_distill_loss(
+      teacher[0], student, terms['far_log_weight'], causal=reg.causal))(
+          probe_logits['teacher'], probe_logits['student'])
+  distill = jnp.mean(per_layer)
+  return (terms['loss'] + terms['logit_distill_weight'] * distill,
+          {'logit_distill_loss': distill})

@@ -1,5 +1,5 @@
 """Jittable samplers for SeqPE's other training draws: OOD distillation offsets,
-attention-level distillation probes and shifted windows (contrastive pivots and candidates
+logit-distillation probes and shifted windows (contrastive pivots and candidates
 are `contrastive_sampling`'s).
 
 Every draw is a fixed-shape integer array from an explicit `jax.random` key, inside the
@@ -103,23 +103,19 @@ def sample_ood(key: jax.Array, *, train_shape: Sequence[int], max_position: int,
   return {'teachers': teachers, 'offsets': offsets}
 
 
-FAR_KEY_SAMPLINGS = ('uniform', 'log_mixture')
-
-
-def sample_attention_probes(key: jax.Array, *, train_shape: Sequence[int], max_position: int,
+def sample_logit_distill_probes(key: jax.Array, *, train_shape: Sequence[int], max_position: int,
                             num_windows: int, num_far_keys: int,
-                            far_key_sampling: str = 'uniform',
                             canvas: Sequence[int] = ()) -> dict[str, jax.Array]:
-  """Where this step's attention-level distillation looks: copies of the training window
+  """Where this step's logit distillation (pe.logit_distill) looks: copies of the training window
   moved by one offset each and, in 1D, keys drawn before each copy.
 
   1D offsets are log-uniform over [1, P - L], so each ratio of distance to training length
   comes up as often as its double (extrapolation is judged at 2x, 4x, ..., not at +L,
   +2L, ...); n-D offsets are uniform per axis over [0, P - n_a]; on a canvas they move
-  the window inside its cells (`cell_offsets`), and there are no far keys. The far keys of
-  a copy at offset s lie at distances d in [1, s] before it (`far_keys`); key f stands
-  for 1 / (F q(d_f)) of the s keys there (`far_log_weight`), so the student's softmax
-  sees all of them in expectation.
+  the window inside its cells (`cell_offsets`), and there are no far keys. The F far keys
+  of a copy at offset s are uniform over the s positions before it, so each stands for
+  s / F of them (`far_log_weight` = log(s / F)): the student's softmax sees all of them in
+  expectation.
 
   Returns:
     offsets int32[S, n], far int32[S, F, n] and far_log_weight float32[S, F].
@@ -139,39 +135,11 @@ def sample_attention_probes(key: jax.Array, *, train_shape: Sequence[int], max_p
     offsets = jax.random.randint(offset_key, (num_windows, len(train_shape)), 0,
                                  max_position - extent + 1)
   start = offsets[:, :1]  # [S, 1]: far keys are drawn before the copy's first axis.
-  position, log_weight = far_keys(far_key, start, num_far_keys, far_key_sampling)
+  shape = (num_windows, num_far_keys)
+  position = jax.random.randint(far_key, shape + (1,), 0, start[:, None, :])[..., 0]
+  log_weight = jnp.broadcast_to(-jnp.log(num_far_keys / start.astype(jnp.float32)), shape)
   far = jnp.broadcast_to(position[..., None], (num_windows, num_far_keys, len(train_shape)))
   return {'offsets': offsets, 'far': far, 'far_log_weight': log_weight}
-
-
-def far_keys(key: jax.Array, start: jax.Array, num_far_keys: int,
-             sampling: str) -> tuple[jax.Array, jax.Array]:
-  """F key positions before each copy start s (int32[S, F], in [0, s)) and the log of how
-  many of the s keys there each stands for, -log(F q(d)) at its distance d = s - position.
-
-  'uniform': q(d) = 1/s. 'log_mixture': the first F - F // 2 keys are uniform, the rest
-  log-uniform in distance (d = floor(exp(u)), u ~ U[0, log(s + 1)), so P(d) =
-  log((d + 1) / d) / log(s + 1)); every key is weighted by the mixture F_u/F (1/s) +
-  F_l/F P(d) (the balance heuristic of multiple importance sampling), so the count stays
-  unbiased and no weight exceeds s / F_u.
-  """
-  if sampling not in FAR_KEY_SAMPLINGS:
-    raise ValueError(f'far-key sampling must be one of {FAR_KEY_SAMPLINGS}, got {sampling!r}.')
-  s = start.astype(jnp.float32)
-  shape = (start.shape[0], num_far_keys)
-  num_log = num_far_keys // 2 if sampling == 'log_mixture' else 0
-  num_uniform = num_far_keys - num_log
-  # The uniform draw is the one runs made before log_mixture existed, key for key.
-  position = jax.random.randint(key, shape + (1,), 0, start[:, None, :])[..., 0]
-  count = num_uniform / s  # F q(d) = F_u / s + F_l P(d).
-  if num_log:
-    u = jax.random.uniform(jax.random.fold_in(key, 1), shape) * jnp.log(s + 1)
-    log_distance = jnp.clip(jnp.floor(jnp.exp(u)), 1, s).astype(jnp.int32)
-    position = jnp.where(jnp.arange(num_far_keys) >= num_uniform, start - log_distance,
-                         position)
-    d = (start - position).astype(jnp.float32)
-    count = count + num_log * jnp.log1p(1 / d) / jnp.log(s + 1)
-  return position, jnp.broadcast_to(-jnp.log(count), shape)
 
 
 def _shift_starts(train_shape, max_position, canvas):

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Protocol
 import jax
 import jax.numpy as jnp
 
-from seqpe_jax.posenc import inject
+from seqpe_jax.models import attention, transformer
 from seqpe_jax.posenc import regularizers as regularizers_lib
 
 Batch = dict[str, jax.Array]
@@ -50,8 +50,9 @@ class Task(Protocol):
 
   @abc.abstractmethod
   def logits(self, model_params, batch: Batch, features, *, train: bool, rng=None,
-             mutable=False):
-    """The host model's output on `batch` with PE `features`."""
+             mutable=False, probes=None):
+    """The host model's output on `batch` with PE `features` (and the `mutable`
+    collections; `probes`: see `models.transformer.Transformer`)."""
 
   @abc.abstractmethod
   def loss(self, logits, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -78,24 +79,28 @@ class Task(Protocol):
       return jnp.zeros((1, len(self.train_shape)), jnp.int32)
     return self.regularizers.shift_pool(key)
 
-  def host_training_loss(self, model_params, batch: Batch, features, rng: jax.Array):
-    """The host's training loss: the task's plus what the PE's hooks report from inside
-    the host (`inject.PE_LOSSES`; pe.attention). Returns (their sum, (task loss, hooks'
-    weighted loss, task scalars, hook scalars))."""
-    logits, reported = self.logits(model_params, batch, features, train=True, rng=rng,
-                                   mutable=[inject.PE_LOSSES])
-    loss, task_scalars = self.loss(logits, batch)
-    hook_loss, hook_scalars = inject.host_pe_losses(reported)
-    return loss + hook_loss, (loss, hook_loss, task_scalars, hook_scalars)
+  def training_outputs(self, model_params, batch: Batch, features, probes, rng: jax.Array):
+    """A training forward: (logits, {probe name: the position-only attention logits of
+    every layer among its positions, [layers, W, H, L, L]}; {} without probes)."""
+    if not probes:
+      return self.logits(model_params, batch, features, train=True, rng=rng), {}
+    logits, collections = self.logits(model_params, batch, features, train=True, rng=rng,
+                                      probes=probes, mutable=[attention.PROBE_LOGITS])
+    return logits, transformer.stacked_probe_logits(collections)
 
-  def pe_training_features(self, pe_params, key: jax.Array, step: jax.Array,
-                           shift_pool: jax.Array):
-    """(features for the host, scheduled regulariser loss, scalars) of one training step."""
-    return regularizers_lib.training_features(self.pe, self.regularizers, pe_params, key,
-                                              step, shift_pool)
+  def pe_training_step(self, pe_params, key: jax.Array, step: jax.Array,
+                       shift_pool: jax.Array):
+    """(features for the host, probes for `training_outputs`, regulariser terms for
+    `pe_regularizer`, scalars) of one training step."""
+    return regularizers_lib.training_step(self.pe, self.regularizers, pe_params, key, step,
+                                          shift_pool)
+
+  def pe_regularizer(self, terms, probe_logits):
+    """(The PE's one regulariser loss of a training step, scalars to log) from its
+    `pe_training_step` terms and the host's probe logits."""
+    return regularizers_lib.regularizer_loss(self.regularizers, terms, probe_logits)
 
   @property
-  def pe_gradient_balance(self) -> float | None:
-    """Target of the encoder's regulariser/task gradient-norm balance, or None (off)."""
-    reg = self.regularizers
-    return reg.balance_target if reg is not None and reg.balance == 'grad_norm' else None
+  def pe_balances_gradients(self) -> bool:
+    """Whether the encoder's regulariser gradient is capped at the task's norm."""
+    return self.regularizers is not None and self.regularizers.balance == 'grad_norm'

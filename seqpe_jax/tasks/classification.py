@@ -88,12 +88,13 @@ class ClassificationTask(base.Task):
         self.splits['valid'], 0, batch_size=batch_size, image_size=self.config.data.image_size,
         rows=rows, crop=self.eval_crop), mesh)
 
-  def logits(self, model_params, batch, features, *, train: bool, rng=None, mutable=False):
+  def logits(self, model_params, batch, features, *, train: bool, rng=None, mutable=False,
+             probes=None):
     """Logits [B, classes]; with `mutable` (collection names) also the updated collections."""
     x = images.normalize(batch['image'])
     rngs = {'dropout': rng} if train else None
     return self.model.apply({'params': model_params}, x, features, deterministic=not train,
-                            rngs=rngs, mutable=mutable)
+                            rngs=rngs, mutable=mutable, probes=probes)
 
   def loss(self, logits, batch):
     """Label-smoothed cross-entropy and accuracy (against each image's own label)."""

@@ -86,11 +86,12 @@ class LanguageModelTask(base.Task):
     return sharding.global_batch_from_full(next(text.eval_batches(
         self.tokens['valid'], length=self.config.data.seq_len, batch_size=batch_size)), mesh)
 
-  def logits(self, model_params, batch, features, *, train: bool, rng=None, mutable=False):
+  def logits(self, model_params, batch, features, *, train: bool, rng=None, mutable=False,
+             probes=None):
     """Logits [B, L, V]; with `mutable` (collection names) also the updated collections."""
     rngs = {'dropout': rng} if train else None
     return self.model.apply({'params': model_params}, batch['tokens'], features,
-                            deterministic=not train, rngs=rngs, mutable=mutable)
+                            deterministic=not train, rngs=rngs, mutable=mutable, probes=probes)
 
   def loss(self, logits, batch):
     """Mean next-token cross-entropy over the predicted tokens, and its perplexity."""
