@@ -154,7 +154,7 @@ def _ablation_runs() -> list[Run]:
           {**tuned, 'pe.logit_distill.weight': 1.0, 'pe.logit_distill.num_windows': 16}),
       Run('input_add', lm, {'pe.inject.method': 'input_add'}),
       Run('attn_mul', lm, {'pe.inject.method': 'attn_mul'}),
-      Run('bidirectional', lm, {'pe.seqpe.attention': 'bidirectional'}),
+      Run('bidirectional', lm, {'pe.seqpe.digit_mask': 'bidirectional'}),
   ]
 
 

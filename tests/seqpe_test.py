@@ -61,7 +61,7 @@ def test_causal_encoder_changing_a_digit_changes_nothing_before_it():
 
 
 def test_bidirectional_encoder_sees_later_digits():
-  enc = small_encoder(num_digits=5, attention='bidirectional')
+  enc = small_encoder(num_digits=5, digit_mask='bidirectional')
   params = init(enc, seed=1)
   base = positions.digitize(jnp.asarray([[12_345]]), width=5)
   changed = base.at[0, 4].set(9)
@@ -180,9 +180,10 @@ def numpy_encoder(params, digits, *, ndim, k, heads, causal=True):
   return cls @ p['out_proj']['kernel'] + p['out_proj']['bias']
 
 
-@pytest.mark.parametrize('ndim, attention', [(1, 'causal'), (2, 'causal'), (2, 'bidirectional')])
-def test_encoder_equals_a_direct_numpy_computation(ndim, attention):
-  enc = small_encoder(ndim=ndim, num_digits=2, num_layers=3, attention=attention)
+@pytest.mark.parametrize('ndim, digit_mask', [(1, 'causal'), (2, 'causal'),
+                                               (2, 'bidirectional')])
+def test_encoder_equals_a_direct_numpy_computation(ndim, digit_mask):
+  enc = small_encoder(ndim=ndim, num_digits=2, num_layers=3, digit_mask=digit_mask)
   params = init(enc, seed=4)
   # Larger weights than the 0.02 init so that every term visibly matters.
   params = jax.tree.map(lambda x: x * 20 if x.ndim == 2 else x, params)

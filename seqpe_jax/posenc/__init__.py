@@ -313,7 +313,7 @@ def _build_encoder(cfg, host: HostSpec, method: str) -> seqpe.SeqPEEncoder:
   return seqpe.SeqPEEncoder(
       ndim=host.ndim, num_digits=num_digits, d_out=d_out, base=s.base, d_model=s.d_model,
       num_heads=s.num_heads, num_layers=s.num_layers, dropout=s.dropout,
-      attention=s.attention, dtype=host.dtype)
+      digit_mask=s.digit_mask, dtype=host.dtype)
 
 
 def _even(what: str, value: int, multiple: int) -> None:

@@ -89,8 +89,8 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
   if control.balance not in BALANCE:
     raise ValueError(f"Unknown pe.regularizers.balance '{control.balance}'; use one of: "
                      f"{', '.join(BALANCE)}.")
-  if control.remat not in REMAT:
-    raise ValueError(f"Unknown pe.regularizers.remat '{control.remat}'; use one of: "
+  if cfg.seqpe.remat not in REMAT:
+    raise ValueError(f"Unknown pe.seqpe.remat '{cfg.seqpe.remat}'; use one of: "
                      f"{', '.join(REMAT)}.")
   if not 0 <= ct.train_fraction <= 1:
     raise ValueError(f'pe.contrastive.train_fraction must lie in [0, 1], got {ct.train_fraction}.')
@@ -138,7 +138,7 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
       ood_heads=enc.num_heads,
       shift_prob=shift.prob, shift_pool_size=shift.pool_size, num_windows=shift.num_windows,
       train_shape=train_shape, max_position=max_position,
-      warmup_steps=control.warmup_steps, balance=control.balance, remat=control.remat,
+      warmup_steps=control.warmup_steps, balance=control.balance, remat=cfg.seqpe.remat,
       distill_weight=distill.weight, distill_windows=distill.num_windows,
       distill_far_keys=distill.num_far_keys, causal=pe.host.causal, canvas=canvas)
 

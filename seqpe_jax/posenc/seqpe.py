@@ -70,7 +70,7 @@ class SeqPEEncoder(nn.Module):
     num_heads, num_layers: encoder shape (the paper uses d_model / 64 heads, 2 layers).
     d_out: output width (host width D, or the host head width without per-head split).
     dropout: residual dropout, active on every position set when not deterministic.
-    attention: 'causal' (reference) or 'bidirectional'.
+    digit_mask: the attention mask over the digits, 'causal' (reference) or 'bidirectional'.
     dtype: of activations and matmuls (the host's); parameters and the returned
       embeddings are float32, so the losses and the features' cache stay float32.
   """
@@ -82,14 +82,15 @@ class SeqPEEncoder(nn.Module):
   num_heads: int = 6
   num_layers: int = 2
   dropout: float = 0.1
-  attention: str = 'causal'
+  digit_mask: str = 'causal'
   dtype: Any = jnp.float32
 
   def setup(self):
     if self.d_model % self.num_heads:
       raise ValueError(f'SeqPE width {self.d_model} is not divisible by its {self.num_heads} heads.')
-    if self.attention not in ('causal', 'bidirectional'):
-      raise ValueError(f"SeqPE attention must be 'causal' or 'bidirectional', got '{self.attention}'.")
+    if self.digit_mask not in ('causal', 'bidirectional'):
+      raise ValueError("pe.seqpe.digit_mask must be 'causal' or 'bidirectional', got "
+                       f"'{self.digit_mask}'.")
     init = INIT
     # Digit-slot ids 0 .. n*k-1 over all axes (the reference code; the paper's figure
     # numbers the slots of each axis 0 .. k-1).
@@ -133,7 +134,7 @@ class SeqPEEncoder(nn.Module):
 
   def attention_mask(self, digits_BS: jax.Array) -> jax.Array | None:
     """Boolean [B or 1, 1, T, T] mask (True = attend), or None when everything is visible."""
-    if self.attention != 'causal':
+    if self.digit_mask != 'causal':
       return None
     num_tokens = digits_BS.shape[-1] + 1
     return jnp.tril(jnp.ones((num_tokens, num_tokens), bool))[None, None]
