@@ -23,7 +23,7 @@ def step_seconds(args, attention: str, attention_dropout: float, repeats: int) -
   config.data.name, config.data.dir = 'wiki_gensim', ''  # GPT-2 tokens, embedded text.
   config.model.variant, config.data.seq_len = args.variant, args.length
   config.model.dtype = args.dtype
-  config.model.attention, config.model.attention_dropout = attention, attention_dropout
+  config.model.attention_kernel, config.model.attention_dropout = attention, attention_dropout
   config.batch_size, config.eval.lengths = args.batch, (args.length,)
   config.mesh.data = 1
   task = tasks.build(config)

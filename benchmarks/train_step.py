@@ -149,7 +149,7 @@ def measure(name: str, batch_size: int, args, overrides=None) -> dict[str, float
   pe_name, own = PES[name]
   overrides = {**own, **(overrides or {})}
   if pe_name == 'seqpe':
-    overrides = {'pe.regularizers.remat': args.encoder_remat, **overrides}
+    overrides = {'pe.seqpe.remat': args.encoder_remat, **overrides}
   config, task = build(pe_name, batch_size, args.variant, args.image_size, overrides,
                        args.dtype)
   batch = synthetic_batch(batch_size, args.image_size, task.channels)
@@ -232,7 +232,7 @@ def main():
                       help='host activations (the issue tables are float32; :paper trains bf16)')
   parser.add_argument('--encoder_remat', choices=regularizers.REMAT, default='matmuls',
                       help="what the backward of SeqPE's encoder pass recomputes "
-                      "(pe.regularizers.remat)")
+                      "(pe.seqpe.remat)")
   parser.add_argument('--clock', choices=tuple(timing.CLOCKS), default='wall',
                       help="'cpu': this process's CPU seconds, steadier on a shared machine")
   parser.add_argument('--malloc', choices=('keep', 'default'), default='default',

@@ -85,7 +85,7 @@ class SeqPESizes:
   pivots: int  # Contrastive pivots per step x candidates per pivot.
   candidates: int
   groups: int  # OOD distillation groups per step x teachers (= students) per group.
-  students: int
+  teachers: int
   windows: int  # Shift windows per shifted step, and the fixed pool they come from.
   pool: int
   num_digits: int = 0  # 0: enough digits for max_position.
@@ -96,7 +96,7 @@ class SeqPESizes:
     pe.seqpe.max_position, pe.seqpe.num_digits = self.max_position, self.num_digits
     pe.contrastive.num_pivots, pe.contrastive.num_candidates = self.pivots, self.candidates
     pe.contrastive.window_range = self.window_range
-    pe.ood.num_groups, pe.ood.num_teachers = self.groups, self.students
+    pe.ood.num_groups, pe.ood.num_teachers = self.groups, self.teachers
     pe.shift.num_windows, pe.shift.pool_size = self.windows, self.pool
 
 

@@ -19,12 +19,12 @@ from configs import common
 # positions up to 20,000 in 5 digits).
 SEQPE_SIZES = {
     'smoke': common.SeqPESizes(d_model=32, num_heads=2, max_position=300, pivots=4,
-                               candidates=8, groups=2, students=4, windows=4, pool=16,
+                               candidates=8, groups=2, teachers=4, windows=4, pool=16,
                                window_range=64),
     '': common.SeqPESizes(d_model=64, num_heads=2, max_position=10_000, pivots=16,
-                          candidates=32, groups=8, students=32, windows=16, pool=320),
+                          candidates=32, groups=8, teachers=32, windows=16, pool=320),
     'paper': common.SeqPESizes(d_model=768, num_heads=12, max_position=20_000, num_digits=5,
-                               pivots=64, candidates=32, groups=64, students=32, windows=64,
+                               pivots=64, candidates=32, groups=64, teachers=32, windows=64,
                                pool=320),
 }
 
@@ -52,7 +52,7 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
   c.model.attention_dropout = 0.0
   # auto | xla | cudnn | blockwise (models/attention.py); blocks of the blockwise path, and
   # the length above which 'auto' leaves the dense kernel.
-  c.model.attention = 'auto'
+  c.model.attention_kernel = 'auto'
   c.model.attention_block = 512
   # Activations and matmuls, the SeqPE encoder's and q/k projections' included: float32 |
   # bfloat16 (parameters, optimizer state, softmax, losses and PE embeddings stay float32).

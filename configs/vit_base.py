@@ -19,11 +19,11 @@ from configs import common
 # SeqPE's sizes per variant (the reference's per-device sizes x its 4 devices in `paper`).
 SEQPE_SIZES = {
     'smoke': common.SeqPESizes(d_model=32, num_heads=2, max_position=30, pivots=4,
-                               candidates=8, groups=2, students=4, windows=4, pool=16),
+                               candidates=8, groups=2, teachers=4, windows=4, pool=16),
     '': common.SeqPESizes(d_model=64, num_heads=2, max_position=100, pivots=16,
-                          candidates=32, groups=8, students=32, windows=16, pool=320),
+                          candidates=32, groups=8, teachers=32, windows=16, pool=320),
     'paper': common.SeqPESizes(d_model=384, num_heads=6, max_position=100, pivots=128,
-                               candidates=64, groups=128, students=64, windows=128, pool=320),
+                               candidates=64, groups=128, teachers=64, windows=128, pool=320),
 }
 
 # SeqPE's recipe at the CPU scale, the best SeqPE of the earlier ViT studies

@@ -26,7 +26,7 @@ from orbax.checkpoint import checkpoint_managers
 # resume from its last finite checkpoint with a smaller one).
 MUTABLE = ('total_steps', 'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
            'eval', 'data.dir', 'data.cache_dir', 'data.workers', 'keep_checkpoints', 'mesh',
-           'model.attention', 'model.attention_block', 'model.dtype', 'optimizer.lr')
+           'model.attention_kernel', 'model.attention_block', 'model.dtype', 'optimizer.lr')
 # Differences are listed in this order: what the model is before how it was trained.
 IMPORTANCE = ('model', 'pe', 'data', 'optimizer', 'batch_size', 'seed')
 

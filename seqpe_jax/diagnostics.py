@@ -5,7 +5,8 @@
   that uses its PE loses something (> 0); a dead PE gives 0. For RoPE and ALiBi this sets
   every position to the first one; prefix tokens (the ViT's CLS) keep their features.
 - `diag/grad_ratio` (SeqPE): ||task gradient|| / ||regulariser gradient|| on the encoder,
-  the regulariser's at its scheduled weight, on the step's own sampling.
+  the regulariser being every PE loss (contrastive, OOD, logit distillation) at its
+  scheduled weight, on the step's own sampling.
 - `diag/pe_spread` (PEs with an embedding table): mean distance of the training window's
   embeddings to their mean, over their mean norm; about 1 for well-spread vectors, 0
   when every position maps to one vector.

@@ -111,17 +111,6 @@ def undigitize(digits: jax.Array, *, base: int = 10, width: int) -> jax.Array:
   return jnp.sum(digits * powers, axis=-1)
 
 
-def leading_zero_mask(digits: jax.Array, *, width: int) -> jax.Array:
-  """True for digits that are real, False for left padding (leading zeros of an axis).
-
-  The last digit of every axis is always real, so position 0 keeps one digit.
-  """
-  ndim = digits.shape[-1] // width
-  blocks = digits.reshape(*digits.shape[:-1], ndim, width)
-  seen_nonzero = jnp.cumsum(blocks != 0, axis=-1) > 0
-  is_last = jnp.arange(width) == width - 1
-  return (seen_nonzero | is_last).reshape(digits.shape)
-
 
 def check_fits(pos: np.ndarray | int, *, base: int, width: int) -> None:
   """Raises ValueError unless every concrete coordinate lies in [0, base**width)."""

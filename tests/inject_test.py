@@ -33,7 +33,6 @@ def seqpe_pe(method, qk_proj='per_layer', scalar_impl='concat', multi_head=True,
   cfg = posenc.config.get_config()
   cfg.inject.method, cfg.inject.qk_proj = method, qk_proj
   cfg.inject.scalar_impl, cfg.inject.multi_head = scalar_impl, multi_head
-  cfg.inject.scalar_scale = 0.7
   cfg.seqpe.d_model, cfg.seqpe.num_heads = 32, 2
   return posenc.build(cfg, posenc.HostSpec(D, HEADS, shape, causal=True))
 
@@ -44,7 +43,7 @@ def attention_layer(pe, x, features):
   return jax.jit(layer.apply)({'params': params}, x, features), params
 
 
-def numpy_attention(params, x, pe_q, pe_k, method, scalar_scale=0.7):
+def numpy_attention(params, x, pe_q, pe_k, method):
   """Causal MHA with the method doc's definition of each injection method."""
   qkv = np.einsum('bld,dthk->btlhk', x, params['qkv']['kernel']) + params['qkv']['bias'][:, None]
   q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
@@ -54,7 +53,7 @@ def numpy_attention(params, x, pe_q, pe_k, method, scalar_scale=0.7):
   elif method == 'attn_add':
     logits = np.einsum('bqhd,bkhd->bhqk', q + pe_q, k + pe_k)
   elif method == 'attn_scalar':  # Position term added before the 1/sqrt(d_h) scale.
-    logits = logits + scalar_scale * np.einsum('bqhd,bkhd->bhqk', pe_q, pe_k)
+    logits = logits + np.einsum('bqhd,bkhd->bhqk', pe_q, pe_k)
   length = x.shape[1]
   logits = np.where(np.tril(np.ones((length, length), bool)), logits / np.sqrt(HEAD_DIM), -np.inf)
   out = np.einsum('bhqk,bkhd->bqhd', numpy_softmax(logits), v)

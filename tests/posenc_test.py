@@ -3,6 +3,7 @@
 import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 import pytest
 
 from seqpe_jax import posenc
@@ -100,3 +101,11 @@ def test_ape_refuses_shifted_windows():
   pe = posenc.build(pe_config('ape'), posenc.HostSpec(D, HEADS, (8,)))
   with pytest.raises(ValueError, match='The learned APE has no rows for shifted windows'):
     pe.features(pe.init(jax.random.key(0), (8,)), (8,), jnp.asarray([[3]]))
+
+
+def test_the_pe_config_stays_small():
+  """config.pe holds at most 40 leaf fields: an option joins only when it earns its place."""
+  def leaves(section):
+    return sum(leaves(v) if isinstance(v, ml_collections.ConfigDict) else 1
+               for v in section.values())
+  assert leaves(posenc.config.get_config()) <= 40

@@ -46,13 +46,6 @@ def test_digitize_round_trips_for_random_bases(seed):
   np.testing.assert_array_equal(positions.undigitize(digits, base=base, width=width), pos)
 
 
-def test_leading_zero_mask():
-  digits = positions.digitize(jnp.asarray([[123], [0]]), width=5)
-  np.testing.assert_array_equal(positions.leading_zero_mask(digits, width=5),
-                                [[0, 0, 1, 1, 1], [0, 0, 0, 0, 1]])
-  digits_2d = positions.digitize(jnp.asarray([0, 12]), width=2)  # Masks are per axis.
-  np.testing.assert_array_equal(positions.leading_zero_mask(digits_2d, width=2), [0, 1, 1, 1])
-
 
 def test_grid_is_row_major_with_offsets():
   np.testing.assert_array_equal(positions.grid((2, 3)),

@@ -177,7 +177,7 @@ def test_each_clipping_group_is_clipped_to_its_own_threshold():
 @pytest.mark.parametrize('overrides, message', [
     ({'pe.regularizers.warmup_steps': -5}, 'pe.regularizers.warmup_steps must be a non-negative'),
     ({'pe.regularizers.balance': 'pcgrad'}, "Unknown pe.regularizers.balance 'pcgrad'"),
-    ({'pe.regularizers.remat': 'some'}, "Unknown pe.regularizers.remat 'some'"),
+    ({'pe.seqpe.remat': 'some'}, "Unknown pe.seqpe.remat 'some'"),
     ({'pe.contrastive.train_fraction': 1.5}, 'train_fraction must lie in'),
     ({'pe.inject.proj_init_std': -0.1}, 'proj_init_std must be positive'),
 ])

@@ -165,7 +165,7 @@ def window_position_logits(hook, pe_state, windows: int, length: int, heads: int
                            head_dim: int, dtype) -> jax.Array:
   """The attention logits the PE alone gives this layer in each of `pe_state`'s windows,
   [W, H, L, L] in float32, no mask: the hook applied to constant content (q = k = 1),
-  scaled as the attention scales them. For attn_scalar s p_q.p_k/sqrt(d_h) plus a
+  scaled as the attention scales them. For attn_scalar p_q.p_k/sqrt(d_h) plus a
   constant, for attn_mul p_q.p_k/sqrt(d_h), for RoPE the rotation's, for ALiBi its bias;
   constant across keys when the layer hook ignores position (no PE, or one added to the
   input)."""

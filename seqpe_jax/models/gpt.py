@@ -1,7 +1,7 @@
 """GPT-style decoder (pre-LN, tied embeddings) and greedy KV-cache generation.
 
 Positions enter only through the PE's hooks, as in the ViT: SeqPE's LM default adds
-s * p_q.p_k to every logit through the concatenated q/k form, APE/sinusoidal add a table
+p_q.p_k to every logit through the concatenated q/k form, APE/sinusoidal add a table
 to the token embeddings, RoPE rotates q/k, ALiBi adds a key-position bias. With a KV cache
 each hook's output per key is cached, so decoding sees the true position of every cached
 key (the reference loses it for attn_scalar and ALiBi). Prompts of different lengths decode

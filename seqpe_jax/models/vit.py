@@ -13,7 +13,7 @@ from seqpe_jax import posenc
 from seqpe_jax.models import transformer
 
 # width, depth, heads, MLP width. `mu` and `nano` are CPU sizes for defaults and tests.
-WIDTHS = {
+SIZES = {
     'nano': (32, 2, 2, 64),
     'mu': (64, 4, 4, 128),
     'Ti': (192, 12, 3, 768),
@@ -53,10 +53,10 @@ class InitOptions:
 def parse_variant(variant: str) -> dict[str, int]:
   """'S/16' -> width, depth, heads, MLP width and patch size."""
   match = re.fullmatch(r'(\w+)/(\d+)', variant)
-  if not match or match.group(1) not in WIDTHS:
+  if not match or match.group(1) not in SIZES:
     raise ValueError(f"Unknown ViT variant '{variant}'; use <size>/<patch> with size one of "
-                     f"{', '.join(WIDTHS)}, e.g. 'S/16'.")
-  width, depth, heads, mlp = WIDTHS[match.group(1)]
+                     f"{', '.join(SIZES)}, e.g. 'S/16'.")
+  width, depth, heads, mlp = SIZES[match.group(1)]
   return dict(width=width, depth=depth, num_heads=heads, mlp_dim=mlp,
               patch_size=int(match.group(2)))
 

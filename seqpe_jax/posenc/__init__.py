@@ -227,7 +227,7 @@ def _qk_injection_hooks(cfg, host: HostSpec, method: str):
                 'shared': shared}[qk_proj]
   layer_hook = functools.partial(
       inject.QKInjection, method=method, per_layer=qk_proj == 'per_layer',
-      multi_head=cfg.inject.multi_head, scalar_scale=cfg.inject.scalar_scale,
+      multi_head=cfg.inject.multi_head,
       scalar_impl=cfg.inject.scalar_impl, proj_init_std=init_std, proj_bias_init=bias_init,
       dtype=host.dtype)
   return model_hook, layer_hook
@@ -313,8 +313,7 @@ def _build_encoder(cfg, host: HostSpec, method: str) -> seqpe.SeqPEEncoder:
   return seqpe.SeqPEEncoder(
       ndim=host.ndim, num_digits=num_digits, d_out=d_out, base=s.base, d_model=s.d_model,
       num_heads=s.num_heads, num_layers=s.num_layers, dropout=s.dropout,
-      attention=s.attention, mask_padding=s.mask_padding, slot_ids=s.slot_ids,
-      temperature=s.temperature, param_init=s.init, dtype=host.dtype)
+      digit_mask=s.digit_mask, dtype=host.dtype)
 
 
 def _even(what: str, value: int, multiple: int) -> None:

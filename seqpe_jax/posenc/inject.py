@@ -162,12 +162,11 @@ class QKInjection(LayerHook):
 
   Attributes:
     method: 'attn_mul' (q*p_q, k*p_k), 'attn_add' (q+p_q, k+p_k) or 'attn_scalar'
-      (logit += s * p_q.p_k before the 1/sqrt(d_h) scale).
+      (logit += p_q.p_k before the 1/sqrt(d_h) scale).
     per_layer: this layer owns its Dense e -> [p_q; p_k]; otherwise the model hook
       provides p_q, p_k.
     multi_head: p_q, p_k split into heads (d_out = D); else one d_h vector for all heads.
-    scalar_scale: s of attn_scalar.
-    scalar_impl: 'concat' ([q; s p_q].[k; p_k], no L x L tensor, fused attention and KV
+    scalar_impl: 'concat' ([q; p_q].[k; p_k], no L x L tensor, fused attention and KV
       cache work) or 'bias' (materialised [B, H, L, L] bias; the test oracle).
     proj_init_std, proj_bias_init: initial scale of W and value of b in the per-layer
       projection p = b + W e.
@@ -176,7 +175,6 @@ class QKInjection(LayerHook):
   method: str
   per_layer: bool
   multi_head: bool = True
-  scalar_scale: float = 1.0
   scalar_impl: str = 'concat'
   proj_init_std: float = 0.02
   proj_bias_init: float = 0.0
@@ -201,11 +199,11 @@ class QKInjection(LayerHook):
       return q_BLHD + pq, k_BLHD + pk, None
     if self.scalar_impl == 'bias':
       bias_BHLL = jnp.einsum('...qhd,...khd->...hqk', pq, pk)
-      return q_BLHD, k_BLHD, self.scalar_scale * bias_BHLL * head_dim**-0.5
-    # [q; s p_q].[k; p_k] = q.k + s p_q.p_k exactly; the attention keeps 1/sqrt(d_h).
+      return q_BLHD, k_BLHD, bias_BHLL * head_dim**-0.5
+    # [q; p_q].[k; p_k] = q.k + p_q.p_k exactly; the attention keeps 1/sqrt(d_h).
     pq = jnp.broadcast_to(pq, (q_BLHD.shape[0],) + q_BLHD.shape[1:])
     pk = jnp.broadcast_to(pk, (k_BLHD.shape[0],) + k_BLHD.shape[1:])
-    return (jnp.concatenate([q_BLHD, self.scalar_scale * pq], axis=-1),
+    return (jnp.concatenate([q_BLHD, pq], axis=-1),
             jnp.concatenate([k_BLHD, pk], axis=-1), None)
 
 

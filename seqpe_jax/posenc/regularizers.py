@@ -36,14 +36,10 @@ class Regularizers:
   ct_train_pivots: int  # Pivots drawn inside the training window (pe.contrastive.train_fraction).
   ct_num_candidates: int
   ct_weight: float
-  ct_heads: int  # 0 = loss on the full vector.
-  ct_logit_scale: float
   ood_weight: float
   ood_groups: int
   ood_teachers: int
   ood_heads: int
-  ood_beta: float
-  ood_metric: str
   shift_prob: float
   shift_pool_size: int
   num_windows: int
@@ -81,14 +77,11 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
   if enc is None:
     return None
   ct, ood, shift = cfg.contrastive, cfg.ood, cfg.shift
-  for name, value in (('pe.contrastive.weight', ct.weight), ('pe.ood.weight', ood.weight),
-                      ('pe.ood.beta', ood.beta)):
+  for name, value in (('pe.contrastive.weight', ct.weight), ('pe.ood.weight', ood.weight)):
     if value < 0:
       raise ValueError(f'{name} must be non-negative, got {value}.')
   if not 0 <= shift.prob <= 1:
     raise ValueError(f'pe.shift.prob must be a probability, got {shift.prob}.')
-  if ood.beta > 1:
-    raise ValueError(f'pe.ood.beta must lie in [0, 1], got {ood.beta}.')
   control = cfg.regularizers
   if control.warmup_steps < 0:
     raise ValueError('pe.regularizers.warmup_steps must be a non-negative number of steps, '
@@ -96,8 +89,8 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
   if control.balance not in BALANCE:
     raise ValueError(f"Unknown pe.regularizers.balance '{control.balance}'; use one of: "
                      f"{', '.join(BALANCE)}.")
-  if control.remat not in REMAT:
-    raise ValueError(f"Unknown pe.regularizers.remat '{control.remat}'; use one of: "
+  if cfg.seqpe.remat not in REMAT:
+    raise ValueError(f"Unknown pe.seqpe.remat '{cfg.seqpe.remat}'; use one of: "
                      f"{', '.join(REMAT)}.")
   if not 0 <= ct.train_fraction <= 1:
     raise ValueError(f'pe.contrastive.train_fraction must lie in [0, 1], got {ct.train_fraction}.')
@@ -141,12 +134,11 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
   return Regularizers(
       contrastive=spec, ct_train_pivots=train_pivots,
       ct_num_candidates=ct.num_candidates, ct_weight=ct.weight,
-      ct_heads=enc.num_heads if ct.multi_head_loss else 0, ct_logit_scale=ct.logit_scale,
       ood_weight=ood.weight, ood_groups=ood.num_groups, ood_teachers=ood.num_teachers,
-      ood_heads=enc.num_heads, ood_beta=ood.beta, ood_metric=ood.metric,
+      ood_heads=enc.num_heads,
       shift_prob=shift.prob, shift_pool_size=shift.pool_size, num_windows=shift.num_windows,
       train_shape=train_shape, max_position=max_position,
-      warmup_steps=control.warmup_steps, balance=control.balance, remat=control.remat,
+      warmup_steps=control.warmup_steps, balance=control.balance, remat=cfg.seqpe.remat,
       distill_weight=distill.weight, distill_windows=distill.num_windows,
       distill_far_keys=distill.num_far_keys, causal=pe.host.causal, canvas=canvas)
 
@@ -237,8 +229,7 @@ def seqpe_step(pe, params, key: jax.Array, pool: jax.Array, reg: Regularizers, *
     main_Nd, pivots, cands, students_e, *copies_e = encode_together(
         grid, ct['pivots'], ct['candidates'], students, *([] if copies is None else [copies]))
     ood_loss = losses.ood_distillation_loss(
-        main_Nd[ood['teachers']], students_e, num_heads=reg.ood_heads, beta=reg.ood_beta,
-        metric=reg.ood_metric)
+        main_Nd[ood['teachers']], students_e, num_heads=reg.ood_heads)
     main = jnp.broadcast_to(main_Nd, (reg.num_windows,) + main_Nd.shape)
     return main, pivots, cands, ood_loss, [main_Nd, *copies_e] if copies_e else []
 
@@ -251,8 +242,7 @@ def seqpe_step(pe, params, key: jax.Array, pool: jax.Array, reg: Regularizers, *
 
   main, pivots, cands, ood_loss, probes_e = jax.lax.cond(shifted, shifted_windows, unshifted,
                                                          None)
-  ct_loss = losses.contrastive_loss(pivots, cands, ct['labels'], ct['valid'],
-                                    num_heads=reg.ct_heads, logit_scale=reg.ct_logit_scale)
+  ct_loss = losses.contrastive_loss(pivots, cands, ct['labels'], ct['valid'])
   features = pe.source.apply({'params': params}, main, method='with_prefix')
   # Unshifted, the W windows are copies of one: the host's hooks then project it once.
   features = {**features, inject.WINDOWS_ALIKE: jnp.logical_not(shifted).astype(jnp.float32)}

@@ -2,8 +2,8 @@
 
 Input tokens are the n*k digits of a position (`positions.digitize`) followed by a learned
 CLS vector; CLS sits last so that, under the default causal mask, it is the only token
-that sees every digit. Its final hidden state -> LayerNorm -> Dense -> 1/temperature is the
-position's embedding e(p). Nothing here depends on the number of axes beyond the size of
+that sees every digit. Its final hidden state -> LayerNorm -> Dense is the position's
+embedding e(p). Nothing here depends on the number of axes beyond the size of
 the axis-embedding table, so 1D text, 2D images and 3D video positions share one module.
 """
 
@@ -18,15 +18,7 @@ import numpy as np
 from seqpe_jax import positions
 
 LN_EPS = 1e-5
-
-
-def embedding_init(init: str) -> nn.initializers.Initializer:
-  """The reference's normal(0, 0.02), or Flax's truncated normal cut at +-2 sigma."""
-  if init == 'normal':
-    return nn.initializers.normal(0.02)
-  if init == 'truncated_2sigma':
-    return nn.initializers.truncated_normal(0.02)
-  raise ValueError(f"Unknown SeqPE init '{init}'; use 'normal' or 'truncated_2sigma'.")
+INIT = nn.initializers.normal(0.02)  # Every kernel and embedding, as the reference.
 
 
 class EncoderBlock(nn.Module):
@@ -39,14 +31,13 @@ class EncoderBlock(nn.Module):
   """
   num_heads: int
   dropout: float
-  param_init: str
   dtype: Any = jnp.float32  # Of activations and matmuls (layer norms reduce in float32).
 
   @nn.compact
   def __call__(self, x_BTd, mask_BHTT, *, deterministic: bool, last_only: bool = False):
     batch, tokens, d = x_BTd.shape
     head_dim = d // self.num_heads
-    init = embedding_init(self.param_init)
+    init = INIT
     dense = functools.partial(nn.Dense, kernel_init=init, dtype=self.dtype)
     layer_norm = functools.partial(nn.LayerNorm, epsilon=LN_EPS, dtype=self.dtype)
     qkv_kernel = self.param('qkv_kernel', init, (d, 3 * d)).astype(self.dtype)
@@ -79,11 +70,7 @@ class SeqPEEncoder(nn.Module):
     num_heads, num_layers: encoder shape (the paper uses d_model / 64 heads, 2 layers).
     d_out: output width (host width D, or the host head width without per-head split).
     dropout: residual dropout, active on every position set when not deterministic.
-    attention: 'causal' (reference) or 'bidirectional'.
-    mask_padding: hide leading-zero digits from attention (off in released models).
-    slot_ids: 'global' ids 0 .. n*k-1 (reference code) or 'per_axis' 0 .. k-1 (Fig. 1).
-    temperature: the output is divided by it.
-    param_init: 'normal' (std 0.02) or 'truncated_2sigma'.
+    digit_mask: the attention mask over the digits, 'causal' (reference) or 'bidirectional'.
     dtype: of activations and matmuls (the host's); parameters and the returned
       embeddings are float32, so the losses and the features' cache stay float32.
   """
@@ -95,29 +82,26 @@ class SeqPEEncoder(nn.Module):
   num_heads: int = 6
   num_layers: int = 2
   dropout: float = 0.1
-  attention: str = 'causal'
-  mask_padding: bool = False
-  slot_ids: str = 'global'
-  temperature: float = 1.0
-  param_init: str = 'normal'
+  digit_mask: str = 'causal'
   dtype: Any = jnp.float32
 
   def setup(self):
     if self.d_model % self.num_heads:
       raise ValueError(f'SeqPE width {self.d_model} is not divisible by its {self.num_heads} heads.')
-    if self.attention not in ('causal', 'bidirectional'):
-      raise ValueError(f"SeqPE attention must be 'causal' or 'bidirectional', got '{self.attention}'.")
-    if self.slot_ids not in ('global', 'per_axis'):
-      raise ValueError(f"SeqPE slot_ids must be 'global' or 'per_axis', got '{self.slot_ids}'.")
-    init = embedding_init(self.param_init)
-    num_slots = self.ndim * self.num_digits if self.slot_ids == 'global' else self.num_digits
+    if self.digit_mask not in ('causal', 'bidirectional'):
+      raise ValueError("pe.seqpe.digit_mask must be 'causal' or 'bidirectional', got "
+                       f"'{self.digit_mask}'.")
+    init = INIT
+    # Digit-slot ids 0 .. n*k-1 over all axes (the reference code; the paper's figure
+    # numbers the slots of each axis 0 .. k-1).
+    num_slots = self.ndim * self.num_digits
     self.digit_embed = self.param('digit_embed', init, (self.base, self.d_model))
     self.slot_embed = self.param('slot_embed', init, (num_slots, self.d_model))
     if self.ndim > 1:  # The reference has no axis table for 1D positions.
       self.axis_embed = self.param('axis_embed', init, (self.ndim, self.d_model))
     self.cls = self.param('cls', init, (self.d_model,))
     self.blocks = [
-        EncoderBlock(self.num_heads, self.dropout, self.param_init, self.dtype, name=f'block_{i}')
+        EncoderBlock(self.num_heads, self.dropout, self.dtype, name=f'block_{i}')
         for i in range(self.num_layers)
     ]
     self.ln_final = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype)
@@ -137,13 +121,12 @@ class SeqPEEncoder(nn.Module):
       x_BTd = block(x_BTd, mask_BHTT, deterministic=deterministic,
                     last_only=i == self.num_layers - 1)
     e = self.out_proj(self.ln_final(x_BTd[:, -1])).astype(jnp.float32)
-    return (e / self.temperature).reshape(*batch_shape, self.d_out)
+    return e.reshape(*batch_shape, self.d_out)
 
   def embed_digits(self, digits_BS: jax.Array) -> jax.Array:
     """Digit + slot (+ axis) embeddings, CLS appended last: [B, n*k + 1, d]."""
     k = self.num_digits
-    slot = np.arange(self.ndim * k) % (k if self.slot_ids == 'per_axis' else self.ndim * k)
-    x = self.digit_embed[digits_BS] + self.slot_embed[slot]
+    x = self.digit_embed[digits_BS] + self.slot_embed[np.arange(self.ndim * k)]
     if self.ndim > 1:
       x = x + self.axis_embed[np.arange(self.ndim * k) // k]  # Axis id broadcast over its digits.
     cls = jnp.broadcast_to(self.cls, (x.shape[0], 1, self.d_model))
@@ -151,16 +134,10 @@ class SeqPEEncoder(nn.Module):
 
   def attention_mask(self, digits_BS: jax.Array) -> jax.Array | None:
     """Boolean [B or 1, 1, T, T] mask (True = attend), or None when everything is visible."""
+    if self.digit_mask != 'causal':
+      return None
     num_tokens = digits_BS.shape[-1] + 1
-    mask = None
-    if self.attention == 'causal':
-      mask = jnp.tril(jnp.ones((num_tokens, num_tokens), bool))[None, None]
-    if self.mask_padding:
-      real = positions.leading_zero_mask(digits_BS, width=self.num_digits)
-      keys = jnp.concatenate([real, jnp.ones_like(real[:, :1])], axis=1)  # CLS always visible.
-      keys = keys[:, None, None, :]
-      mask = keys if mask is None else mask & keys
-    return mask
+    return jnp.tril(jnp.ones((num_tokens, num_tokens), bool))[None, None]
 
 
 def encode_positions(encoder: SeqPEEncoder, params, pos: jax.Array, *,

@@ -22,7 +22,7 @@ from seqpe_jax import checkpoint, posenc, positions
 from seqpe_jax.posenc import baselines
 
 # Training-only fields of the model section (the parameters mean the same without them).
-TRAINING_ONLY = ('dropout', 'attention_dropout', 'attention', 'attention_block', 'dtype')
+TRAINING_ONLY = ('dropout', 'attention_dropout', 'attention_kernel', 'attention_block', 'dtype')
 
 
 def parameter_fields(config: dict) -> dict:

@@ -54,7 +54,8 @@ class LanguageModelTask(base.Task):
       raise ValueError(f"eval.split must be one of {', '.join(text.SPLITS)}, got "
                        f"'{config.eval.split}'.")
     m = config.model
-    attention = transformer.AttentionOptions(m.attention, m.attention_block, m.attention_dropout)
+    attention = transformer.AttentionOptions(m.attention_kernel, m.attention_block,
+                                           m.attention_dropout)
     self.model = gpt.GPT(self.tokenizer.vocab_size, pe=self.pe, dropout=m.dropout,
                          attention=attention, dtype=common.model_dtype(config),
                          **gpt.parse_variant(m.variant))

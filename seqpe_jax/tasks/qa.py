@@ -138,7 +138,8 @@ class QATask(base.Task):
     self.tokenizer = text.load_tokenizer(data.tokenizer, self.corpus, data.vocab_size,
                                          data.cache_dir)
     m = config.model
-    attention = transformer.AttentionOptions(m.attention, m.attention_block, m.attention_dropout)
+    attention = transformer.AttentionOptions(m.attention_kernel, m.attention_block,
+                                           m.attention_dropout)
     self.model = gpt.GPT(self.tokenizer.vocab_size, pe=self.pe, dropout=m.dropout,
                          attention=attention, dtype=common.model_dtype(config),
                          **gpt.parse_variant(m.variant))
