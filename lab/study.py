@@ -56,15 +56,17 @@ def load_config(config_file: str, variant: str = ''):
   return module.get_config(variant or None)
 
 
-def _config_arg(config_file: str, variant: str) -> str:
-  return f'{config_file}:{variant}' if variant else config_file
+def _config_arg(entrant, variant: str) -> str:
+  """configs/x.py[:recipe,size] for the --config flag."""
+  tokens = ','.join(t for t in (entrant.recipe, variant) if t)
+  return f'{entrant.config_file}:{tokens}' if tokens else entrant.config_file
 
 
 def search_jobs(suite: Suite, root: pathlib.Path, variant: str) -> list[job_runner.Job]:
   """Every configuration of every PE: seed 0, the search budget, validation only."""
   return [job_runner.train_job(
       f'search/{e.name}/{name}', root / 'search' / e.name / name,
-      _config_arg(e.config_file, variant),
+      _config_arg(e, variant),
       {**overrides, 'total_steps': suite.search_steps, 'eval.split': 'valid', 'seed': 0})
           for e in suite.entrants for name, overrides in e.search_space().items()]
 
@@ -74,7 +76,7 @@ def final_jobs(suite: Suite, root: pathlib.Path, variant: str,
   """Each PE's chosen configuration at its config's budget, seeds 0 .. suite.seeds - 1."""
   return [job_runner.train_job(
       f'final/{e.name}/seed{seed}', root / 'final' / e.name / f'seed{seed}',
-      _config_arg(e.config_file, variant),
+      _config_arg(e, variant),
       {**chosen['choices'][e.name]['overrides'], 'eval.split': 'valid', 'seed': seed})
           for e in suite.entrants for seed in range(suite.seeds)]
 

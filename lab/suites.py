@@ -10,6 +10,8 @@ A PE with no knobs of its own (NoPE) gets the generic ones, so no PE has fewer t
 import dataclasses
 import math
 
+from configs import vit_base
+
 # Configurations per PE, the same for every PE of a suite; no suite may declare more.
 SEARCH_BUDGET = 6
 LEARNING_RATES = (3e-4, 1e-3, 3e-3)
@@ -23,20 +25,22 @@ class SuiteError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Entrant:
-  """One PE in a suite: its config file, the protocols its numbers are read in, its recipe
-  (overrides every configuration shares) and its own variants."""
+  """One PE in a suite: its config file and the config's recipe (`configs/common.RECIPES`;
+  '' is the config's default), the protocols its numbers are read in, overrides every
+  configuration shares, and its own variants."""
   name: str
   config_file: str
   protocols: tuple[str, ...]
-  recipe: dict = dataclasses.field(default_factory=dict)
+  base: dict = dataclasses.field(default_factory=dict)
   variants: dict = dataclasses.field(default_factory=dict)  # name -> overrides.
+  recipe: str = ''
 
   size: int = 0  # Keep only the first `size` configurations (0: all); smoke studies.
 
   def search_space(self) -> dict[str, dict]:
-    """Configuration name -> overrides: the learning rates on the recipe, then the variants."""
-    space = {f'lr{lr:g}': {**self.recipe, 'optimizer.lr': lr} for lr in LEARNING_RATES}
-    space.update({name: {**self.recipe, **overrides} for name, overrides in self.variants.items()})
+    """Configuration name -> overrides: the learning rates on the base, then the variants."""
+    space = {f'lr{lr:g}': {**self.base, 'optimizer.lr': lr} for lr in LEARNING_RATES}
+    space.update({name: {**self.base, **overrides} for name, overrides in self.variants.items()})
     return dict(list(space.items())[:self.size or None])
 
 
@@ -113,32 +117,30 @@ GENERIC = {'dropout': {'model.dropout': 0.1}, 'weight_decay': {'optimizer.weight
            'long_warmup': {'optimizer.warmup_steps': 300}}
 
 # Half the training steps on windows moved to random positions (the same pool and draws for
-# every PE that takes them; a relative PE such as RoPE or ALiBi is unchanged by a moved
-# window, so only absolute ones get the option).
+# every PE that takes them; a relative PE such as RoPE or ALiBi is unchanged by moving the
+# whole window, so only absolute ones get the option; APE has nowhere to move it).
 SHIFTS = {'pe.shift.prob': 0.5}
 
-# SeqPE's recipe at this scale, from the earlier (unequal) studies: balanced regulariser
-# gradients, half the contrastive pivots inside the training window, and attention-level
-# distillation with 16 copies (the LM's best beyond the training length there). Its
-# variants are the other recipes those studies ranked: the reference, the recipe without
-# distillation, and the recipe with more shifted steps.
+# SeqPE's recipes are its configs' (configs/lm_base.py and vit_base.py, TUNED_SEQPE: the
+# best of the earlier, unequal studies). Its variants are the other recipes those studies
+# ranked: the reference, the tuned recipe without distillation, more shifted steps.
 SEQPE_TUNED = {'pe.regularizers.balance': 'grad_norm', 'pe.contrastive.train_fraction': 0.5}
-SEQPE_DISTILL = {'pe.logit_distill.weight': 1.0, 'pe.logit_distill.num_windows': 16}
 # The reference recipe: none of this codebase's SeqPE options.
 REFERENCE = {'pe.regularizers.balance': 'none', 'pe.contrastive.train_fraction': 0.0,
              'pe.logit_distill.weight': 0.0}
 
-# The ViT's canvas: the 7x7 training grid's positions lie 12 apart on an 84-wide canvas; a
-# larger grid spreads over the same canvas (interpolation), and shifted steps move the grid
-# inside its 12x12 cells (all 144 offsets in the pool).
-CANVAS_STRIDE = 12
-CANVAS = {'pe.canvas_stride': CANVAS_STRIDE, 'pe.shift.pool_size': CANVAS_STRIDE**2}
+# The ViT's canvas, as its tuned SeqPE recipe has it: the 7x7 training grid's positions 12
+# apart on an 84-wide canvas, a larger grid spread over the same canvas (interpolation),
+# shifted steps moving the grid inside its 12x12 cells (all 144 offsets in the pool).
+CANVAS = {'pe.canvas_stride': vit_base.CANVAS_STRIDE,
+          'pe.shift.pool_size': vit_base.CANVAS_STRIDE**2}
 
 
 def _lm_entrants() -> tuple[Entrant, ...]:
   lm = 'configs/lm_{}.py'.format
   return (
-      Entrant('seqpe', lm('seqpe'), ('extend',), recipe={**SEQPE_TUNED, **SEQPE_DISTILL},
+      # The config's default recipe is SeqPE's (SEQPE_TUNED and SEQPE_DISTILL).
+      Entrant('seqpe', lm('seqpe'), ('extend',),
               variants={'reference': REFERENCE,
                         'no_distill': {'pe.logit_distill.weight': 0.0},
                         'more_shifts': SHIFTS}),
@@ -153,9 +155,8 @@ def _lm_entrants() -> tuple[Entrant, ...]:
               variants={'shifts': SHIFTS, 'base1e3': {'pe.sincos.base': 1e3},
                         'dropout': GENERIC['dropout']}),
       Entrant('nope', lm('nope'), ('extend',), variants=GENERIC),
-      Entrant('ape', lm('ape'), ('interpolate',),
-              variants={'shifts': SHIFTS, 'dropout': GENERIC['dropout'],
-                        'weight_decay': GENERIC['weight_decay']}),
+      # APE has no positions beyond its table to shift to: the generic knobs.
+      Entrant('ape', lm('ape'), ('interpolate',), variants=GENERIC),
   )
 
 
@@ -164,19 +165,26 @@ def _lm_transforms() -> tuple[EvalTransform, ...]:
   return (EvalTransform('rope_pi', 'rope', 'interpolate', {'eval.rope_scaling': 'pi'}),
           EvalTransform('rope_ntk', 'rope', 'interpolate', {'eval.rope_scaling': 'ntk'}),
           EvalTransform('rope_yarn', 'rope', 'interpolate', {'eval.rope_scaling': 'yarn'}),
-          EvalTransform('rope_local', 'rope', 'extend', {'eval.local_window': -1}))
+          # Keys limited to the last 128 (the training length): if this matches a PE at
+          # 8x-16x, that PE's extrapolation is locality.
+          EvalTransform('rope_local', 'rope', 'extend', {'eval.local_window': 128}))
 
 
 def _vit_entrants() -> tuple[Entrant, ...]:
   vit = 'configs/vit_{}.py'.format
   # The ViT has no attention-level distillation in its recipe (the grid host takes no far
   # keys, and the earlier ViT study never chose it).
-  reference_vit = {k: v for k, v in REFERENCE.items() if not k.startswith('pe.logit_distill')}
-  seqpe_canvas = {**SEQPE_TUNED, **CANVAS, 'pe.inject.method': 'attn_scalar'}
+  reference_vit = {**{k: v for k, v in REFERENCE.items() if not k.startswith('pe.logit_distill')},
+                   'pe.inject.proj_bias_init': 0.0}
   return (
-      Entrant('seqpe', vit('seqpe'), ('extend',), recipe=SEQPE_TUNED,
+      # Positions in patch units, extended on a larger grid: the reference recipe's
+      # injection (attn_mul, its projection bias at 1 so the host's attention is not scaled
+      # down while the position term grows) with this codebase's balance and window pivots.
+      Entrant('seqpe', vit('seqpe'), ('extend',), recipe='reference',
+              base={**SEQPE_TUNED, 'pe.inject.proj_bias_init': 1.0},
               variants={'reference': reference_vit,
-                        'attn_scalar': {'pe.inject.method': 'attn_scalar'},
+                        'attn_scalar': {'pe.inject.method': 'attn_scalar',
+                                        'pe.inject.proj_bias_init': 0.0},
                         'more_shifts': SHIFTS}),
       Entrant('rope2d', vit('rope2d'), ('extend',),
               variants={'base100': {'pe.rope.base': 100.}, 'base1e3': {'pe.rope.base': 1e3},
@@ -191,17 +199,18 @@ def _vit_entrants() -> tuple[Entrant, ...]:
       Entrant('ape', vit('ape'), ('interpolate',),
               variants={'cubic_keys': {'pe.ape.cubic': 'cubic'}, 'dropout': GENERIC['dropout'],
                         'weight_decay': GENERIC['weight_decay']}),
-      Entrant('seqpe_canvas', vit('seqpe'), ('interpolate',), recipe=seqpe_canvas,
+      # The config's default recipe: attn_scalar on the canvas (SEQPE_TUNED and CANVAS).
+      Entrant('seqpe_canvas', vit('seqpe'), ('interpolate',),
               variants={'attn_mul': {'pe.inject.method': 'attn_mul',
                                      'pe.inject.proj_bias_init': 1.0},
                         'more_shifts': SHIFTS, 'reference': reference_vit}),
-      Entrant('rope2d_canvas', vit('rope2d'), ('interpolate',), recipe=CANVAS,
+      Entrant('rope2d_canvas', vit('rope2d'), ('interpolate',), base=CANVAS,
               variants={'shifts': SHIFTS, 'base100': {'pe.rope.base': 100.},
                         'dropout': GENERIC['dropout']}),
-      Entrant('rope_mixed_canvas', vit('rope_mixed'), ('interpolate',), recipe=CANVAS,
+      Entrant('rope_mixed_canvas', vit('rope_mixed'), ('interpolate',), base=CANVAS,
               variants={'shifts': SHIFTS, 'base100': {'pe.rope.base': 100.},
                         'dropout': GENERIC['dropout']}),
-      Entrant('sincos2d_canvas', vit('sincos'), ('interpolate',), recipe=CANVAS,
+      Entrant('sincos2d_canvas', vit('sincos'), ('interpolate',), base=CANVAS,
               variants={'shifts': SHIFTS, 'base1e3': {'pe.sincos.base': 1e3},
                         'dropout': GENERIC['dropout']}),
   )

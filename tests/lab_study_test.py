@@ -39,7 +39,7 @@ def test_every_pe_of_a_suite_gets_the_same_search_budget(name):
 def test_every_configuration_of_a_suite_is_a_valid_config(name):
   for e in suites.SUITES[name].entrants:
     for label, overrides in e.search_space().items():
-      config = study.load_config(e.config_file, 'smoke')
+      config = study.load_config(e.config_file, ','.join(filter(None, (e.recipe, 'smoke'))))
       for key, value in overrides.items():
         config.update_from_flattened_dict({key: value})
       assert config.pe.name, (e.name, label)
