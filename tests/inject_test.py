@@ -162,3 +162,49 @@ def test_projection_of_alike_windows_equals_projecting_every_copy(alike):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
   np.testing.assert_allclose(loss(params, e1, True), loss(params, e1, False), rtol=1e-6)
 
+
+
+def test_attn_mul_multiplies_queries_by_p_q_and_keys_by_p_k():
+  """At initialisation |p| <= 0.04, so the logits barely see the positions; with a projection
+  of unit scale and a bias away from zero the layer must still match its definition, and
+  swapping p_q and p_k must change the output (the comparison can tell them apart)."""
+  pe = seqpe_pe('attn_mul')
+  features = pe.features(pe.init(jax.random.key(0), (6,)), (6,))
+  x = jax.random.normal(jax.random.key(2), (3, 6, D))
+  _, params = attention_layer(pe, x, features)
+  rng = np.random.default_rng(7)
+  # Unit-scale weights everywhere, the projection's bias away from zero (its q and k halves
+  # differ), so that the position factors move the logits by O(1).
+  params = jax.tree.map(lambda w: rng.normal(size=w.shape).astype(np.float32), params)
+  params['pe']['qk_proj']['bias'] += 1
+  layer = attention.MultiHeadAttention(HEADS, pe_hook=pe.layer_hook, causal=True)
+  out = jax.jit(layer.apply)({'params': params}, x, features)
+  e = np.asarray(features['e'])
+  p = e @ params['pe']['qk_proj']['kernel'] + params['pe']['qk_proj']['bias']
+  pe_q = p[..., :D].reshape(1, 6, HEADS, HEAD_DIM)
+  pe_k = p[..., D:].reshape(1, 6, HEADS, HEAD_DIM)
+  expected = numpy_attention(params, np.asarray(x), pe_q, pe_k, 'attn_mul')
+  np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+  swapped = numpy_attention(params, np.asarray(x), pe_k, pe_q, 'attn_mul')
+  assert np.abs(swapped - expected).max() > 0.1
+
+
+def test_rope_mixed_turns_by_col_f_x_plus_row_f_y_on_a_non_square_grid():
+  """RoPE-Mixed on a 2 x 3 grid against complex multiplication: a swap of the axes (row with
+  col, or f_x with f_y) moves a non-square grid's angles."""
+  shape, heads, head_dim = (2, 3), 2, 8
+  cfg = posenc.config.get_config()
+  cfg.name = 'rope_mixed'
+  pe = posenc.build(cfg, posenc.HostSpec(heads * head_dim, heads, shape))
+  features = pe.features(pe.init(jax.random.key(0), shape), shape)
+  rng = np.random.default_rng(3)
+  q = rng.normal(size=(1, 6, heads, head_dim)).astype(np.float32)
+  hook = pe.layer_hook()
+  params = hook.init(jax.random.key(1), q, q, features)
+  freqs = rng.uniform(0.2, 1.0, size=params['params']['freqs'].shape).astype(np.float32)
+  rotated, _, _ = hook.apply({'params': {'freqs': freqs}}, q, q, features)
+  row, col = np.divmod(np.arange(6), 3)  # Row-major patches of 2 rows x 3 columns.
+  angles = col[:, None, None] * freqs[0] + row[:, None, None] * freqs[1]  # [L, H, d_h/2]
+  z = (q[..., 0::2] + 1j * q[..., 1::2]) * np.exp(1j * angles)
+  np.testing.assert_allclose(rotated[..., 0::2], z.real, atol=1e-5)
+  np.testing.assert_allclose(rotated[..., 1::2], z.imag, atol=1e-5)
