@@ -173,3 +173,18 @@ def test_bad_ood_and_shift_settings():
     sampling.check_ood((512,), 600, 32)
   with pytest.raises(ValueError, match='The shift pool of 320 exceeds the 89 window starts'):
     sampling.shift_pool(jax.random.key(0), train_shape=(512,), max_position=600, pool_size=320)
+
+
+@pytest.mark.parametrize('train_shape, canvas', [((3,), (33,)), ((4, 4), (16, 16)),
+                                                 ((2, 5), (8, 20))])
+def test_cells_fit_exactly_up_to_the_last_position_they_reach(train_shape, canvas):
+  """The highest position a training position reaches inside its cell, by enumeration: a
+  space one larger holds it, a space of exactly that size does not."""
+  reach = 0
+  for n, c in zip(train_shape, canvas):
+    stride = c // n
+    centres = (2 * np.arange(n) + 1) * c // (2 * n)
+    reach = max(reach, int(centres.max()) + stride - stride // 2 - 1)
+  sampling.check_cells_fit(train_shape, reach + 1, canvas)
+  with pytest.raises(ValueError, match=f'reach {reach}, beyond pe.seqpe.max_position {reach}'):
+    sampling.check_cells_fit(train_shape, reach, canvas)
