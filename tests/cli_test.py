@@ -4,6 +4,8 @@ anything is created, tracebacks on request, and `evaluate --compare` keeping run
 import json
 import os
 import pathlib
+import re
+import signal
 import subprocess
 import sys
 
@@ -120,3 +122,12 @@ def test_a_users_own_ynn_setting_is_kept(monkeypatch):
   cli.without_ynn_fusions()
   assert os.environ['XLA_FLAGS'] == ('--xla_force_host_platform_device_count=8 '
                                      '--xla_cpu_experimental_ynn_fusion_type=')
+
+
+def test_the_preempted_status_is_143_which_the_slurm_launcher_requeues():
+  """143 is what a shell reports for a process ended by SIGTERM (128 + 15), and the number
+  launch/gpu_slurm.sh requeues on: the constant, the signal and the script must agree."""
+  assert cli.EXIT_PREEMPTED == 143 == 128 + signal.SIGTERM
+  script = (REPO / 'launch' / 'gpu_slurm.sh').read_text()
+  requeued_on = re.findall(r'if \[ "\$status" = (\d+) \]; then', script)
+  assert requeued_on == [str(cli.EXIT_PREEMPTED)]
