@@ -207,3 +207,28 @@ def test_command_line_writes_the_file_and_refuses_bad_input(cache, wiki, tmp_pat
     assert process.returncode == 2 and 'Traceback' not in process.stderr
     assert process.stderr.strip().count('\n') == 0 and message in process.stderr
   assert not (tmp_path / 'x.jsonl').exists()
+
+
+class JoinsCountMore:
+  """GPT-2, except that a whole prompt (filler included) counts EXTRA more tokens than its
+  parts: the first aim always misses, and the generator must re-aim the filler down."""
+  EXTRA = 7
+
+  def __init__(self, inner):
+    self.inner, self.name = inner, f'{inner.name}+joins'
+    self.short = 2 * len(retrieval.PASSKEY_PREFIX + retrieval.PASSKEY_NEEDLE +
+                         retrieval.PASSKEY_QUESTION)
+
+  def encode(self, s):
+    ids = self.inner.encode(s)
+    return ids + [0] * self.EXTRA if len(s) > self.short else ids
+
+  def decode(self, ids):
+    return self.inner.decode(ids)
+
+
+def test_passkey_re_aims_when_the_joined_prompt_counts_differently(gpt2, filler):
+  joins = JoinsCountMore(gpt2)
+  for e in retrieval.passkey_examples(joins, filler, 1024, 4, 0):
+    assert e['length'] == len(joins.encode(e['input']))
+    assert abs(e['length'] - 1024) <= 2
