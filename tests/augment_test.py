@@ -332,3 +332,16 @@ def test_default_pipelines_are_unchanged(name, size, expected):
   for res, (first, last) in expected['eval'].items():
     batches = list(images.eval_batches(split, batch_size=50, image_size=res))
     assert (digest(batches[0]), digest(batches[-1])) == (first, last)
+
+
+def test_each_row_of_a_batch_draws_its_own_augmentation(tiny_imagenet):
+  """The same picture in all 8 rows of a batch comes out 8 different ways: each row has a
+  generator of its own (and the same row at the same step draws the same)."""
+  split = images.ImageFolder(tiny_imagenet / 'train')
+  options = augment.Options(**{**PAPER.__dict__, 'mixup_alpha': 0.0, 'cutmix_alpha': 0.0})
+  same = np.zeros(8, np.int64)
+  batch = images._read_augmented(split, same, 16, options, seed=0, step=2, first_row=0,
+                                 process=0)['image']
+  assert len({row.tobytes() for row in batch}) == 8
+  draws = [augment.example_rng(0, 2, row).random() for row in (0, 1, 0)]
+  assert draws[0] == draws[2] != draws[1]
