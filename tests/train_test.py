@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import lm_base, vit_base
-from seqpe_jax import checkpoint, cli, evaluate, metrics, train
+from seqpe_jax import checkpoint, cli, evaluate, metrics, tasks, train
 from seqpe_jax import state as state_lib
 from tests import event_files
 
@@ -203,7 +203,27 @@ def test_a_nonfinite_state_is_never_saved_and_the_advice_works(tmp_path):
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(saved_params(tmp_path, 8)))
 
 
-def test_an_unreadable_newest_checkpoint_is_set_aside(tmp_path, seqpe_run, caplog):
+def test_the_first_nonfinite_step_is_kept_through_later_bad_steps():
+  """A NaN parameter after step 1 makes steps 2, 3 and 4 all bad: the state keeps naming
+  step 2, whose predecessor is the newest checkpoint a resume can use."""
+  config = smoke_config(total_steps=8)
+  task = tasks.build(config)
+  optimizer = state_lib.make_optimizer(task, config)
+  state = state_lib.init_state(task, optimizer, jax.random.key(0))
+  step = jax.jit(train.make_train_step(task, optimizer, jax.random.key(1),
+                                       task.shift_pool(jax.random.key(2))))
+  batch = jax.tree.map(jax.numpy.asarray, task.train_batches(0)[0])
+  recorded = []
+  for n in range(4):
+    if n == 1:
+      params = state['params']
+      params['model'] = jax.tree.map(lambda w: w * jax.numpy.nan, params['model'])
+    state, _ = step(state, batch)
+    recorded.append(int(state['first_nonfinite_step']))
+  assert recorded == [0, 2, 2, 2]
+
+
+def test_an_unreadable_newest_checkpoint_is_set_aside(tmp_path, seqpe_run, caplog, capsys):
   reference, _ = seqpe_run
   workdir = tmp_path / 'copy'
   shutil.copytree(reference, workdir)
@@ -213,6 +233,8 @@ def test_an_unreadable_newest_checkpoint_is_set_aside(tmp_path, seqpe_run, caplo
       path.unlink()
   train.train_and_evaluate(smoke_config(total_steps=8), str(workdir))
   assert 'The checkpoint at step 8 cannot be read' in caplog.text
+  # The next one was tried and taken (a fresh start would reach the same parameters).
+  assert 'Resumed from step 6 in' in capsys.readouterr().out
   assert (workdir / 'checkpoints.unreadable' / '8' / 'state').is_dir()  # Moved, not deleted.
   jax.tree.map(np.testing.assert_array_equal, saved_params(workdir, 8),
                saved_params(reference, 8))  # Resumed from step 6 and redid 7 and 8.
