@@ -51,3 +51,47 @@ def test_progress_counts_only_the_steps_this_process_ran():
 def test_durations_read_at_a_glance():
   assert [metrics.format_duration(s) for s in (7.4, 100, 3725, math.nan)] == [
       '7s', '1m40s', '1h02m', '?']
+
+
+def test_the_config_text_sits_at_step_0_and_holds_the_config(tmp_path):
+  writer = metrics.MetricWriter(tmp_path)
+  writer.write_config({'seed': 3})
+  writer.close()
+  (text,) = [(event.step, value.tensor.string_val[0].decode())
+             for event in event_files.events(tmp_path) for value in event.summary.value
+             if value.tag == 'config/text_summary']
+  assert text == (0, '```\n{\n  "seed": 3\n}\n```')
+
+
+def test_a_fresh_writer_starts_an_empty_jsonl(tmp_path):
+  (tmp_path / 'metrics.jsonl').write_text('{"step": 1, "train/loss": 2.0}\n')
+  metrics.MetricWriter(tmp_path).close()  # A run that starts at step 0 redoes every step.
+  assert (tmp_path / 'metrics.jsonl').read_text() == ''
+
+
+def test_other_processes_write_and_say_nothing(tmp_path, monkeypatch, capsys):
+  (tmp_path / 'metrics.jsonl').write_text('{"step": 5}\n')
+  monkeypatch.setattr(metrics.jax, 'process_index', lambda: 1)
+  writer = metrics.MetricWriter(tmp_path)
+  writer.write(10, {'train/loss': 1.0})
+  writer.write_config({'seed': 0})
+  writer.close()
+  metrics.say('from process 1')
+  assert (tmp_path / 'metrics.jsonl').read_text() == '{"step": 5}\n'
+  assert not list(tmp_path.glob('events.out.tfevents.*'))
+  assert capsys.readouterr().out == ''
+
+
+def test_process_0_says_its_line(capsys):
+  metrics.say('step 3/10')
+  assert capsys.readouterr().out == 'step 3/10\n'
+
+
+def test_the_summary_line_lists_each_length_in_order():
+  results = {256: {'ppl': 301.23456, 'nll': 5.7}, 128: {'ppl': 290.4, 'nll': 5.6}}
+  assert metrics.summary_line(results, 'ppl') == 'ppl: 128 290.4 | 256 301.2'
+
+
+def test_durations_change_unit_exactly_at_a_minute_and_an_hour():
+  assert [metrics.format_duration(s) for s in (59.4, 59.6, 60, 3599, 3600)] == [
+      '59s', '1m00s', '1m00s', '59m59s', '1h00m']
