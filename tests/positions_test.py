@@ -84,3 +84,44 @@ def test_new_positions_of_the_same_shape_do_not_retrace():
   second = digits_of(jnp.asarray([[99_999], [12_345]]))
   np.testing.assert_array_equal(first, [[0, 0, 0, 0, 1], [0, 0, 0, 0, 2]])
   np.testing.assert_array_equal(second, [[9, 9, 9, 9, 9], [1, 2, 3, 4, 5]])
+
+
+def test_leading_zero_mask_keeps_zeros_after_the_first_real_digit():
+  digits = positions.digitize(jnp.asarray([[1002], [40]]), width=5)  # 01002, 00040.
+  np.testing.assert_array_equal(positions.leading_zero_mask(digits, width=5),
+                                [[0, 1, 1, 1, 1], [0, 0, 0, 1, 1]])
+
+
+def test_the_range_error_names_the_coordinate_that_is_out():
+  with pytest.raises(ValueError, match='Position 100 does not fit 2 base-10 digits'):
+    positions.check_fits(np.asarray([0, 100]), base=10, width=2)  # 0 is fine, 100 is not.
+  positions.check_fits(np.asarray([], np.int32), base=10, width=2)  # Nothing to check.
+
+
+def test_extent_check_counts_the_offset_at_its_boundary():
+  positions.check_extent_fits((10, 3), base=10, width=2, offset=90)  # Up to 99.
+  with pytest.raises(ValueError, match='Position 100 does not fit'):
+    positions.check_extent_fits((10, 3), base=10, width=2, offset=91)
+
+
+def test_canvas_grid_puts_each_axis_at_the_centres_of_its_cells():
+  """floor((2i + 1) C / 2n) per axis, worked by hand for cells that do not divide evenly."""
+  np.testing.assert_array_equal(positions.canvas_grid((3,), (10,)), [[1], [5], [8]])
+  np.testing.assert_array_equal(positions.canvas_grid((2, 3), (8, 33)),
+                                [[2, 5], [2, 16], [2, 27], [6, 5], [6, 16], [6, 27]])
+  np.testing.assert_array_equal(positions.canvas_grid((2, 3)), positions.grid((2, 3)))
+
+
+def test_canvas_cells_and_strides():
+  lo, hi = positions.canvas_cell((3, 2), (33, 8))  # Strides 11 and 4.
+  np.testing.assert_array_equal(lo, [-5, -2])
+  np.testing.assert_array_equal(hi, [6, 2])
+  assert positions.canvas_of((7, 5), 2) == (14, 10)
+  with pytest.raises(ValueError, match='pe.canvas_stride must be 0'):
+    positions.canvas_of((7, 5), -1)
+
+
+def test_num_digits_needs_a_position():
+  assert positions.num_digits(1) == 1
+  with pytest.raises(ValueError, match='max_position must be at least 1, got 0'):
+    positions.num_digits(0)
