@@ -21,11 +21,14 @@ def test_batches_are_shuffled_epochs_of_every_example():
 def test_each_process_reads_its_own_slice_of_the_global_batch(monkeypatch):
   whole, _ = batching.step_indices(12, global_batch=6, seed=3)
   monkeypatch.setattr(batching.jax, 'process_count', lambda: 3)
-  monkeypatch.setattr(batching.jax, 'process_index', lambda: 2)
-  mine, first = batching.step_indices(12, global_batch=6, seed=3)
-  assert first == 4
-  for step in range(3):
-    np.testing.assert_array_equal(mine[step], whole[step][4:6])
+  slices = []
+  for process in range(3):
+    monkeypatch.setattr(batching.jax, 'process_index', lambda p=process: p)
+    mine, first = batching.step_indices(12, global_batch=6, seed=3)
+    assert first == 2 * process
+    slices.append([mine[step] for step in range(3)])
+  for step in range(3):  # The processes' slices, in process order, are the global batch.
+    np.testing.assert_array_equal(np.concatenate([s[step] for s in slices]), whole[step])
   with pytest.raises(ValueError, match='The batch of 7 does not split over 3 processes'):
     batching.step_indices(12, global_batch=7, seed=3)
 
