@@ -4,6 +4,7 @@ import importlib
 import json
 import math
 import pathlib
+import types
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ from seqpe_jax import evaluate, optim, posenc, sharding, tasks, train
 from seqpe_jax import results as results_files
 from seqpe_jax import state as state_lib
 from seqpe_jax.models import gpt
+from seqpe_jax.tasks import lm
 
 CONFIGS = ['lm_seqpe', 'lm_ape', 'lm_sincos', 'lm_rope', 'lm_alibi', 'lm_nope']
 
@@ -144,6 +146,11 @@ def test_gpt2_small_takes_a_step_at_512():
     ({'data.tokenizer': 'sentencepiece'}, ValueError, "Unknown tokenizer 'sentencepiece'"),
     ({'model.variant': 'huge'}, ValueError, "Unknown GPT variant 'huge'"),
     ({'pe.name': 'rope2d', 'pe.inject.method': ''}, ValueError, 'defined on 2D grids'),
+    ({'eval.stride_fraction': 0.0}, ValueError, r'eval.stride_fraction must be in \(0, 1\], got 0.0'),
+    ({'eval.stride_fraction': 1.01}, ValueError, 'eval.stride_fraction must be in'),
+    ({'eval.protocol': 'strided'}, ValueError, "eval.protocol must be one of non_overlapping, "
+     "sliding, got 'strided'"),
+    ({'eval.split': 'dev'}, ValueError, "eval.split must be one of .*, got 'dev'"),
 ])
 def test_bad_input_stops_with_one_sentence(overrides, error, message):
   with pytest.raises(error, match=message):
@@ -173,3 +180,52 @@ def test_compare_puts_finished_runs_in_one_table_and_plot(tmp_path):
     evaluate.compare([str(tmp_path / 'rope'), str(tmp_path / 'vit')], str(out))
   with pytest.raises(FileNotFoundError, match='has not finished its sweep'):
     evaluate.compare([str(tmp_path)], str(out))
+
+
+def test_next_token_nll_counts_real_targets_only():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(2, 5, 7)).astype(np.float32)
+  tokens = rng.integers(0, 7, size=(2, 5))
+  mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+  z = logits - logits.max(-1, keepdims=True)
+  logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+  nll = -np.take_along_axis(logp[:, :-1], tokens[:, 1:, None], -1)[..., 0]
+  got_sum, got_count = lm.next_token_nll(jnp.asarray(logits), {'tokens': jnp.asarray(tokens),
+                                                               'mask': jnp.asarray(mask)})
+  assert float(got_count) == 6  # 4 targets, then 2 of the second row's 4 (the rest padding).
+  np.testing.assert_allclose(got_sum, (nll * mask[:, 1:]).sum(), rtol=1e-5)
+  unmasked, count = lm.next_token_nll(jnp.asarray(logits), {'tokens': jnp.asarray(tokens)})
+  assert float(count) == 8
+  np.testing.assert_allclose(unmasked, nll.sum(), rtol=1e-5)
+  loss, scalars = lm.LanguageModelTask.loss(None, jnp.asarray(logits),
+                                            {'tokens': jnp.asarray(tokens)})
+  np.testing.assert_allclose(loss, nll.mean(), rtol=1e-5)
+  np.testing.assert_allclose(scalars['train/ppl'], np.exp(nll.mean()), rtol=1e-5)
+  empty, _ = lm.LanguageModelTask.loss(None, jnp.asarray(logits), {
+      'tokens': jnp.asarray(tokens), 'mask': jnp.zeros((2, 5))})
+  assert float(empty) == 0.0  # No target: no loss, and no division by zero.
+
+
+@pytest.mark.parametrize('protocol, fraction, length, stride', [
+    ('sliding', 0.25, 100, 25), ('sliding', 0.25, 2, 1), ('sliding', 0.3, 10, 3),
+    ('non_overlapping', 0.25, 100, 100)])
+def test_the_evaluation_stride(protocol, fraction, length, stride):
+  task = types.SimpleNamespace(config=smoke_config(**{'eval.protocol': protocol,
+                                                      'eval.stride_fraction': fraction}))
+  assert lm.LanguageModelTask.stride(task, length) == stride
+  described = lm.LanguageModelTask.sweep_protocol.fget(task)
+  assert described == (f'sliding windows, stride {fraction:g} x length'
+                       if protocol == 'sliding' else 'non-overlapping windows')
+
+
+def test_evaluation_logits_are_deterministic_and_training_ones_drop_out():
+  task = tasks.build(smoke_config(**{'model.dropout': 0.5, 'mesh.data': 1}))
+  params = jax.jit(lambda k: state_lib.init_state(task, optax.identity(), k))(
+      jax.random.key(0))['params']
+  features = task.pe.features(params['pe'], task.train_shape)
+  batch = {'tokens': jnp.asarray(task.train_batches(0)[0]['tokens'][:1])}
+  evaluated = task.logits(params['model'], batch, features, train=False)
+  direct = task.model.apply({'params': params['model']}, batch['tokens'], features)
+  np.testing.assert_allclose(evaluated, direct, rtol=1e-6, atol=1e-6)
+  trained = task.logits(params['model'], batch, features, train=True, rng=jax.random.key(1))
+  assert np.abs(np.asarray(trained) - np.asarray(evaluated)).max() > 1e-3
