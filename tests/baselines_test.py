@@ -168,3 +168,54 @@ def test_per_example_uses_window_b_mod_w():
   np.testing.assert_array_equal(inject.per_example(windows, 6)[:, 0], [0, 1, 2, 0, 1, 2])
   with pytest.raises(ValueError, match='A batch of 4 cannot share 3 position windows evenly'):
     inject.per_example(windows, 4)
+
+
+def test_the_default_base_is_10000():
+  pos = jnp.asarray([[3, 7]])
+  np.testing.assert_array_equal(baselines.sincos_1d(pos[:, 0], 8),
+                                baselines.sincos_1d(pos[:, 0], 8, 10_000.))
+  np.testing.assert_array_equal(baselines.sincos_nd(pos, 8), baselines.sincos_nd(pos, 8, 10_000.))
+  np.testing.assert_allclose(baselines.rope_angles(jnp.asarray([5]), 8),
+                             [[5, 5 * 10_000**-0.25, 5 * 10_000**-0.5, 5 * 10_000**-0.75]],
+                             rtol=1e-6)
+  np.testing.assert_allclose(baselines.rope_axial_frequencies(16), 10_000.**-(np.arange(4) / 4))
+  np.testing.assert_array_equal(baselines.rope_axial_angles(pos, 16),
+                                baselines.rope_axial_angles(pos, 16, 10_000.))
+  np.testing.assert_array_equal(baselines.rope_mixed_init(jax.random.key(0), 2, 16),
+                                baselines.rope_mixed_init(jax.random.key(0), 2, 16, 10_000.))
+
+
+def test_sincos_nd_splits_three_axes():
+  pos = jnp.asarray([[1, 2, 3]])
+  table = baselines.sincos_nd(pos, 12)
+  for a in range(3):
+    np.testing.assert_allclose(table[:, 4 * a:4 * (a + 1)], baselines.sincos_1d(pos[:, a], 4))
+
+
+@pytest.mark.parametrize('make, message', [
+    (lambda: baselines.sincos_1d(jnp.arange(3), 7), 'A sinusoidal PE needs an even width, got 7'),
+    (lambda: baselines.sincos_nd(jnp.zeros((2, 3), jnp.int32), 9),
+     'A 3D sinusoidal PE needs a width divisible by 6, got 9'),
+    (lambda: baselines.rope_angles(jnp.arange(3), 5), 'RoPE needs an even head dimension, got 5'),
+    (lambda: baselines.rope_axial_frequencies(6),
+     '2D RoPE needs a head dimension divisible by 4, got 6'),
+    (lambda: baselines.rope_axial_angles(jnp.zeros((2, 3)), 8),
+     'Axial RoPE is defined for 2D positions, got 3 axes'),
+])
+def test_closed_forms_refuse_widths_they_cannot_fill(make, message):
+  with pytest.raises(ValueError, match=message):
+    make()
+
+
+def test_a_downsampled_table_samples_half_pixel_centres_without_antialiasing():
+  """8 -> 4 rows: row j sits at 2j + 0.5 of the old grid, half way between rows 2j and
+  2j + 1 (an antialiasing filter would also mix in rows 2j - 1 and 2j + 2)."""
+  table = jax.random.normal(jax.random.key(0), (8, 3))
+  np.testing.assert_allclose(baselines.resample_table(table, (4,), method='linear'),
+                             (table[0::2] + table[1::2]) / 2, atol=1e-6)
+
+
+def test_alibi_slopes_of_a_power_of_two_and_of_six_heads():
+  np.testing.assert_allclose(baselines.alibi_slopes(4), [2**-2, 2**-4, 2**-6, 2**-8], rtol=1e-6)
+  np.testing.assert_allclose(baselines.alibi_slopes(6),
+                             [2**-2, 2**-4, 2**-6, 2**-8, 2**-1, 2**-3], rtol=1e-6)
