@@ -215,7 +215,14 @@ def test_a_downsampled_table_samples_half_pixel_centres_without_antialiasing():
                              (table[0::2] + table[1::2]) / 2, atol=1e-6)
 
 
-def test_alibi_slopes_of_a_power_of_two_and_of_six_heads():
+def test_alibi_slopes_of_a_power_of_two_and_of_three_and_six_heads():
   np.testing.assert_allclose(baselines.alibi_slopes(4), [2**-2, 2**-4, 2**-6, 2**-8], rtol=1e-6)
+  np.testing.assert_allclose(baselines.alibi_slopes(3), [2**-4, 2**-8, 2**-2], rtol=1e-6)
   np.testing.assert_allclose(baselines.alibi_slopes(6),
                              [2**-2, 2**-4, 2**-6, 2**-8, 2**-1, 2**-3], rtol=1e-6)
+
+
+def test_rope_mixed_turns_each_head_by_an_angle_anywhere_on_the_circle():
+  f = np.asarray(baselines.rope_mixed_init(jax.random.key(0), num_heads=200, head_dim=8))
+  theta = np.mod(np.arctan2(f[1, :, 0], f[0, :, 0]), 2 * np.pi)
+  assert theta.min() < 0.1 * np.pi and theta.max() > 1.9 * np.pi
