@@ -86,12 +86,6 @@ def test_new_positions_of_the_same_shape_do_not_retrace():
   np.testing.assert_array_equal(second, [[9, 9, 9, 9, 9], [1, 2, 3, 4, 5]])
 
 
-def test_leading_zero_mask_keeps_zeros_after_the_first_real_digit():
-  digits = positions.digitize(jnp.asarray([[1002], [40]]), width=5)  # 01002, 00040.
-  np.testing.assert_array_equal(positions.leading_zero_mask(digits, width=5),
-                                [[0, 1, 1, 1, 1], [0, 0, 0, 1, 1]])
-
-
 def test_the_range_error_names_the_coordinate_that_is_out():
   with pytest.raises(ValueError, match='Position 100 does not fit 2 base-10 digits'):
     positions.check_fits(np.asarray([0, 100]), base=10, width=2)  # 0 is fine, 100 is not.
