@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from seqpe_jax import posenc, sharding
+from seqpe_jax import metrics, posenc, sharding
 from seqpe_jax.data import text
 from seqpe_jax.models import gpt, transformer
 from seqpe_jax.tasks import base, common
@@ -108,6 +108,7 @@ class LanguageModelTask(base.Task):
     tokens = self.tokens[split or self.config.eval.split]
     batch_size = sharding.eval_batch_size(self.config.eval.batch_size, mesh)
     results = {}
+    progress = metrics.SweepProgress(self.axis_label, self.metric)
     for length in self.config.eval.lengths:
       features = tables((length,))
       nll, count = sharding.sum_per_batch(
@@ -116,6 +117,7 @@ class LanguageModelTask(base.Task):
                                      stride=self.stride(length)))
       results[length] = {'ppl': math.exp(nll / count), 'nll': float(nll / count),
                          'tokens': float(count)}
+      progress.done(length, results[length])
     return results
 
 
