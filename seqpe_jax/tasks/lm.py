@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from seqpe_jax import metrics, posenc, sharding
+from seqpe_jax import choices, metrics, posenc, sharding
 from seqpe_jax.data import text
 from seqpe_jax.models import gpt, transformer
 from seqpe_jax.tasks import base, common
@@ -45,14 +45,12 @@ class LanguageModelTask(base.Task):
     self.tokens = text.tokenize_splits(directory, self.tokenizer, data.cache_dir)
     text.Windows(self.tokens['train'], data.seq_len)  # One clear error if the corpus is short.
     if config.eval.protocol not in PROTOCOLS:
-      raise ValueError(f"eval.protocol must be one of {', '.join(PROTOCOLS)}, got "
-                       f"'{config.eval.protocol}'.")
+      raise choices.unknown('eval.protocol', config.eval.protocol, PROTOCOLS)
     if not 0 < config.eval.stride_fraction <= 1:
       raise ValueError('eval.stride_fraction must be in (0, 1], got '
                        f'{config.eval.stride_fraction}.')
     if config.eval.split not in text.SPLITS:
-      raise ValueError(f"eval.split must be one of {', '.join(text.SPLITS)}, got "
-                       f"'{config.eval.split}'.")
+      raise choices.unknown('eval.split', config.eval.split, text.SPLITS)
     m = config.model
     attention = transformer.AttentionOptions(m.attention_kernel, m.attention_block,
                                            m.attention_dropout)
