@@ -56,8 +56,10 @@ class StorageTimeout(OSError):
   """The storage of a workdir URL did not answer in time."""
 
 
-# Workdirs this process holds (path -> depth), so a holder may re-enter its own lock.
-_held: dict[str, int] = {}
+# Workdirs held here ((thread, path) -> depth): a holder may re-enter its own lock, while
+# another thread of this process (a study training runs in threads) is refused like
+# another process.
+_held: dict[tuple[int, str], int] = {}
 
 
 @contextlib.contextmanager
@@ -68,7 +70,7 @@ def held(workdir, purpose: str):
   If the block fails and the lock created the workdir, the empty workdir is removed
   again, so bad input leaves nothing behind."""
   import jax  # pylint: disable=g-import-not-at-top
-  key = str(_path(workdir))
+  key = (threading.get_ident(), str(_path(workdir)))
   if key in _held:
     _held[key] += 1
     try:
