@@ -51,3 +51,12 @@ def test_progress_counts_only_the_steps_this_process_ran():
 def test_durations_read_at_a_glance():
   assert [metrics.format_duration(s) for s in (7.4, 100, 3725, math.nan)] == [
       '7s', '1m40s', '1h02m', '?']
+
+
+def test_a_sweep_prints_one_line_per_point_with_its_value_and_time(capsys):
+  times = iter([10.0, 12.5, 20.0])
+  progress = metrics.SweepProgress('resolution (px)', 'accuracy', clock=lambda: next(times))
+  progress.done(8, {'accuracy': 0.20391})
+  progress.done(16, {'accuracy': 0.5})
+  assert capsys.readouterr().out.splitlines() == ['  resolution 8: accuracy 0.2039 (2.5 s)',
+                                                  '  resolution 16: accuracy 0.5 (7.5 s)']
