@@ -102,14 +102,21 @@ def without_ynn_fusions() -> None:
     os.environ['XLA_FLAGS'] = f'{flags_now} --{YNN_FUSIONS_FLAG}='.strip()
 
 
+# Libraries whose warnings are advice for their developers, not for a user of a run: orbax's
+# on save timing (a small run triggers it on every save), gcsfs's on each failed bucket probe
+# (the run's own error says what to check).
+QUIET_LIBRARIES = ('/orbax/', '/gcsfs/')
+
+
 def quiet_library_logs() -> None:
-  """Library INFO logs off, and orbax's warnings (advice on save timing that a small run
-  triggers on every save), unless --verbosity is given (e.g. --verbosity=0 for INFO)."""
+  """Library INFO logs off, and the warnings of QUIET_LIBRARIES, unless --verbosity is given
+  (e.g. --verbosity=0 for INFO)."""
   if flags.FLAGS['verbosity'].present:
     return
   logging.set_verbosity(logging.WARNING)
   logging.get_absl_handler().addFilter(
-      lambda record: record.levelno >= std_logging.ERROR or '/orbax/' not in record.pathname)
+      lambda record: record.levelno >= std_logging.ERROR or not any(
+          library in record.pathname for library in QUIET_LIBRARIES))
 
 
 def parse_flags(argv: list[str]) -> list[str]:
