@@ -224,7 +224,11 @@ class _FileLock:
   def take(cls, workdir: epath.Path, record: dict):
     path = pathlib.Path(workdir) / LOCK_NAME
     while True:
-      fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+      try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+      except OSError as e:  # Found before a resumed run says anything, let alone trains.
+        raise OSError(f'Cannot write to {workdir} ({e.strerror}); make it writable or pass '
+                      'another --workdir.') from e
       try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except BlockingIOError:

@@ -6,12 +6,17 @@ registered with fsspec for the test; nothing touches the network.
 
 import json
 import os
+import pathlib
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
@@ -171,3 +176,126 @@ def test_unreachable_storage_is_one_sentence_within_the_deadline(fake_gcs, monke
     with workdir_lock.held('gs://bucket/run', purpose='train'):
       pass
   assert time.perf_counter() - start < 2
+
+
+def test_another_thread_of_the_holder_is_refused(tmp_path):
+  outcome = []
+
+  def second():
+    try:
+      with workdir_lock.held(tmp_path, purpose='train'):
+        outcome.append('held')
+    except workdir_lock.WorkdirInUse as e:
+      outcome.append(str(e))
+
+  with workdir_lock.held(tmp_path, purpose='study'):
+    thread = threading.Thread(target=second)
+    thread.start()
+    thread.join()
+  assert outcome[0].startswith(f'{tmp_path} is in use by study (pid {os.getpid()}')
+
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+LM_SMOKE = ['--config=configs/lm_ape.py:smoke']
+# The tests' compilation cache: the runs after the first compile nothing.
+ENV = {'JAX_COMPILATION_CACHE_DIR': str(pathlib.Path(tempfile.gettempdir()) /
+                                        'seqpe_jax_tests_xla_cache'),
+       'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+       'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
+
+
+def start_main(*args):
+  return subprocess.Popen([sys.executable, '-m', 'seqpe_jax.main', *args], cwd=REPO,
+                          env={**os.environ, **ENV}, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def run_record(workdir):
+  """What a run leaves that must not depend on another run having tried the same workdir."""
+  rows = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  for row in rows:
+    row.pop('train/steps_per_sec', None)  # Timing.
+  state = workdir / 'checkpoints' / str(rows[-1]['step']) / 'state'
+  checkpointer = ocp.StandardCheckpointer()
+  one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
+                        checkpointer.metadata(state).item_metadata)
+  params = [np.asarray(x) for x in jax.tree.leaves(checkpointer.restore(state, target))]
+  return {'metrics': rows, 'checkpoints': sorted(p.name for p in (workdir / 'checkpoints')
+                                                  .iterdir()),
+          'extrapolation': json.loads((workdir / 'extrapolation.json').read_text()),
+          'config': (workdir / 'config.json').read_text(), 'params': params,
+          'files': sorted(p.name for p in workdir.iterdir() if not p.name.startswith('events'))}
+
+
+@pytest.mark.parametrize('second', [[], ['--config.pe.name=rope']],
+                         ids=['same config', 'another config'])
+def test_two_runs_started_at_once_one_trains_as_if_alone_the_other_exits_2(tmp_path, second):
+  workdir = tmp_path / 'run'
+  commands = [LM_SMOKE, LM_SMOKE + second]
+  runs = [start_main(*command, f'--workdir={workdir}') for command in commands]
+  outputs = [run.communicate(timeout=900) for run in runs]
+  codes = [run.returncode for run in runs]
+  assert sorted(codes) == [0, 2], outputs
+  winner = codes.index(0)
+  errors = [line for line in outputs[1 - winner][1].splitlines() if line.startswith('error: ')]
+  assert errors == [f'error: {workdir} is in use by train (pid {runs[winner].pid} on host '
+                    f'{socket.gethostname()}, started {errors[0].split("started ")[1]}'], outputs
+  assert 'Traceback' not in outputs[1 - winner][1]
+  lone = tmp_path / 'lone'
+  alone = start_main(*commands[winner], f'--workdir={lone}')
+  assert alone.communicate(timeout=900) and alone.returncode == 0
+  together, by_itself = run_record(workdir), run_record(lone)
+  for a, b in zip(together.pop('params'), by_itself.pop('params'), strict=True):
+    np.testing.assert_array_equal(a, b)
+  assert together == by_itself
+
+
+UNREACHABLE_MAIN = '''
+import sys, threading
+from absl import app
+from fsspec.implementations.memory import MemoryFileSystem
+
+class Unreachable(MemoryFileSystem):
+  protocol = ('gs', 'gcs')
+
+  def info(self, path, **kwargs):
+    threading.Event().wait()  # As gcsfs without a network: no answer for minutes.
+
+for name in Unreachable.protocol:
+  sys.modules['fsspec.registry']._registry[name] = Unreachable
+from seqpe_jax import cli, main, workdir_lock
+workdir_lock.STORAGE_TIMEOUT_S = 2.0
+app.run(main.main, flags_parser=cli.parse_flags)
+'''
+
+
+@pytest.mark.parametrize('traceback', ['', '1'])
+def test_main_on_unreachable_storage_is_one_sentence_and_status_2(traceback):
+  start = time.perf_counter()
+  result = subprocess.run(
+      [sys.executable, '-c', UNREACHABLE_MAIN, '--config=configs/lm_ape.py:smoke',
+       '--workdir=gs://bucket/run'], cwd=REPO, capture_output=True, text=True, timeout=300,
+      env={**os.environ, 'SEQPE_TRACEBACK': traceback})
+  assert result.returncode == (1 if traceback else 2), result.stderr[-3000:]
+  assert ('Traceback' in result.stderr) == bool(traceback)
+  if not traceback:
+    assert result.stderr.strip().splitlines() == [
+        'error: The storage did not answer within 2 s while reaching --workdir=gs://bucket/run; '
+        "check the network and this machine's credentials for it."]
+  assert time.perf_counter() - start < 120
+
+
+def test_a_workdir_that_cannot_be_written_is_one_sentence(tmp_path, monkeypatch):
+  real_open = os.open
+
+  def read_only(path, flags, *args):
+    if str(path).endswith('workdir.lock'):
+      raise OSError(30, 'Read-only file system', str(path))
+    return real_open(path, flags, *args)
+
+  monkeypatch.setattr(os, 'open', read_only)  # The tests run as root, for whom chmod is moot.
+  with pytest.raises(OSError, match=rf'^Cannot write to {tmp_path} \(Read-only file system\); '
+                     'make it writable or pass another --workdir.$'):
+    with workdir_lock.held(tmp_path, purpose='train'):
+      pass
