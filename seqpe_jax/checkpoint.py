@@ -83,7 +83,9 @@ def _failed_file(error: BaseException, checkpoint_dir: epath.Path) -> str:
 
 
 def _chain(error: BaseException):
-  while error is not None:
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
     yield error
     error = error.__cause__ or error.__context__
 
