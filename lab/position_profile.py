@@ -120,7 +120,7 @@ def _plot(per_layer, mean, uniform, train_length: int, title: str, path) -> None
     ax.plot(p['mean_distance'], lw=0.8, alpha=0.6, label=f'layer {i}')
   ax.plot(mean['mean_distance'], color='k', lw=1.5, label='mean')
   ax.plot(uniform['mean_distance'], 'k--', lw=0.8, label='position-free')
-  ax.axvline(train_length, color='grey', lw=0.8)
+  ax.axvline(train_length, color='grey', lw=0.8, label=f'training length {train_length}')
   ax.set(xlabel='query position', ylabel='mean key distance of the PE-only attention',
          title=title)
   ax.legend(fontsize=7)

@@ -6,10 +6,11 @@
 #   launch/local_multiprocess.sh 2 configs/vit_seqpe.py:smoke /tmp/runs/vit --config.pe.name=rope
 #
 # Process I logs to WORKDIR/logs/process_I.log (appended, so a resumed run keeps the earlier
-# part) and the PIDs go to WORKDIR/logs/pids, one a line. SIGTERM, SIGINT or SIGHUP to this
+# part), and process 0's output is also shown here as it comes (GNU tail). The PIDs go to
+# WORKDIR/logs/pids, one a line. SIGTERM, SIGINT or SIGHUP to this
 # script reaches every process (SIGHUP as SIGTERM). It exits 0 when every process does, else
-# with the status of the first one that failed: 2 bad input, 143 preempted after saving a
-# checkpoint (run the same command again to resume). WORKDIR must be a local directory;
+# with the status of the first one that failed: 2 bad input, 130 Ctrl-C or 143 preempted after
+# saving a checkpoint (run the same command again to resume). WORKDIR must be a local directory;
 # relative CONFIG and WORKDIR paths are taken from the directory this is run from.
 # --dry-run prints the commands, one a line and quoted for pasting, and starts nothing.
 #
@@ -94,11 +95,15 @@ forward() {
 trap 'forward TERM' TERM
 trap 'forward INT' INT
 trap 'forward TERM' HUP  # The terminal went away: save and stop rather than die unsaved.
+shown=$(( $(stat -c %s "$logs/process_0.log" 2>/dev/null || echo 0) + 1 ))  # This run's part.
 for ((i = 0; i < num; i++)); do
   command_for "$i"
   "${cmd[@]}" >>"$logs/process_$i.log" 2>&1 </dev/null &
   pids+=("$!")
 done
+# Ends by itself within a second of process 0 (and is not sent the signals passed on below).
+tail -c "+$shown" -f --pid="${pids[0]}" "$logs/process_0.log" &
+tail_pid=$!
 [ -z "$received" ] || forward "$received"  # A signal that came while they were starting.
 printf '%s\n' "${pids[@]}" >"$logs/pids.tmp"
 mv "$logs/pids.tmp" "$logs/pids"
@@ -124,4 +129,5 @@ while [ ${#running[@]} -gt 0 ]; do
     wait $! || true  # A builtin wait: a signal runs its trap at once.
   fi
 done
+wait "$tail_pid" 2>/dev/null || true  # Process 0's last lines.
 exit "$status"

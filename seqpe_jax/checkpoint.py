@@ -10,6 +10,7 @@ WORKDIR/checkpoints.unreadable/, never deleted -- and the next newest one is use
 
 import collections
 import json
+import re
 
 import jax
 import ml_collections
@@ -68,6 +69,25 @@ def workdir_path(workdir) -> epath.Path:
   """The run directory; `gs://` and other URL schemes keep their meaning (no pathlib)."""
   path = epath.Path(workdir)
   return path if '://' in str(workdir) else path.absolute()
+
+
+def _failed_file(error: BaseException, checkpoint_dir: epath.Path) -> str:
+  """The file or folder of the checkpoint the error names (orbax's messages are long and may
+  hold reprs of C++ objects), else the checkpoint's folder."""
+  for e in _chain(error):
+    if isinstance(e, OSError) and e.filename:
+      return str(e.filename)
+  text = ' '.join(str(e) for e in _chain(error))
+  found = re.findall(re.escape(str(checkpoint_dir)) + r'[^\s\'",;:)>]*', text)
+  return max(found, key=len) if found else str(checkpoint_dir)
+
+
+def _chain(error: BaseException):
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    yield error
+    error = error.__cause__ or error.__context__
 
 
 class Checkpointer:
@@ -152,18 +172,19 @@ class Checkpointer:
 
   def _set_aside(self, step: int, error: Exception) -> None:
     aside = self._move(step, 'checkpoints.unreadable')
-    logging.warning('The checkpoint at step %d cannot be read (%s: %s); moved it to %s and '
-                    'trying the one before.', step, type(error).__name__, str(error)[:200], aside)
+    logging.warning('The checkpoint at step %d cannot be read (%s, reading %s); moved it to %s '
+                    'and trying the one before.', step, type(error).__name__,
+                    _failed_file(error, self.directory / str(step)), aside)
 
-  def set_aside_from(self, first: int) -> epath.Path:
+  def set_aside_from(self, first: int) -> tuple[epath.Path, list[int]]:
     """Moves the checkpoints of step `first` on to WORKDIR/checkpoints.nonfinite/ (they are
-    finite but lead to a non-finite loss); returns that folder."""
+    finite but lead to a non-finite loss); returns that folder and the steps moved."""
     self._manager.wait_until_finished()
     folder = self.directory.parent / 'checkpoints.nonfinite'
-    for step in self._manager.all_steps():
-      if step >= first:
-        self._move(step, folder.name)
-    return folder
+    moved = [step for step in sorted(self._manager.all_steps()) if step >= first]
+    for step in moved:
+      self._move(step, folder.name)
+    return folder, moved
 
   def _move(self, step: int, folder: str) -> epath.Path:
     """Moves checkpoint `step` into WORKDIR/`folder`/ (process 0; every process waits)."""

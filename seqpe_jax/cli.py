@@ -8,6 +8,8 @@ command, a diverged model and a preempted job, so each has its own exit status:
          package, e.g. tensorflow-datasets for a TFDS ImageNet)
     3    the loss or gradients became non-finite (the message names the step and the
          newest finite checkpoint)
+    130  stopped by Ctrl-C (SIGINT): during training after a checkpoint of the current step
+         was saved (run the same command again to resume); a second Ctrl-C stops at once
     143  preempted by SIGTERM after a checkpoint was saved: run the same command again
 
 User errors print one sentence on stderr, without a traceback; set SEQPE_TRACEBACK=1 to
@@ -26,11 +28,16 @@ from ml_collections import config_flags
 
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
+EXIT_INTERRUPTED = 130  # What a shell reports for a process ended by SIGINT.
 EXIT_PREEMPTED = 143  # What a shell reports for a process ended by SIGTERM.
 
 
 class Preempted(RuntimeError):
   """SIGTERM stopped a run after every process saved the same checkpoint."""
+
+
+class Interrupted(RuntimeError):
+  """Ctrl-C stopped a run after every process saved the same checkpoint."""
 
 
 def _show_tracebacks() -> bool:
@@ -42,6 +49,12 @@ def exit_statuses():
   """Maps the project's errors to one sentence on stderr and the documented exit status."""
   try:
     yield
+  except KeyboardInterrupt:
+    if _show_tracebacks():
+      raise
+    print('error: interrupted by Ctrl-C; what was saved is kept, and the same command '
+          'resumes from the newest checkpoint.', file=sys.stderr)
+    sys.exit(EXIT_INTERRUPTED)
   except Exception as e:  # pylint: disable=broad-except
     status = _status(e)
     if status is None or _show_tracebacks():
@@ -53,6 +66,8 @@ def exit_statuses():
 def _status(error: Exception) -> int | None:
   if isinstance(error, Preempted):
     return EXIT_PREEMPTED
+  if isinstance(error, Interrupted):
+    return EXIT_INTERRUPTED
   if isinstance(error, FloatingPointError):
     return EXIT_NONFINITE
   # OSError: missing files too; ImportError: an optional package a feature needs.
@@ -87,14 +102,21 @@ def without_ynn_fusions() -> None:
     os.environ['XLA_FLAGS'] = f'{flags_now} --{YNN_FUSIONS_FLAG}='.strip()
 
 
+# Libraries whose warnings are advice for their developers, not for a user of a run: orbax's
+# on save timing (a small run triggers it on every save), gcsfs's on each failed bucket probe
+# (the run's own error says what to check).
+QUIET_LIBRARIES = ('/orbax/', '/gcsfs/')
+
+
 def quiet_library_logs() -> None:
-  """Library INFO logs off, and orbax's warnings (advice on save timing that a small run
-  triggers on every save), unless --verbosity is given (e.g. --verbosity=0 for INFO)."""
+  """Library INFO logs off, and the warnings of QUIET_LIBRARIES, unless --verbosity is given
+  (e.g. --verbosity=0 for INFO)."""
   if flags.FLAGS['verbosity'].present:
     return
   logging.set_verbosity(logging.WARNING)
   logging.get_absl_handler().addFilter(
-      lambda record: record.levelno >= std_logging.ERROR or '/orbax/' not in record.pathname)
+      lambda record: record.levelno >= std_logging.ERROR or not any(
+          library in record.pathname for library in QUIET_LIBRARIES))
 
 
 def parse_flags(argv: list[str]) -> list[str]:

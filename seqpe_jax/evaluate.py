@@ -24,11 +24,12 @@ import ml_collections
 from absl import app, flags
 from etils import epath
 
-from seqpe_jax import checkpoint, cli, results as results_files
+from seqpe_jax import checkpoint, cli, results as results_files, workdir_lock
 
 def evaluate_workdir(workdir: str, split: str | None = None, overrides: dict | None = None,
                      name: str = '') -> dict:
-  """Restores the latest checkpoint of the run in `workdir` and re-runs its sweep.
+  """Restores the latest checkpoint of the run in `workdir` and re-runs its sweep, holding
+  the workdir (workdir_lock) while it reads and writes there.
 
   On the run's own settings it rewrites extrapolation.json/png. `split` (e.g. 'valid')
   sweeps that split instead, and `overrides` ({'eval.lengths': (128, 4096)}) change the
@@ -38,15 +39,26 @@ def evaluate_workdir(workdir: str, split: str | None = None, overrides: dict | N
   if overrides and not name:
     raise ValueError('Name the evaluation with --name=... when overriding eval settings; '
                      'its results go to extrapolation_<name>.json.')
-  config, task, state, mesh = restore_run(workdir, overrides)
-  results = task.sweep(state['params'], mesh, split=split)
-  suffix = ''.join(f'_{part}' for part in (split, name) if part)
-  results_files.write_extrapolation(
-      workdir, results, task.metric, task.axis_label,
-      title=f'{config.model.name} {config.pe.name} {split or ""} {name}'.strip(),
-      suffix=suffix, protocol=task.sweep_protocol, overrides=overrides)
-  task.write_plots(workdir, results, suffix=suffix)  # Task-specific figures (QA: by depth).
+  with workdir_lock.held(workdir, purpose='evaluate'):
+    config, task, state, mesh = restore_run(workdir, overrides)
+    results = task.sweep(state['params'], mesh, split=split)
+    suffix = ''.join(f'_{part}' for part in (split, name) if part)
+    results_files.write_extrapolation(
+        workdir, results, task.metric, task.axis_label,
+        title=f'{config.model.name} {config.pe.name} {split or ""} {name}'.strip(),
+        suffix=suffix, protocol=task.sweep_protocol, overrides=overrides,
+        step=int(state['step']))
+    task.write_plots(workdir, results, suffix=suffix)  # Task-specific figures (QA: by depth).
   return results
+
+
+def results_table(results: dict, axis_label: str) -> str:
+  """The sweep as a Markdown table: one row per resolution or length, one column per value."""
+  names = list(next(iter(results.values())))
+  lines = [f"| {axis_label} | {' | '.join(names)} |", '|---' * (len(names) + 1) + '|']
+  for x, values in sorted(results.items()):
+    lines.append(f"| {x} | {' | '.join(f'{values[n]:.4g}' for n in names)} |")
+  return '\n'.join(lines)
 
 
 def restore_run(workdir: str, overrides: dict | None = None):
@@ -180,10 +192,18 @@ def main(argv):
       print(compare(flags.FLAGS.compare.split(','), flags.FLAGS.out))
       print(f'Plot: {flags.FLAGS.out}')
       return
-    results = evaluate_workdir(flags.FLAGS.workdir, flags.FLAGS.split, _OVERRIDES,
-                               flags.FLAGS.name)
-  for x, values in sorted(results.items()):
-    print(x, values)
+    workdir = flags.FLAGS.workdir
+    before = _listing(workdir)
+    results = evaluate_workdir(workdir, flags.FLAGS.split, _OVERRIDES, flags.FLAGS.name)
+    written = sorted(p for p, mtime in _listing(workdir).items() if before.get(p) != mtime)
+    record = next(p for p in written if p.endswith('.json'))
+    print(results_table(results, json.loads(epath.Path(record).read_text())['axis']))
+  print('Wrote ' + ', '.join(written) + '.')
+
+
+def _listing(workdir: str) -> dict[str, float]:
+  """{file path: modification time} of the files directly in `workdir`."""
+  return {str(p): p.stat().mtime for p in epath.Path(workdir).iterdir() if p.is_file()}
 
 
 _OVERRIDES = {}

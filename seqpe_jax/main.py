@@ -4,7 +4,8 @@ One process per host. Several processes form one run when started with
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` (e.g. by
 launch/local_multiprocess.sh) or with `--distributed`, which takes them from the cluster
 (TPU VM pods, Slurm; see launch/). Exit statuses are those of `seqpe_jax.cli`: 0 finished,
-2 bad input, 3 non-finite loss, 143 preempted (run the same command again to resume).
+2 bad input (a workdir another run holds, too), 3 non-finite loss, 130 Ctrl-C and 143
+preempted (both after saving: run the same command again to resume); see docs/clusters.md.
 
 The console shows one progress line per log step; `--verbosity=0` (absl's flag) adds the
 INFO logs of the libraries underneath (orbax's saves, the parameter table, ...).

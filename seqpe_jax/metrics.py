@@ -98,6 +98,21 @@ class Progress:
             f'{format_duration(left)} left')
 
 
+class SweepProgress:
+  """One console line per evaluated resolution or length, with its value and time (a sweep
+  at paper scale spends minutes on each)."""
+
+  def __init__(self, axis_label: str, metric: str, *, clock=time.perf_counter):
+    self._axis, self._metric, self._clock = axis_label.split(' (')[0], metric, clock
+    self._last = clock()
+
+  def done(self, x: int, values: dict[str, float]) -> None:
+    now = self._clock()
+    say(f'  {self._axis} {x}: {self._metric} {values[self._metric]:.4g} '
+        f'({now - self._last:.1f} s)')
+    self._last = now
+
+
 def format_duration(seconds: float) -> str:
   if not math.isfinite(seconds):
     return '?'

@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from seqpe_jax import choices
+
 NO_DECAY_NAMES = ('cls', 'prefix', 'table', 'freqs')  # Class token and position vectors.
 
 
@@ -18,7 +20,7 @@ def schedule(cfg, total_steps: int) -> optax.Schedule:
   """
   warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
   if cfg.schedule not in SCHEDULES:
-    raise ValueError(f"Unknown optimizer.schedule '{cfg.schedule}'; use cosine or linear.")
+    raise choices.unknown('optimizer.schedule', cfg.schedule, ('cosine', 'linear'))
   if cfg.schedule == 'linear':
     return optax.join_schedules([
         optax.linear_schedule(cfg.warmup_init, cfg.lr, warmup),

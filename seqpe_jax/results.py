@@ -20,13 +20,17 @@ def flatten(results: dict[int, dict[str, float]], metric: str) -> dict[str, floa
 
 def write_extrapolation(workdir, results: dict[int, dict[str, float]], metric: str,
                         axis_label: str, title: str = '', suffix: str = '',
-                        protocol: str = '', overrides: dict | None = None) -> None:
+                        protocol: str = '', overrides: dict | None = None,
+                        step: int | None = None) -> None:
   """WORKDIR/extrapolation{suffix}.json (metric per resolution/length) and .png; `protocol`
-  (how the sweep scored, e.g. sliding windows) goes in both, and `overrides` (evaluation
-  settings that differ from the training record) in the JSON."""
+  (how the sweep scored, e.g. sliding windows) goes in both, `overrides` (evaluation
+  settings that differ from the training record) and `step` (of the checkpoint swept) in
+  the JSON."""
   workdir = epath.Path(workdir)
   table = {str(x): values for x, values in sorted(results.items())}
   record = {'metric': metric, 'axis': axis_label, 'protocol': protocol, 'results': table}
+  if step is not None:
+    record['step'] = step
   if overrides:
     record['overrides'] = overrides
   (workdir / f'extrapolation{suffix}.json').write_text(json.dumps(record, indent=2))
@@ -41,9 +45,28 @@ def write_extrapolation(workdir, results: dict[int, dict[str, float]], metric: s
   save_figure(fig, workdir / f'extrapolation{suffix}.png')
 
 
+def read_extrapolation(workdir, step: int) -> dict[int, dict[str, float]] | None:
+  """The sweep WORKDIR/extrapolation.json records, if it swept the checkpoint of `step`."""
+  path = epath.Path(workdir) / 'extrapolation.json'
+  if not path.exists():
+    return None
+  record = json.loads(path.read_text())
+  if record.get('step') != step:
+    return None
+  return {int(x): values for x, values in record['results'].items()}
+
+
+# Metrics that are fractions: their axes start at 0, so noise does not look like a trend.
+FRACTIONS = ('accuracy', 'em')
+
+
 def format_axes(ax, xs, metric: str) -> None:
-  """Perplexity on log axes (lengths double), plain tick labels at the evaluated points."""
+  """Perplexity on log axes (lengths double), accuracies from 0, plain tick labels at the
+  evaluated points. Call it after plotting (the data set the top of a fraction's axis)."""
   from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+  if metric in FRACTIONS:
+    highest = ax.dataLim.ymax if ax.dataLim.height >= 0 else 1.0
+    ax.set_ylim(0, min(1.0, max(0.1, 1.2 * highest)))
   if metric == 'ppl':
     ax.set_xscale('log', base=2)
     ax.set_yscale('log')

@@ -15,6 +15,7 @@ from clu import parameter_overview
 from etils import epath
 
 from seqpe_jax import checkpoint, cli, diagnostics, metrics, optim, sharding, tasks
+from seqpe_jax import workdir_lock
 from seqpe_jax import results as results_files
 from seqpe_jax.state import NEWER_ENTRIES, abstract_state, init_state, make_optimizer
 from seqpe_jax.preemption import PreemptionWatch
@@ -176,24 +177,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'optimizer.lr must be positive, got {config.optimizer.lr!r}.')
 
 
-def make_workdir(workdir: str) -> epath.Path:
-  """Creates the run directory: a local path or a URL such as gs://bucket/run."""
-  path = checkpoint.workdir_path(workdir)
-  try:
-    path.mkdir(parents=True, exist_ok=True)
-  except Exception as e:  # pylint: disable=broad-except
-    reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-    raise OSError(f'Cannot create --workdir={workdir} ({reason}); for a gs:// workdir check '
-                  'that the bucket exists and that this machine has credentials for it.') from e
-  return path
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains, checkpoints and evaluates `config` in `workdir`; returns the final sweep.
 
-  Raises ValueError/FileNotFoundError/OSError for bad input (before any side effect),
-  FloatingPointError when the loss or gradients stop being finite, and cli.Preempted after
-  a SIGTERM once every process has saved the same step.
+  Raises ValueError/FileNotFoundError/OSError for bad input (before any side effect; a
+  workdir another process holds is one), FloatingPointError when the loss or gradients
+  stop being finite, cli.Preempted after a SIGTERM and cli.Interrupted after a Ctrl-C once
+  every process has saved the same step. A run that already finished is not redone: its
+  recorded sweep is returned.
   """
   validate(config)
 
@@ -201,10 +192,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch(config.batch_size, mesh)
 
+  # Before anything is written (and before the data are read, which can take minutes, so
+  # a second run on the same workdir stops at once).
+  with workdir_lock.held(workdir, purpose='train'):
+    return _train_and_evaluate(config, checkpoint.workdir_path(workdir), mesh)
+
+
+def _train_and_evaluate(config, workdir: epath.Path, mesh) -> dict:
   # ---------------------------------------------------------------- Input pipeline and task.
   task = tasks.build(config)
   data = task.train_batches(config.seed)
-  workdir = make_workdir(workdir)
 
   # ---------------------------------------------------------------- Model and optimizer.
   root_key = jax.random.key(config.seed)
@@ -222,6 +219,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   except Exception:
     checkpointer.close()
     raise
+  if state is not None and int(state['step']) == config.total_steps:
+    recorded = results_files.read_extrapolation(workdir, step=config.total_steps)
+    if recorded is not None:
+      checkpointer.close()
+      metrics.say(f'{workdir} has already finished its {config.total_steps} steps; its results '
+                  f'are in {workdir}/extrapolation.json (`python -m seqpe_jax.evaluate '
+                  f'--workdir={workdir}` sweeps again).')
+      return recorded
   if state is None:
     state = jax.jit(lambda k: init_state(task, optimizer, k), out_shardings=state_shardings)(
         init_key)
@@ -290,9 +295,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         checkpointer.save(step, state, force=preempted)
       if preempted:
         checkpointer.wait()
-        raise cli.Preempted(f'SIGTERM: saved a checkpoint at step {step} and stopped; run the '
-                            'same command again to resume.')
+        stop = cli.Interrupted if preemption.interrupted else cli.Preempted
+        raise stop(f'{preemption.signal_name}: saved a checkpoint at step {step} and stopped; '
+                   'run the same command again to resume.')
     # ---------------------------------------------------------------- Final sweep.
+    preemption.close()  # The last checkpoint is saved: a Ctrl-C now just stops the sweep.
     results = task.sweep(state['params'], mesh)
     writer.write(config.total_steps, results_files.flatten(results, task.metric))
     metrics.say(f'Final evaluation, {metrics.summary_line(results, task.metric)}; '
@@ -300,7 +307,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if jax.process_index() == 0:
       results_files.write_extrapolation(workdir, results, task.metric, task.axis_label,
                                         title=f'{config.model.name} {config.pe.name}',
-                                        protocol=task.sweep_protocol)
+                                        protocol=task.sweep_protocol, step=config.total_steps)
       task.write_plots(workdir, results)  # Task-specific figures (QA: EM by depth).
     return results
   finally:
@@ -319,14 +326,15 @@ def _stop_if_nonfinite(state, checkpointer) -> None:
   first_bad = int(state['first_nonfinite_step'])
   if not first_bad:
     return
-  folder = checkpointer.set_aside_from(first_bad - 1)
+  folder, moved = checkpointer.set_aside_from(first_bad - 1)
   newest = checkpointer.latest_step()
   if newest is None:
     advice = 'no earlier checkpoint is left: start again with a smaller --config.optimizer.lr'
   else:
     advice = (f'run the same command with a smaller --config.optimizer.lr to resume from the '
               f'checkpoint at step {newest}')
+  aside = (f'the checkpoints of steps {", ".join(map(str, moved))} (which lead to it) were moved '
+           f'to {folder}, ' if moved else '')
   raise FloatingPointError(
       f'The loss or gradients became NaN or infinite at step {first_bad}; nothing after it was '
-      f'saved, the checkpoints from step {first_bad - 1} on (which lead to it) are in {folder}, '
-      f'and {advice}.')
+      f'saved, {aside}and {advice}.')

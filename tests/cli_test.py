@@ -34,10 +34,13 @@ def error_line(result):
     (['--config=configs/vit_seqpe.py:smoke', '--config.optimizer.lrr=0.1'],
      'error: --config.optimizer.lrr is not a field of the config; did you mean '
      '--config.optimizer.lr?'),
+    (['--config=configs/vit_seqpe.py:smoke', '--config.pe.name=rop'],
+     "error: pe.name='rop' is not one of: "),
 ])
 def test_bad_input_is_one_sentence_and_status_2_before_any_side_effect(tmp_path, args, message):
   workdir = tmp_path / 'run'
-  assert error_line(run_main(*args, f'--workdir={workdir}')).startswith(message)
+  line = error_line(run_main(*args, f'--workdir={workdir}'))
+  assert line.startswith(message) and ('rop' not in message or "did you mean 'rope'?" in line)
   assert not workdir.exists()
 
 

@@ -143,7 +143,7 @@ def test_gpt2_small_takes_a_step_at_512():
      'fewer than one window of 500000'),
     ({'data.name': 'wikitext', 'data.dir': '/nonexistent'}, FileNotFoundError,
      'lacks wiki.train.raw, wiki.valid.raw, wiki.test.raw'),
-    ({'data.tokenizer': 'sentencepiece'}, ValueError, "Unknown tokenizer 'sentencepiece'"),
+    ({'data.tokenizer': 'sentencepiece'}, ValueError, "data.tokenizer='sentencepiece' is not one of"),
     ({'model.variant': 'huge'}, ValueError, "Unknown GPT variant 'huge'"),
     ({'pe.name': 'rope2d', 'pe.inject.method': ''}, ValueError, 'defined on 2D grids'),
     ({'eval.stride_fraction': 0.0}, ValueError, r'eval.stride_fraction must be in \(0, 1\], got 0.0'),

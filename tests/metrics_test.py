@@ -95,3 +95,12 @@ def test_the_summary_line_lists_each_length_in_order():
 def test_durations_change_unit_exactly_at_a_minute_and_an_hour():
   assert [metrics.format_duration(s) for s in (59.4, 59.6, 60, 3599, 3600)] == [
       '59s', '1m00s', '1m00s', '59m59s', '1h00m']
+
+
+def test_a_sweep_prints_one_line_per_point_with_its_value_and_time(capsys):
+  times = iter([10.0, 12.5, 20.0])
+  progress = metrics.SweepProgress('resolution (px)', 'accuracy', clock=lambda: next(times))
+  progress.done(8, {'accuracy': 0.20391})
+  progress.done(16, {'accuracy': 0.5})
+  assert capsys.readouterr().out.splitlines() == ['  resolution 8: accuracy 0.2039 (2.5 s)',
+                                                  '  resolution 16: accuracy 0.5 (7.5 s)']

@@ -8,6 +8,7 @@ import os
 import pathlib
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -31,7 +32,8 @@ ENV = {'JAX_COMPILATION_CACHE_DIR': str(pathlib.Path(tempfile.gettempdir()) /
                                         'seqpe_jax_tests_xla_cache'),
        'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
        'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0',
-       'DEVICES_PER_PROCESS': '4'}
+       'DEVICES_PER_PROCESS': '4',
+       'PYTHON': sys.executable}  # The launcher's default python3 may lack this environment.
 
 
 def launch(workdir):
@@ -118,3 +120,27 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_exactly(
     np.testing.assert_array_equal(a, b)
   steps = [r['step'] for r in metric_rows(tmp_path) if 'train/loss' in r]
   assert steps == list(range(3, STEPS + 1, 3))
+
+
+def test_ctrl_c_to_the_launcher_saves_one_step_on_both_exits_130_and_resumes_exactly(
+    uninterrupted, tmp_path):
+  process = launch(tmp_path)
+  # Once training runs (before, there is nothing to save and a Ctrl-C just stops): the
+  # first logged step, with STEPS - 3 still to go.
+  training = lambda: 'step 3/' in _read(tmp_path / 'logs/process_0.log')
+  deadline = time.time() + 240
+  while not training() and process.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  process.send_signal(signal.SIGINT)  # Ctrl-C in the launcher's terminal.
+  assert finish(process, tmp_path) == cli.EXIT_INTERRUPTED, logs(tmp_path)
+  console = process.stdout.read()  # Process 0's output, streamed by the launcher.
+  assert 'Process 0 of 2' in console and 'Ctrl-C: saving a checkpoint' in console, console
+  saved = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir())
+  assert len(saved) == 1 and 3 < saved[0] < STEPS
+  stops = [line for line in logs(tmp_path).splitlines() if 'saved a checkpoint at step' in line]
+  assert len(stops) == 2 and all(f'SIGINT: saved a checkpoint at step {saved[0]} ' in line
+                                 for line in stops), stops
+  assert finish(launch(tmp_path), tmp_path) == 0, logs(tmp_path)
+  for a, b in zip(jax.tree.leaves(saved_params(uninterrupted, STEPS)),
+                  jax.tree.leaves(saved_params(tmp_path, STEPS))):
+    np.testing.assert_array_equal(a, b)

@@ -53,11 +53,13 @@ def test_every_pe_builds_by_name_and_extrapolates(case):
 
 
 @pytest.mark.parametrize('cfg_fields, host, message', [
-    ({'name': 'sinusoid'}, {}, "Unknown PE 'sinusoid'; choose one of: seqpe, ape"),
+    ({'name': 'sinusoid'}, {}, "pe.name='sinusoid' is not one of: seqpe, ape"),
+    ({'name': 'rop'}, {}, "pe.name='rop' is not one of: .*; did you mean 'rope'\\?"),
     ({'name': 'rope', 'inject__method': 'attn_mul'}, {},
-     "PE 'rope' does not support injection 'attn_mul'; it supports: rotary."),
-    ({'name': 'ape', 'inject__method': 'rotary'}, {},
-     "PE 'ape' does not support injection 'rotary'; it supports: input_add."),
+     r"pe.inject.method \(of PE 'rope'\)='attn_mul' is not one of: rotary.$"),
+    ({'name': 'ape', 'inject__method': 'input_ad'}, {},
+     r"pe.inject.method \(of PE 'ape'\)='input_ad' is not one of: input_add; did you mean "
+     r"'input_add'\?"),
     ({'name': 'rope2d'}, {'d_model': 12, 'num_heads': 2, 'train_shape': (3, 3)},
      'rope2d \\(head dimension\\) needs a width divisible by 4, got 6.'),
     ({'name': 'rope2d'}, {}, "PE 'rope2d' is defined on 2D grids; this host has 1D positions."),

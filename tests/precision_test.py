@@ -118,6 +118,6 @@ def test_bfloat16_seqpe_trains_like_float32_with_float32_state(family):
 def test_an_unknown_dtype_is_one_sentence():
   config = lm_base.get_config('smoke', pe='ape')
   config.model.dtype = 'float16'
-  with pytest.raises(ValueError, match="model.dtype must be one of float32, bfloat16, got "
-                     "'float16'"):
+  with pytest.raises(ValueError, match="model.dtype='float16' is not one of: float32, "
+                     "bfloat16; did you mean 'bfloat16'"):
     tasks.build(config)

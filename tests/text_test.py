@@ -139,7 +139,7 @@ def test_bad_data_gets_one_clear_sentence(tmp_path):
     text.corpus_dir('wikitext', str(tmp_path))
   with pytest.raises(ValueError, match='needs data.dir'):
     text.corpus_dir('wikitext')
-  with pytest.raises(ValueError, match="Unknown text corpus 'c4'"):
+  with pytest.raises(ValueError, match="data.name='c4' is not one of: "):
     text.corpus_dir('c4')
   with pytest.raises(ValueError, match='has 5 tokens, fewer than one window of 8'):
     text.Windows(np.arange(5), 8)

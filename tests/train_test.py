@@ -99,6 +99,40 @@ def test_preempted_run_resumes_exactly(tmp_path, seqpe_run, monkeypatch):
   assert losses(tmp_path) == losses(reference)
 
 
+def test_ctrl_c_mid_training_saves_and_a_rerun_resumes_exactly(tmp_path, seqpe_run,
+                                                               monkeypatch, capsys):
+  reference, _ = seqpe_run
+  write = metrics.MetricWriter.write
+
+  def ctrl_c_at_step_4(self, step, scalars):
+    write(self, step, scalars)
+    if step == 4:
+      os.kill(os.getpid(), signal.SIGINT)
+
+  monkeypatch.setattr(metrics.MetricWriter, 'write', ctrl_c_at_step_4)
+  with pytest.raises(cli.Interrupted, match='SIGINT: saved a checkpoint at step 4 and stopped'):
+    train.train_and_evaluate(smoke_config(total_steps=8), str(tmp_path))
+  assert 'Ctrl-C: saving a checkpoint after this step' in capsys.readouterr().err
+  assert sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir())[-1] == 4
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Put back.
+  monkeypatch.setattr(metrics.MetricWriter, 'write', write)
+  train.train_and_evaluate(smoke_config(total_steps=8), str(tmp_path))  # Resumes at 4.
+  jax.tree.map(np.testing.assert_array_equal, saved_params(tmp_path, 8),
+               saved_params(reference, 8))
+  assert losses(tmp_path) == losses(reference)
+
+
+def test_a_finished_run_rerun_adds_nothing_and_says_where_its_results_are(tmp_path, seqpe_run,
+                                                                         capsys):
+  reference, results = seqpe_run
+  workdir = tmp_path / 'copy'
+  shutil.copytree(reference, workdir)
+  before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
+  assert train.train_and_evaluate(smoke_config(total_steps=8), str(workdir)) == results
+  assert {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()} == before
+  assert f'its results are in {workdir}/extrapolation.json' in capsys.readouterr().out
+
+
 def test_sharded_losses_equal_single_device(tmp_path, seqpe_run):
   single, _ = seqpe_run  # Trained on a 1x1x1 mesh.
   assert jax.device_count() == 8
@@ -223,6 +257,17 @@ def test_the_first_nonfinite_step_is_kept_through_later_bad_steps():
   assert recorded == [0, 2, 2, 2]
 
 
+def test_a_nonfinite_loss_before_the_first_checkpoint_names_no_folder(tmp_path):
+  diverging = smoke_config(**{'total_steps': 8, 'optimizer.lr': 1e9, 'optimizer.warmup_steps': 4,
+                              'optimizer.warmup_init': 0.0, 'checkpoint_every_steps': 100,
+                              'log_every_steps': 1})
+  with pytest.raises(FloatingPointError) as error:
+    train.train_and_evaluate(diverging, str(tmp_path))
+  assert str(error.value).endswith('nothing after it was saved, and no earlier checkpoint is '
+                                   'left: start again with a smaller --config.optimizer.lr.')
+  assert not (tmp_path / 'checkpoints.nonfinite').exists()
+
+
 def test_an_unreadable_newest_checkpoint_is_set_aside(tmp_path, seqpe_run, caplog, capsys):
   reference, _ = seqpe_run
   workdir = tmp_path / 'copy'
@@ -232,7 +277,12 @@ def test_an_unreadable_newest_checkpoint_is_set_aside(tmp_path, seqpe_run, caplo
     if path.is_file() and 'metadata' not in path.name:
       path.unlink()
   train.train_and_evaluate(smoke_config(total_steps=8), str(workdir))
-  assert 'The checkpoint at step 8 cannot be read' in caplog.text
+  warnings = [r.getMessage() for r in caplog.records if 'cannot be read' in r.getMessage()]
+  assert len(warnings) == 1 and '\n' not in warnings[0] and 'pybind11' not in warnings[0]
+  assert warnings[0].startswith(f'The checkpoint at step 8 cannot be read (') and (
+      f'reading {workdir}/checkpoints/8' in warnings[0])
+  assert warnings[0].endswith(f'moved it to {workdir}/checkpoints.unreadable/8 and trying the '
+                              'one before.')
   # The next one was tried and taken (a fresh start would reach the same parameters).
   assert 'Resumed from step 6 in' in capsys.readouterr().out
   assert (workdir / 'checkpoints.unreadable' / '8' / 'state').is_dir()  # Moved, not deleted.

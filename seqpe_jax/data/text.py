@@ -25,6 +25,7 @@ import pathlib
 import grain
 import numpy as np
 
+from seqpe_jax import choices
 from seqpe_jax.data import batching, cache, tokenizers, wikimarkup
 
 SPLITS = ('train', 'valid', 'test')
@@ -43,7 +44,7 @@ def raw_files(directory: pathlib.Path) -> dict[str, pathlib.Path]:
 def corpus_dir(name: str, data_dir: str = '', cache_dir: str = '') -> pathlib.Path:
   """The directory holding wiki.{train,valid,test}.raw for corpus `name` (built if needed)."""
   if name not in CORPORA:
-    raise ValueError(f"Unknown text corpus '{name}'; use one of: {', '.join(CORPORA)}.")
+    raise choices.unknown('data.name', name, CORPORA)
   if name == 'wikitext':
     if not data_dir:
       raise ValueError("data.name='wikitext' needs data.dir, a directory with wiki.train.raw, "
@@ -106,7 +107,7 @@ def load_tokenizer(kind: str, directory: pathlib.Path, vocab_size: int = 0,
     train = raw_files(directory)['train']
     path = cache.root(cache_dir) / 'tokenizers' / f'{_digest(train)}-bpe{vocab_size}.json'
     return tokenizers.trained_bpe(train, vocab_size, path)
-  raise ValueError(f"Unknown tokenizer '{kind}'; use gpt2, bpe or byte.")
+  raise choices.unknown('data.tokenizer', kind, ('gpt2', 'bpe', 'byte'))
 
 
 def tokenize_splits(directory: pathlib.Path, tokenizer: tokenizers.Tokenizer,

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from seqpe_jax import positions
+from seqpe_jax import choices, positions
 from seqpe_jax.posenc import config, inject, seqpe, sources
 
 __all__ = ['HostSpec', 'PEKind', 'PositionalEncoding', 'REGISTRY', 'TableCache', 'build',
@@ -182,12 +182,11 @@ def register(name: str, kind: PEKind) -> PEKind:
 def build(cfg: ml_collections.ConfigDict, host: HostSpec) -> PositionalEncoding:
   """Builds the PE named `cfg.name` for `host`, validating every choice up front."""
   if cfg.name not in REGISTRY:
-    raise ValueError(f"Unknown PE '{cfg.name}'; choose one of: {', '.join(REGISTRY)}.")
+    raise choices.unknown('pe.name', cfg.name, REGISTRY)
   kind = REGISTRY[cfg.name]
   method = cfg.inject.method or kind.methods[0]
   if method not in kind.methods:
-    raise ValueError(f"PE '{cfg.name}' does not support injection '{method}'; it supports: "
-                     f"{', '.join(kind.methods)}.")
+    raise choices.unknown(f"pe.inject.method (of PE '{cfg.name}')", method, kind.methods)
   if canvas_of(cfg, host) and not kind.canvas:
     raise ValueError(f"pe.canvas_stride spreads per-axis coordinates over a canvas, and PE "
                      f"'{cfg.name}' has none to spread; set pe.canvas_stride = 0 for it.")

@@ -1,5 +1,6 @@
 """Tasks: data, model, loss and evaluation sweep for each experiment family."""
 
+from seqpe_jax import choices
 from seqpe_jax.tasks import classification, lm, qa
 
 # By config.model.name; a config may name its task instead (`config.task`), when the task
@@ -12,5 +13,5 @@ def build(config):
   """The task for `config.task` if the config has one, else for `config.model.name`."""
   name = config.get('task') or config.model.name
   if name not in TASKS:
-    raise ValueError(f"Unknown model '{name}'; use one of: {', '.join(TASKS)}.")
+    raise choices.unknown('model.name', name, TASKS)
   return TASKS[name](config)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from seqpe_jax import posenc, sharding
+from seqpe_jax import metrics, posenc, sharding
 from seqpe_jax.data import augment, batching, images
 from seqpe_jax.models import vit
 from seqpe_jax.tasks import base, common
@@ -117,6 +117,7 @@ class ClassificationTask(base.Task):
     batch_size = sharding.eval_batch_size(self.config.eval.batch_size, mesh)
     rows = sharding.process_rows(batch_size, mesh)
     results = {}
+    progress = metrics.SweepProgress(self.axis_label, self.metric)
     for res in self.config.eval.resolutions:
       features = tables(self.grid(res))
       correct, total = sharding.sum_per_batch(
@@ -125,6 +126,7 @@ class ClassificationTask(base.Task):
                                        image_size=res, rows=rows, crop=self.eval_crop,
                                        workers=self.workers))
       results[res] = {'accuracy': int(correct) / int(total)}
+      progress.done(res, results[res])
     return results
 
 

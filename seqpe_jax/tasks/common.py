@@ -4,7 +4,7 @@ from collections.abc import Iterable, Sequence
 
 import jax.numpy as jnp
 
-from seqpe_jax import posenc
+from seqpe_jax import choices, posenc
 from seqpe_jax.posenc import regularizers
 
 
@@ -17,7 +17,7 @@ def model_dtype(config):
   trained in float32."""
   name = config.model.get('dtype', 'float32')
   if name not in DTYPES:
-    raise ValueError(f"model.dtype must be one of {', '.join(DTYPES)}, got '{name}'.")
+    raise choices.unknown('model.dtype', name, DTYPES)
   return DTYPES[name]
 
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from seqpe_jax import posenc, sharding
+from seqpe_jax import choices, metrics, posenc, sharding
 from seqpe_jax.data import text
 from seqpe_jax.models import gpt, transformer
 from seqpe_jax.tasks import base, common
@@ -45,14 +45,12 @@ class LanguageModelTask(base.Task):
     self.tokens = text.tokenize_splits(directory, self.tokenizer, data.cache_dir)
     text.Windows(self.tokens['train'], data.seq_len)  # One clear error if the corpus is short.
     if config.eval.protocol not in PROTOCOLS:
-      raise ValueError(f"eval.protocol must be one of {', '.join(PROTOCOLS)}, got "
-                       f"'{config.eval.protocol}'.")
+      raise choices.unknown('eval.protocol', config.eval.protocol, PROTOCOLS)
     if not 0 < config.eval.stride_fraction <= 1:
       raise ValueError('eval.stride_fraction must be in (0, 1], got '
                        f'{config.eval.stride_fraction}.')
     if config.eval.split not in text.SPLITS:
-      raise ValueError(f"eval.split must be one of {', '.join(text.SPLITS)}, got "
-                       f"'{config.eval.split}'.")
+      raise choices.unknown('eval.split', config.eval.split, text.SPLITS)
     m = config.model
     attention = transformer.AttentionOptions(m.attention_kernel, m.attention_block,
                                            m.attention_dropout)
@@ -108,6 +106,7 @@ class LanguageModelTask(base.Task):
     tokens = self.tokens[split or self.config.eval.split]
     batch_size = sharding.eval_batch_size(self.config.eval.batch_size, mesh)
     results = {}
+    progress = metrics.SweepProgress(self.axis_label, self.metric)
     for length in self.config.eval.lengths:
       features = tables((length,))
       nll, count = sharding.sum_per_batch(
@@ -116,6 +115,7 @@ class LanguageModelTask(base.Task):
                                      stride=self.stride(length)))
       results[length] = {'ppl': math.exp(nll / count), 'nll': float(nll / count),
                          'tokens': float(count)}
+      progress.done(length, results[length])
     return results
 
 

@@ -32,7 +32,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from seqpe_jax import posenc, sharding
+from seqpe_jax import metrics, posenc, sharding
 from seqpe_jax import results as results_files
 from seqpe_jax.data import batching, retrieval, text
 from seqpe_jax.models import gpt, transformer
@@ -232,6 +232,7 @@ class QATask(base.Task):
     rows = sharding.eval_batch_size(self.config.eval.batch_size, mesh)
     new = self.config.eval.max_new_tokens
     results = {}
+    progress = metrics.SweepProgress(self.axis_label, self.metric)
     for length, examples in self.eval_sets(split).items():
       prompts = [self.tokenizer.encode(e['input'].strip()) for e in examples]
       width = max(map(len, prompts))  # One compiled decoder per length.
@@ -246,6 +247,7 @@ class QATask(base.Task):
         tokens = np.asarray(multihost_utils.process_allgather(tokens, tiled=True))
         outputs += [decode_answer(self.tokenizer, row) for row in tokens[:len(chunk)]]
       results[length] = score(examples, outputs)
+      progress.done(length, results[length])
       logging.info('QA at %d tokens: EM %.3f; first output %r, gold %r.', length,
                    results[length]['em'], outputs[0], examples[0]['outputs'])
     return results
