@@ -32,6 +32,7 @@ from absl import app, flags
 
 from lab import jobs as job_runner, report
 from lab.suites import SUITES, Suite, SuiteError, criterion, score
+from seqpe_jax import workdir_lock
 
 CHOSEN = 'CHOSEN.json'
 
@@ -188,6 +189,14 @@ def run_study(suite_name: str, workdir: str, *, variant: str = '', parallel: int
   if dispatch not in ('local', 'slurm'):
     raise StudyError(f"Unknown --dispatch '{dispatch}'; use local or slurm.")
   root = pathlib.Path(workdir)
+  if dry_run:  # Prints commands; writes nothing, so holds nothing.
+    return _search_choose_final(suite, suite_name, root, variant, parallel, dispatch, dry_run)
+  # The study holds its root (tables, CHOSEN.json); each run holds its own directory.
+  with workdir_lock.held(root, purpose='study'):
+    return _search_choose_final(suite, suite_name, root, variant, parallel, dispatch, dry_run)
+
+
+def _search_choose_final(suite, suite_name, root, variant, parallel, dispatch, dry_run):
   search = search_jobs(suite, root, variant)
   done = sum(j.finished or j.diverged for j in search)
   print(f'{suite_name}: search {done} of {len(search)} runs done in {root}.', flush=True)
@@ -242,8 +251,9 @@ def run_final(suite_name: str, workdir: str, *, variant: str = '', parallel: int
   if unfinished:
     raise StudyError(f'{len(unfinished)} final runs have not finished (first: {unfinished[0]}); '
                      'run the study without --final to train them.')
-  job_runner.run_local(test_jobs(suite, root), root, parallel)
-  return report.write_final(root, suite, suite_name, chosen, command_line(), hardware())
+  with workdir_lock.held(root, purpose='study --final'):
+    job_runner.run_local(test_jobs(suite, root), root, parallel)
+    return report.write_final(root, suite, suite_name, chosen, command_line(), hardware())
 
 
 def command_line() -> str:
@@ -276,7 +286,7 @@ def main(argv):
     if out['stage'] == 'done' and not args.dry_run:
       print(f"Validation table: {pathlib.Path(args.workdir) / 'valid.md'}. Commit "
             f'{pathlib.Path(args.workdir) / CHOSEN}, then run with --final to read test once.')
-  except (StudyError, SuiteError, job_runner.JobError) as e:
+  except (StudyError, SuiteError, job_runner.JobError, workdir_lock.WorkdirInUse) as e:
     print(e, file=sys.stderr)
     sys.exit(2)
   except job_runner.Preempted as e:
