@@ -282,8 +282,8 @@ def main(argv):
       print(f"Report: {pathlib.Path(args.workdir) / 'REPORT.md'}")
       return out
     out = run_study(args.suite, args.workdir, variant=args.variant, parallel=args.jobs,
-                    dispatch=args.dispatch, dry_run=args.dry_run)
-    if out['stage'] == 'done' and not args.dry_run:
+                    dispatch=args.dispatch, dry_run=args['dry-run'].value)
+    if out['stage'] == 'done' and not args['dry-run'].value:
       print(f"Validation table: {pathlib.Path(args.workdir) / 'valid.md'}. Commit "
             f'{pathlib.Path(args.workdir) / CHOSEN}, then run with --final to read test once.')
   except (StudyError, SuiteError, job_runner.JobError, workdir_lock.WorkdirInUse) as e:
@@ -301,6 +301,7 @@ if __name__ == '__main__':
   flags.DEFINE_integer('jobs', 1, 'Runs trained at once on this machine.')
   flags.DEFINE_enum('dispatch', 'local', ['local', 'slurm'], 'Train here, or submit each run '
                     'as its own Slurm job through launch/gpu_slurm.sh.')
-  flags.DEFINE_bool('dry_run', False, 'Print the command of every unfinished run; run nothing.')
+  # Spelt as the launchers spell it (launch/*.sh --dry-run).
+  flags.DEFINE_bool('dry-run', False, 'Print the command of every unfinished run; run nothing.')
   flags.DEFINE_bool('final', False, 'Read the test split of the runs CHOSEN.json names.')
   app.run(main)

@@ -4,6 +4,7 @@ runs CHOSEN.json names, paired comparisons, resumption, and one sentence for bad
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from scipy import stats
 
 from lab import jobs, report, study, suites
 from configs import common
+from seqpe_jax import workdir_lock
 
 # One xdist worker runs this file: its smoke study trains eight runs.
 pytestmark = pytest.mark.xdist_group('study')
@@ -230,3 +232,11 @@ def test_final_reads_test_once_for_the_chosen_runs_only(smoke_study):
   comparison = out['comparisons']['extend']
   assert {c['other'] for c in comparison} == {'rope'}
   assert (root / 'REPORT.md').read_text().count('| seqpe |') == 1
+
+
+def test_a_second_study_on_the_same_directory_is_refused(tmp_path):
+  with workdir_lock.held(tmp_path, purpose='study'):
+    out = _run_cli('--suite=lm', f'--workdir={tmp_path}', '--variant=smoke')
+  assert out.returncode == 2 and 'Traceback' not in out.stderr
+  assert str(os.getpid()) in out.stderr  # The holder is named.
+  assert not (tmp_path / 'search').exists()
