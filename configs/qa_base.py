@@ -54,6 +54,11 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
   # Probes are this many tokens shorter than their nominal length, leaving room for the
   # answer (a 512-token probe has a prompt of 504 tokens).
   c.data.answer_room = 8
+  # Passkey probes: their filler, 'wiki' (held-out paragraphs of the LM corpus) or 'repeat'
+  # (the classic repeated sentences), and the form of their keys, 'digitsN' (N digits) or
+  # 'token' (numbers the tokenizer writes as one token).
+  c.data.filler = 'wiki'
+  c.data.key_form = 'digits5'
   # Generated training probes, their seed and the held-out corpus split of their filler.
   c.data.num_train = 4_000
   c.data.probe_seed = 1
