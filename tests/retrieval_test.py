@@ -256,7 +256,10 @@ def test_command_line_writes_the_file_and_refuses_bad_input(cache, wiki, tmp_pat
   for args, message in ((['--task=kv', '--length=100', f'--out={tmp_path / "x.jsonl"}'],
                          'Retrieval prompts are 128..16384 tokens long, not 100.'),
                         (['--task=needle', '--length=1024', f'--out={tmp_path / "x.jsonl"}'],
-                         "Unknown retrieval task 'needle'; use one of: passkey, kv.")):
+                         "Unknown retrieval task 'needle'; use one of: passkey, kv."),
+                        (['--task=passkey', '--length=256', '--tokenizer=byte', '--key_form=token',
+                          f'--out={tmp_path / "x.jsonl"}'],
+                         "--key_form='token' needs 10 numbers that the byte tokenizer writes")):
     process = run_cli(*args, cache_dir=cache)
     assert process.returncode == 2 and 'Traceback' not in process.stderr
     assert process.stderr.strip().count('\n') == 0 and message in process.stderr
