@@ -19,12 +19,13 @@ token count), `depth` (0..1: the fraction of the haystack that comes before the 
   kv       a JSON object of random UUID pairs, one key asked for; outputs = [its value].
 
 Lengths are in tokens of the configured tokenizer, 128..16384 (a generator may need more
-for its fixed text: `min_length`), met within TOLERANCE (in practice +-2). The budget is planned with token counts rather than by re-tokenising the
-prompt: the filler is tokenised once per (corpus, split, tokenizer), starts at a random
-paragraph and is cut at word boundaries (tokens that start with whitespace, where BPE
-pre-tokenisation splits anyway, so pieces tokenise the same alone as joined); kv pairs are
-counted in batches and drawn until their counts fill the budget. The prompt is tokenised
-once at the end to record its true length. Byte tokens give every UUID the same length, so
+for its fixed text: `min_length`), met within TOLERANCE (in practice +-2). The budget is
+planned with token counts rather than by re-tokenising the prompt: the filler is
+tokenised once per (corpus, split, tokenizer), starts at a random paragraph and is cut at
+word boundaries (tokens that start with whitespace, where BPE pre-tokenisation splits
+anyway, so pieces tokenise the same alone as joined); kv pairs are counted in batches
+and drawn until their counts fill the budget. The prompt is tokenised once at the end to
+record its true length. Byte tokens give every UUID the same length, so
 there the kv object is padded with spaces after its brace (insignificant in JSON).
 
 Depths: example i sits in depth decile i mod 10 (uniform inside it), so a length x depth
@@ -271,7 +272,7 @@ def key_form(name: str, tokenizer: tokenizers.Tokenizer, field: str = '--key_for
     raise ValueError(f"{field}='{name}' is not a key form; use digitsN (N = 1..9 digits, e.g. "
                      "digits5) or 'token'.")
   numbers = [str(n) for n in range(10, 10_000)]
-  counts = [len(ids) for ids in tokenizer._encode_batch([' ' + n for n in numbers])]  # pylint: disable=protected-access
+  counts = _counts(tokenizer, [' ' + n for n in numbers])
   pool = tuple(n for n, c in zip(numbers, counts) if c == 1)
   if len(pool) < NUM_CANDIDATES:
     raise ValueError(f"{field}='token' needs {NUM_CANDIDATES} numbers that the {tokenizer.name} "
