@@ -4,6 +4,7 @@ from an LM run (and its refusals), skipped examples, a `:smoke` run end to end."
 import importlib
 import json
 import pathlib
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -72,6 +73,44 @@ def test_scores_by_length_and_depth_decile_and_decoding_stops_at_end_of_text():
   assert result == {'em': 0.75, 'char_accuracy': 0.5, 'examples': 4.0, 'em_depth0': 1.0,
                     'em_depth1': 0.5, 'em_depth9': 1.0}
   assert set(qa.score([{'outputs': ['a']}], ['a'])) == {'em', 'char_accuracy', 'examples'}
+
+
+def test_scores_rank_and_gold_log_probability_by_depth_decile():
+  examples = [{'outputs': ['7'], 'depth': d} for d in (0.05, 0.15, 0.19, 1.0)]
+  candidate_scores = [[-1.0, -2.0, -3.0],  # Gold first.
+                      [-2.0, -1.0, -3.0],  # Gold second.
+                      [-1.5, -1.5, -np.inf],  # A tie is no win; -inf: a missing candidate.
+                      [-0.5, -9.0, -9.0]]
+  result = qa.score(examples, ['7', 'no', 'it is 7', '7'], candidate_scores)
+  assert result == pytest.approx({
+      'em': 0.75, 'char_accuracy': 0.5, 'examples': 4.0, 'answer_logp': -1.25, 'rank_acc': 0.5,
+      'em_depth0': 1.0, 'answer_logp_depth0': -1.0, 'rank_acc_depth0': 1.0,
+      'em_depth1': 0.5, 'answer_logp_depth1': -1.75, 'rank_acc_depth1': 0.0,
+      'em_depth9': 1.0, 'answer_logp_depth9': -0.5, 'rank_acc_depth9': 1.0})
+
+
+@pytest.mark.parametrize('scores,expected', [
+    ([[0.0, -1.0, -2.0], [-3.0, -4.0, -9.0]], 1.0),  # Gold always first.
+    ([[-1.0, 0.0, -2.0], [-9.0, -4.0, -3.0]], 0.0),  # Gold never first.
+    ([[-1.0, -1.0, -2.0]], 0.0),  # A tie with the best wrong candidate is not first.
+    ([[0.0, -1.0], [-1.0, 0.0], [5.0, 4.0], [1.0, 2.0]], 0.5),
+])
+def test_rank_accuracy_on_hand_made_cases(scores, expected):
+  assert qa.rank_accuracy(np.array(scores)) == expected
+
+
+def test_candidates_are_the_probes_own_or_the_other_answers_of_a_file():
+  probes = [{'outputs': [' 12 '], 'candidates': ['34', '56']}, {'outputs': ['78']}]
+  files = [{'outputs': [a]} for a in ('Paris', 'London', 'paris', 'Rome', 'London')]
+  assert qa.with_candidates(probes[:1]) == [['12', '34', '56']]
+  assert qa.with_candidates(files)[0] == ['Paris', 'London', 'Rome']  # Not the gold again.
+  assert qa.with_candidates(files)[3] == ['Rome', 'London', 'Paris', 'paris']
+  tokens, mask = qa.candidate_tokens(BYTES, [['12', '345'], ['6']])
+  assert tokens.shape == (2, 2, 5)  # ' 345' and end-of-text.
+  assert list(tokens[0, 0]) == list(b' 12') + [EOT, EOT] and list(mask[0, 0]) == [True] * 4 + [
+      False]
+  assert list(tokens[0, 1]) == list(b' 345') + [EOT] and mask[0, 1].all()
+  assert not mask[1, 1].any()  # A row with fewer candidates: the missing one is not scored.
 
 
 @pytest.mark.parametrize('output, answers, expected', [
@@ -172,6 +211,38 @@ def test_left_padded_batched_decoding_equals_decoding_each_prompt_alone(name, me
     _, unmasked = gpt.generate(model, params, table, jnp.asarray(batch['tokens']), new)
     assert np.abs(np.asarray(unmasked[0] - logits[0])).max() > 1e-2
 
+@pytest.mark.parametrize('name,method', [('seqpe', 'attn_scalar'), ('rope', ''), ('alibi', ''),
+                                         ('ape', '')])
+def test_gold_answer_likelihood_equals_a_direct_per_token_computation(name, method):
+  """Candidates scored from one cached prompt (left-padded, in a batch) = each prompt and
+  candidate run alone through the plain forward pass, token by token."""
+  model, pe, pe_params, key, scale_up = decoder(name, method)
+  width, new = 9, 4
+  table = pe.features(pe_params, (width + new - 1,))
+  params = scale_up(model.init(key, jnp.zeros((1, width), jnp.int32),
+                               gpt.slice_features(table, 0, width))['params'])
+  rng = np.random.default_rng(0)
+  prompts = [list(rng.integers(0, 37, n)) for n in (4, 9, 6)]
+  candidates = rng.integers(0, 37, (3, 2, new))  # [B, C, K]
+  batch = qa.left_pad(prompts, width, rows=3, pad_id=0)
+  logp = np.asarray(gpt.continuation_logprobs(
+      model, params, table, jnp.asarray(batch['tokens']), jnp.asarray(candidates),
+      jnp.asarray(batch['mask'])))
+  assert logp.shape == (3, 2, new)
+  for b, prompt in enumerate(prompts):
+    for c in range(2):
+      sequence = prompt + list(candidates[b, c])
+      logits = model.apply({'params': params}, jnp.asarray([sequence[:-1]]),
+                           gpt.slice_features(table, 0, len(sequence) - 1))
+      direct = np.asarray(jax.nn.log_softmax(logits[0]))
+      expected = [direct[len(prompt) + k - 1, sequence[len(prompt) + k]] for k in range(new)]
+      np.testing.assert_allclose(logp[b, c], expected, atol=2e-4, rtol=1e-4)
+  # Teeth: the log-probabilities of other tokens than the candidates' are other numbers.
+  shifted = np.asarray(gpt.continuation_logprobs(
+      model, params, table, jnp.asarray(batch['tokens']), jnp.asarray((candidates + 1) % 37),
+      jnp.asarray(batch['mask'])))
+  assert np.abs(shifted - logp).max() > 1e-2
+
 # ------------------------------------------------------------------ init_from.
 
 
@@ -209,7 +280,9 @@ def test_smoke_run_fine_tunes_the_lm_and_reports_em_by_length_and_depth(lm_run, 
 
   assert set(results) == {300, 600}
   assert all(0 <= r['em'] <= 1 and r['examples'] == 10 for r in results.values())
-  assert {f'em_depth{d}' for d in range(10)} <= set(results[600])
+  assert all(0 <= r['rank_acc'] <= 1 and r['answer_logp'] < 0 for r in results.values())
+  assert {f'{m}_depth{d}' for d in range(10) for m in ('em', 'rank_acc', 'answer_logp')} <= set(
+      results[600])
   rows = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   assert any('train/answer_ppl' in r for r in rows)
   assert {'eval/len300/em', 'eval/len600/em', 'eval/len600/em_depth0'} <= set(rows[-1])
@@ -233,6 +306,21 @@ def test_init_from_refuses_another_model_naming_the_field(lm_run, pe, overrides,
   assert str(error.value).count('. ') == 0  # One sentence.
 
 
+def test_init_from_takes_a_study_run_recorded_before_a_newer_pe_field(lm_run, tmp_path):
+  run = tmp_path / 'runs' / 'ape' / 'seed0'  # A study's layout.
+  shutil.copytree(lm_run, run)
+  record = json.loads((run / 'config.json').read_text())
+  defaults = json.loads(pe_config.get_config().to_json_best_effort())['inject']
+  field = next(k for k, v in record['pe']['inject'].items() if defaults.get(k) == v)
+  del record['pe']['inject'][field]  # Written before the field existed.
+  (run / 'config.json').write_text(json.dumps(record))
+  assert tasks.build(qa_config('ape', run)).config.init_from == str(run)
+  record['pe']['inject'][field] = 'another'
+  (run / 'config.json').write_text(json.dumps(record))
+  with pytest.raises(ValueError, match=f"trained with pe.inject.{field}='another'"):
+    tasks.build(qa_config('ape', run))
+
+
 def test_seqpe_position_space_may_grow_but_keep_its_digits():
   lm = json.loads(lm_base.get_config('smoke', 'seqpe').to_json_best_effort())
   finetune.check_compatible(qa_config('seqpe'), lm)  # 300 -> 1000 positions: 3 digits both.
@@ -248,6 +336,12 @@ def test_seqpe_position_space_may_grow_but_keep_its_digits():
     ({'eval.lengths': (300, 1200)}, ValueError, 'does not fit 3 base-10 digits'),
     ({'data.source': 'squad'}, ValueError, "Unknown data.source 'squad'"),
     ({'data.source': 'jsonl'}, ValueError, "data.source='jsonl' needs data.dir"),
+    ({'data.filler': 'lorem'}, ValueError, "Unknown data.filler 'lorem'; use one of: wiki, re"),
+    ({'data.key_form': 'token'}, ValueError,
+     "data.key_form='token' needs 10 numbers that the byte tokenizer writes as one token"),
+    ({'data.key_form': 'hex4'}, ValueError, "data.key_form='hex4' is not a key form"),
+    ({'data.seq_len': 250}, ValueError, r'data.seq_len holds 250, whose probes have 240 prompt '
+     r'tokens after data.answer_room=10, fewer than the 2\d\d byte tokens the passkey generator'),
 ])
 def test_bad_settings_stop_with_one_sentence(overrides, error, message):
   with pytest.raises(error, match=message):

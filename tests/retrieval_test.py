@@ -52,7 +52,7 @@ def kv_parts(example):
 
 def test_generated_examples_round_trip_through_the_reader(gpt2, filler, tmp_path):
   examples = passkey(gpt2, filler, 256, num=3)
-  assert list(examples[0]) == ['index', 'input', 'outputs', 'length', 'depth']
+  assert list(examples[0]) == ['index', 'input', 'outputs', 'length', 'depth', 'candidates']
   retrieval.write_jsonl(tmp_path / 'validation.256.jsonl', examples)
   assert retrieval.read_jsonl(tmp_path / 'validation.256.jsonl') == examples
   retrieval.write_jsonl(tmp_path / 'validation.1024.jsonl', kv(gpt2, 1024, num=2))
@@ -66,13 +66,15 @@ def test_reader_errors_are_one_sentence_with_file_and_line(tmp_path):
   with pytest.raises(FileNotFoundError, match=r'nope.jsonl does not exist: a QA file holds one '
                      r'JSON object per line with "index" \(int\), "input" \(str\)'):
     retrieval.read_jsonl(tmp_path / 'nope.jsonl')
-  good = json.dumps({'index': 0, 'input': 'q', 'outputs': ['a'], 'depth': 0.5})
+  good = json.dumps({'index': 0, 'input': 'Q: is it A?', 'outputs': ['a'], 'depth': 0.5})
   cases = {'{"index": 1, "input": "q"': ':2: not valid JSON',
            '{"index": 1, "input": "q"}': ':2: missing field "outputs"',
            '{"index": 1, "input": "q", "outputs": "a"}': ':2: "outputs" is a str, not a list',
            '{"index": true, "input": "q", "outputs": ["a"]}': ':2: "index" is a bool, not a',
            '{"index": 1, "input": "q", "outputs": [3]}': ':2: "outputs" holds something other',
-           '[1, 2]': ':2: a list, not an object'}
+           '[1, 2]': ':2: a list, not an object',
+           '{"index": 1, "input": "q", "outputs": ["b", " "]}':
+               ':2: none of the "outputs" occurs in its "input"'}
   for line, message in cases.items():
     path = tmp_path / 'bad.jsonl'
     path.write_text(f'{good}\n{line}\n\n')
@@ -169,9 +171,61 @@ def test_other_tokenizers_meet_the_length_too(cache, kind):
     assert e['outputs'][0] in e['input']
 
 
+@pytest.mark.parametrize('kind', ['gpt2', 'bpe', 'byte'])
+@pytest.mark.parametrize('filler_kind', ['repeat', 'wiki'])
+@pytest.mark.parametrize('form', ['digits3', 'token'])
+def test_new_fillers_and_key_forms_meet_the_length_with_the_answer_once(
+    cache, wiki, kind, filler_kind, form):
+  tok = tokenizers.gpt2() if kind == 'gpt2' else text.load_tokenizer(kind, wiki, 4096, cache)
+  if kind == 'byte' and form == 'token':
+    pytest.skip('Bytes write no number as one token (the refusal is tested below).')
+  keys = retrieval.key_form(form, tok)
+  fill = retrieval.load_filler(wiki, 'valid', tok, filler_kind)
+  for length in (retrieval.min_length('passkey', tok, keys), 512):
+    for e in retrieval.passkey_examples(tok, fill, length, 10, 0, keys):
+      key = e['outputs'][0]
+      assert abs(len(tok.encode(e['input'])) - length) <= retrieval.TOLERANCE
+      assert e['input'].count(retrieval.PASSKEY_NEEDLE.format(key=key)) == 1
+      assert e['input'].count(key) == 2  # Only in the needle, which states it twice.
+      if form == 'token':
+        assert len(tok.encode(' ' + key)) == 1
+      else:
+        assert re.fullmatch(r'[1-9]\d\d', key)
+      wrong = e['candidates']
+      assert len(set(wrong)) == 9 and key not in wrong
+      assert all(len(tok.encode(' ' + c)) == 1 if form == 'token' else
+                 re.fullmatch(r'[1-9]\d\d', c) for c in wrong)
+      if filler_kind == 'repeat':  # Nothing but the classic sentences around the needle.
+        haystack = e['input'][len(retrieval.PASSKEY_PREFIX):-len(retrieval.PASSKEY_QUESTION)]
+        haystack = haystack.replace(retrieval.PASSKEY_NEEDLE.format(key=key), '')
+        pieces = retrieval.REPEATED_FILLER.split()
+        words = haystack.split()
+        start = pieces.index(words[0])
+        assert words == [pieces[(start + i) % len(pieces)] for i in range(len(words))]
+
+
+def test_kv_candidates_are_other_uuids(gpt2):
+  for e in kv(gpt2, 512, num=3):
+    assert len(set(e['candidates'])) == 9 and e['outputs'][0] not in e['candidates']
+    assert all(re.fullmatch(r'[0-9a-f-]{36}', c) and c not in e['input']
+               for c in e['candidates'])
+
+
+def test_key_forms_the_tokenizer_cannot_write_are_refused(gpt2):
+  with pytest.raises(ValueError, match="--key_form='token' needs 10 numbers that the byte "
+                     'tokenizer writes as one token after a space, and it has 0'):
+    retrieval.key_form('token', tokenizers.byte_level())
+  with pytest.raises(ValueError, match="--key_form='digits1' has fewer than the 10 different"):
+    retrieval.key_form('digits1', gpt2)
+  with pytest.raises(ValueError, match="--key_form='uuid' is not a key form"):
+    retrieval.key_form('uuid', gpt2)
+  with pytest.raises(ValueError, match="Unknown filler 'lorem'; use one of: wiki, repeat"):
+    retrieval.load_filler('', 'valid', gpt2, 'lorem')
+
+
 def test_bad_input_is_one_sentence(gpt2, cache):
-  for length in (255, 16385):
-    with pytest.raises(ValueError, match=f'256..16384 tokens long, not {length}'):
+  for length in (127, 16385):
+    with pytest.raises(ValueError, match=f'128..16384 tokens long, not {length}'):
       retrieval.generate('passkey', length, 1, 0, cache_dir=cache)
   with pytest.raises(ValueError, match="Unknown retrieval task 'qa'; use one of: passkey, kv"):
     retrieval.generate('qa', 1024, 1, 0, cache_dir=cache)
@@ -200,9 +254,12 @@ def test_command_line_writes_the_file_and_refuses_bad_input(cache, wiki, tmp_pat
       f"{max(e['length'] for e in retrieval.read_jsonl(out))} tokens, depth deciles 0,1,2"]
   assert len(retrieval.read_jsonl(out)) == 3
   for args, message in ((['--task=kv', '--length=100', f'--out={tmp_path / "x.jsonl"}'],
-                         'Retrieval prompts are 256..16384 tokens long, not 100.'),
+                         'Retrieval prompts are 128..16384 tokens long, not 100.'),
                         (['--task=needle', '--length=1024', f'--out={tmp_path / "x.jsonl"}'],
-                         "Unknown retrieval task 'needle'; use one of: passkey, kv.")):
+                         "Unknown retrieval task 'needle'; use one of: passkey, kv."),
+                        (['--task=passkey', '--length=256', '--tokenizer=byte', '--key_form=token',
+                          f'--out={tmp_path / "x.jsonl"}'],
+                         "--key_form='token' needs 10 numbers that the byte tokenizer writes")):
     process = run_cli(*args, cache_dir=cache)
     assert process.returncode == 2 and 'Traceback' not in process.stderr
     assert process.stderr.strip().count('\n') == 0 and message in process.stderr

@@ -6,20 +6,26 @@ A model reads `input` and should continue it with one of `outputs`. `read_jsonl`
 `read_lengths` load such files (the reference's SQuAD-derived set, for users who have it).
 
 Generated probes (no download) write the same schema plus `length` (the prompt's actual
-token count) and `depth` (0..1: the fraction of the haystack that comes before the needle):
+token count), `depth` (0..1: the fraction of the haystack that comes before the needle) and
+`candidates` (9 wrong answers of the gold answer's form, for ranking the gold among 10):
 
-  passkey  a random 5-digit key stated once ("The pass key is 12345. Remember it. 12345 is
-           the pass key.") inside real paragraphs of a held-out split of the LM corpus
-           (never train), then "What is the pass key? The pass key is"; outputs = [key].
+  passkey  a random key stated once ("The pass key is 12345. Remember it. 12345 is the pass
+           key.") inside filler, then "What is the pass key? The pass key is";
+           outputs = [key]. Filler 'wiki': real paragraphs of a held-out split of the LM
+           corpus (never train); 'repeat': the classic passkey filler, one set of plain
+           sentences repeated. Key forms: 'digits5' (the default), 'digits3' (any digitsN,
+           N = 1..9; no leading zero) or 'token' (a number that the tokenizer writes as one
+           token after a space, so the answer is one token).
   kv       a JSON object of random UUID pairs, one key asked for; outputs = [its value].
 
-Lengths are in tokens of the configured tokenizer, 256..16384, met within TOLERANCE (in
-practice +-2). The budget is planned with token counts rather than by re-tokenising the
-prompt: the filler is tokenised once per (corpus, split, tokenizer), starts at a random
-paragraph and is cut at word boundaries (tokens that start with whitespace, where BPE
-pre-tokenisation splits anyway, so pieces tokenise the same alone as joined); kv pairs are
-counted in batches and drawn until their counts fill the budget. The prompt is tokenised
-once at the end to record its true length. Byte tokens give every UUID the same length, so
+Lengths are in tokens of the configured tokenizer, 128..16384 (a generator may need more
+for its fixed text: `min_length`), met within TOLERANCE (in practice +-2). The budget is
+planned with token counts rather than by re-tokenising the prompt: the filler is
+tokenised once per (corpus, split, tokenizer), starts at a random paragraph and is cut at
+word boundaries (tokens that start with whitespace, where BPE pre-tokenisation splits
+anyway, so pieces tokenise the same alone as joined); kv pairs are counted in batches
+and drawn until their counts fill the budget. The prompt is tokenised once at the end to
+record its true length. Byte tokens give every UUID the same length, so
 there the kv object is padded with spaces after its brace (insignificant in JSON).
 
 Depths: example i sits in depth decile i mod 10 (uniform inside it), so a length x depth
@@ -31,7 +37,8 @@ Every example draws from its own generator seeded by (seed, task, length, index)
 reproduces a file byte for byte, and training and evaluation sets need different seeds.
 
     python -m seqpe_jax.data.retrieval --task=passkey|kv --length=N --num=M --seed=S \\
-        --out=FILE.jsonl [--tokenizer=gpt2|bpe|byte] [--corpus=wiki_gensim] [--split=valid]
+        --out=FILE.jsonl [--tokenizer=gpt2|bpe|byte] [--corpus=wiki_gensim] [--split=valid] \\
+        [--filler=wiki|repeat] [--key_form=digits5|digits3|token]
 """
 
 import dataclasses
@@ -47,7 +54,8 @@ from seqpe_jax import cli
 from seqpe_jax.data import cache, text, tokenizers
 
 TASKS = ('passkey', 'kv')
-MIN_LENGTH, MAX_LENGTH = 256, 16_384
+FILLERS = ('wiki', 'repeat')
+MIN_LENGTH, MAX_LENGTH = 128, 16_384
 TOLERANCE = 8  # |actual - requested| prompt tokens.
 HELD_OUT = ('valid', 'test')
 FIELDS = {'index': int, 'input': str, 'outputs': list}
@@ -58,6 +66,11 @@ PASSKEY_PREFIX = ('There is an important info hidden inside a lot of irrelevant 
                   'and memorize it. I will quiz you about the important information there.\n')
 PASSKEY_NEEDLE = ' The pass key is {key}. Remember it. {key} is the pass key.'
 PASSKEY_QUESTION = '\nWhat is the pass key? The pass key is'
+# The classic passkey filler (landmark attention's), one repetition; a leading space so that
+# repetitions tokenise the same joined as alone.
+REPEATED_FILLER = (' The grass is green. The sky is blue. The sun is yellow. Here we go. '
+                   'There and back again.')
+NUM_CANDIDATES = 10  # The gold answer and 9 wrong ones of its form.
 KV_PREFIX = ('Extract the value corresponding to the specified key in the JSON object below.'
              '\n\nJSON data:\n{')
 KV_PAIR = '\n "{key}": "{value}",'  # Each on its own line; the last loses its comma.
@@ -83,7 +96,7 @@ def read_jsonl(path) -> list[dict]:
         example = json.loads(line)
       except json.JSONDecodeError as e:
         raise ValueError(f'{path}:{number}: not valid JSON ({e.msg}); expected {SCHEMA}.') from None
-      problem = _schema_problem(example)
+      problem = _schema_problem(example) or _answer_problem(example)
       if problem:
         raise ValueError(f'{path}:{number}: {problem}; expected {SCHEMA}.')
       examples.append(example)
@@ -101,6 +114,15 @@ def _schema_problem(example) -> str:
       return f'"{field}" is a {type(value).__name__}, not a {kind.__name__}'
   if not all(isinstance(o, str) for o in example['outputs']):
     return '"outputs" holds something other than strings'
+  return ''
+
+
+def _answer_problem(example: dict) -> str:
+  """Retrieval asks for something the context states: some answer must occur in the input
+  (lower-cased, as exact match compares), else no model could be scored fairly on it."""
+  text_ = example['input'].lower()
+  if not any(o.strip() and o.strip().lower() in text_ for o in example['outputs']):
+    return 'none of the "outputs" occurs in its "input"'
   return ''
 
 
@@ -133,8 +155,8 @@ def _check_length(length: int) -> None:
                      f'{length}.')
 
 
-def _rng(seed: int, task: str, length: int, index: int) -> np.random.Generator:
-  return np.random.default_rng([seed, TASKS.index(task), length, index])
+def _rng(seed, task: str, length: int, index: int) -> np.random.Generator:
+  return np.random.default_rng([*np.atleast_1d(seed).tolist(), TASKS.index(task), length, index])
 
 
 def _decile_bounds(index: int) -> tuple[float, float]:
@@ -145,9 +167,20 @@ def _count(tokenizer: tokenizers.Tokenizer, s: str) -> int:
   return len(tokenizer.encode(s))
 
 
-def _example(index: int, prompt: str, answer: str, length: int, depth: float) -> dict:
+def _example(index: int, prompt: str, answer: str, length: int, depth: float,
+             candidates: list[str]) -> dict:
   return {'index': index, 'input': prompt, 'outputs': [answer], 'length': length,
-          'depth': round(depth, 6)}
+          'depth': round(depth, 6), 'candidates': candidates}
+
+
+def _distinct(draw, gold: str, num: int) -> list[str]:
+  """`num` different answers from `draw()`, none of them the gold one."""
+  found = []
+  while len(found) < num:
+    candidate = draw()
+    if candidate != gold and candidate not in found:
+      found.append(candidate)
+  return found
 
 # ------------------------------------------------------------------ Passkey.
 
@@ -171,8 +204,18 @@ class Filler:
 _FILLERS: dict[tuple[str, str, str], Filler] = {}
 
 
-def load_filler(directory, split: str, tokenizer: tokenizers.Tokenizer) -> Filler:
-  """Paragraphs (not headings) of `wiki.<split>.raw`, joined by newlines; cached per process."""
+def load_filler(directory, split: str, tokenizer: tokenizers.Tokenizer,
+                kind: str = 'wiki') -> Filler:
+  """Filler of `kind`: 'wiki', the paragraphs (not headings) of `wiki.<split>.raw` joined
+  by newlines; 'repeat', REPEATED_FILLER over and over (directory and split unused).
+  Cached per process."""
+  if kind not in FILLERS:
+    raise ValueError(f"Unknown filler '{kind}'; use one of: {', '.join(FILLERS)}.")
+  if kind == 'repeat':
+    key = ('', kind, tokenizer.name)
+    if key not in _FILLERS:
+      _FILLERS[key] = _tiled_filler([tokenizer.encode(REPEATED_FILLER)], tokenizer)
+    return _FILLERS[key]
   if split not in HELD_OUT:
     raise ValueError(f"Filler text comes from a held-out split ({' or '.join(HELD_OUT)}), "
                      f"not '{split}'.")
@@ -183,19 +226,59 @@ def load_filler(directory, split: str, tokenizer: tokenizers.Tokenizer) -> Fille
                   if line.strip() and not line.startswith(' = ')]
     if not paragraphs:
       raise ValueError(f'The {split} split of {directory} has no paragraphs to use as filler.')
-    pieces = [tokenizer.encode(p + '\n') for p in paragraphs]
-    one = np.fromiter((t for p in pieces for t in p), np.int64)
-    copies = 1 + -(-(MAX_LENGTH + 64) // len(one))
-    tokens = np.tile(one, copies)
-    vocab = {int(t): tokenizer.decode([t]) for t in np.unique(one)}
-    word = np.array([vocab[int(t)][:1].isspace() for t in tokens])
-    ends = np.array([vocab[int(t)].rstrip()[-1:] in ('.', '!', '?') for t in tokens])
-    sentence = word & np.concatenate([[True], ends[:-1]])
-    partial = np.array(['\ufffd' in vocab[int(t)] for t in tokens])  # Part of a character.
-    whole = ~partial & ~np.concatenate([[False], partial[:-1]])
-    starts = np.cumsum([0] + [len(p) for p in pieces[:-1]])
-    _FILLERS[key] = Filler(tokens, word, whole, sentence, starts)
+    _FILLERS[key] = _tiled_filler([tokenizer.encode(p + '\n') for p in paragraphs], tokenizer)
   return _FILLERS[key]
+
+
+def _tiled_filler(pieces: list[list[int]], tokenizer: tokenizers.Tokenizer) -> Filler:
+  """The pieces (paragraphs) as one stream, tiled past MAX_LENGTH, with its cut points."""
+  one = np.fromiter((t for p in pieces for t in p), np.int64)
+  copies = 1 + -(-(MAX_LENGTH + 64) // len(one))
+  tokens = np.tile(one, copies)
+  vocab = {int(t): tokenizer.decode([t]) for t in np.unique(one)}
+  word = np.array([vocab[int(t)][:1].isspace() for t in tokens])
+  ends = np.array([vocab[int(t)].rstrip()[-1:] in ('.', '!', '?') for t in tokens])
+  sentence = word & np.concatenate([[True], ends[:-1]])
+  partial = np.array(['\ufffd' in vocab[int(t)] for t in tokens])  # Part of a character.
+  whole = ~partial & ~np.concatenate([[False], partial[:-1]])
+  starts = np.cumsum([0] + [len(p) for p in pieces[:-1]])
+  return Filler(tokens, word, whole, sentence, starts)
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyForm:
+  """How passkeys look: `digits` random digits (no leading zero), or one of `pool`."""
+  name: str
+  digits: int = 0
+  pool: tuple[str, ...] = ()
+
+  def draw(self, rng: np.random.Generator) -> str:
+    if self.pool:
+      return self.pool[int(rng.integers(len(self.pool)))]
+    return str(rng.integers(10 ** (self.digits - 1), 10 ** self.digits))
+
+
+def key_form(name: str, tokenizer: tokenizers.Tokenizer, field: str = '--key_form') -> KeyForm:
+  """The KeyForm called `name` ('digitsN' with N = 1..9, or 'token') for `tokenizer`;
+  errors name the setting as `field`."""
+  match = re.fullmatch(r'digits([1-9])', name)
+  if match:
+    digits = int(match.group(1))
+    if 9 * 10 ** (digits - 1) < NUM_CANDIDATES:
+      raise ValueError(f"{field}='{name}' has fewer than the {NUM_CANDIDATES} different keys a "
+                       'probe ranks; use digits2 or more.')
+    return KeyForm(name, digits=digits)
+  if name != 'token':
+    raise ValueError(f"{field}='{name}' is not a key form; use digitsN (N = 1..9 digits, e.g. "
+                     "digits5) or 'token'.")
+  numbers = [str(n) for n in range(10, 10_000)]
+  counts = _counts(tokenizer, [' ' + n for n in numbers])
+  pool = tuple(n for n, c in zip(numbers, counts) if c == 1)
+  if len(pool) < NUM_CANDIDATES:
+    raise ValueError(f"{field}='token' needs {NUM_CANDIDATES} numbers that the {tokenizer.name} "
+                     f'tokenizer writes as one token after a space, and it has {len(pool)}; use '
+                     'a digitsN key form with this tokenizer.')
+  return KeyForm(name, pool=pool)
 
 
 def _nearest(positions: np.ndarray, target: float, lo: float, hi: float):
@@ -229,13 +312,13 @@ def _cut_points(filler: Filler, start: int, size: int, depth: float,
 
 
 def passkey_example(tokenizer: tokenizers.Tokenizer, filler: Filler, length: int,
-                    index: int, rng: np.random.Generator) -> dict:
+                    index: int, rng: np.random.Generator, keys: KeyForm) -> dict:
   """One passkey prompt of about `length` tokens, the needle in depth decile index % 10."""
   decile = _decile_bounds(index)
   start = int(rng.choice(filler.starts))
   depth = rng.uniform(*decile)
-  while True:  # A key that the filler happens to contain would appear twice.
-    key = str(rng.integers(10_000, 100_000))
+  for _ in range(MAX_DRAWS):  # A key that the filler happens to contain would appear twice.
+    key = keys.draw(rng)
     needle = PASSKEY_NEEDLE.format(key=key)
     fixed = _count(tokenizer, PASSKEY_PREFIX + needle + PASSKEY_QUESTION)
     size = length - fixed
@@ -252,13 +335,19 @@ def passkey_example(tokenizer: tokenizers.Tokenizer, filler: Filler, length: int
         break
       size -= actual - length
     if key not in before + after:
-      return _example(index, prompt, key, actual, cut / end)
+      candidates = _distinct(lambda: keys.draw(rng), key, NUM_CANDIDATES - 1)
+      return _example(index, prompt, key, actual, cut / end, candidates)
+  raise ValueError(f"{MAX_DRAWS} keys of form '{keys.name}' all occur in the filler of a "
+                   f'{length}-token passkey prompt; use the repeat filler or a longer key form.')
 
 
 def passkey_examples(tokenizer: tokenizers.Tokenizer, filler: Filler, length: int, num: int,
-                     seed: int) -> list[dict]:
+                     seed, keys: KeyForm | None = None) -> list[dict]:
+  """`num` passkey probes; `seed` an int or a sequence of ints; keys of form digits5 unless
+  given."""
   _check_length(length)
-  return [passkey_example(tokenizer, filler, length, i, _rng(seed, 'passkey', length, i))
+  keys = keys or KeyForm('digits5', digits=5)
+  return [passkey_example(tokenizer, filler, length, i, _rng(seed, 'passkey', length, i), keys)
           for i in range(num)]
 
 # ------------------------------------------------------------------ Key-value.
@@ -380,22 +469,41 @@ def kv_example(tokenizer: tokenizers.Tokenizer, length: int, index: int,
     if abs(trial_error) >= abs(error):
       break
     pad, prompt, error = pad - error, trial, trial_error
-  return _example(index, prompt, pairs[slot][1], length + error, float(depths[slot]))
+  value = pairs[slot][1]
+  candidates = _distinct(lambda: _uuid(rng), value, NUM_CANDIDATES - 1)
+  return _example(index, prompt, value, length + error, float(depths[slot]), candidates)
 
 
 def kv_examples(tokenizer: tokenizers.Tokenizer, length: int, num: int,
-                seed: int) -> list[dict]:
+                seed) -> list[dict]:
   _check_length(length)
   return [kv_example(tokenizer, length, i, _rng(seed, 'kv', length, i)) for i in range(num)]
 
 # ------------------------------------------------------------------ Both, by name.
 
 
+def min_length(task: str, tokenizer: tokenizers.Tokenizer, keys: KeyForm | None = None) -> int:
+  """The shortest prompt (tokens) that `task`'s generator makes with this tokenizer: its
+  fixed text and room for 16 filler tokens (passkey, with the longest key) or for
+  MIN_PAIRS average key-value pairs (kv); never below MIN_LENGTH."""
+  if task == 'kv':
+    sizes = _kv_sizes(tokenizer)
+    shortest = sizes.prefix + sizes.question + int(np.ceil(MIN_PAIRS * sizes.mean))
+  else:
+    keys = keys or KeyForm('digits5', digits=5)
+    longest = max(keys.pool, key=lambda k: len(tokenizer.encode(k))) if keys.pool else (
+        '9' * keys.digits)
+    needle = PASSKEY_NEEDLE.format(key=longest)
+    shortest = _count(tokenizer, PASSKEY_PREFIX + needle + PASSKEY_QUESTION) + 16 + 2
+  return max(MIN_LENGTH, shortest)
+
+
 def generate(task: str, length: int, num: int, seed: int, *, tokenizer: str = 'gpt2',
              vocab_size: int = 4096, corpus: str = 'wiki_gensim', data_dir: str = '',
-             cache_dir: str = '', split: str = 'valid') -> list[dict]:
+             cache_dir: str = '', split: str = 'valid', filler: str = 'wiki',
+             key: str = 'digits5') -> list[dict]:
   """`num` examples of `task` at `length` tokens of the named tokenizer (as text.py loads
-  it for `corpus`, whose held-out `split` gives the passkey filler)."""
+  it for `corpus`, whose held-out `split` gives the wiki filler of passkey probes)."""
   if task not in TASKS:
     raise ValueError(f"Unknown retrieval task '{task}'; use one of: {', '.join(TASKS)}.")
   _check_length(length)
@@ -405,7 +513,9 @@ def generate(task: str, length: int, num: int, seed: int, *, tokenizer: str = 'g
   tok = text.load_tokenizer(tokenizer, directory, vocab_size, cache_dir)
   if task == 'kv':
     return kv_examples(tok, length, num, seed)
-  return passkey_examples(tok, load_filler(directory, split, tok), length, num, seed)
+  keys = key_form(key, tok)
+  return passkey_examples(tok, load_filler(directory, split, tok, filler), length, num, seed,
+                          keys)
 
 
 def summary(examples: list[dict]) -> str:
@@ -424,7 +534,8 @@ def main(argv):
       raise ValueError('Pass --task=passkey|kv, --length=N and --out=FILE.jsonl.')
     examples = generate(f.task, f.length, f.num, f.seed, tokenizer=f.tokenizer,
                         vocab_size=f.vocab_size, corpus=f.corpus, data_dir=f.data_dir,
-                        cache_dir=f.cache_dir, split=f.split)
+                        cache_dir=f.cache_dir, split=f.split, filler=f.filler,
+                        key=f.key_form)
   write_jsonl(f.out, examples)
   print(f.out)
   print(f'{f.task} at {f.length} {f.tokenizer} tokens (seed {f.seed}): {summary(examples)}')
@@ -442,4 +553,6 @@ if __name__ == '__main__':
   flags.DEFINE_string('data_dir', '', 'The wikitext directory (--corpus=wikitext).')
   flags.DEFINE_string('cache_dir', '', "Built corpora and tokenizers; '' = the default cache.")
   flags.DEFINE_string('split', 'valid', 'Held-out split giving the passkey filler: valid | test.')
+  flags.DEFINE_string('filler', 'wiki', f"Passkey filler: {' | '.join(FILLERS)} (classic).")
+  flags.DEFINE_string('key_form', 'digits5', 'Passkey keys: digitsN (N digits) | token.')
   app.run(main)

@@ -124,12 +124,68 @@ def generate(model: GPT, params, features, prompt_BT: jax.Array, max_new_tokens:
     (tokens [B, max_new_tokens], logits [B, max_new_tokens, V]): each generated token and
     the logits it was chosen from.
   """
+  prompt_len = prompt_BT.shape[1]
+  decoder, features, cache, mask = _decoding(model, features, prompt_BT, prompt_mask_BT,
+                                             max_new_tokens)
+  cache, logits = _run(decoder, params, cache, features, prompt_BT, 0, prompt_mask_BT)
+  token = jnp.argmax(logits, -1).astype(jnp.int32)
+
+  def step(carry, t):
+    cache, token = carry
+    cache, new_logits = _run(decoder, params, cache, features, token[:, None], t, mask(1))
+    new_token = jnp.argmax(new_logits, -1).astype(jnp.int32)
+    return (cache, new_token), (new_token, new_logits)
+
+  _, (tokens, all_logits) = jax.lax.scan(
+      step, (cache, token), prompt_len + jnp.arange(max_new_tokens - 1))
+  tokens = jnp.concatenate([token[None], tokens], axis=0).T
+  all_logits = jnp.concatenate([logits[None], all_logits], axis=0).transpose(1, 0, 2)
+  return tokens, all_logits
+
+
+@functools.partial(jax.jit, static_argnames=('model',))
+def continuation_logprobs(model: GPT, params, features, prompt_BT: jax.Array,
+                          continuations_BCK: jax.Array, prompt_mask_BT: jax.Array | None = None):
+  """Teacher-forced log p(continuation token k | prompt, its tokens before k) [B, C, K].
+
+  Each prompt is read once into the KV cache, which its C continuations (K tokens each,
+  right-padded as the caller likes: a padding token only affects the ones after it) then
+  share. `features` and `prompt_mask_BT` as in `generate`, with K new tokens.
+  """
   batch, prompt_len = prompt_BT.shape
-  needed = prompt_len + max_new_tokens - 1
+  _, num, width = continuations_BCK.shape
+  decoder, features, cache, mask = _decoding(model, features, prompt_BT, prompt_mask_BT, width)
+  cache, logits = _run(decoder, params, cache, features, prompt_BT, 0, prompt_mask_BT)
+  first = jnp.take_along_axis(jax.nn.log_softmax(logits)[:, None, :],
+                              continuations_BCK[..., :1], axis=-1)[..., 0]  # [B, C]
+  # The cache and the per-example PE rows, once per continuation.
+  repeat = lambda x: jnp.repeat(x, num, axis=0) if x.ndim and x.shape[0] == batch else x
+  cache = jax.tree.map(repeat, cache)
+  if prompt_mask_BT is not None:
+    features = jax.tree.map(repeat, features)
+  tokens_NK = continuations_BCK.reshape(batch * num, width)
+  mask_n = (lambda n: jnp.ones((batch * num, n), bool)) if prompt_mask_BT is not None else mask
+
+  def step(cache, k):
+    cache, logits = _run(decoder, params, cache, features, tokens_NK[:, k, None],
+                         prompt_len + k, mask_n(1))
+    target = tokens_NK[:, k + 1, None]
+    return cache, jnp.take_along_axis(jax.nn.log_softmax(logits), target, axis=-1)[:, 0]
+
+  _, rest = jax.lax.scan(step, cache, jnp.arange(width - 1))  # [K - 1, B * C]
+  return jnp.concatenate([first[..., None], rest.T.reshape(batch, num, width - 1)], axis=-1)
+
+
+def _decoding(model: GPT, features, prompt_BT, prompt_mask_BT, new_tokens: int):
+  """(decoder, features, empty cache, mask(n)) for cached decoding of `new_tokens` after the
+  prompts: the PE rows of each left-padded example start at its first real token, and
+  mask(n) marks n new tokens as real (None without a prompt mask)."""
+  batch, prompt_len = prompt_BT.shape
+  needed = prompt_len + new_tokens - 1
   available = feature_length(features)
   if features and available < needed:
     raise ValueError(f'The PE table covers {available} positions; a prompt of {prompt_len} '
-                     f'plus {max_new_tokens} new tokens needs {needed}.')
+                     f'plus {new_tokens} new tokens needs {needed}.')
   padded = prompt_mask_BT is not None
   if padded:  # One window per example, shifted by its padding.
     shift_B = prompt_len - jnp.sum(prompt_mask_BT, axis=-1, dtype=jnp.int32)
@@ -141,24 +197,13 @@ def generate(model: GPT, params, features, prompt_BT: jax.Array, max_new_tokens:
       jax.random.key(0), jnp.zeros((batch, needed), jnp.int32),
       slice_features(features, 0, needed), key_mask_BL=mask(needed)))
   cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes['cache'])
+  return decoder, features, cache, mask
 
-  def run(cache, tokens, start, key_mask):
-    logits, updated = decoder.apply(
-        {'params': params, 'cache': cache}, tokens,
-        slice_features(features, start, tokens.shape[1]), key_mask_BL=key_mask,
-        mutable=['cache'])
-    last = logits[:, -1].astype(jnp.float32)
-    return updated['cache'], jnp.argmax(last, -1).astype(jnp.int32), last
 
-  cache, token, logits = run(cache, prompt_BT, 0, prompt_mask_BT)
-
-  def step(carry, t):
-    cache, token = carry
-    cache, new_token, new_logits = run(cache, token[:, None], t, mask(1))
-    return (cache, new_token), (new_token, new_logits)
-
-  _, (tokens, all_logits) = jax.lax.scan(
-      step, (cache, token), prompt_len + jnp.arange(max_new_tokens - 1))
-  tokens = jnp.concatenate([token[None], tokens], axis=0).T
-  all_logits = jnp.concatenate([logits[None], all_logits], axis=0).transpose(1, 0, 2)
-  return tokens, all_logits
+def _run(decoder, params, cache, features, tokens, start, key_mask):
+  """Feeds `tokens` at positions start.. through the cached decoder: (cache, last logits)."""
+  logits, updated = decoder.apply(
+      {'params': params, 'cache': cache}, tokens,
+      slice_features(features, start, tokens.shape[1]), key_mask_BL=key_mask,
+      mutable=['cache'])
+  return updated['cache'], logits[:, -1].astype(jnp.float32)

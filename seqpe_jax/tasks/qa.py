@@ -6,7 +6,9 @@ trains on examples in the reference's QA schema (`{"index", "input", "outputs"}`
 - data.source = 'passkey' | 'kv': retrieval probes generated at the block length minus
   `data.answer_room` tokens (data.probe_seed, filler from data.filler_split); evaluation
   probes at each eval length come from eval.probe_seed and eval.split, so no training
-  prompt is an evaluation prompt;
+  prompt is an evaluation prompt. Passkey probes take data.filler ('wiki' | 'repeat', the
+  classic repeated sentences) and data.key_form ('digits5', 'digits3', 'token': see
+  data/retrieval.py);
 - data.source = 'jsonl': every `train.<L>.jsonl` in data.dir for training and
   `<eval.split>.<L>.jsonl` (e.g. validation.1024.jsonl) per evaluation length.
 
@@ -19,9 +21,20 @@ Evaluation decodes greedily (eval.max_new_tokens, 16 in the reference) with the 
 prompts of one length batched with left padding (each example's positions start at 0 on
 its first real token). Exact match is the reference's containment test: some gold answer,
 lower-cased and stripped, is a substring of the lower-cased, stripped output (cut at
-end-of-text). The sweep reports {length: {'em', 'examples', 'em_depth0'..'em_depth9'}},
-the depth keys for probes (deciles of the needle's depth), and `write_plots` draws them as
-a length x depth heatmap beside extrapolation.png.
+end-of-text).
+
+Two measures see below exact match's floor. Teacher-forced, each prompt is read once and
+continued with the gold answer and with 9 wrong candidates of its form (the probe's
+`candidates`; files without them take other examples' answers), each as the training
+text has it (" " + answer, end-of-text): `answer_logp` is the gold continuation's
+log-probability (nats, summed over its tokens; 0 is certainty), and `rank_acc` the share
+of examples whose gold continuation is strictly the most probable of the 10
+(accuracy@1; chance 0.1).
+
+The sweep reports {length: {'em', 'char_accuracy', 'answer_logp', 'rank_acc', 'examples'}}
+and, for probes (deciles of the needle's depth), each of em, answer_logp and rank_acc per
+decile ('em_depth3'); `write_plots` draws the three as length x depth heatmaps beside
+extrapolation.png.
 """
 
 import math
@@ -95,17 +108,69 @@ def left_pad(prompts: list[list[int]], width: int, rows: int,
   return {'tokens': tokens, 'mask': mask}
 
 
-def score(examples: list[dict], outputs: list[str]) -> dict[str, float]:
-  """EM and character accuracy over the examples, and EM per depth decile when every
-  example records its depth."""
+def rank_accuracy(scores_NC) -> float:
+  """Accuracy@1: the share of rows whose column 0 (the gold answer's score) is strictly
+  above every other column (a tie is not a win, so a model blind to the answer scores 0)."""
+  scores_NC = np.asarray(scores_NC)
+  return float(np.mean(scores_NC[:, 0] > scores_NC[:, 1:].max(axis=1)))
+
+
+def with_candidates(examples: list[dict]) -> list[list[str]]:
+  """Per example, its gold answer then its wrong candidates: the example's own
+  `candidates`, else (QA files) the other examples' first answers, in file order from the
+  next one, up to retrieval.NUM_CANDIDATES in all."""
+  answers = [e['outputs'][0].strip() for e in examples]
+  result = []
+  for i, e in enumerate(examples):
+    gold = answers[i]
+    wrong = [c.strip() for c in e.get('candidates', [])]
+    if 'candidates' not in e:
+      others = answers[i + 1:] + answers[:i]
+      wrong = list(dict.fromkeys(a for a in others if a.lower() != gold.lower()))
+    result.append([gold] + wrong[:retrieval.NUM_CANDIDATES - 1])
+  return result
+
+
+def candidate_tokens(tokenizer, candidates: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+  """Each candidate as the training text continues a prompt (" " + answer, end-of-text),
+  right-padded: tokens int32[N, C, K] and bool[N, C, K] true on the scored tokens. Rows
+  with fewer candidates repeat their last one, masked out."""
+  encoded = [[tokenizer.encode(' ' + c) + [tokenizer.eot_id] for c in row]
+             for row in candidates]
+  num = max(map(len, encoded))
+  width = max(len(t) for row in encoded for t in row)
+  tokens = np.full((len(encoded), num, width), tokenizer.eot_id, np.int32)
+  mask = np.zeros((len(encoded), num, width), bool)
+  for i, row in enumerate(encoded):
+    for c in range(num):
+      t = row[min(c, len(row) - 1)]
+      tokens[i, c, :len(t)] = t
+      mask[i, c, :len(t)] = c < len(row)
+  return tokens, mask
+
+
+def score(examples: list[dict], outputs: list[str],
+          candidate_scores=None) -> dict[str, float]:
+  """EM and character accuracy over the examples; with `candidate_scores` (log-probabilities
+  [N, C], gold first; -inf where a row has fewer candidates) the gold answer's mean
+  log-probability and accuracy@1. Each of EM, answer_logp and rank_acc also per depth
+  decile when every example records its depth."""
   hits = np.array([exact_match(o, e['outputs']) for e, o in zip(examples, outputs)], float)
   chars = [char_accuracy(o, e['outputs']) for e, o in zip(examples, outputs)]
   result = {'em': float(hits.mean()), 'char_accuracy': float(np.mean(chars)),
             'examples': float(len(hits))}
+  per_example = {'em': lambda rows: float(hits[rows].mean())}
+  if candidate_scores is not None:
+    scores = np.asarray(candidate_scores, np.float64)
+    per_example['answer_logp'] = lambda rows: float(scores[rows, 0].mean())
+    per_example['rank_acc'] = lambda rows: rank_accuracy(scores[rows])
+  everything = np.arange(len(hits))
+  result.update({name: f(everything) for name, f in per_example.items() if name != 'em'})
   if all('depth' in e for e in examples):
     deciles = np.array([retrieval.depth_decile(e['depth']) for e in examples])
     for d in np.unique(deciles):
-      result[f'em_depth{d}'] = float(hits[deciles == d].mean())
+      for name, f in per_example.items():
+        result[f'{name}_depth{d}'] = f(deciles == d)
   return result
 
 
@@ -137,6 +202,11 @@ class QATask(base.Task):
     self.corpus = _corpus_dir(data)
     self.tokenizer = text.load_tokenizer(data.tokenizer, self.corpus, data.vocab_size,
                                          data.cache_dir)
+    self.keys = None
+    if data.source != 'jsonl':
+      self.keys = retrieval.key_form(data.key_form, self.tokenizer, field='data.key_form')
+      _check_room(config, retrieval.min_length(data.source, self.tokenizer, self.keys),
+                  self.tokenizer.name)
     m = config.model
     attention = transformer.AttentionOptions(m.attention_kernel, m.attention_block,
                                            m.attention_dropout)
@@ -174,10 +244,12 @@ class QATask(base.Task):
                         data.filler_split)
 
   def _probes(self, length: int, num: int, seed: int, split: str) -> list[dict]:
+    # The split is part of the seed: the repeat filler is the same text in every split.
+    seed = (seed, retrieval.HELD_OUT.index(split))
     if self.config.data.source == 'kv':
       return retrieval.kv_examples(self.tokenizer, length, num, seed)
-    filler = retrieval.load_filler(self.corpus, split, self.tokenizer)
-    return retrieval.passkey_examples(self.tokenizer, filler, length, num, seed)
+    filler = retrieval.load_filler(self.corpus, split, self.tokenizer, self.config.data.filler)
+    return retrieval.passkey_examples(self.tokenizer, filler, length, num, seed, self.keys)
 
   def eval_sets(self, split: str | None = None) -> dict[int, list[dict]]:
     """{length: examples} for `split` (default eval.split), made or read once."""
@@ -226,34 +298,46 @@ class QATask(base.Task):
     return answer_loss(logits, batch)
 
   def sweep(self, params, mesh, split: str | None = None) -> dict[int, dict[str, float]]:
-    """Exact match at every eval length on `split` (default eval.split): batches of
-    left-padded prompts split over all devices, one PE table per length."""
+    """Exact match, gold-answer log-probability and candidate rank at every eval length on
+    `split` (default eval.split): batches of left-padded prompts split over all devices,
+    one PE table per length."""
     tables = posenc.TableCache(self.pe, params['pe'])
     rows = sharding.eval_batch_size(self.config.eval.batch_size, mesh)
     new = self.config.eval.max_new_tokens
+    gather = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
     results = {}
     progress = metrics.SweepProgress(self.axis_label, self.metric)
     for length, examples in self.eval_sets(split).items():
       prompts = [self.tokenizer.encode(e['input'].strip()) for e in examples]
+      candidates, scored = candidate_tokens(self.tokenizer, with_candidates(examples))
       width = max(map(len, prompts))  # One compiled decoder per length.
-      table = tables((width + new - 1,))
-      outputs = []
+      table = tables((width + max(new, candidates.shape[-1]) - 1,))
+      outputs, logp = [], []
       for start in range(0, len(prompts), rows):
         chunk = prompts[start:start + rows]
         batch = sharding.global_batch_from_full(
             left_pad(chunk, width, rows, self.tokenizer.eot_id), mesh)
         tokens, _ = gpt.generate(self.model, params['model'], table, batch['tokens'], new,
                                  batch['mask'])
-        tokens = np.asarray(multihost_utils.process_allgather(tokens, tiled=True))
-        outputs += [decode_answer(self.tokenizer, row) for row in tokens[:len(chunk)]]
-      results[length] = score(examples, outputs)
+        outputs += [decode_answer(self.tokenizer, row) for row in gather(tokens)[:len(chunk)]]
+        continuations = np.zeros((rows,) + candidates.shape[1:], np.int32)
+        continuations[:len(chunk)] = candidates[start:start + rows]
+        token_logp = gpt.continuation_logprobs(
+            self.model, params['model'], table, batch['tokens'],
+            sharding.global_batch_from_full({'c': continuations}, mesh)['c'], batch['mask'])
+        logp.append(gather(token_logp)[:len(chunk)])
+      logp = np.concatenate(logp)
+      candidate_scores = np.where(scored.any(-1), (logp * scored).sum(-1), -np.inf)
+      results[length] = score(examples, outputs, candidate_scores)
       progress.done(length, results[length])
-      logging.info('QA at %d tokens: EM %.3f; first output %r, gold %r.', length,
-                   results[length]['em'], outputs[0], examples[0]['outputs'])
+      logging.info('QA at %d tokens: EM %.3f, gold log-probability %.2f, rank accuracy %.2f; '
+                   'first output %r, gold %r.', length, results[length]['em'],
+                   results[length]['answer_logp'], results[length]['rank_acc'], outputs[0],
+                   examples[0]['outputs'])
     return results
 
   def write_plots(self, workdir, results, suffix: str = '') -> None:
-    """The length x depth heatmap beside extrapolation.png (the trainer's hook)."""
+    """The length x depth heatmaps beside extrapolation.png (the trainer's hook)."""
     write_depth_heatmap(workdir, results, title=f'QA {self.config.pe.name}', suffix=suffix)
 
 
@@ -273,6 +357,9 @@ def _validate(config) -> None:
     if not isinstance(value, int) or value < 1:
       raise ValueError(f'{field} must be a positive whole number, got {value!r}.')
   if data.source != 'jsonl':
+    if data.filler not in retrieval.FILLERS:
+      raise ValueError(f"Unknown data.filler '{data.filler}'; use one of: "
+                       f"{', '.join(retrieval.FILLERS)}.")
     if data.probe_seed == ev.probe_seed:
       raise ValueError(f'data.probe_seed and eval.probe_seed are both {ev.probe_seed}, so the '
                        'model would train on its evaluation probes; use different seeds.')
@@ -284,10 +371,22 @@ def _validate(config) -> None:
                          f'{retrieval.MIN_LENGTH}..{retrieval.MAX_LENGTH}.')
 
 
+def _check_room(config, minimum: int, tokenizer: str) -> None:
+  """Every probe length must leave the generator the prompt it needs with this tokenizer."""
+  data = config.data
+  for field, length in [('data.seq_len', data.seq_len)] + [('eval.lengths', n)
+                                                           for n in config.eval.lengths]:
+    if length - data.answer_room < minimum:
+      raise ValueError(f'{field} holds {length}, whose probes have {length - data.answer_room} '
+                       f'prompt tokens after data.answer_room={data.answer_room}, fewer than the '
+                       f'{minimum} {tokenizer} tokens the {data.source} generator needs; use '
+                       f'at least {minimum + data.answer_room}.')
+
+
 def _corpus_dir(data):
   """The text corpus, needed for passkey filler and a locally trained BPE; None otherwise.
   With data.source='jsonl' data.dir holds the QA files, so it cannot be a corpus too."""
-  if data.source != 'passkey' and data.tokenizer != 'bpe':
+  if (data.source != 'passkey' or data.filler == 'repeat') and data.tokenizer != 'bpe':
     return None
   if data.source == 'jsonl' and data.name == 'wikitext':
     raise ValueError("data.source='jsonl' reads the QA files from data.dir, so the bpe "
@@ -296,27 +395,42 @@ def _corpus_dir(data):
   return text.corpus_dir(data.name, data.dir, data.cache_dir)
 
 
+# The heatmaps: (metric, title, colour range; None = the data's own).
+HEATMAPS = (('em', 'exact match', (0.0, 1.0)), ('rank_acc', 'rank accuracy@1 of 10', (0.0, 1.0)),
+            ('answer_logp', 'gold answer log-probability (nats)', None))
+
+
 def write_depth_heatmap(workdir, results: dict[int, dict[str, float]], title: str = '',
                         suffix: str = '') -> epath.Path | None:
-  """WORKDIR/extrapolation_depth{suffix}.png: EM per context length (rows) and needle depth
-  decile (columns), each cell labelled; nothing when no result has depth keys."""
+  """WORKDIR/extrapolation_depth{suffix}.png: per context length (rows) and needle depth
+  decile (columns), one panel each for EM, rank accuracy and the gold answer's
+  log-probability (those the results have), each cell labelled; nothing when no result has
+  depth keys."""
   lengths = sorted(results)
-  grid = np.array([[results[n].get(f'em_depth{d}', math.nan) for d in range(10)]
-                   for n in lengths])
-  if np.isnan(grid).all():
+  grids = []
+  for metric, label, limits in HEATMAPS:
+    grid = np.array([[results[n].get(f'{metric}_depth{d}', math.nan) for d in range(10)]
+                     for n in lengths])
+    if not np.isnan(grid).all():
+      grids.append((grid, label, limits))
+  if not grids:
     return None
   plt = results_files.pyplot()
-  fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * len(lengths)))
-  image = ax.imshow(grid, vmin=0, vmax=1, cmap='viridis', aspect='auto')
-  for (i, d), value in np.ndenumerate(grid):
-    if not math.isnan(value):
-      ax.text(d, i, f'{value:.2f}', ha='center', va='center', fontsize=7,
-              color='white' if value < 0.5 else 'black')
-  ax.set_xticks(range(10), [f'{10 * d}-{10 * d + 10}' for d in range(10)], fontsize=7)
-  ax.set_yticks(range(len(lengths)), [str(n) for n in lengths])
-  ax.set(xlabel='needle depth (% of the context before it)', ylabel='context length (tokens)',
-         title=f'{title} exact match'.strip())
-  fig.colorbar(image, ax=ax, fraction=0.04)
+  fig, axes = plt.subplots(len(grids), 1, squeeze=False,
+                           figsize=(7, len(grids) * (1.2 + 0.45 * len(lengths))))
+  for ax, (grid, label, limits) in zip(axes[:, 0], grids):
+    low, high = limits or (np.nanmin(grid), np.nanmax(grid))
+    image = ax.imshow(grid, vmin=low, vmax=high, cmap='viridis', aspect='auto')
+    middle = (low + high) / 2
+    for (i, d), value in np.ndenumerate(grid):
+      if not math.isnan(value):
+        ax.text(d, i, f'{value:.2f}' if limits else f'{value:.1f}', ha='center', va='center',
+                fontsize=7, color='white' if value < middle else 'black')
+    ax.set_xticks(range(10), [f'{10 * d}-{10 * d + 10}' for d in range(10)], fontsize=7)
+    ax.set_yticks(range(len(lengths)), [str(n) for n in lengths])
+    ax.set(xlabel='needle depth (% of the context before it)', ylabel='context length (tokens)',
+           title=f'{title} {label}'.strip())
+    fig.colorbar(image, ax=ax, fraction=0.04)
   fig.tight_layout()
   path = epath.Path(workdir) / f'extrapolation_depth{suffix}.png'
   results_files.save_figure(fig, path)
