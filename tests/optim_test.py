@@ -38,7 +38,7 @@ def test_a_warm_up_longer_than_the_run_ends_a_step_before_it():
 
 
 def test_an_unknown_schedule_is_one_sentence():
-  with pytest.raises(ValueError, match="Unknown optimizer.schedule 'step'; use cosine or linear"):
+  with pytest.raises(ValueError, match="optimizer.schedule='step' is not one of: cosine, linear"):
     optim.schedule(config(schedule='step'), 10)
 
 
