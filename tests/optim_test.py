@@ -38,7 +38,7 @@ def test_a_warm_up_longer_than_the_run_ends_a_step_before_it():
 
 
 def test_an_unknown_schedule_is_one_sentence():
-  with pytest.raises(ValueError, match="Unknown optimizer.schedule 'step'; use cosine or linear"):
+  with pytest.raises(ValueError, match="optimizer.schedule='step' is not one of: cosine, linear"):
     optim.schedule(config(schedule='step'), 10)
 
 
@@ -47,7 +47,8 @@ def params_tree(value=1.0):
   full = lambda *shape: jnp.full(shape, value, jnp.float32)
   return {'model': {'dense': {'kernel': full(2, 3), 'bias': full(3)}, 'cls': full(1, 3),
                     'table': full(4, 3), 'freqs': full(2, 3)},
-          'pe': {'encoder': {'dense': {'kernel': full(3, 3)}, 'digit_embed': full(10, 3)},
+          'pe': {'encoder': {'dense': {'kernel': full(3, 3), 'bias': full(3)},
+                             'digit_embed': full(10, 3)},
                  'prefix': full(1, 3)}}
 
 
@@ -57,12 +58,12 @@ def test_decay_masks():
   seqpe = jax.tree_util.tree_map_with_path(optim.seqpe_decays, params)
   assert host == {'model': {'dense': {'kernel': True, 'bias': False}, 'cls': False,
                             'table': False, 'freqs': False},
-                  'pe': {'encoder': {'dense': {'kernel': False}, 'digit_embed': False},
-                         'prefix': False}}
+                  'pe': {'encoder': {'dense': {'kernel': False, 'bias': False},
+                                     'digit_embed': False}, 'prefix': False}}
   assert seqpe == {'model': {'dense': {'kernel': False, 'bias': False}, 'cls': False,
                              'table': False, 'freqs': False},
-                   'pe': {'encoder': {'dense': {'kernel': True}, 'digit_embed': False},
-                          'prefix': False}}
+                   'pe': {'encoder': {'dense': {'kernel': True, 'bias': False},
+                                      'digit_embed': False}, 'prefix': False}}
 
 
 def test_two_adamw_steps_equal_numpy():
