@@ -118,6 +118,7 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
     # As the reference: its run script (text_seqpe/runs/ours_gpt2_wt103.sh) passes
     # --mixed_precision bf16 to accelerate, which autocasts the forward to bfloat16.
     c.model.dtype = 'bfloat16'
+    c.pe.contrastive.hard_negative_rules = 'reference'  # docs/method.md §5.2.
     c.data.name, c.data.tokenizer, c.data.seq_len = 'wikitext', 'gpt2', 512
     c.optimizer.lr, c.optimizer.warmup_steps = 5e-5, 4_000
     c.eval.lengths = (512, 1024, 2048, 4096, 8192, 16384)

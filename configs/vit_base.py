@@ -134,6 +134,7 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
     # float32, as the reference: its main.py has no autocast and the run script leaves
     # --amp-opt-level at O0. --config.model.dtype=bfloat16 trades that for speed.
     c.model.dtype = 'float32'
+    c.pe.contrastive.hard_negative_rules = 'reference'  # docs/method.md §5.2.
     c.optimizer.lr = 1.2e-3  # main.py scales its 6e-4 by the global batch / 512.
     c.optimizer.warmup_steps = 20 * steps_per_epoch
     c.optimizer.min_lr = 1e-5
