@@ -33,7 +33,9 @@ out=${args[0]:-${OUT:-accelerator_check}}
 [[ $out != -* ]] || fail "unknown option '$out' (see --help)."
 python=${PYTHON:-python3}
 step_timeout=${STEP_TIMEOUT:-420}
-[[ $step_timeout =~ ^[1-9][0-9]*$ ]] || fail "STEP_TIMEOUT must be a number of seconds, not '$step_timeout'."
+if [[ ! $step_timeout =~ ^[1-9][0-9]*$ ]]; then
+  fail "STEP_TIMEOUT must be a number of seconds, not '$step_timeout'."
+fi
 
 # The modules run from the repository root; OUT_DIR is taken from the caller's directory.
 [[ $out == /* ]] || out=$PWD/$out

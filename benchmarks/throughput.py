@@ -166,7 +166,8 @@ def main():
       # Against the peak of the run's matmul precision (bfloat16's is twice TF32's).
       run_peak = device_peak(r['config'].model.dtype)[0]
       mfu = r['model_flops'] / r['step_s'] / (run_peak * jax.device_count())
-      print(f"| {model} {r['config'].model.variant} {r['config'].model.dtype} | {pe} | {batch} | {r['step_s']:.3f} s | "
+      print(f"| {model} {r['config'].model.variant} {r['config'].model.dtype} | {pe} | "
+            f"{batch} | {r['step_s']:.3f} s | "
             f"{r['items_per_s']:,.0f} {unit}/s | {r['model_flops'] / 1e12:.3f} | "
             f"{r['xla_flops'] / 1e12:.3f} | {100 * mfu:.1f}% | {r['compile_s']:.0f} s |",
             flush=True)

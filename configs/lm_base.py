@@ -6,7 +6,7 @@ Argument string (big_vision style, after the file name): a size and, for SeqPE, 
           About 10 minutes on a 2-core CPU for the baselines, 15-20 for SeqPE.
   smoke   Python's reference prose (standard library), bytes, a nano GPT, a few steps.
   paper   GPT-2 small from scratch on WikiText-103 (data.dir) at 512 tokens with GPT-2 BPE,
-          the reference recipe; perplexity at 512..16384 tokens. docs/method.md §11.2 lists
+          the reference recipe; perplexity at 512..16384 tokens. docs/method.md §11.4 lists
           where it differs from the reference and why.
   tuned   (SeqPE, the default of the CPU sizes) TUNED_SEQPE below.
   reference  (SeqPE) the authors' recipe at the CPU sizes: 'reference' or 'reference,smoke'.

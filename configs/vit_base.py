@@ -7,7 +7,7 @@ Argument string (big_vision style, after the file name):
   smoke   scikit-learn digits, a tiny ViT, a few steps: seconds, for tests.
   paper   ImageNet-1k ViT-S/16 at 224 px, the paper's recipe (DeiT augmentation, timm ViT
           initialisation) on the full train split, in float32; evaluates at 224..672 px.
-          docs/method.md §11.1 lists where it differs from the reference and why.
+          docs/method.md §11.4 lists where it differs from the reference and why.
   tuned   (SeqPE, the default of the CPU sizes) TUNED_SEQPE below: canvas positions, so a
           larger grid is read by interpolation, not extension (docs/method.md §9).
   reference  (SeqPE) the authors' recipe at the CPU sizes: 'reference' or 'reference,smoke'.

@@ -89,7 +89,8 @@ class ClassificationTask(base.Task):
     batch_size = sharding.eval_batch_size(self.config.eval.batch_size, mesh)
     rows = sharding.process_rows(batch_size, mesh)
     return sharding.global_batch(images.eval_batch(
-        self.splits.get('valid', self.splits['test']), 0, batch_size=batch_size, image_size=self.config.data.image_size,
+        self.splits.get('valid', self.splits['test']), 0, batch_size=batch_size,
+        image_size=self.config.data.image_size,
         rows=rows, crop=self.eval_crop), mesh)
 
   def logits(self, model_params, batch, features, *, train: bool, rng=None, mutable=False,
