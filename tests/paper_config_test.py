@@ -69,12 +69,11 @@ def test_lm_paper_is_the_reference_run_script():
   pe = c['pe']
   # ours_gpt2_wt103.sh: PE_MAX_POSITION=20000 (5 digits), PE_EMBED_DIM=768,
   # SEQPE_RESID_PDROP=0.1, PE_APPLY_METHOD=attn_scalar, USE_PE_QK_PER_LAYER=single,
-  # SEQPE_SCALAR_SCALE=1.0, SEQPE_DIST_SAMPLE_RANGE=256.
+  # SEQPE_SCALAR_SCALE=1.0 (the only scale attn_scalar has here), SEQPE_DIST_SAMPLE_RANGE=256.
   s = pe['seqpe']
   assert (s['max_position'], s['num_digits'], s['d_model'], s['dropout']) == (
       20_000, 5, 768, 0.1)
-  assert (pe['inject']['method'], pe['inject']['qk_proj'], pe['inject']['scalar_scale']) == (
-      'attn_scalar', 'shared', 1.0)
+  assert (pe['inject']['method'], pe['inject']['qk_proj']) == ('attn_scalar', 'shared')
   assert pe['contrastive']['window_range'] == 256
   # ours_gpt2_wt103.sh: SEQPE_CONTRASTIVE_BATCH_SIZE=16 and SEQPE_TRANSFER_BATCH_SIZE=16 per
   # device; train.py's --seqpe_contrastive_num and --seqpe_transfer_num defaults 32.
