@@ -56,8 +56,9 @@ def measured_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
   return 2 * n**3 / median_seconds(matmul, x, repeats=repeats)
 
 
-def build(model: str, pe: str, scale: str, batch: int):
-  """(config, task) for `model` at `scale` with the :paper recipe and synthetic-shaped data."""
+def build(model: str, pe: str, scale: str, batch: int, dtype: str = ''):
+  """(config, task) for `model` at `scale` with the :paper recipe and synthetic-shaped data,
+  in `dtype` ('' = the config's own)."""
   if model == 'vit':
     config = vit_base.get_config('paper', pe=pe)
     config.data.name, config.data.valid_size = 'digits', 64  # Shapes only (1 channel).
@@ -80,6 +81,7 @@ def build(model: str, pe: str, scale: str, batch: int):
       config.data.seq_len = 256
       config.eval.lengths = (256,)
   config.batch_size = batch
+  config.model.dtype = dtype or config.model.dtype
   config.pe.shift.num_windows = min(config.pe.shift.num_windows, batch)
   config.mesh.data = -1
   return config, tasks_lib.build(config)
@@ -103,8 +105,8 @@ def model_flops_per_step(config, task) -> float:
   return per_token * tokens * config.batch_size
 
 
-def measure(model: str, pe: str, scale: str, batch: int, steps: int) -> dict:
-  config, task = build(model, pe, scale, batch)
+def measure(model: str, pe: str, scale: str, batch: int, steps: int, dtype: str = '') -> dict:
+  config, task = build(model, pe, scale, batch, dtype)
   mesh = sharding.make_mesh(config.mesh)
   key = jax.random.key(0)
   optimizer = state.make_optimizer(task, config)
@@ -137,6 +139,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--models', default='vit,lm')
   parser.add_argument('--scale', default='auto', choices=('auto', 'paper', 'small'))
+  parser.add_argument('--dtype', default='', choices=('', 'float32', 'bfloat16'),
+                      help="model.dtype of both models (default: each :paper config's own).")
   parser.add_argument('--batch', type=int, default=0,
                       help='Global batch (default: 8 per device on CPU, 64 ViT / 16 LM on '
                       'an accelerator).')
@@ -157,10 +161,13 @@ def main():
     batch = args.batch or default_batch
     rows = {}
     for pe in ('ape', 'seqpe'):
-      r = rows[pe] = measure(model, pe, scale, batch, args.steps)
+      r = rows[pe] = measure(model, pe, scale, batch, args.steps, args.dtype)
       unit = 'img' if model == 'vit' else 'tok'
-      mfu = r['model_flops'] / r['step_s'] / (peak * jax.device_count())
-      print(f"| {model} {r['config'].model.variant} | {pe} | {batch} | {r['step_s']:.3f} s | "
+      # Against the peak of the run's matmul precision (bfloat16's is twice TF32's).
+      run_peak = device_peak(r['config'].model.dtype)[0]
+      mfu = r['model_flops'] / r['step_s'] / (run_peak * jax.device_count())
+      print(f"| {model} {r['config'].model.variant} {r['config'].model.dtype} | {pe} | "
+            f"{batch} | {r['step_s']:.3f} s | "
             f"{r['items_per_s']:,.0f} {unit}/s | {r['model_flops'] / 1e12:.3f} | "
             f"{r['xla_flops'] / 1e12:.3f} | {100 * mfu:.1f}% | {r['compile_s']:.0f} s |",
             flush=True)

@@ -6,7 +6,8 @@ Argument string (big_vision style, after the file name): a size and, for SeqPE, 
           About 10 minutes on a 2-core CPU for the baselines, 15-20 for SeqPE.
   smoke   Python's reference prose (standard library), bytes, a nano GPT, a few steps.
   paper   GPT-2 small from scratch on WikiText-103 (data.dir) at 512 tokens with GPT-2 BPE,
-          the reference recipe; perplexity at 512..16384 tokens.
+          the reference recipe; perplexity at 512..16384 tokens. docs/method.md §11.4 lists
+          where it differs from the reference and why.
   tuned   (SeqPE, the default of the CPU sizes) TUNED_SEQPE below.
   reference  (SeqPE) the authors' recipe at the CPU sizes: 'reference' or 'reference,smoke'.
 """
@@ -114,7 +115,10 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
     # cost against the fused kernel, and --config.model.attention_dropout=0 takes the fused
     # one (cuDNN on a GPU in bfloat16) where that cost matters more than faithfulness.
     c.model.dropout = c.model.attention_dropout = 0.1
-    c.model.dtype = 'bfloat16'  # The reference trains under bf16 autocast.
+    # As the reference: its run script (text_seqpe/runs/ours_gpt2_wt103.sh) passes
+    # --mixed_precision bf16 to accelerate, which autocasts the forward to bfloat16.
+    c.model.dtype = 'bfloat16'
+    c.pe.contrastive.hard_negative_rules = 'reference'  # docs/method.md §5.2.
     c.data.name, c.data.tokenizer, c.data.seq_len = 'wikitext', 'gpt2', 512
     c.optimizer.lr, c.optimizer.warmup_steps = 5e-5, 4_000
     c.eval.lengths = (512, 1024, 2048, 4096, 8192, 16384)

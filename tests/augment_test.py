@@ -14,6 +14,7 @@ import pytest
 
 from benchmarks import input_pipeline
 from configs import vit_base
+from seqpe_jax import sharding
 from seqpe_jax.data import augment, images
 from seqpe_jax.tasks import classification
 
@@ -229,6 +230,20 @@ def test_imagenet_pipeline_on_a_tiny_dataset(tiny_imagenet):
   params = task.init_model(jax.random.key(0), features)
   loss, _ = task.loss(task.logits(params, batch, features, train=False), batch)
   assert abs(float(loss) - np.log(1000)) < 0.5
+
+
+def test_paper_trains_on_the_whole_train_split_and_holds_out_on_request(tiny_imagenet):
+  task = tiny_task(tiny_imagenet, **{'data.valid_size': 0})
+  assert set(task.splits) == {'train', 'test'} and len(task.splits['train']) == 18
+  # The diagnostics' fixed batch comes from the test split when nothing is held out.
+  batch = task.heldout_batch(sharding.make_mesh(vit_base.get_config('smoke', pe='ape').mesh))
+  first = images.eval_batch(task.splits['test'], 0, batch_size=len(batch['image']),
+                           image_size=16, crop=0.875)
+  np.testing.assert_array_equal(np.asarray(batch['image']), first['image'])
+  with pytest.raises(ValueError, match="eval.split='valid' needs held-out training images"):
+    tiny_task(tiny_imagenet, **{'data.valid_size': 0, 'eval.split': 'valid'})
+  with pytest.raises(ValueError, match='data.valid_size=18 must leave training examples'):
+    tiny_task(tiny_imagenet, **{'data.valid_size': 18})
 
 
 def test_each_example_is_augmented_the_same_on_any_process(tiny_imagenet):

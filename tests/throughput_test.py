@@ -35,3 +35,9 @@ def test_model_flops_match_xlas_count_of_the_step(variant, seq_len):
 def test_cpu_peak_is_measured():
   peak, source = throughput.device_peak()
   assert peak > 1e8 and source.startswith('measured float32 matmul')
+
+
+def test_dtype_overrides_the_paper_configs_own():
+  for dtype, expected in (('', 'bfloat16'), ('float32', 'float32')):
+    config, _ = throughput.build('lm', 'ape', 'small', 2, dtype)
+    assert config.model.dtype == expected

@@ -147,7 +147,8 @@ class Subset:
 
 def load(name: str, data_dir: str | None, *, valid_size: int) -> dict[str, Split]:
   """{'train', 'valid', 'test'}: 'valid' is `valid_size` training examples held out of
-  'train' for choosing between variants (the test split is only for reporting)."""
+  'train' for choosing between variants (the test split is only for reporting); with
+  `valid_size` 0, {'train', 'test'} with the whole train split."""
   if name == 'fashion_mnist':
     splits = load_fashion_mnist(data_dir)
   elif name == 'digits':
@@ -158,9 +159,11 @@ def load(name: str, data_dir: str | None, *, valid_size: int) -> dict[str, Split
   else:
     raise ValueError(f"Unknown image dataset '{name}'; use fashion_mnist, digits or imagenet2012.")
   n = len(splits['train'])
-  if not 0 < valid_size < n:
-    raise ValueError(f'data.valid_size={valid_size} must leave training examples and hold at '
-                     f'least one out; the {name} train split has {n}.')
+  if not 0 <= valid_size < n:
+    raise ValueError(f'data.valid_size={valid_size} must leave training examples (0 holds none '
+                     f'out); the {name} train split has {n}.')
+  if valid_size == 0:
+    return splits
   train, valid = holdout(n, valid_size, spread=name == 'imagenet2012')
   return {'train': Subset(splits['train'], train), 'valid': Subset(splits['train'], valid),
           'test': splits['test']}

@@ -86,6 +86,10 @@ def get_config() -> ml_collections.ConfigDict:
   pe.contrastive.mode_probs = ml_collections.config_dict.placeholder(tuple)
   # Hard negatives per pivot as a share of K; unset = reference (1D: 0.25, 2D: 0.2).
   pe.contrastive.hard_fraction = ml_collections.config_dict.placeholder(float)
+  # Digit-edit rules of the hard negatives: 'clean' (no string longer than k digits per
+  # axis, edits checked once at the end) | 'reference' (the reference sampler's rules, quirks
+  # included; docs/method.md §5.2).
+  pe.contrastive.hard_negative_rules = 'clean'
   # 1D window range r: the window is max(r, 5K) long, starting in [0, P - r).
   pe.contrastive.window_range = 256
   # Share of pivots drawn inside the training window (candidates: other positions of the

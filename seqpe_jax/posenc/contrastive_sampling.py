@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqpe_jax import positions
+from seqpe_jax.posenc import reference_edits
 
 MODES = ('uniform', 'hard', 'window')
 # The reference's candidate mixes: (uniform, hard, window) probabilities and the hard share.
@@ -23,6 +24,9 @@ REFERENCE_MIX = {1: ((0.0, 0.4, 0.6), 0.25), 2: ((0.5, 0.3, 0.2), 0.2)}
 EDITS = ('insert', 'delete', 'swap', 'replace')
 EDIT_PROPOSALS = 8  # Proposals per edit; the first valid one is applied.
 EDIT_CHAINS = 4  # Independent 1-3 edit chains per hard negative; the first valid one wins.
+# 'clean': this codebase's digit-edit rules; 'reference': the reference sampler's, quirks
+# included (reference_edits.py).
+HARD_NEGATIVE_RULES = ('clean', 'reference')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +44,7 @@ class ContrastiveSpec:
     window: 1D window length max(r, 5K) or 2D window side max(sqrt(N), sqrt(5K)).
     window_starts: window starts are uniform in [0, window_starts) per axis (P - r in 1D,
       P - window in 2D); a 1D window is cut off at P.
+    hard_negative_rules: one of HARD_NEGATIVE_RULES.
   """
   ndim: int
   max_position: int
@@ -51,6 +56,7 @@ class ContrastiveSpec:
   num_hard: int
   window: int
   window_starts: int
+  hard_negative_rules: str = 'clean'
 
   @property
   def num_uniform(self) -> int:
@@ -62,8 +68,8 @@ class ContrastiveSpec:
 def contrastive_spec(*, ndim: int, max_position: int, base: int, num_digits: int,
                      train_shape: Sequence[int], num_pivots: int, num_candidates: int,
                      mode_probs: Sequence[float] | None = None,
-                     hard_fraction: float | None = None, window_range: int = 256
-                     ) -> ContrastiveSpec:
+                     hard_fraction: float | None = None, window_range: int = 256,
+                     hard_negative_rules: str = 'clean') -> ContrastiveSpec:
   """Validates a contrastive configuration and fills the reference defaults for its ndim."""
   space = max_position**ndim
   if num_candidates < 1 or num_candidates > space - 1:
@@ -81,6 +87,9 @@ def contrastive_spec(*, ndim: int, max_position: int, base: int, num_digits: int
   if not 0 <= hard_fraction < 1:
     raise ValueError(f'pe.contrastive.hard_fraction must lie in [0, 1), got {hard_fraction}.')
   hard = math.floor(hard_fraction * num_candidates)
+  if hard_negative_rules not in HARD_NEGATIVE_RULES:
+    raise ValueError(f"Unknown pe.contrastive.hard_negative_rules '{hard_negative_rules}'; use "
+                     f"one of: {', '.join(HARD_NEGATIVE_RULES)}.")
   if probs[1] > 0 and ndim > 2:
     raise ValueError('Digit-edit hard negatives are defined for 1D and 2D positions; give the '
                      'hard mode probability 0 in pe.contrastive.mode_probs.')
@@ -99,7 +108,7 @@ def contrastive_spec(*, ndim: int, max_position: int, base: int, num_digits: int
       raise ValueError(f'The {window}x{window} contrastive window does not fit the '
                        f'{max_position}-wide grid; raise pe.seqpe.max_position or lower K.')
   return ContrastiveSpec(ndim, max_position, base, num_digits, num_pivots, num_candidates,
-                         probs, hard, window, starts)
+                         probs, hard, window, starts, hard_negative_rules)
 
 
 def squared_distance(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -203,16 +212,24 @@ def hard_negatives(key: jax.Array, pivots: jax.Array, spec: ContrastiveSpec):
 
   The pivot's numeral without leading zeros (2D: the unpadded coordinates concatenated,
   (28, 19) -> "2819") gets 1-3 edits, each uniformly an insert, delete, swap or replace
-  under the reference's rules (no leading zeros; inserts only while shorter than k
-  digits); 2D strings are split back into two coordinates at a random cut. Several
-  chains are tried at once and the first that yields a new, in-range position is kept.
+  that writes no leading zero; 2D strings are split back into two coordinates at a random
+  cut. Under spec.hard_negative_rules:
+
+  - 'clean': inserts only while shorter than k digits (so never in 2D), row-0 pivots edit
+    "037"; several chains are tried at once and the first that yields a new, in-range
+    position is kept.
+  - 'reference': the reference's rules (reference_edits.py): row-0 pivots edit "37", range
+    and difference from the pivot's string are checked after every edit, and a chain's
+    result equal to the pivot is dropped, not replaced.
 
   Returns:
-    int32[B, n_hard, n] positions and bool[B, n_hard] (False: every chain failed).
+    int32[B, n_hard, n] positions and bool[B, n_hard] (False: no hard negative).
   """
   b, h, n = pivots.shape[0], spec.num_hard, spec.ndim
   if h == 0:
     return jnp.zeros((b, 0, n), jnp.int32), jnp.zeros((b, 0), bool)
+  if spec.hard_negative_rules == 'reference':
+    return _reference_hard_negatives(key, pivots, spec)
   string, length = _unpadded_numeral(pivots, spec)  # [B, S], [B]
   shape = (b, h, EDIT_CHAINS)
   string = jnp.broadcast_to(string[:, None, None], shape + string.shape[-1:])
@@ -232,6 +249,38 @@ def hard_negatives(key: jax.Array, pivots: jax.Array, spec: ContrastiveSpec):
   first = jnp.argmax(ok, axis=-1)  # First successful chain.
   hard = jnp.take_along_axis(coords, first[..., None, None], axis=2)[:, :, 0]
   return hard, jnp.any(ok, axis=-1)
+
+
+def _reference_hard_negatives(key, pivots, spec: ContrastiveSpec):
+  b, h, n, p = pivots.shape[0], spec.num_hard, spec.ndim, spec.max_position
+  # The reference writes a 2D pivot as one number, so (0, 37) becomes "37".
+  string, length = _without_leading_zeros(*_unpadded_numeral(pivots, spec))
+  string = jnp.pad(string, [(0, 0), (0, 1)])  # Room for an insert past the limit.
+  shape = (b, h, EDIT_CHAINS)
+  string = jnp.broadcast_to(string[:, None, None], shape + string.shape[-1:])
+  length = jnp.broadcast_to(length[:, None, None], shape)
+  edit_key, split_key = jax.random.split(key)
+  string, length, ok = reference_edits.edit_chain(
+      edit_key, string, length, base=spec.base, max_digits=spec.num_digits, limit=p**n)
+  # Read back as a number, as the reference does, before a 2D split.
+  coords, split_ok = _split_numeral(split_key, *_without_leading_zeros(string, length), spec)
+  first = jnp.argmax(ok, axis=-1)[..., None]  # The first chain whose edits all succeeded.
+  hard = jnp.take_along_axis(coords, first[..., None], axis=2)[:, :, 0]
+  valid = jnp.any(ok, axis=-1) & jnp.take_along_axis(split_ok, first, axis=2)[..., 0]
+  # The reference drops a result equal to the pivot; off the grid happens only when P is
+  # not a power of the base (the reference then keeps it; here it is dropped too).
+  valid &= jnp.all(hard < p, axis=-1) & jnp.any(hard != pivots[:, None], axis=-1)
+  return hard, valid
+
+
+def _without_leading_zeros(string, length):
+  """The digits of the number `string` writes, left-aligned (one 0 for zero)."""
+  slot = jnp.arange(string.shape[-1])
+  significant = (string != 0) | (slot >= length[..., None] - 1)
+  zeros = jnp.argmax(significant, axis=-1)
+  shifted = jnp.take_along_axis(string, (slot + zeros[..., None]).clip(max=slot.size - 1), -1)
+  length = length - zeros
+  return jnp.where(slot < length[..., None], shifted, 0), length
 
 
 def _unpadded_numeral(pivots, spec: ContrastiveSpec):

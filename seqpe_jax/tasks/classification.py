@@ -50,6 +50,9 @@ class ClassificationTask(base.Task):
     init_options = vit.InitOptions.from_config(config.model)
     self.splits = images.load(config.data.name, config.data.dir or None,
                               valid_size=config.data.valid_size)
+    if config.eval.split == 'valid' and 'valid' not in self.splits:
+      raise ValueError("eval.split='valid' needs held-out training images: set "
+                       'data.valid_size above 0.')
     if config.eval.split not in self.splits:
       raise ValueError(f"eval.split must be one of {', '.join(self.splits)}, got "
                        f"'{config.eval.split}'.")
@@ -81,11 +84,13 @@ class ClassificationTask(base.Task):
                                 options=self.augment, workers=self.workers)
 
   def heldout_batch(self, mesh):
-    """A fixed batch of validation images at the training resolution (diagnostics)."""
+    """A fixed batch of validation images at the training resolution (diagnostics); with
+    no validation split (data.valid_size 0) test images: the diagnostics choose nothing."""
     batch_size = sharding.eval_batch_size(self.config.eval.batch_size, mesh)
     rows = sharding.process_rows(batch_size, mesh)
     return sharding.global_batch(images.eval_batch(
-        self.splits['valid'], 0, batch_size=batch_size, image_size=self.config.data.image_size,
+        self.splits.get('valid', self.splits['test']), 0, batch_size=batch_size,
+        image_size=self.config.data.image_size,
         rows=rows, crop=self.eval_crop), mesh)
 
   def logits(self, model_params, batch, features, *, train: bool, rng=None, mutable=False,
