@@ -23,6 +23,7 @@ import importlib.util
 import json
 import resource
 import sys
+import types
 
 
 def _prepare_xla() -> str:
@@ -34,6 +35,16 @@ def _prepare_xla() -> str:
     return "XLA's defaults (no cli.prepare_process)"
   cli.prepare_process()
   return 'cli.prepare_process()'
+
+
+def _without_tensorflow_writers() -> None:
+  """Revisions before 2ac96e7 import clu's metric writers, and with them TensorFlow, when
+  the library is imported; the train step uses none of it. Where TensorFlow is not
+  installed, empty modules stand in for those clu modules, so such revisions can be timed."""
+  if importlib.util.find_spec('tensorflow') is not None:
+    return
+  for name in ('clu.metric_writers', 'clu.parameter_overview', 'clu.periodic_actions'):
+    sys.modules.setdefault(name, types.ModuleType(name))
 
 
 def _state_helpers():
@@ -75,6 +86,7 @@ def _literal(text: str):
 def measure(args) -> dict:
   """The cell's time and memory; the library path shows which tree was timed."""
   prepared = _prepare_xla()
+  _without_tensorflow_writers()
   import jax  # pylint: disable=g-import-not-at-top
   import seqpe_jax  # pylint: disable=g-import-not-at-top
   from benchmarks import stepper as stepper_lib  # pylint: disable=g-import-not-at-top
