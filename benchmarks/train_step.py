@@ -5,7 +5,7 @@
                                     [--dtype=float32]
                                     [--encoder_remat=matmuls|all]
                                     [--clock=wall|cpu] [--malloc=default|keep]
-                                    [--ynn_fusions=on|off]
+                                    [--ynn_fusions=auto|on|off]
 
 Both use the paper's ViT config (SeqPE with its regularisers and random shifts at the
 reference per-device sizes: 32 pivots x 64 candidates, 32 groups x 64 students, up to 32
@@ -178,12 +178,15 @@ def main():
   parser.add_argument('--malloc', choices=('keep', 'default'), default='default',
                       help="'keep': glibc reuses freed memory across steps (fewer page faults "
                       "and less system time, but a higher peak RSS; timing.keep_freed_memory)")
-  parser.add_argument('--ynn_fusions', choices=('on', 'off'), default='off',
-                      help="'off' (as the entry points run): XLA:CPU without its YNNPACK "
-                      "fusions (cli.without_ynn_fusions); 'on': XLA's default")
+  parser.add_argument('--ynn_fusions', choices=('auto', 'on', 'off'), default='auto',
+                      help="'auto': as the entry points run for --dtype (float32: XLA:CPU "
+                      "without its YNNPACK fusions, cli.prepare_process); 'on': XLA's "
+                      "default; 'off': without them (bfloat16 does not compile so)")
   args = parser.parse_args()
   kept = args.malloc == 'keep' and timing.keep_freed_memory()
-  if args.ynn_fusions == 'off':
+  if args.ynn_fusions == 'auto':
+    cli.prepare_process(args.dtype)
+  elif args.ynn_fusions == 'off':
     cli.without_ynn_fusions()
   batches = sorted(int(b) for b in args.batches.split(','))
   pes = args.pes.split(',')
