@@ -140,7 +140,7 @@ def test_bfloat16_trains_from_the_command_line(family, tmp_path):
   done = subprocess.run(
       [sys.executable, '-m', 'seqpe_jax.main', f'--config=configs/{family}_seqpe.py:smoke',
        f'--workdir={tmp_path}', '--config.model.dtype=bfloat16', '--compilation_cache=off'],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False)
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=1800, check=False)
   assert done.returncode == 0, done.stderr[-3000:]
   steps = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   losses = [s['train/loss'] for s in steps if 'train/loss' in s]
