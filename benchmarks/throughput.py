@@ -146,7 +146,10 @@ def main():
                       'an accelerator).')
   parser.add_argument('--steps', type=int, default=5)
   args = parser.parse_args()
-  cli.without_ynn_fusions()  # As the entry points run; before JAX starts its backend.
+  # As the entry points run, before JAX starts its backend; bfloat16 if any model needs it.
+  dtypes = {(vit_base if model == 'vit' else lm_base).get_config('paper', pe='ape').model.dtype
+            for model in args.models.split(',')}
+  cli.prepare_process('bfloat16' if 'bfloat16' in dtypes else 'float32')
   on_cpu = jax.devices()[0].platform == 'cpu'
   scale = ('small' if on_cpu else 'paper') if args.scale == 'auto' else args.scale
   peak, source = device_peak('float32')

@@ -5,7 +5,7 @@
                                     [--dtype=float32]
                                     [--encoder_remat=matmuls|all]
                                     [--clock=wall|cpu] [--malloc=default|keep]
-                                    [--ynn_fusions=on|off]
+                                    [--ynn_fusions=auto|on|off]
 
 Both use the paper's ViT config (SeqPE with its regularisers and random shifts at the
 reference per-device sizes: 32 pivots x 64 candidates, 32 groups x 64 students, up to 32
@@ -29,20 +29,17 @@ SeqPE - seqpe_injection is the regularisers' share, which should stay flat.
 """
 
 import argparse
-import dataclasses
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from benchmarks import timing
+from benchmarks.stepper import Stepper, synthetic_batch
 from configs import vit_base
 from seqpe_jax import cli, posenc, train
 from seqpe_jax import state as state_lib
 from seqpe_jax.posenc import regularizers
 from seqpe_jax.tasks import classification
 
-BRANCHES = ('unshifted', 'shifted')
 # What each --pes name builds: the PE and its config overrides.
 PES = {'ape': ('ape', {}), 'seqpe': ('seqpe', {}),
        'seqpe_injection': ('seqpe', {'pe.contrastive.num_pivots': 1,
@@ -70,69 +67,13 @@ def build(pe_name: str, batch: int, variant: str, image_size: int, overrides=Non
   return config, classification.ClassificationTask(config)
 
 
-def synthetic_batch(batch: int, image_size: int, channels: int):
-  rng = np.random.default_rng(0)
-  return {'image': jnp.asarray(rng.integers(0, 255, (batch, image_size, image_size, channels),
-                                            np.uint8)),
-          'label': jnp.asarray(rng.integers(0, 10, batch), jnp.int32)}
-
-
-@dataclasses.dataclass
-class Stepper:
-  """The trainer's step, compiled, run on its own (donated) output at chosen step numbers."""
-  task: classification.ClassificationTask
-  state: dict
-  batch: dict
-  step_fn: object  # The trainer's step function, unjitted (for the branch probe).
-  compiled: object
-
-  @classmethod
-  def build(cls, task, config, batch):
-    key = jax.random.key(0)
-    optimizer = state_lib.make_optimizer(task, config)
-    state = jax.jit(lambda k: state_lib.init_state(task, optimizer, k))(key)
-    step_fn = train.make_train_step(task, optimizer, key, task.shift_pool(key))
-    compiled = jax.jit(step_fn, donate_argnums=0).lower(state, batch).compile()
-    return cls(task, state, batch, step_fn, compiled)
-
-  def run(self, step_number: int):
-    """One step from the current state with its counter set to `step_number`; its metrics."""
-    state = {**self.state, 'step': jnp.asarray(step_number, jnp.int32)}
-    self.state, metrics = self.compiled(state, self.batch)
-    return metrics
-
-  def branch_steps(self, limit: int = 1000) -> dict[str, int]:
-    """The first step number taking each branch, from the step's own shifted metric.
-
-    Only the metric is asked for, so XLA prunes the rest of the step: each probe costs
-    microseconds, not a step.
-    """
-    probe = jax.jit(lambda state, batch, n: self.step_fn({**state, 'step': n}, batch)[1][
-        SHIFTED_METRIC])
-    found = {}
-    for n in range(limit):
-      branch = BRANCHES[int(probe(self.state, self.batch, jnp.asarray(n, jnp.int32)))]
-      found.setdefault(branch, n)
-      if len(found) == len(BRANCHES):
-        return found
-    raise RuntimeError(f'No step below {limit} takes each branch; is pe.shift.prob 0 or 1?')
-
-  def seconds(self, step_number: int, repeats: int, expect: str | None = None,
-              clock: str = 'wall') -> float:
-    """Median time of the step at `step_number`, checking the branch it took."""
-    def one():
-      metrics = self.run(step_number)
-      jax.block_until_ready(metrics)
-      if expect is not None and BRANCHES[int(metrics[SHIFTED_METRIC])] != expect:
-        raise AssertionError(f'Step {step_number} did not take the {expect} branch.')
-      return metrics
-    return timing.median_seconds(one, repeats=repeats, clock=clock)
-
-  def memory(self) -> dict[str, float]:
-    """XLA's memory analysis of the compiled step, in GB."""
-    m = self.compiled.memory_analysis()
-    return {'arguments': m.argument_size_in_bytes / 1e9, 'outputs': m.output_size_in_bytes / 1e9,
-            'aliased': m.alias_size_in_bytes / 1e9, 'temporaries': m.temp_size_in_bytes / 1e9}
+def build_stepper(task, config, batch) -> Stepper:
+  """The trainer's step for this task, from a fresh state, compiled."""
+  key = jax.random.key(0)
+  optimizer = state_lib.make_optimizer(task, config)
+  state = jax.jit(lambda k: state_lib.init_state(task, optimizer, k))(key)
+  step_fn = train.make_train_step(task, optimizer, key, task.shift_pool(key))
+  return Stepper.compile(task, state, batch, step_fn)
 
 
 def eval_seconds(task, state, batch, image_size: int, repeats: int, clock: str) -> float:
@@ -153,7 +94,7 @@ def measure(name: str, batch_size: int, args, overrides=None) -> dict[str, float
   config, task = build(pe_name, batch_size, args.variant, args.image_size, overrides,
                        args.dtype)
   batch = synthetic_batch(batch_size, args.image_size, task.channels)
-  stepper = Stepper.build(task, config, batch)
+  stepper = build_stepper(task, config, batch)
   out = {f'xla_{k}_gb': v for k, v in stepper.memory().items()}
   if task.regularizers is None:
     out['step'] = stepper.seconds(0, args.repeats, clock=args.clock)
@@ -238,12 +179,15 @@ def main():
   parser.add_argument('--malloc', choices=('keep', 'default'), default='default',
                       help="'keep': glibc reuses freed memory across steps (fewer page faults "
                       "and less system time, but a higher peak RSS; timing.keep_freed_memory)")
-  parser.add_argument('--ynn_fusions', choices=('on', 'off'), default='off',
-                      help="'off' (as the entry points run): XLA:CPU without its YNNPACK "
-                      "fusions (cli.without_ynn_fusions); 'on': XLA's default")
+  parser.add_argument('--ynn_fusions', choices=('auto', 'on', 'off'), default='auto',
+                      help="'auto': as the entry points run for --dtype (float32: XLA:CPU "
+                      "without its YNNPACK fusions, cli.prepare_process); 'on': XLA's "
+                      "default; 'off': without them (bfloat16 does not compile so)")
   args = parser.parse_args()
   kept = args.malloc == 'keep' and timing.keep_freed_memory()
-  if args.ynn_fusions == 'off':
+  if args.ynn_fusions == 'auto':
+    cli.prepare_process(args.dtype)
+  elif args.ynn_fusions == 'off':
     cli.without_ynn_fusions()
   batches = sorted(int(b) for b in args.batches.split(','))
   pes = args.pes.split(',')

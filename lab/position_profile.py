@@ -147,7 +147,7 @@ def table(out: dict) -> str:
 
 def main(argv):
   del argv
-  cli.prepare_process()
+  cli.prepare_process(cli.run_dtype(flags.FLAGS.workdir) if flags.FLAGS.workdir else 'float32')
   with cli.exit_statuses():
     out = profile_run(flags.FLAGS.workdir, flags.FLAGS.length, flags.FLAGS.near)
   print(f'{out["pe"]}: PE-only attention at {out["length"]} positions (trained at '

@@ -186,7 +186,7 @@ def main(argv):
   if bool(flags.FLAGS.workdir) == bool(flags.FLAGS.compare):
     raise app.UsageError('Pass either --workdir=DIR (re-run a sweep) or --compare=DIR1,DIR2 '
                          '(plot finished runs together).')
-  cli.prepare_process()
+  cli.prepare_process(cli.run_dtype(flags.FLAGS.workdir) if flags.FLAGS.workdir else 'float32')
   with cli.exit_statuses():
     if flags.FLAGS.compare:
       print(compare(flags.FLAGS.compare.split(','), flags.FLAGS.out))

@@ -75,7 +75,7 @@ def use_compilation_cache(directory: str | None) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}.')
-  cli.prepare_process()
+  cli.prepare_process(flags.FLAGS.config.model.get('dtype', 'float32'))
   with cli.exit_statuses():
     use_compilation_cache(flags.FLAGS.compilation_cache)
     initialize_processes(flags.FLAGS)

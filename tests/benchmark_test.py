@@ -3,6 +3,7 @@
 import jax
 import pytest
 
+from benchmarks import stepper as stepper_lib
 from benchmarks import train_step
 
 # A ViT-nano on a 4x4 grid with a small encoder: the benchmark's code path in seconds.
@@ -14,16 +15,16 @@ BATCH, IMAGE_SIZE = 4, 16
 @pytest.fixture(scope='module')
 def stepper():
   config, task = train_step.build('seqpe', BATCH, 'nano/4', IMAGE_SIZE, TINY)
-  batch = train_step.synthetic_batch(BATCH, IMAGE_SIZE, task.channels)
-  return train_step.Stepper.build(task, config, batch)
+  batch = stepper_lib.synthetic_batch(BATCH, IMAGE_SIZE, task.channels)
+  return train_step.build_stepper(task, config, batch)
 
 
 def test_each_branch_is_found_and_taken(stepper):
   steps = stepper.branch_steps()
-  assert set(steps) == set(train_step.BRANCHES)
+  assert set(steps) == set(stepper_lib.BRANCHES)
   for branch, n in steps.items():
     metrics = jax.device_get(stepper.run(n))  # The step's own record of its branch.
-    assert train_step.BRANCHES[int(metrics[train_step.SHIFTED_METRIC])] == branch
+    assert stepper_lib.BRANCHES[int(metrics[stepper_lib.SHIFTED_METRIC])] == branch
     # Distillation runs on unshifted steps only: a second sign of the branch taken.
     assert (float(metrics['train/seqpe/ood_loss']) == 0.0) == (branch == 'shifted')
 

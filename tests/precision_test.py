@@ -1,6 +1,12 @@
 """Mixed precision (config.model.dtype): bfloat16 activations and matmuls, float32
 parameters, optimizer state, logits and losses; float32 unchanged."""
 
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +15,8 @@ import pytest
 
 from configs import lm_base, vit_base
 from seqpe_jax import state, tasks, train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def build(family: str, pe: str, dtype: str):
@@ -121,3 +129,20 @@ def test_an_unknown_dtype_is_one_sentence():
   with pytest.raises(ValueError, match="model.dtype='float16' is not one of: float32, "
                      "bfloat16; did you mean 'bfloat16'"):
     tasks.build(config)
+
+
+@pytest.mark.parametrize('family', ['vit', 'lm'])
+def test_bfloat16_trains_from_the_command_line(family, tmp_path):
+  """The entry point sets XLA:CPU up for the run's precision before JAX starts (in-process
+  tests cannot see that): bfloat16 products that contract several dimensions need XLA's
+  YNNPACK dots, which float32 runs turn off."""
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # As a user runs it.
+  done = subprocess.run(
+      [sys.executable, '-m', 'seqpe_jax.main', f'--config=configs/{family}_seqpe.py:smoke',
+       f'--workdir={tmp_path}', '--config.model.dtype=bfloat16', '--compilation_cache=off'],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=1800, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  steps = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  losses = [s['train/loss'] for s in steps if 'train/loss' in s]
+  assert losses and all(np.isfinite(losses))
+  assert (tmp_path / 'extrapolation.json').exists()
