@@ -48,7 +48,6 @@ PES = {'ape': ('ape', {}), 'seqpe': ('seqpe', {}),
        # SeqPE with the attention-level distillation (grid host: no far keys).
        'seqpe_attention': ('seqpe', {'pe.logit_distill.weight': 1.0,
                                      'pe.logit_distill.num_far_keys': 0})}
-SHIFTED_METRIC = 'train/seqpe/shifted'
 
 
 def build(pe_name: str, batch: int, variant: str, image_size: int, overrides=None,
