@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import ml_collections
 
 from seqpe_jax import choices, positions
-from seqpe_jax.posenc import config, inject, seqpe, sources
+from seqpe_jax.posenc import config, inject, seqpe, shifts, sources
 
 __all__ = ['HostSpec', 'PEKind', 'PositionalEncoding', 'REGISTRY', 'TableCache', 'build',
-           'config', 'register']
+           'config', 'register', 'shifts']
 
 QK_PROJ = ('per_layer', 'shared', 'none')
 
@@ -152,12 +152,15 @@ class PEKind:
       when a QA run starts from an LM run); '' if none.
     canvas: whether its source reads per-axis coordinates, which `pe.canvas_stride` can
       spread over a fixed canvas (`canvas_of`; its source then takes `canvas=`).
+    shifts: whether its source has positions beyond the training window, so pe.shift can
+      move the window there in training (`shifts`); APE's table and 'none' have none.
   """
   methods: tuple[str, ...]
   source: Callable[[ml_collections.ConfigDict, HostSpec, str], nn.Module]
   hooks: Callable[[ml_collections.ConfigDict, HostSpec, str], tuple] = None
   config_section: str = ''
   canvas: bool = False
+  shifts: bool = True
 
   def __post_init__(self):
     unknown = [m for m in self.methods if m not in inject.METHODS]
@@ -283,7 +286,8 @@ def _alibi_source(cfg, host, method):
 register('seqpe', PEKind(('attn_mul', 'attn_add', 'attn_scalar', 'input_add'), _seqpe_source,
                          config_section='seqpe', canvas=True))
 register('ape', PEKind(('input_add',), lambda cfg, host, method: sources.LearnedSource(
-    host.train_shape, host.d_model, host.num_prefix, cfg.ape.cubic), config_section='ape'))
+    host.train_shape, host.d_model, host.num_prefix, cfg.ape.cubic), config_section='ape',
+    shifts=False))
 register('sincos', PEKind(('input_add',), _sincos_source, config_section='sincos'))
 register('sincos2d', PEKind(('input_add',), _sincos2d_source, config_section='sincos',
                             canvas=True))
@@ -295,7 +299,8 @@ register('rope_mixed', PEKind(
     hooks=lambda cfg, host, method: (inject.ModelHook, functools.partial(
         inject.MixedRotary, base=cfg.rope.base))))
 register('alibi', PEKind(('bias',), _alibi_source, config_section='alibi'))
-register('none', PEKind(('none',), lambda cfg, host, method: sources.NoSource()))
+register('none', PEKind(('none',), lambda cfg, host, method: sources.NoSource(),
+                        shifts=False))
 
 
 def _build_encoder(cfg, host: HostSpec, method: str) -> seqpe.SeqPEEncoder:

@@ -37,7 +37,7 @@ class LanguageModelTask(base.Task):
     self.host = gpt.host_spec(config.model.variant, data.seq_len,
                               common.model_dtype(config))
     self.train_shape = self.host.train_shape
-    self.pe, self.regularizers = common.build_pe(
+    self.pe, self.regularizers, self.shifts = common.build_pe(
         config, self.host, [(length,) for length in config.eval.lengths])
     directory = text.corpus_dir(data.name, data.dir, data.cache_dir)
     self.tokenizer = text.load_tokenizer(data.tokenizer, directory, data.vocab_size,
