@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import ml_collections
 
 from seqpe_jax import choices, positions
-from seqpe_jax.posenc import config, inject, seqpe, shifts, sources
+from seqpe_jax.posenc import baselines, config, inject, seqpe, shifts, sources
 
 __all__ = ['HostSpec', 'PEKind', 'PositionalEncoding', 'REGISTRY', 'TableCache', 'build',
-           'config', 'register', 'shifts']
+           'config', 'register', 'shifts', 'with_rope_scaling']
 
 QK_PROJ = ('per_layer', 'shared', 'none')
 
@@ -126,6 +126,23 @@ def jitted_table(pe: PositionalEncoding, shape: tuple[int, ...], chunk: int = 40
     return jax.tree.map(lambda x: x.swapaxes(0, 1).reshape(1, num_chunks * chunk, *x.shape[3:])
                         [:, :shape[0]], per_chunk)
   return jax.jit(chunked)
+
+
+def with_rope_scaling(pe: PositionalEncoding, scaling: str) -> PositionalEncoding:
+  """`pe` with its 1D RoPE frequencies rescaled by `scaling` ('pi' | 'ntk' | 'yarn') at every
+  length beyond the training length (eval.rope_scaling: evaluation-time baselines from a
+  RoPE run, `sources.RotarySource`); '' returns `pe` itself."""
+  if not scaling:
+    return pe
+  if scaling not in baselines.ROPE_SCALINGS:
+    raise ValueError(f"eval.rope_scaling must be '' or one of "
+                     f"{', '.join(baselines.ROPE_SCALINGS)}, got '{scaling}'.")
+  source = pe.source
+  if not isinstance(source, sources.RotarySource) or source.axial or pe.host.ndim != 1:
+    raise ValueError(f"eval.rope_scaling='{scaling}' rescales the frequencies of a 1D RoPE "
+                     f"(pe.name='rope'), and this run's PE '{pe.name}' has none; set it to ''.")
+  scaled = source.clone(scaling=scaling, train_length=pe.host.train_shape[0])
+  return dataclasses.replace(pe, source=scaled)
 
 
 def canvas_of(cfg: ml_collections.ConfigDict, host: HostSpec) -> tuple[int, ...]:
