@@ -94,6 +94,11 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
   # each scoring only its last stride (every scored token sees L - stride of context).
   c.eval.protocol = 'non_overlapping'
   c.eval.stride_fraction = 0.5
+  # Evaluation-time baselines from a RoPE run (no retraining): '' | 'pi' | 'ntk' | 'yarn'
+  # rescale its frequencies at every length beyond data.seq_len; local_window = T limits
+  # every query to its last T keys (0 = all), the local-attention control for any PE.
+  c.eval.rope_scaling = ''
+  c.eval.local_window = 0
 
   if variant == 'smoke':
     c.total_steps, c.batch_size = 6, 8

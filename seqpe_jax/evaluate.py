@@ -10,6 +10,16 @@ validation split instead and writes DIR/extrapolation_valid.json/png.
 
 sweeps other evaluation settings (any eval.* field of the run's config) from the same
 checkpoint into DIR/extrapolation_long.json/png, leaving the run's own record untouched.
+The LM's evaluation-time baselines are such settings, applied to a trained run without
+retraining (tasks/lm.py):
+
+    python -m seqpe_jax.evaluate --workdir=ROPE_RUN --split=valid \
+        --config.eval.rope_scaling=yarn --name=yarn      # or pi, ntk
+    python -m seqpe_jax.evaluate --workdir=RUN --split=valid \
+        --config.eval.local_window=128 --name=local      # keys limited to the last 128
+
+write DIR/extrapolation_valid_yarn.json and DIR/extrapolation_valid_local.json; a scaling
+asked of a run whose PE has no RoPE frequencies stops with one sentence.
 
     python -m seqpe_jax.evaluate --compare=DIR1,DIR2,... --out=FILE.png
 

@@ -139,7 +139,8 @@ def test_gpt2_small_takes_a_step_at_512():
 
 @pytest.mark.parametrize('overrides,error,message', [
     ({'eval.lengths': (32, 1001)}, ValueError, 'Position 1000 does not fit 3 base-10 digits'),
-    ({'pe.name': 'none', 'pe.inject.method': '', 'data.seq_len': 500_000}, ValueError,
+    ({'pe.name': 'none', 'pe.inject.method': '', 'pe.shift.prob': 0.0,
+      'data.seq_len': 500_000}, ValueError,
      'fewer than one window of 500000'),
     ({'data.name': 'wikitext', 'data.dir': '/nonexistent'}, FileNotFoundError,
      'lacks wiki.train.raw, wiki.valid.raw, wiki.test.raw'),

@@ -10,8 +10,9 @@ Three ways to compute the same attention (`implementation`):
   half precision or the blockwise path otherwise (CPU, TPU, float32).
 
 All paths take an explicit scale (attn_scalar widens q/k to 2 d_h but keeps 1/sqrt(d_h)),
-values narrower than keys, and an additive bias in key-position form [B, H, 1, S] (ALiBi)
-or full form [B, H, L, S].
+values narrower than keys, an additive bias in key-position form [B, H, 1, S] (ALiBi)
+or full form [B, H, L, S], and a causal `local_window` T (each query sees only its last T
+keys, itself included; 0 = all), the local-attention control of eval.local_window.
 """
 
 import functools
@@ -32,7 +33,8 @@ MASKED_LOGIT = -1e9
 
 
 def dot_product_attention(q_BLHK, k_BSHK, v_BSHD, *, scale: float, bias=None, mask=None,
-                          causal: bool = False, implementation: str | None = None):
+                          causal: bool = False, implementation: str | None = None,
+                          local_window: int = 0):
   """`jax.nn.dot_product_attention` that also takes keys wider than values.
 
   SeqPE's attn_scalar appends p_q / p_k channels to q / k (width K = 2 d_h) while the
@@ -44,23 +46,28 @@ def dot_product_attention(q_BLHK, k_BSHK, v_BSHD, *, scale: float, bias=None, ma
   if k_BSHK.shape[-1] != value_dim:
     pad = [(0, 0)] * (v_BSHD.ndim - 1) + [(0, k_BSHK.shape[-1] - value_dim)]
     v_BSHD = jnp.pad(v_BSHD, pad)
+  _check_window(local_window, causal)
+  window = (local_window - 1, 0) if local_window else None  # Keys i-T+1 .. i.
   out = jax.nn.dot_product_attention(q_BLHK, k_BSHK, v_BSHD, bias=bias, mask=mask, scale=scale,
-                                     is_causal=causal, implementation=implementation)
+                                     is_causal=causal, implementation=implementation,
+                                     local_window_size=window)
   return out[..., :value_dim]
 
 
 def blockwise_attention(q_BLHK, k_BSHK, v_BSHD, *, scale: float, bias=None, causal: bool = False,
                         block_q: int = 512, block_k: int = 512, dropout_rate: float = 0.0,
-                        dropout_rng=None):
+                        dropout_rng=None, local_window: int = 0):
   """Exact softmax attention in query x key blocks with an online softmax.
 
   Memory is O(block_q x S) instead of O(L x S): each query block runs a scan over key
   blocks carrying the running max, normaliser and weighted sum; under a causal mask key
-  blocks entirely in the future are skipped (`lax.cond`). The query block is
+  blocks entirely in the future (or, with a `local_window`, entirely before every query's
+  window) are skipped (`lax.cond`). The query block is
   rematerialised in the backward pass, so training memory stays linear as well.
   Attention dropout (if any) drops normalised probabilities, as in dense attention.
   Causal masking aligns query i with key i (L == S).
   """
+  _check_window(local_window, causal)
   batch, length, heads, _ = q_BLHK.shape
   keys, value_dim = k_BSHK.shape[1], v_BSHD.shape[-1]
   bq, bk = min(block_q, length), min(block_k, keys)
@@ -97,6 +104,8 @@ def blockwise_attention(q_BLHK, k_BSHK, v_BSHD, *, scale: float, bias=None, caus
         valid = (k_pos < keys)[None, :]
         if causal:
           valid = valid & (k_pos[None, :] <= q_pos[:, None])
+        if local_window:
+          valid = valid & (k_pos[None, :] > q_pos[:, None] - local_window)
         s = jnp.where(valid, s, -jnp.inf)
         m_new = jax.lax.stop_gradient(jnp.maximum(m, s.max(-1)))
         m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
@@ -111,8 +120,12 @@ def blockwise_attention(q_BLHK, k_BSHK, v_BSHD, *, scale: float, bias=None, caus
             preferred_element_type=jnp.float32)
         return m_new, l, acc
 
-      if causal:  # Key block j starts after the last query of block i: nothing to add.
-        return jax.lax.cond(j * bk <= i * bq + bq - 1, update, lambda c: c, carry), None
+      if causal:  # Key block j starts after the last query of block i: nothing to add;
+        # with a local window, nor when it ends before the first query's window starts.
+        needed = j * bk <= i * bq + bq - 1
+        if local_window:
+          needed = needed & (j * bk + bk - 1 > i * bq - local_window)
+        return jax.lax.cond(needed, update, lambda c: c, carry), None
       return update(carry), None
 
     init = (jnp.full((batch, heads, bq), -jnp.inf, jnp.float32),
@@ -128,7 +141,7 @@ def blockwise_attention(q_BLHK, k_BSHK, v_BSHD, *, scale: float, bias=None, caus
 
 def attend(q_BLHK, k_BSHK, v_BSHD, *, scale: float, bias=None, causal: bool = False,
            implementation: str = 'auto', block_size: int = 512, dropout_rate: float = 0.0,
-           dropout_rng=None):
+           dropout_rng=None, local_window: int = 0):
   """Softmax attention by `implementation` (module docstring); dropout forces 'blockwise'."""
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"Unknown attention implementation '{implementation}'; use one of "
@@ -140,9 +153,16 @@ def attend(q_BLHK, k_BSHK, v_BSHD, *, scale: float, bias=None, causal: bool = Fa
   if implementation == 'blockwise':
     return blockwise_attention(q_BLHK, k_BSHK, v_BSHD, scale=scale, bias=bias, causal=causal,
                                block_q=block_size, block_k=block_size,
-                               dropout_rate=dropout_rate, dropout_rng=dropout_rng)
+                               dropout_rate=dropout_rate, dropout_rng=dropout_rng,
+                               local_window=local_window)
   return dot_product_attention(q_BLHK, k_BSHK, v_BSHD, scale=scale, bias=bias, causal=causal,
-                               implementation=implementation)
+                               implementation=implementation, local_window=local_window)
+
+
+def _check_window(local_window: int, causal: bool) -> None:
+  if local_window < 0 or (local_window and not causal):
+    raise ValueError('A local attention window is a positive number of past keys on a causal '
+                     f'model (0 = every key), got {local_window}.')
 
 
 def _auto(q_BLHK, block_size: int) -> str:
@@ -224,6 +244,7 @@ class MultiHeadAttention(nn.Module):
     use_bias: biases on the q/k/v and output projections.
     kernel_init / out_init: initialisers of the q/k/v and output projections.
     implementation / block_size: see `attend`.
+    local_window: each query sees only its last `local_window` keys (0 = all; causal only).
     dropout: attention-probability dropout (training only).
     decode: use and update the KV cache.
     dtype: of the projections and attention inputs (the softmax runs in float32); the PE
@@ -237,6 +258,7 @@ class MultiHeadAttention(nn.Module):
   out_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
   implementation: str = 'auto'
   block_size: int = 512
+  local_window: int = 0
   dropout: float = 0.0
   decode: bool = False
   dtype: Any = jnp.float32
@@ -275,7 +297,8 @@ class MultiHeadAttention(nn.Module):
     scale = head_dim**-0.5  # Of the head width, also when attn_scalar widens q and k.
     attention = functools.partial(attend, scale=scale, causal=self.causal,
                                   implementation=self.implementation, block_size=self.block_size,
-                                  dropout_rate=self.dropout, dropout_rng=rng)
+                                  dropout_rate=self.dropout, dropout_rng=rng,
+                                  local_window=self.local_window)
     if self.decode:
       out = self._cached(q, k, v, bias, attention, scale)
     else:
@@ -306,6 +329,8 @@ class MultiHeadAttention(nn.Module):
     if new > 1:  # Prefill from position 0: the new block is the whole context so far.
       return attention(q, k, v, bias=bias)
     visible = jnp.arange(key.value.shape[1]) <= start
+    if self.local_window:
+      visible = visible & (jnp.arange(key.value.shape[1]) > start - self.local_window)
     return dot_product_attention(q, key.value, value.value, scale=scale,
                                  bias=None if key_bias is None else key_bias.value,
                                  mask=visible[None, None, None, :])

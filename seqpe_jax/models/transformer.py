@@ -15,10 +15,12 @@ from seqpe_jax.models import attention
 
 @dataclasses.dataclass(frozen=True)
 class AttentionOptions:
-  """How attention is computed (see `attention.attend`) and its probability dropout."""
+  """How attention is computed (see `attention.attend`), its probability dropout and its
+  causal local window (0 = every key; eval.local_window)."""
   implementation: str = 'auto'
   block_size: int = 512
   dropout: float = 0.0
+  local_window: int = 0
 
 
 class Block(nn.Module):
@@ -43,7 +45,8 @@ class Block(nn.Module):
     h = attention.MultiHeadAttention(
         self.num_heads, pe_hook=self.pe.layer_hook, causal=self.causal, out_init=self.out_init,
         implementation=self.attention.implementation, block_size=self.attention.block_size,
-        dropout=self.attention.dropout, decode=self.decode, dtype=self.dtype,
+        local_window=self.attention.local_window, dropout=self.attention.dropout,
+        decode=self.decode, dtype=self.dtype,
         name='attn')(h, pe_state, deterministic=deterministic, key_mask_BS=key_mask_BL,
                      probes=probes)
     x_BLD = x_BLD + nn.Dropout(self.dropout)(h, deterministic=deterministic)

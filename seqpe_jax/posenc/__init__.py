@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import ml_collections
 
 from seqpe_jax import choices, positions
-from seqpe_jax.posenc import config, inject, seqpe, sources
+from seqpe_jax.posenc import baselines, config, inject, seqpe, shifts, sources
 
 __all__ = ['HostSpec', 'PEKind', 'PositionalEncoding', 'REGISTRY', 'TableCache', 'build',
-           'config', 'register']
+           'config', 'register', 'shifts', 'with_rope_scaling']
 
 QK_PROJ = ('per_layer', 'shared', 'none')
 
@@ -128,6 +128,23 @@ def jitted_table(pe: PositionalEncoding, shape: tuple[int, ...], chunk: int = 40
   return jax.jit(chunked)
 
 
+def with_rope_scaling(pe: PositionalEncoding, scaling: str) -> PositionalEncoding:
+  """`pe` with its 1D RoPE frequencies rescaled by `scaling` ('pi' | 'ntk' | 'yarn') at every
+  length beyond the training length (eval.rope_scaling: evaluation-time baselines from a
+  RoPE run, `sources.RotarySource`); '' returns `pe` itself."""
+  if not scaling:
+    return pe
+  if scaling not in baselines.ROPE_SCALINGS:
+    raise ValueError(f"eval.rope_scaling must be '' or one of "
+                     f"{', '.join(baselines.ROPE_SCALINGS)}, got '{scaling}'.")
+  source = pe.source
+  if not isinstance(source, sources.RotarySource) or source.axial or pe.host.ndim != 1:
+    raise ValueError(f"eval.rope_scaling='{scaling}' rescales the frequencies of a 1D RoPE "
+                     f"(pe.name='rope'), and this run's PE '{pe.name}' has none; set it to ''.")
+  scaled = source.clone(scaling=scaling, train_length=pe.host.train_shape[0])
+  return dataclasses.replace(pe, source=scaled)
+
+
 def canvas_of(cfg: ml_collections.ConfigDict, host: HostSpec) -> tuple[int, ...]:
   """The per-axis canvas widths pe.canvas_stride gives this host's grid; () for none."""
   return positions.canvas_of(host.train_shape, cfg.canvas_stride)
@@ -152,12 +169,15 @@ class PEKind:
       when a QA run starts from an LM run); '' if none.
     canvas: whether its source reads per-axis coordinates, which `pe.canvas_stride` can
       spread over a fixed canvas (`canvas_of`; its source then takes `canvas=`).
+    shifts: whether its source has positions beyond the training window, so pe.shift can
+      move the window there in training (`shifts`); APE's table and 'none' have none.
   """
   methods: tuple[str, ...]
   source: Callable[[ml_collections.ConfigDict, HostSpec, str], nn.Module]
   hooks: Callable[[ml_collections.ConfigDict, HostSpec, str], tuple] = None
   config_section: str = ''
   canvas: bool = False
+  shifts: bool = True
 
   def __post_init__(self):
     unknown = [m for m in self.methods if m not in inject.METHODS]
@@ -283,7 +303,8 @@ def _alibi_source(cfg, host, method):
 register('seqpe', PEKind(('attn_mul', 'attn_add', 'attn_scalar', 'input_add'), _seqpe_source,
                          config_section='seqpe', canvas=True))
 register('ape', PEKind(('input_add',), lambda cfg, host, method: sources.LearnedSource(
-    host.train_shape, host.d_model, host.num_prefix, cfg.ape.cubic), config_section='ape'))
+    host.train_shape, host.d_model, host.num_prefix, cfg.ape.cubic), config_section='ape',
+    shifts=False))
 register('sincos', PEKind(('input_add',), _sincos_source, config_section='sincos'))
 register('sincos2d', PEKind(('input_add',), _sincos2d_source, config_section='sincos',
                             canvas=True))
@@ -295,7 +316,8 @@ register('rope_mixed', PEKind(
     hooks=lambda cfg, host, method: (inject.ModelHook, functools.partial(
         inject.MixedRotary, base=cfg.rope.base))))
 register('alibi', PEKind(('bias',), _alibi_source, config_section='alibi'))
-register('none', PEKind(('none',), lambda cfg, host, method: sources.NoSource()))
+register('none', PEKind(('none',), lambda cfg, host, method: sources.NoSource(),
+                        shifts=False))
 
 
 def _build_encoder(cfg, host: HostSpec, method: str) -> seqpe.SeqPEEncoder:

@@ -29,12 +29,51 @@ def sincos_nd(pos: jax.Array, dim: int, base: float = 10_000.) -> jax.Array:
   return jnp.concatenate([sincos_1d(pos[..., a], dim // ndim, base) for a in range(ndim)], -1)
 
 
-def rope_angles(pos: jax.Array, head_dim: int, base: float = 10_000.) -> jax.Array:
-  """float32[..., head_dim/2]: pair i of (2i, 2i+1) turns by pos * base^(-2i/head_dim)."""
+def rope_frequencies(head_dim: int, base: float = 10_000.) -> np.ndarray:
+  """theta_i = base^(-2i/head_dim), i < head_dim/2: the turn of pair i per position."""
   if head_dim % 2:
     raise ValueError(f'RoPE needs an even head dimension, got {head_dim}.')
-  freqs = base**(-np.arange(0, head_dim, 2) / head_dim)
+  return base**(-np.arange(0, head_dim, 2) / head_dim)
+
+
+def rope_angles(pos: jax.Array, head_dim: int, base: float = 10_000.) -> jax.Array:
+  """float32[..., head_dim/2]: pair i of (2i, 2i+1) turns by pos * base^(-2i/head_dim)."""
+  freqs = rope_frequencies(head_dim, base)
   return jnp.asarray(pos, jnp.float32)[..., None] * jnp.asarray(freqs, jnp.float32)
+
+
+# Evaluation-time rescalings of a RoPE model trained at L tokens, evaluated at s L
+# (eval.rope_scaling), and YaRN's ramp bounds (alpha, beta of Peng et al. 2023).
+ROPE_SCALINGS = ('pi', 'ntk', 'yarn')
+YARN_ALPHA, YARN_BETA = 1.0, 32.0
+
+
+def scaled_rope_frequencies(method: str, head_dim: int, base: float, scale: float,
+                            train_length: int) -> tuple[np.ndarray, float]:
+  """(theta'_i, m): RoPE's frequencies rescaled by `method` for `scale` = s >= 1, and the
+  factor m that multiplies q and k each (so the logits by m^2 = 1/t).
+
+  'pi' (position interpolation, Chen et al. 2023): theta_i / s.
+  'ntk' (NTK-aware): the frequencies of base b' = b s^(d/(d-2)), d = head_dim, which keep
+    the highest frequency and divide the lowest by exactly s.
+  'yarn' (Peng et al. 2023): r_i = L / lambda_i with lambda_i = 2 pi / theta_i, ramp
+    g = clip((r - alpha) / (beta - alpha), 0, 1), theta'_i = (1 - g) theta_i / s + g theta_i,
+    and temperature sqrt(1/t) = 0.1 ln s + 1 (the factor m).
+  """
+  if method not in ROPE_SCALINGS:
+    raise ValueError(f"Unknown RoPE scaling '{method}'; use one of {', '.join(ROPE_SCALINGS)}.")
+  if scale < 1:
+    raise ValueError(f'A RoPE scaling factor is at least 1 (longer than trained), got {scale}.')
+  theta = rope_frequencies(head_dim, base)
+  if method == 'pi':
+    return theta / scale, 1.0
+  if method == 'ntk':
+    if head_dim <= 2:
+      raise ValueError(f'NTK-aware scaling needs a head dimension above 2, got {head_dim}.')
+    return rope_frequencies(head_dim, base * scale**(head_dim / (head_dim - 2))), 1.0
+  ramp = np.clip((train_length * theta / (2 * math.pi) - YARN_ALPHA) / (YARN_BETA - YARN_ALPHA),
+                 0.0, 1.0)
+  return (1 - ramp) * theta / scale + ramp * theta, 0.1 * math.log(scale) + 1
 
 
 def rope_axial_frequencies(head_dim: int, base: float = 10_000.) -> np.ndarray:

@@ -115,7 +115,10 @@ def get_config() -> ml_collections.ConfigDict:
   pe.logit_distill.num_far_keys = 64
 
   pe.shift = ml_collections.ConfigDict()
-  # Probability that a training step uses shifted position windows (0 turns it off).
+  # Probability that a training step uses shifted position windows (0 turns it off), for
+  # every PE that has positions beyond its training window (not APE, not 'none'): windows
+  # start anywhere they fit in [0, pe.seqpe.max_position) per axis, or on a canvas move
+  # inside their cells, and a baseline draws the windows SeqPE draws (posenc/shifts.py).
   pe.shift.prob = 0.1
   # Fixed pool of window starts drawn once from the run's seed.
   pe.shift.pool_size = 320

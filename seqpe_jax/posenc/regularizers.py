@@ -20,6 +20,7 @@ import numpy as np
 
 from seqpe_jax import positions
 from seqpe_jax.posenc import contrastive_sampling, inject, losses, sampling
+from seqpe_jax.posenc import shifts as shifts_lib
 
 BALANCE = ('none', 'grad_norm')
 # What the backward of the regularisers' encoder pass recomputes: 'matmuls' keeps the
@@ -257,8 +258,9 @@ def seqpe_step(pe, params, key: jax.Array, pool: jax.Array, reg: Regularizers, *
 
 
 def training_step(pe, reg: Regularizers | None, params, key: jax.Array, step: jax.Array,
-                  pool: jax.Array):
-  """The PE's part of a training step, the same call for every PE.
+                  pool: jax.Array, shifts: shifts_lib.Shifts | None = None):
+  """The PE's part of a training step, the same call for every PE; `shifts`: the shifted
+  windows of a PE without regularisers (`shifts.build`), drawn from `pool`.
 
   Returns:
     features for the host; probes, the position sets whose position-only logits the host
@@ -268,8 +270,7 @@ def training_step(pe, reg: Regularizers | None, params, key: jax.Array, step: ja
     and the weight multiplier of `reg.weight_scale`.
   """
   if reg is None:
-    features = pe.features(params, pe.host.train_shape, deterministic=False,
-                           rngs={'dropout': key})
+    features = shifts_lib.training_features(pe, shifts, params, key, pool)
     return features, {}, {'loss': jnp.zeros((), jnp.float32)}, {}
   features, aux = seqpe_step(pe, params, key, pool, reg)
   scale = reg.weight_scale(step)

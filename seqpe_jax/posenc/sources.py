@@ -130,12 +130,20 @@ class SinCosGridSource(nn.Module):
 
 
 class RotarySource(nn.Module):
-  """cos/sin of RoPE angles, 1D over the flattened position (prefix at 0..P-1) or axial."""
+  """cos/sin of RoPE angles, 1D over the flattened position (prefix at 0..P-1) or axial.
+
+  `scaling` (1D, evaluation only: eval.rope_scaling) rescales the frequencies of a
+  sequence longer than the `train_length` it was trained at, by s = length / train_length
+  (`baselines.scaled_rope_frequencies`); cos and sin then carry YaRN's factor m, which the
+  rotation passes on to q and k. A sequence no longer than trained keeps plain RoPE.
+  """
   head_dim: int
   axial: bool
   num_prefix: int = 0
   base: float = 10_000.
   canvas: tuple[int, ...] = ()  # Axial only: a flat index has no per-axis canvas.
+  scaling: str = ''
+  train_length: int = 0
 
   @nn.compact
   def __call__(self, shape, offsets=None, *, deterministic=True):
@@ -145,6 +153,12 @@ class RotarySource(nn.Module):
       angles = _with_prefix(jnp.zeros((self.num_prefix, self.head_dim // 2)), angles)
     else:
       flat = _prefixed_positions(flat_positions(pos, shape) + self.num_prefix, self.num_prefix)
+      if self.scaling and shape[0] > self.train_length:
+        freqs, factor = baselines.scaled_rope_frequencies(
+            self.scaling, self.head_dim, self.base, shape[0] / self.train_length,
+            self.train_length)
+        angles = jnp.asarray(flat, jnp.float32)[..., None] * jnp.asarray(freqs, jnp.float32)
+        return {'cos': factor * jnp.cos(angles), 'sin': factor * jnp.sin(angles)}
       angles = baselines.rope_angles(flat, self.head_dim, self.base)
     return {'cos': jnp.cos(angles), 'sin': jnp.sin(angles)}
 

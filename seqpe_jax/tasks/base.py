@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from seqpe_jax.models import attention, transformer
 from seqpe_jax.posenc import regularizers as regularizers_lib
+from seqpe_jax.posenc import shifts as shifts_lib
 
 Batch = dict[str, jax.Array]
 Results = dict[int, dict[str, float]]  # Evaluation length/resolution -> metric name -> value.
@@ -23,8 +24,9 @@ Results = dict[int, dict[str, float]]  # Evaluation length/resolution -> metric 
 
 class Task(Protocol):
   """What a task provides. Attributes set by __init__: `config`, `pe` (the position
-  encoding, `posenc.PositionEncoding`), `regularizers` (SeqPE's, or None) and
-  `train_shape` (the position grid of a training example)."""
+  encoding, `posenc.PositionEncoding`), `regularizers` (SeqPE's, or None), `shifts` (the
+  shifted training windows of a PE without regularisers, `posenc.shifts.Shifts`, or None)
+  and `train_shape` (the position grid of a training example)."""
 
   metric: ClassVar[str]  # The sweep's headline metric: 'accuracy', 'ppl', 'em'.
   axis_label: ClassVar[str]  # What the sweep varies, for plots.
@@ -33,6 +35,7 @@ class Task(Protocol):
   config: Any
   pe: Any
   regularizers: regularizers_lib.Regularizers | None
+  shifts: shifts_lib.Shifts | None = None
   train_shape: tuple[int, ...]
 
   # ------------------------------------------------------------------ Data and model.
@@ -75,9 +78,11 @@ class Task(Protocol):
   # ------------------------------------------------------------------ The PE in training.
   def shift_pool(self, key: jax.Array) -> jax.Array:
     """The run's fixed pool of random shifts; a placeholder for PEs without them."""
-    if self.regularizers is None:
-      return jnp.zeros((1, len(self.train_shape)), jnp.int32)
-    return self.regularizers.shift_pool(key)
+    if self.regularizers is not None:
+      return self.regularizers.shift_pool(key)
+    if self.shifts is not None:
+      return self.shifts.pool(key)
+    return jnp.zeros((1, len(self.train_shape)), jnp.int32)
 
   def training_outputs(self, model_params, batch: Batch, features, probes, rng: jax.Array):
     """A training forward: (logits, {probe name: the position-only attention logits of
@@ -93,7 +98,7 @@ class Task(Protocol):
     """(features for the host, probes for `training_outputs`, regulariser terms for
     `pe_regularizer`, scalars) of one training step."""
     return regularizers_lib.training_step(self.pe, self.regularizers, pe_params, key, step,
-                                          shift_pool)
+                                          shift_pool, self.shifts)
 
   def pe_regularizer(self, terms, probe_logits):
     """(The PE's one regulariser loss of a training step, scalars to log) from its

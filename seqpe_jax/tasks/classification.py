@@ -60,7 +60,7 @@ class ClassificationTask(base.Task):
     self.host = vit.host_spec(config.model.variant, size,
                               common.model_dtype(config))
     self.train_shape = self.host.train_shape
-    self.pe, self.regularizers = common.build_pe(
+    self.pe, self.regularizers, self.shifts = common.build_pe(
         config, self.host, [self.grid(res) for res in config.eval.resolutions])
     self.model = vit.ViT(self.num_classes, self.variant['width'], self.variant['depth'],
                          self.variant['num_heads'], self.variant['mlp_dim'],

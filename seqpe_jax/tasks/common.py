@@ -22,14 +22,17 @@ def model_dtype(config):
 
 
 def build_pe(config, host: posenc.HostSpec, eval_shapes: Iterable[Sequence[int]]):
-  """(PE, regularisers or None) for `host`; fails now, not after training, on a batch that
-  cannot share the shift windows or an evaluation shape the PE cannot produce."""
+  """(PE, SeqPE's regularisers or None, a baseline's shifted windows or None) for `host`;
+  fails now, not after training, on a batch that cannot share the shift windows or an
+  evaluation shape the PE cannot produce."""
   pe = posenc.build(config.pe, host)
   reg = regularizers.build(config.pe, pe)
-  if reg and config.batch_size % reg.num_windows:
+  shifts = posenc.shifts.build(config.pe, pe, posenc.REGISTRY[pe.name].shifts)
+  drawer = reg or shifts  # Whichever draws the training windows.
+  if drawer and config.batch_size % drawer.num_windows:
     raise ValueError(f'batch_size={config.batch_size} cannot share '
-                     f'pe.shift.num_windows={reg.num_windows} windows evenly; '
+                     f'pe.shift.num_windows={drawer.num_windows} windows evenly; '
                      'use a batch that is a multiple of it.')
   for shape in eval_shapes:
     pe.check_shape(shape)
-  return pe, reg
+  return pe, reg, shifts

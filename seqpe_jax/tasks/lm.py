@@ -8,8 +8,14 @@ kept; tokens early in a window have little context, which flatters some PEs) or 
 last stride, so every scored token after the first window sees L - stride of context). Each PE's table is computed once per
 length: SeqPE encodes the new positions, APE is resampled linearly, the others extend.
 A window of L tokens predicts its last L - 1; token perplexity = exp(total NLL / tokens).
+
+Evaluation-time baselines from a trained run, no retraining (fair_benchmark.md):
+`eval.rope_scaling` rescales a RoPE run's frequencies at every length beyond the training
+length ('pi' | 'ntk' | 'yarn', `posenc.with_rope_scaling`), and `eval.local_window` = T
+limits every query to its last T keys (the local-attention control; 0 = all keys).
 """
 
+import dataclasses
 import functools
 import math
 
@@ -37,8 +43,14 @@ class LanguageModelTask(base.Task):
     self.host = gpt.host_spec(config.model.variant, data.seq_len,
                               common.model_dtype(config))
     self.train_shape = self.host.train_shape
-    self.pe, self.regularizers = common.build_pe(
+    self.pe, self.regularizers, self.shifts = common.build_pe(
         config, self.host, [(length,) for length in config.eval.lengths])
+    # The evaluation-time baselines (module docstring), refused now where they do not apply.
+    self.eval_pe = posenc.with_rope_scaling(self.pe, config.eval.rope_scaling)
+    window = config.eval.local_window
+    if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+      raise ValueError('eval.local_window must be 0 (every key) or a number of past keys, got '
+                       f'{window!r}.')
     directory = text.corpus_dir(data.name, data.dir, data.cache_dir)
     self.tokenizer = text.load_tokenizer(data.tokenizer, directory, data.vocab_size,
                                          data.cache_dir)
@@ -57,6 +69,9 @@ class LanguageModelTask(base.Task):
     self.model = gpt.GPT(self.tokenizer.vocab_size, pe=self.pe, dropout=m.dropout,
                          attention=attention, dtype=common.model_dtype(config),
                          **gpt.parse_variant(m.variant))
+    # What the sweep runs: the same parameters under the evaluation-time baselines.
+    self.eval_model = self.model.clone(
+        attention=dataclasses.replace(attention, local_window=config.eval.local_window))
 
   @property
   def sweep_protocol(self) -> str:
@@ -87,10 +102,12 @@ class LanguageModelTask(base.Task):
 
   def logits(self, model_params, batch, features, *, train: bool, rng=None, mutable=False,
              probes=None):
-    """Logits [B, L, V]; with `mutable` (collection names) also the updated collections."""
+    """Logits [B, L, V]; with `mutable` (collection names) also the updated collections.
+    Outside training the model attends as evaluation asks (eval.local_window)."""
     rngs = {'dropout': rng} if train else None
-    return self.model.apply({'params': model_params}, batch['tokens'], features,
-                            deterministic=not train, rngs=rngs, mutable=mutable, probes=probes)
+    model = self.model if train else self.eval_model
+    return model.apply({'params': model_params}, batch['tokens'], features,
+                       deterministic=not train, rngs=rngs, mutable=mutable, probes=probes)
 
   def loss(self, logits, batch):
     """Mean next-token cross-entropy over the predicted tokens, and its perplexity."""
@@ -102,7 +119,7 @@ class LanguageModelTask(base.Task):
     """Token perplexity on `split` (default eval.split) at every `eval.lengths`; each PE
     table made once. The windows are split over all devices of all processes (padding
     windows are masked); the per-batch sums are added on the host."""
-    tables = posenc.TableCache(self.pe, params['pe'])
+    tables = posenc.TableCache(self.eval_pe, params['pe'])
     tokens = self.tokens[split or self.config.eval.split]
     batch_size = sharding.eval_batch_size(self.config.eval.batch_size, mesh)
     results = {}

@@ -197,7 +197,7 @@ class QATask(base.Task):
     self.host = gpt.host_spec(config.model.variant, data.seq_len,
                               common.model_dtype(config))
     self.train_shape = self.host.train_shape
-    self.pe, self.regularizers = common.build_pe(
+    self.pe, self.regularizers, self.shifts = common.build_pe(
         config, self.host, [(length + ev.max_new_tokens,) for length in ev.lengths])
     self.corpus = _corpus_dir(data)
     self.tokenizer = text.load_tokenizer(data.tokenizer, self.corpus, data.vocab_size,

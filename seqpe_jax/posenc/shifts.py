@@ -1,0 +1,75 @@
+"""Random shifts of the training window (pe.shift) for the PEs without SeqPE's regularisers.
+
+SeqPE draws its shifted windows inside its training step (`regularizers.seqpe_step`),
+where they share one encoder pass with its other draws. Every other PE that reads
+positions draws them here, from the same pool and the same per-step key, so a baseline
+trained with SeqPE's pe.shift meets the positions SeqPE's host meets, step for step: on
+a shifted step, example b's window starts at the same offset (on a canvas, is moved by
+the same in-cell offset) as SeqPE's. That makes "is it SeqPE or the shifts?" a question
+a study can answer by giving a baseline the same pe.shift.
+
+A shift moves the whole window, so a PE whose attention depends only on differences of
+positions (RoPE 1D/2D/Mixed, ALiBi) computes the same logits up to float rounding; the
+PEs of absolute positions (sinusoids) meet new ones. APE has no rows beyond its table
+and 'none' no positions, so they take no shifts (their kinds say `shifts=False`).
+"""
+
+import dataclasses
+
+import jax
+import ml_collections
+
+from seqpe_jax import positions
+from seqpe_jax.posenc import sampling
+
+
+@dataclasses.dataclass(frozen=True)
+class Shifts:
+  """Static settings of a baseline's shifted windows, validated from `config.pe`."""
+  prob: float
+  pool_size: int
+  num_windows: int
+  train_shape: tuple[int, ...]
+  max_position: int  # Windows fit in [0, max_position) per axis (pe.seqpe.max_position).
+  canvas: tuple[int, ...] = ()  # pe.canvas_stride's: offsets stay inside the cells.
+
+  def pool(self, key: jax.Array) -> jax.Array:
+    """The run's fixed pool of window starts: SeqPE's pool for the same key and settings."""
+    return sampling.shift_pool(key, train_shape=self.train_shape, max_position=self.max_position,
+                               pool_size=self.pool_size, canvas=self.canvas)
+
+  def sample(self, step_key: jax.Array, pool: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """This step's windows, (shifted bool[], offsets int32[W, n]), from the step's PE key:
+    the shift key is the first of the four SeqPE's step splits it into, so the draw is
+    SeqPE's at the same step."""
+    shift_key = jax.random.split(step_key, 4)[0]
+    return sampling.sample_shift(shift_key, pool, num_windows=self.num_windows, prob=self.prob)
+
+
+def build(cfg: ml_collections.ConfigDict, pe, takes_shifts: bool) -> Shifts | None:
+  """The shifts of PE `pe` (built by `posenc.build`) when pe.shift.prob > 0 and it has no
+  regularisers of its own to draw them; None otherwise. `takes_shifts`: its kind's."""
+  shift = cfg.shift
+  if not 0 <= shift.prob <= 1:
+    raise ValueError(f'pe.shift.prob must be a probability, got {shift.prob}.')
+  if shift.prob == 0 or pe.seqpe_encoder is not None:
+    return None
+  if not takes_shifts:
+    raise ValueError(f"PE '{pe.name}' has no positions beyond its training window to shift "
+                     'to; set pe.shift.prob = 0 for it.')
+  if shift.num_windows < 1:
+    raise ValueError(f'pe.shift.num_windows must be at least 1, got {shift.num_windows}.')
+  train_shape = pe.host.train_shape
+  canvas = positions.canvas_of(train_shape, cfg.canvas_stride)
+  sampling.check_shift(train_shape, cfg.seqpe.max_position, shift.pool_size, canvas)
+  return Shifts(prob=shift.prob, pool_size=shift.pool_size, num_windows=shift.num_windows,
+                train_shape=train_shape, max_position=cfg.seqpe.max_position, canvas=canvas)
+
+
+def training_features(pe, shifts: Shifts | None, params, key: jax.Array, pool: jax.Array):
+  """A baseline's features for one training step: one window at the training positions,
+  or with `shifts` one window per row of this step's offsets (all at 0 when unshifted)."""
+  offsets = None if shifts is None else shifts.sample(key, pool)[1]
+  return pe.features(params, pe.host.train_shape, offsets, deterministic=False,
+                     rngs={'dropout': key})
+
