@@ -116,9 +116,11 @@ def score(family: str, results: dict[int, float]) -> float:
 GENERIC = {'dropout': {'model.dropout': 0.1}, 'weight_decay': {'optimizer.weight_decay': 0.1},
            'long_warmup': {'optimizer.warmup_steps': 300}}
 
-# Half the training steps on windows moved to random positions (the same pool and draws for
-# every PE that takes them; a relative PE such as RoPE or ALiBi is unchanged by moving the
-# whole window, so only absolute ones get the option; APE has nowhere to move it).
+# Half the training steps on windows moved to random positions, or on a canvas inside their
+# cells (the same pool and draws for every PE that takes them: posenc/shifts.py). A relative
+# PE (RoPE 1D/2D/Mixed, ALiBi) gives the same logits for a moved window, in-cell offsets
+# included, so only the absolute ones (SeqPE, sinusoids) get the option; APE has nowhere to
+# move it. On the canvas RoPE therefore meets only distances that are multiples of the stride.
 SHIFTS = {'pe.shift.prob': 0.5}
 
 # SeqPE's recipes are its configs' (configs/lm_base.py and vit_base.py, TUNED_SEQPE: the
@@ -205,10 +207,10 @@ def _vit_entrants() -> tuple[Entrant, ...]:
                                      'pe.inject.proj_bias_init': 1.0},
                         'more_shifts': SHIFTS, 'reference': reference_vit}),
       Entrant('rope2d_canvas', vit('rope2d'), ('interpolate',), base=CANVAS,
-              variants={'shifts': SHIFTS, 'base100': {'pe.rope.base': 100.},
+              variants={'base100': {'pe.rope.base': 100.}, 'base1e3': {'pe.rope.base': 1e3},
                         'dropout': GENERIC['dropout']}),
       Entrant('rope_mixed_canvas', vit('rope_mixed'), ('interpolate',), base=CANVAS,
-              variants={'shifts': SHIFTS, 'base100': {'pe.rope.base': 100.},
+              variants={'base100': {'pe.rope.base': 100.}, 'base1e3': {'pe.rope.base': 1e3},
                         'dropout': GENERIC['dropout']}),
       Entrant('sincos2d_canvas', vit('sincos'), ('interpolate',), base=CANVAS,
               variants={'shifts': SHIFTS, 'base1e3': {'pe.sincos.base': 1e3},
