@@ -190,5 +190,5 @@ def test_encoder_equals_a_direct_numpy_computation(ndim, digit_mask):
   pos = np.random.default_rng(0).integers(0, 100, size=(9, ndim))
   digits = positions.digitize(jnp.asarray(pos), width=2)
   expected = numpy_encoder(params, np.asarray(digits), ndim=ndim, k=2, heads=2,
-                           causal=attention == 'causal')
+                           causal=digit_mask == 'causal')
   np.testing.assert_allclose(apply(enc, params, digits), expected, rtol=2e-4, atol=2e-4)
