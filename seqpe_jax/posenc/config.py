@@ -84,8 +84,6 @@ def get_config() -> ml_collections.ConfigDict:
   # (uniform, hard, window) mode probabilities; unset = reference mix for the ndim
   # (1D: 0 / 0.4 / 0.6, 2D: 0.5 / 0.3 / 0.2).
   pe.contrastive.mode_probs = ml_collections.config_dict.placeholder(tuple)
-  # Hard negatives per pivot as a share of K; unset = reference (1D: 0.25, 2D: 0.2).
-  pe.contrastive.hard_fraction = ml_collections.config_dict.placeholder(float)
   # Digit-edit rules of the hard negatives: 'clean' (no string longer than k digits per
   # axis, edits checked once at the end) | 'reference' (the reference sampler's rules, quirks
   # included; docs/method.md §5.2).

@@ -108,7 +108,7 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
         ndim=enc.ndim, max_position=max_position, base=enc.base, num_digits=enc.num_digits,
         train_shape=train_shape, num_pivots=ct.num_pivots - train_pivots,
         num_candidates=ct.num_candidates, mode_probs=ct.mode_probs,
-        hard_fraction=ct.hard_fraction, window_range=ct.window_range,
+        window_range=ct.window_range,
         hard_negative_rules=ct.hard_negative_rules)
   distill = cfg.logit_distill
   if distill.weight < 0:
