@@ -121,7 +121,11 @@ def run_local(jobs: list[Job], root: pathlib.Path, parallel: int = 1,
   try:
     while (pending and not stopping and failure is None) or running:
       while pending and len(running) < parallel and not stopping and failure is None:
-        job = pending.pop(0)
+        busy = {j.directory for j, _ in running.values()}  # One writer per run directory.
+        job = next((j for j in pending if j.directory not in busy), None)
+        if job is None:
+          break
+        pending.remove(job)
         job.directory.mkdir(parents=True, exist_ok=True)
         with open(job.directory / LOG, 'a') as log:
           process = subprocess.Popen(job.command(python), stdout=log, stderr=subprocess.STDOUT,

@@ -251,13 +251,12 @@ def run_final(suite_name: str, workdir: str, *, variant: str = '', parallel: int
   if unfinished:
     raise StudyError(f'{len(unfinished)} final runs have not finished (first: {unfinished[0]}); '
                      'run the study without --final to train them.')
+  command = shlex.join(['python', '-m', 'lab.study', f'--suite={suite_name}',
+                        f'--workdir={workdir}', '--final']
+                       + ([f'--variant={variant}'] if variant else []))
   with workdir_lock.held(root, purpose='study --final'):
     job_runner.run_local(test_jobs(suite, root), root, parallel)
-    return report.write_final(root, suite, suite_name, chosen, command_line(), hardware())
-
-
-def command_line() -> str:
-  return shlex.join(['python', '-m', 'lab.study', *sys.argv[1:]])
+    return report.write_final(root, suite, suite_name, chosen, command, hardware())
 
 
 def hardware() -> str:

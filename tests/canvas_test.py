@@ -59,7 +59,7 @@ def test_bad_canvas_settings_stop_with_one_sentence():
                                        'pe.seqpe.max_position 30'):
     canvas_seqpe(stride=11)  # Positions 5, 16, 27 on a 33-wide canvas, cells [-5, 6).
   with pytest.raises(ValueError, match='on a canvas .pe.canvas_stride. the window moves only'):
-    canvas_seqpe(shape=(6,), attention__weight=1.0,  # A causal 1D host's far keys.
+    canvas_seqpe(shape=(6,), logit_distill__weight=1.0,  # A causal 1D host's far keys.
                  contrastive__window_range=8)
   with pytest.raises(ValueError, match='The shift pool of 17 exceeds the 16 window starts'):
     canvas_seqpe(shift__pool_size=17)

@@ -231,7 +231,9 @@ def test_final_reads_test_once_for_the_chosen_runs_only(smoke_study):
   assert 'paired by seed' in results
   comparison = out['comparisons']['extend']
   assert {c['other'] for c in comparison} == {'rope'}
-  assert (root / 'REPORT.md').read_text().count('| seqpe |') == 1
+  text = (root / 'REPORT.md').read_text()
+  assert f"--suite=lm --workdir={root} --final --variant=smoke" in text
+  assert text.count('| seqpe |') == 2  # Its choice, and its row of the test table.
 
 
 def test_a_second_study_on_the_same_directory_is_refused(tmp_path):

@@ -306,18 +306,14 @@ def test_init_from_refuses_another_model_naming_the_field(lm_run, pe, overrides,
   assert str(error.value).count('. ') == 0  # One sentence.
 
 
-def test_init_from_takes_a_study_run_recorded_before_a_newer_pe_field(lm_run, tmp_path):
-  run = tmp_path / 'runs' / 'ape' / 'seed0'  # A study's layout.
+def test_init_from_takes_a_study_run_directory(lm_run, tmp_path):
+  run = tmp_path / 'final' / 'ape' / 'seed0'  # A study's layout.
   shutil.copytree(lm_run, run)
-  record = json.loads((run / 'config.json').read_text())
-  defaults = json.loads(pe_config.get_config().to_json_best_effort())['inject']
-  field = next(k for k, v in record['pe']['inject'].items() if defaults.get(k) == v)
-  del record['pe']['inject'][field]  # Written before the field existed.
-  (run / 'config.json').write_text(json.dumps(record))
   assert tasks.build(qa_config('ape', run)).config.init_from == str(run)
-  record['pe']['inject'][field] = 'another'
+  record = json.loads((run / 'config.json').read_text())
+  record['pe']['inject']['qk_proj'] = 'another'
   (run / 'config.json').write_text(json.dumps(record))
-  with pytest.raises(ValueError, match=f"trained with pe.inject.{field}='another'"):
+  with pytest.raises(ValueError, match="trained with pe.inject.qk_proj='another'"):
     tasks.build(qa_config('ape', run))
 
 

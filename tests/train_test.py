@@ -22,7 +22,7 @@ pytestmark = pytest.mark.xdist_group('train')
 
 
 def smoke_config(pe='seqpe', **overrides):
-  config = vit_base.get_config('smoke', pe=pe)
+  config = vit_base.get_config('reference,smoke', pe=pe)
   config.mesh.data = 1  # One device unless a test asks for more.
   config.update_from_flattened_dict(overrides)
   return config

@@ -1,11 +1,10 @@
 """Starting a run from another run's parameters: `config.init_from=WORKDIR` (QA from an LM).
 
 The source run is any LM workdir, a study's run directory included
-(`<study>/runs/<run>/seed<i>`): a finished LM run (its config.json and at least one
+(`<study>/final/<pe>/seed<i>`): a finished LM run (its config.json and at least one
 checkpoint; a study's committed results keep none) whose model, PE and tokenizer are this
-config's. The fields that fix the parameters' shapes and meaning are compared (a PE field
-newer than the run reads as its default, as the run's own checkpoint does), and the first
-that differs is named. Fields that only say how a run trains (dropout, attention kernels,
+config's. The fields that fix the parameters' shapes and meaning are compared, and the
+first that differs is named (a run recorded by an older commit is reproduced at that commit). Fields that only say how a run trains (dropout, attention kernels,
 the SeqPE regularisers' sampling, the position space the regularisers draw from as long
 as it keeps the digit count) may change. The newest checkpoint's parameters (PE included)
 are read as host arrays and placed with this run's shardings; a learned APE table trained
@@ -58,8 +57,7 @@ def source_config(workdir: str) -> dict:
   if not path.exists():
     raise FileNotFoundError(f'{flag} is not an LM run: it has no config.json (point it at the '
                             '--workdir of a configs/lm_<pe>.py run).')
-  # A run older than some PE field reads as that field's default, as its own checkpoint does.
-  config = checkpoint.with_new_fields(json.loads(path.read_text()))
+  config = json.loads(path.read_text())
   kind = config.get('task') or config.get('model', {}).get('name')
   if kind != 'gpt':
     raise ValueError(f"{flag} is not an LM run: its config.json is a '{kind}' run (point it at "

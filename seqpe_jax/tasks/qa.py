@@ -213,6 +213,7 @@ class QATask(base.Task):
     self.model = gpt.GPT(self.tokenizer.vocab_size, pe=self.pe, dropout=m.dropout,
                          attention=attention, dtype=common.model_dtype(config),
                          **gpt.parse_variant(m.variant))
+    self.eval_model = self.model  # QA reads every length with the model as trained.
     self._eval_sets = {}
     self.eval_sets()  # Missing files or impossible lengths fail now, not after training.
     self._build_train_set()
