@@ -7,7 +7,6 @@ stopped on a non-finite loss (exit 3) is a result too (DIVERGED in its workdir).
 
 import dataclasses
 import json
-import os
 import pathlib
 import shlex
 import signal
@@ -110,9 +109,9 @@ def run_local(jobs: list[Job], root: pathlib.Path, parallel: int = 1,
   save and stop), then Preempted is raised; so is a run's own preemption status."""
   pending = [job for job in jobs if not (job.finished or job.diverged)]
   running: dict[subprocess.Popen, tuple[Job, float]] = {}
-  stopping = []
+  stopping = []  # Exit statuses the study ends with: 130 for Ctrl-C, 143 for SIGTERM.
   def forward(signum, _):
-    stopping.append(signum)
+    stopping.append(130 if signum == signal.SIGINT else cli.EXIT_PREEMPTED)
     for process in running:
       process.send_signal(signal.SIGTERM)
   previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -145,7 +144,7 @@ def run_local(jobs: list[Job], root: pathlib.Path, parallel: int = 1,
           print(f'  diverged {job.label} (a result; delete {job.directory / DIVERGED} to '
                 'retry)', flush=True)
         elif status in (cli.EXIT_PREEMPTED, 130) or stopping:
-          stopping.append(status)
+          stopping.append(130 if status == 130 else cli.EXIT_PREEMPTED)
         else:
           failure = (f'{job.label} stopped with exit status {status}: '
                      f'{_last_line(job.directory / LOG)} (log: {job.directory / LOG}).')
@@ -155,7 +154,7 @@ def run_local(jobs: list[Job], root: pathlib.Path, parallel: int = 1,
   if failure:
     raise JobError(failure)
   if stopping:
-    status = 130 if signal.SIGINT in stopping or 130 in stopping else cli.EXIT_PREEMPTED
+    status = 130 if 130 in stopping else cli.EXIT_PREEMPTED
     raise Preempted('The study was stopped after its running runs saved; run the same '
                     'command again to resume.', status)
 
@@ -189,7 +188,3 @@ def print_commands(jobs: list[Job], python: str = 'python') -> int:
   for job in pending:
     print(shlex.join(job.command(python)))
   return len(pending)
-
-
-def environment_python() -> str:
-  return os.environ.get('PYTHON', sys.executable)

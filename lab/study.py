@@ -22,6 +22,7 @@ when Ctrl-C / SIGTERM stopped it after its runs saved (rerun to resume).
 
 import importlib
 import json
+import os
 import pathlib
 import platform
 import shlex
@@ -260,7 +261,6 @@ def run_final(suite_name: str, workdir: str, *, variant: str = '', parallel: int
 
 
 def hardware() -> str:
-  import os  # pylint: disable=g-import-not-at-top
   return f'{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}'
 
 
