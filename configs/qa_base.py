@@ -50,7 +50,7 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
   c.batch_size = 16  # Examples, each right-padded to data.seq_len.
   c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 50, 0, 250
 
-  # passkey | kv (retrieval probes, generated) | jsonl (train.<L>.jsonl files in data.dir).
+  # passkey (retrieval probes, generated) | jsonl (train.<L>.jsonl files in data.dir).
   c.data.source = 'passkey'
   # The training block: examples (prompt, answer, end-of-text) longer than it are skipped.
   c.data.seq_len = 256

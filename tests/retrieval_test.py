@@ -39,23 +39,12 @@ def passkey(gpt2, filler, length, num=10, seed=0):
   return retrieval.passkey_examples(gpt2, filler, length, num, seed)
 
 
-def kv(gpt2, length, num=10, seed=0):
-  return retrieval.kv_examples(gpt2, length, num, seed)
-
-
-def kv_parts(example):
-  """(the JSON object, the asked key) of a key-value prompt."""
-  prompt = example['input']
-  body = prompt[prompt.index('JSON data:\n') + len('JSON data:\n'):prompt.index('\n\nKey: ')]
-  return json.loads(body), re.search(r'Key: "([0-9a-f-]{36})"', prompt).group(1)
-
-
 def test_generated_examples_round_trip_through_the_reader(gpt2, filler, tmp_path):
   examples = passkey(gpt2, filler, 256, num=3)
   assert list(examples[0]) == ['index', 'input', 'outputs', 'length', 'depth', 'candidates']
   retrieval.write_jsonl(tmp_path / 'validation.256.jsonl', examples)
   assert retrieval.read_jsonl(tmp_path / 'validation.256.jsonl') == examples
-  retrieval.write_jsonl(tmp_path / 'validation.1024.jsonl', kv(gpt2, 1024, num=2))
+  retrieval.write_jsonl(tmp_path / 'validation.1024.jsonl', passkey(gpt2, filler, 1024, num=2))
   retrieval.write_jsonl(tmp_path / 'train.512.jsonl', examples)  # Another split: ignored.
   by_length = retrieval.read_lengths(tmp_path)
   assert list(by_length) == [256, 1024] and by_length[256] == examples
@@ -86,19 +75,15 @@ def test_reader_errors_are_one_sentence_with_file_and_line(tmp_path):
     retrieval.read_lengths(tmp_path)
 
 
-@pytest.mark.parametrize('task', ['passkey', 'kv'])
 @pytest.mark.parametrize('length', [256, 4096])
-def test_prompts_have_the_requested_length(gpt2, filler, task, length):
-  examples = passkey(gpt2, filler, length) if task == 'passkey' else kv(gpt2, length)
-  for e in examples:
+def test_prompts_have_the_requested_length(gpt2, filler, length):
+  for e in passkey(gpt2, filler, length):
     assert e['length'] == len(gpt2.encode(e['input']))
     assert abs(e['length'] - length) <= retrieval.TOLERANCE
 
 
-@pytest.mark.parametrize('task', ['passkey', 'kv'])
-def test_a_16k_example_takes_well_under_a_second(gpt2, filler, task):
-  make = (lambda: passkey(gpt2, filler, 16384, num=1, seed=3)) if task == 'passkey' else (
-      lambda: kv(gpt2, 16384, num=1, seed=3))
+def test_a_16k_example_takes_well_under_a_second(gpt2, filler):
+  make = lambda: passkey(gpt2, filler, 16384, num=1, seed=3)
   make()  # Per-tokenizer statistics are computed once.
   start = time.perf_counter()
   (example,) = make()
@@ -121,32 +106,18 @@ def test_passkey_is_stated_once_at_the_recorded_depth(gpt2, filler):
     assert abs(position / e['length'] - e['depth']) < 0.05
 
 
-def test_kv_asks_for_a_key_of_the_object_and_answers_its_value(gpt2):
-  for e in kv(gpt2, 1024):
-    pairs, key = kv_parts(e)
-    assert len(pairs) >= 10 and e['outputs'] == [pairs[key]]
-    assert e['input'].count(key) == 2 and e['input'].count(pairs[key]) == 1
-    # Depth: tokens of the other pairs before the asked one over all other pairs.
-    keys = list(pairs)
-    tokens = [len(gpt2.encode(retrieval.KV_PAIR.format(key=k, value=pairs[k]))) for k in keys]
-    slot = keys.index(key)
-    assert abs(sum(tokens[:slot]) / (sum(tokens) - tokens[slot]) - e['depth']) < 0.01
-
-
-@pytest.mark.parametrize('task,length', [('passkey', 256), ('passkey', 4096), ('kv', 1024)])
-def test_depths_cover_every_decile(gpt2, filler, task, length):
-  examples = passkey(gpt2, filler, length) if task == 'passkey' else kv(gpt2, length)
+@pytest.mark.parametrize('length', [256, 4096])
+def test_depths_cover_every_decile(gpt2, filler, length):
+  examples = passkey(gpt2, filler, length)
   assert [retrieval.depth_decile(e['depth']) for e in examples] == list(range(10))
   assert [e['index'] for e in examples] == list(range(10))
 
 
 def test_a_seed_reproduces_the_bytes_and_another_differs(gpt2, filler, tmp_path):
-  for task, make in (('passkey', lambda s: passkey(gpt2, filler, 512, 4, s)),
-                     ('kv', lambda s: kv(gpt2, 512, 4, s))):
-    files = [tmp_path / f'{task}{i}.jsonl' for i in range(3)]
-    for path, seed in zip(files, (7, 7, 8)):
-      retrieval.write_jsonl(path, make(seed))
-    assert files[0].read_bytes() == files[1].read_bytes() != files[2].read_bytes()
+  files = [tmp_path / f'passkey{i}.jsonl' for i in range(3)]
+  for path, seed in zip(files, (7, 7, 8)):
+    retrieval.write_jsonl(path, passkey(gpt2, filler, 512, 4, seed))
+  assert files[0].read_bytes() == files[1].read_bytes() != files[2].read_bytes()
   # Examples are seeded one by one: a longer file starts with the shorter one's examples.
   assert passkey(gpt2, filler, 512, 2, 7) == passkey(gpt2, filler, 512, 4, 7)[:2]
 
@@ -164,9 +135,8 @@ def test_filler_is_held_out_wikipedia(gpt2, filler, wiki):
 def test_other_tokenizers_meet_the_length_too(cache, kind):
   directory = text.corpus_dir('pydoc_topics', cache_dir=cache)
   tok = text.load_tokenizer(kind, directory, 512, cache)
-  examples = (retrieval.passkey_examples(tok, retrieval.load_filler(directory, 'test', tok),
-                                         512, 10, 0) + retrieval.kv_examples(tok, 512, 10, 0))
-  for e in examples:
+  for e in retrieval.passkey_examples(tok, retrieval.load_filler(directory, 'test', tok),
+                                      512, 10, 0):
     assert abs(len(tok.encode(e['input'])) - 512) <= retrieval.TOLERANCE
     assert e['outputs'][0] in e['input']
 
@@ -181,7 +151,7 @@ def test_new_fillers_and_key_forms_meet_the_length_with_the_answer_once(
     pytest.skip('Bytes write no number as one token (the refusal is tested below).')
   keys = retrieval.key_form(form, tok)
   fill = retrieval.load_filler(wiki, 'valid', tok, filler_kind)
-  for length in (retrieval.min_length('passkey', tok, keys), 512):
+  for length in (retrieval.min_length(tok, keys), 512):
     for e in retrieval.passkey_examples(tok, fill, length, 10, 0, keys):
       key = e['outputs'][0]
       assert abs(len(tok.encode(e['input'])) - length) <= retrieval.TOLERANCE
@@ -204,13 +174,6 @@ def test_new_fillers_and_key_forms_meet_the_length_with_the_answer_once(
         assert words == [pieces[(start + i) % len(pieces)] for i in range(len(words))]
 
 
-def test_kv_candidates_are_other_uuids(gpt2):
-  for e in kv(gpt2, 512, num=3):
-    assert len(set(e['candidates'])) == 9 and e['outputs'][0] not in e['candidates']
-    assert all(re.fullmatch(r'[0-9a-f-]{36}', c) and c not in e['input']
-               for c in e['candidates'])
-
-
 def test_key_forms_the_tokenizer_cannot_write_are_refused(gpt2):
   with pytest.raises(ValueError, match="--key_form='token' needs 10 numbers that the byte "
                      'tokenizer writes as one token after a space, and it has 0'):
@@ -227,13 +190,10 @@ def test_bad_input_is_one_sentence(gpt2, cache):
   for length in (127, 16385):
     with pytest.raises(ValueError, match=f'128..16384 tokens long, not {length}'):
       retrieval.generate('passkey', length, 1, 0, cache_dir=cache)
-  with pytest.raises(ValueError, match="Unknown retrieval task 'qa'; use one of: passkey, kv"):
-    retrieval.generate('qa', 1024, 1, 0, cache_dir=cache)
+  with pytest.raises(ValueError, match="Unknown retrieval task 'kv'; use one of: passkey."):
+    retrieval.generate('kv', 1024, 1, 0, cache_dir=cache)
   with pytest.raises(ValueError, match='at least one example, not 0'):
-    retrieval.generate('kv', 1024, 0, 0, cache_dir=cache)
-  with pytest.raises(ValueError, match=r'256 byte tokens has room for 0 key-value pairs, '
-                     r'fewer than 2; use a length of at least \d+\.'):
-    retrieval.kv_examples(tokenizers.byte_level(), 256, 1, 0)
+    retrieval.generate('passkey', 1024, 0, 0, cache_dir=cache)
 
 
 def run_cli(*args, cache_dir):
@@ -244,19 +204,19 @@ def run_cli(*args, cache_dir):
 
 def test_command_line_writes_the_file_and_refuses_bad_input(cache, wiki, tmp_path):
   del wiki  # Built in the cache the command line uses.
-  out = tmp_path / 'kv.1024.jsonl'
-  process = run_cli('--task=kv', '--length=1024', '--num=3', '--seed=1', f'--out={out}',
+  out = tmp_path / 'passkey.1024.jsonl'
+  process = run_cli('--task=passkey', '--length=1024', '--num=3', '--seed=1', f'--out={out}',
                     cache_dir=cache)
   assert process.returncode == 0, process.stderr
   assert process.stdout.splitlines() == [
-      str(out), 'kv at 1024 gpt2 tokens (seed 1): 3 examples, '
+      str(out), 'passkey at 1024 gpt2 tokens (seed 1): 3 examples, '
       f"{min(e['length'] for e in retrieval.read_jsonl(out))}.."
       f"{max(e['length'] for e in retrieval.read_jsonl(out))} tokens, depth deciles 0,1,2"]
   assert len(retrieval.read_jsonl(out)) == 3
-  for args, message in ((['--task=kv', '--length=100', f'--out={tmp_path / "x.jsonl"}'],
+  for args, message in ((['--task=passkey', '--length=100', f'--out={tmp_path / "x.jsonl"}'],
                          'Retrieval prompts are 128..16384 tokens long, not 100.'),
                         (['--task=needle', '--length=1024', f'--out={tmp_path / "x.jsonl"}'],
-                         "Unknown retrieval task 'needle'; use one of: passkey, kv."),
+                         "Unknown retrieval task 'needle'; use one of: passkey."),
                         (['--task=passkey', '--length=256', '--tokenizer=byte', '--key_form=token',
                           f'--out={tmp_path / "x.jsonl"}'],
                          "--key_form='token' needs 10 numbers that the byte tokenizer writes")):

@@ -1,4 +1,4 @@
-"""Long-context QA and retrieval probes in the reference's QA jsonl schema.
+"""Long-context QA and passkey retrieval probes in the reference's QA jsonl schema.
 
 Schema: one JSON object per line, `{"index": int, "input": str, "outputs": [str, ...]}`,
 one file per context length (`validation.2048.jsonl`); extra fields are allowed and kept.
@@ -16,27 +16,22 @@ token count), `depth` (0..1: the fraction of the haystack that comes before the 
            sentences repeated. Key forms: 'digits5' (the default), 'digits3' (any digitsN,
            N = 1..9; no leading zero) or 'token' (a number that the tokenizer writes as one
            token after a space, so the answer is one token).
-  kv       a JSON object of random UUID pairs, one key asked for; outputs = [its value].
 
 Lengths are in tokens of the configured tokenizer, 128..16384 (a generator may need more
 for its fixed text: `min_length`), met within TOLERANCE (in practice +-2). The budget is
 planned with token counts rather than by re-tokenising the prompt: the filler is
 tokenised once per (corpus, split, tokenizer), starts at a random paragraph and is cut at
 word boundaries (tokens that start with whitespace, where BPE pre-tokenisation splits
-anyway, so pieces tokenise the same alone as joined); kv pairs are counted in batches
-and drawn until their counts fill the budget. The prompt is tokenised once at the end to
-record its true length. Byte tokens give every UUID the same length, so
-there the kv object is padded with spaces after its brace (insignificant in JSON).
+anyway, so pieces tokenise the same alone as joined). The prompt is tokenised once at the
+end to record its true length.
 
 Depths: example i sits in depth decile i mod 10 (uniform inside it), so a length x depth
-heatmap has every cell. Passkey depth is exact to a word (a sentence start is preferred
-nearby); kv depth is quantised to one pair (~54 GPT-2 tokens), so at short lengths with
-few pairs some deciles cannot be hit and the recorded depth is the achieved one.
+heatmap has every cell. Depth is exact to a word (a sentence start is preferred nearby).
 
 Every example draws from its own generator seeded by (seed, task, length, index): a seed
 reproduces a file byte for byte, and training and evaluation sets need different seeds.
 
-    python -m seqpe_jax.data.retrieval --task=passkey|kv --length=N --num=M --seed=S \\
+    python -m seqpe_jax.data.retrieval --task=passkey --length=N --num=M --seed=S \\
         --out=FILE.jsonl [--tokenizer=gpt2|bpe|byte] [--corpus=wiki_gensim] [--split=valid] \\
         [--filler=wiki|repeat] [--key_form=digits5|digits3|token]
 """
@@ -45,7 +40,6 @@ import dataclasses
 import json
 import pathlib
 import re
-import uuid
 
 import numpy as np
 from absl import app, flags
@@ -53,7 +47,7 @@ from absl import app, flags
 from seqpe_jax import cli
 from seqpe_jax.data import cache, text, tokenizers
 
-TASKS = ('passkey', 'kv')
+TASKS = ('passkey',)
 FILLERS = ('wiki', 'repeat')
 MIN_LENGTH, MAX_LENGTH = 128, 16_384
 TOLERANCE = 8  # |actual - requested| prompt tokens.
@@ -71,12 +65,7 @@ PASSKEY_QUESTION = '\nWhat is the pass key? The pass key is'
 REPEATED_FILLER = (' The grass is green. The sky is blue. The sun is yellow. Here we go. '
                    'There and back again.')
 NUM_CANDIDATES = 10  # The gold answer and 9 wrong ones of its form.
-KV_PREFIX = ('Extract the value corresponding to the specified key in the JSON object below.'
-             '\n\nJSON data:\n{')
-KV_PAIR = '\n "{key}": "{value}",'  # Each on its own line; the last loses its comma.
-KV_QUESTION = '\n}}\n\nKey: "{key}"\nThe value associated with the specified key is:'
-MIN_PAIRS = 2
-MAX_DRAWS = 64  # UUID pairs tried per slot while fitting the budget.
+MAX_DRAWS = 64  # Keys tried before a filler that contains them all is refused.
 SENTENCE_WINDOW = 0.02  # How far (fraction of the filler) a needle may move to a sentence start.
 
 # ------------------------------------------------------------------ Reading and writing.
@@ -165,6 +154,12 @@ def _decile_bounds(index: int) -> tuple[float, float]:
 
 def _count(tokenizer: tokenizers.Tokenizer, s: str) -> int:
   return len(tokenizer.encode(s))
+
+
+def _counts(tokenizer: tokenizers.Tokenizer, strings: list[str]) -> list[int]:
+  """Token counts of many short strings in one batch: `Tokenizer.encode` runs a batch of one
+  (with tiktoken a thread-pool round trip, ~1 ms), which would dominate the key pool."""
+  return [len(ids) for ids in tokenizer._encode_batch(strings)]  # pylint: disable=protected-access
 
 
 def _example(index: int, prompt: str, answer: str, length: int, depth: float,
@@ -350,151 +345,17 @@ def passkey_examples(tokenizer: tokenizers.Tokenizer, filler: Filler, length: in
   return [passkey_example(tokenizer, filler, length, i, _rng(seed, 'passkey', length, i), keys)
           for i in range(num)]
 
-# ------------------------------------------------------------------ Key-value.
+# ------------------------------------------------------------------ By name.
 
 
-def _uuid(rng: np.random.Generator) -> str:
-  return str(uuid.UUID(bytes=rng.bytes(16), version=4))
-
-
-def _counts(tokenizer: tokenizers.Tokenizer, strings: list[str]) -> list[int]:
-  """Token counts of many short strings in one batch: `Tokenizer.encode` runs a batch of one
-  (with tiktoken a thread-pool round trip, ~1 ms), which would dominate a 16k kv prompt."""
-  return [len(ids) for ids in tokenizer._encode_batch(strings)]  # pylint: disable=protected-access
-
-
-@dataclasses.dataclass(frozen=True)
-class _KvSizes:
-  """Tokens of the fixed parts, and of a pair line (mean, std over a fixed sample)."""
-  prefix: int
-  question: int
-  mean: float
-  std: float
-
-
-_KV_SIZES: dict[str, _KvSizes] = {}
-
-
-def _kv_sizes(tokenizer: tokenizers.Tokenizer) -> _KvSizes:
-  if tokenizer.name not in _KV_SIZES:
-    sample = _candidates(tokenizer, np.random.default_rng(0), 200)  # Not the examples' draws.
-    pairs = [p for _, _, p, _ in sample]
-    prefix = _count(tokenizer, KV_PREFIX)
-    _KV_SIZES[tokenizer.name] = _KvSizes(prefix, round(np.mean([q for *_, q in sample])),
-                                         float(np.mean(pairs)), float(np.std(pairs)))
-  return _KV_SIZES[tokenizer.name]
-
-
-def _candidates(tokenizer, rng, num: int) -> list[tuple[str, str, int, int]]:
-  """`num` random (key, value, pair line tokens, question tokens if this key is asked)."""
-  keys_values = [(_uuid(rng), _uuid(rng)) for _ in range(num)]
-  counts = _counts(tokenizer, [KV_PAIR.format(key=k, value=v) for k, v in keys_values] +
-                   [KV_QUESTION.format(key=k) for k, _ in keys_values])
-  return [(k, v, counts[i], counts[num + i]) for i, (k, v) in enumerate(keys_values)]
-
-
-def _fit_pairs(tokenizer, rng, budget: int, n: int) -> list[tuple[str, str, int]]:
-  """n (key, value, tokens) pairs summing to about `budget`; the first is the asked one and
-  its tokens include the question, which repeats its key. Candidates come in order from
-  a seeded pool; each slot takes the first that leaves a remainder the other slots can
-  plausibly fill (the last: within one token), else the closest of MAX_DRAWS. The choice
-  looks only at token counts, so the UUIDs stay uniform in everything else."""
-  sizes = _kv_sizes(tokenizer)
-  low, high = sizes.mean - 1.5 * sizes.std, sizes.mean + 1.5 * sizes.std
-  pool = iter(_candidates(tokenizer, rng, n + 32))
-  pairs, left = [], budget
-  for slot in range(n):
-    rest = n - 1 - slot
-    best = None
-    for _ in range(MAX_DRAWS):
-      candidate = next(pool, None)
-      if candidate is None:
-        pool = iter(_candidates(tokenizer, rng, 64))
-        candidate = next(pool)
-      key, value, tokens, question = candidate
-      tokens += question if slot == 0 else 0
-      remainder = left - tokens
-      miss = max(rest * low - remainder, remainder - rest * high, 0)
-      if best is None or miss < best[0]:
-        best = (miss, key, value, tokens)
-      if miss <= (0 if rest else 1):
-        break
-    pairs.append(best[1:])
-    left -= best[3]
-  return pairs
-
-
-def _kv_prompt(pairs, asked: int, pad: int) -> str:
-  lines = [KV_PAIR.format(key=k, value=v) for k, v, _ in pairs]
-  lines[-1] = lines[-1][:-1]
-  return (KV_PREFIX + ' ' * pad + ''.join(lines) +
-          KV_QUESTION.format(key=pairs[asked][0]))
-
-
-def kv_example(tokenizer: tokenizers.Tokenizer, length: int, index: int,
-               rng: np.random.Generator) -> dict:
-  """One key-value prompt of about `length` tokens, the asked pair placed at the position
-  whose depth is nearest the drawn one inside decile index % 10."""
-  lo, hi = _decile_bounds(index)
-  depth = rng.uniform(lo, hi)
-  sizes = _kv_sizes(tokenizer)
-  budget = length - sizes.prefix
-  # As many pairs as fit: the draws can stretch them by 1.5 std each, and the padding below
-  # can lengthen a prompt but never shorten it.
-  n = round((budget - sizes.question) / sizes.mean)
-  if n * (sizes.mean - 1.5 * sizes.std) > budget - sizes.question:
-    n -= 1
-  if n < MIN_PAIRS:
-    shortest = sizes.prefix + sizes.question + round(MIN_PAIRS * sizes.mean)
-    raise ValueError(f'A key-value prompt of {length} {tokenizer.name} tokens has room for '
-                     f'{max(n, 0)} key-value pairs, fewer than {MIN_PAIRS}; use a length of at '
-                     f'least {shortest}.')
-  asked, *others = _fit_pairs(tokenizer, rng, budget, n)
-  # Depth of slot j = tokens of the other pairs before it / tokens of all other pairs.
-  before = np.concatenate([[0], np.cumsum([t for _, _, t in others])])
-  depths = before / before[-1]
-  inside = np.flatnonzero((depths >= lo) & ((depths < hi) | (hi >= 1)))
-  candidates = inside if len(inside) else np.arange(len(depths))
-  slot = int(candidates[np.argmin(np.abs(depths[candidates] - depth))])
-  pairs = others[:slot] + [asked] + others[slot:]
-  # Fine adjustment for a tokenizer whose UUIDs all have one length (bytes): JSON allows
-  # whitespace after the brace, and spaces are single tokens there.
-  pad, prompt = 0, _kv_prompt(pairs, slot, 0)
-  error = _count(tokenizer, prompt) - length
-  for _ in range(3):
-    if -error <= 1:
-      break
-    trial = _kv_prompt(pairs, slot, pad - error)
-    trial_error = _count(tokenizer, trial) - length
-    if abs(trial_error) >= abs(error):
-      break
-    pad, prompt, error = pad - error, trial, trial_error
-  value = pairs[slot][1]
-  candidates = _distinct(lambda: _uuid(rng), value, NUM_CANDIDATES - 1)
-  return _example(index, prompt, value, length + error, float(depths[slot]), candidates)
-
-
-def kv_examples(tokenizer: tokenizers.Tokenizer, length: int, num: int,
-                seed) -> list[dict]:
-  _check_length(length)
-  return [kv_example(tokenizer, length, i, _rng(seed, 'kv', length, i)) for i in range(num)]
-
-# ------------------------------------------------------------------ Both, by name.
-
-
-def min_length(task: str, tokenizer: tokenizers.Tokenizer, keys: KeyForm | None = None) -> int:
-  """The shortest prompt (tokens) that `task`'s generator makes with this tokenizer: its
-  fixed text and room for 16 filler tokens (passkey, with the longest key) or for
-  MIN_PAIRS average key-value pairs (kv); never below MIN_LENGTH."""
-  if task == 'kv':
-    sizes = _kv_sizes(tokenizer)
-    shortest = sizes.prefix + sizes.question + int(np.ceil(MIN_PAIRS * sizes.mean))
-  else:
-    keys = keys or KeyForm('digits5', digits=5)
-    longest = max(keys.pool, key=lambda k: len(tokenizer.encode(k))) if keys.pool else (
-        '9' * keys.digits)
-    needle = PASSKEY_NEEDLE.format(key=longest)
-    shortest = _count(tokenizer, PASSKEY_PREFIX + needle + PASSKEY_QUESTION) + 16 + 2
+def min_length(tokenizer: tokenizers.Tokenizer, keys: KeyForm | None = None) -> int:
+  """The shortest passkey prompt (tokens) with this tokenizer: its fixed text, the longest
+  key and room for 16 filler tokens; never below MIN_LENGTH."""
+  keys = keys or KeyForm('digits5', digits=5)
+  longest = max(keys.pool, key=lambda k: len(tokenizer.encode(k))) if keys.pool else (
+      '9' * keys.digits)
+  needle = PASSKEY_NEEDLE.format(key=longest)
+  shortest = _count(tokenizer, PASSKEY_PREFIX + needle + PASSKEY_QUESTION) + 16 + 2
   return max(MIN_LENGTH, shortest)
 
 
@@ -511,8 +372,6 @@ def generate(task: str, length: int, num: int, seed: int, *, tokenizer: str = 'g
     raise ValueError(f'Generate at least one example, not {num}.')
   directory = text.corpus_dir(corpus, data_dir, cache_dir)
   tok = text.load_tokenizer(tokenizer, directory, vocab_size, cache_dir)
-  if task == 'kv':
-    return kv_examples(tok, length, num, seed)
   keys = key_form(key, tok)
   return passkey_examples(tok, load_filler(directory, split, tok, filler), length, num, seed,
                           keys)
@@ -531,7 +390,7 @@ def main(argv):
     if len(argv) > 1:
       raise ValueError(f'Unexpected arguments: {" ".join(argv[1:])}.')
     if not f.task or f.length is None or not f.out:
-      raise ValueError('Pass --task=passkey|kv, --length=N and --out=FILE.jsonl.')
+      raise ValueError('Pass --task=passkey, --length=N and --out=FILE.jsonl.')
     examples = generate(f.task, f.length, f.num, f.seed, tokenizer=f.tokenizer,
                         vocab_size=f.vocab_size, corpus=f.corpus, data_dir=f.data_dir,
                         cache_dir=f.cache_dir, split=f.split, filler=f.filler,

@@ -3,11 +3,11 @@
 The run starts from an LM run's parameters (`config.init_from`, see tasks/finetune.py) and
 trains on examples in the reference's QA schema (`{"index", "input", "outputs"}`):
 
-- data.source = 'passkey' | 'kv': retrieval probes generated at the block length minus
+- data.source = 'passkey': retrieval probes generated at the block length minus
   `data.answer_room` tokens (data.probe_seed, filler from data.filler_split); evaluation
   probes at each eval length come from eval.probe_seed and eval.split, so no training
-  prompt is an evaluation prompt. Passkey probes take data.filler ('wiki' | 'repeat', the
-  classic repeated sentences) and data.key_form ('digits5', 'digits3', 'token': see
+  prompt is an evaluation prompt. Probes take data.filler ('wiki' | 'repeat', the classic
+  repeated sentences) and data.key_form ('digits5', 'digits3', 'token': see
   data/retrieval.py);
 - data.source = 'jsonl': every `train.<L>.jsonl` in data.dir for training and
   `<eval.split>.<L>.jsonl` (e.g. validation.1024.jsonl) per evaluation length.
@@ -51,7 +51,7 @@ from seqpe_jax.data import batching, retrieval, text
 from seqpe_jax.models import gpt, transformer
 from seqpe_jax.tasks import base, common, finetune, lm
 
-SOURCES = ('passkey', 'kv', 'jsonl')
+SOURCES = ('passkey', 'jsonl')
 SCRATCH = 'scratch'  # init_from value for a run that starts from random parameters.
 
 
@@ -205,7 +205,7 @@ class QATask(base.Task):
     self.keys = None
     if data.source != 'jsonl':
       self.keys = retrieval.key_form(data.key_form, self.tokenizer, field='data.key_form')
-      _check_room(config, retrieval.min_length(data.source, self.tokenizer, self.keys),
+      _check_room(config, retrieval.min_length(self.tokenizer, self.keys),
                   self.tokenizer.name)
     m = config.model
     attention = transformer.AttentionOptions(m.attention_kernel, m.attention_block,
@@ -247,8 +247,6 @@ class QATask(base.Task):
   def _probes(self, length: int, num: int, seed: int, split: str) -> list[dict]:
     # The split is part of the seed: the repeat filler is the same text in every split.
     seed = (seed, retrieval.HELD_OUT.index(split))
-    if self.config.data.source == 'kv':
-      return retrieval.kv_examples(self.tokenizer, length, num, seed)
     filler = retrieval.load_filler(self.corpus, split, self.tokenizer, self.config.data.filler)
     return retrieval.passkey_examples(self.tokenizer, filler, length, num, seed, self.keys)
 
