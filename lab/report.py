@@ -3,6 +3,9 @@
     DIR/search.md   validation, every configuration of every PE (the choice in bold)
     DIR/valid.md    validation, the chosen configurations' final runs, per protocol
     DIR/results.md, results.csv, test_<protocol>.png, REPORT.md   after --final: test
+
+A QA study's tables show each of suites.METRICS['qa'] (its first in the file names without a
+suffix), and heatmaps of each PE by length and needle depth (mean over seeds).
 """
 
 import csv
@@ -14,29 +17,39 @@ import numpy as np
 from scipy import stats
 
 from lab import jobs as job_runner, plots
-from lab.suites import Suite, criterion, score
+from lab.suites import METRICS, QA_GATE, Suite, criterion, score
+from seqpe_jax.tasks import qa
 
 # ------------------------------------------------------------------ Reading runs.
 
 
-def _sweep(run_dir: pathlib.Path, suffix: str = '') -> dict[int, float] | None:
+def _sweep(run_dir: pathlib.Path, suffix: str = '', metric: str = '',
+           full: bool = False) -> dict[int, float] | None:
+  """{x: value of `metric` (default: the run's own)} of extrapolation{suffix}.json; with
+  `full`, {x: every value of the sweep at x}."""
   path = run_dir / f'extrapolation{suffix}.json'
   if not path.exists():
     return None
   record = json.loads(path.read_text())
-  return {int(x): values[record['metric']] for x, values in record['results'].items()}
+  return {int(x): values if full else values[metric or record['metric']]
+          for x, values in record['results'].items()}
 
 
 def _metric(root: pathlib.Path) -> tuple[str, str]:
   """(metric, axis label) of the study, from any of its sweeps."""
-  for path in sorted(root.glob('*/*/*/extrapolation.json')):
+  for path in sorted(root.glob('final/*/*/extrapolation.json')):
     record = json.loads(path.read_text())
     return record['metric'], record['axis']
   return '', ''
 
 
-def rows_by_seed(root: pathlib.Path, suite: Suite, split: str,
-                 protocol: str) -> dict[str, dict[int, dict[int, float]]]:
+def metrics(root: pathlib.Path, suite: Suite) -> tuple[str, ...]:
+  """The metrics the tables show: the family's (QA), else the runs' own."""
+  return METRICS.get(suite.family) or (_metric(root)[0],)
+
+
+def rows_by_seed(root: pathlib.Path, suite: Suite, split: str, protocol: str,
+                 metric: str = '') -> dict[str, dict[int, dict[int, float]]]:
   """{row: {seed: {x: value}}} of the final runs read in `protocol` on `split` ('valid':
   the run's own sweep; 'test': --final's), and of the transforms read in it."""
   own = '' if split == 'valid' else '_test'
@@ -44,12 +57,12 @@ def rows_by_seed(root: pathlib.Path, suite: Suite, split: str,
   for e in suite.entrants:
     if protocol in e.protocols:
       rows[e.name] = {s: v for s in range(suite.seeds)
-                      if (v := _sweep(root / 'final' / e.name / f'seed{s}', own))}
+                      if (v := _sweep(root / 'final' / e.name / f'seed{s}', own, metric))}
   for t in suite.transforms:
     if t.protocol == protocol:
       rows[t.name] = {s: v for s in range(suite.seeds)
                       if (v := _sweep(root / 'final' / t.entrant / f'seed{s}',
-                                      f'_{split}_{t.name}'))}
+                                      f'_{split}_{t.name}', metric))}
   return {name: by_seed for name, by_seed in rows.items() if by_seed}
 
 
@@ -174,17 +187,41 @@ def write_search(root: pathlib.Path, suite: Suite, suite_name: str) -> str:
 
 
 def write_valid(root: pathlib.Path, suite: Suite, suite_name: str) -> str:
-  """DIR/valid.md: the final runs on validation, one table per protocol."""
+  """DIR/valid.md: the final runs on validation, one table per protocol (and metric); for a
+  QA study, whether its gate is met."""
   _, lower = criterion(suite.family)
-  metric, axis = _metric(root)
-  parts = [f'# {suite_name}: chosen configurations, validation ({metric} by {axis})\n']
-  for protocol in _protocols(suite):
-    rows = rows_by_seed(root, suite, 'valid', protocol)
-    if rows:
-      parts += [f'## {protocol}\n', table(rows, lower, seeds=suite.seeds) + '\n']
+  axis = _metric(root)[1]
+  parts = [f'# {suite_name}: chosen configurations, validation (by {axis})\n']
+  if suite.family == 'qa':
+    parts.append(qa_gate(root, suite) + '\n')
+  for metric in metrics(root, suite):
+    for protocol in _protocols(suite):
+      rows = rows_by_seed(root, suite, 'valid', protocol, metric)
+      if rows:
+        parts += [f'## {protocol}: {metric}\n', table(rows, lower, seeds=suite.seeds) + '\n']
   text = '\n'.join(parts)
   (root / 'valid.md').write_text(text)
   return text
+
+
+def qa_gate(root: pathlib.Path, suite: Suite) -> str:
+  """One sentence: whether some PE's mean validation exact match at the fine-tuning length
+  reaches QA_GATE (before that, no longer length says anything)."""
+  configs = sorted(root.glob('final/*/seed*/config.json'))
+  if not configs:
+    return 'Gate: no fine-tune has finished.'
+  length = json.loads(configs[0].read_text())['data']['seq_len']
+  means = {}
+  for protocol in _protocols(suite):
+    for name, by_seed in rows_by_seed(root, suite, 'valid', protocol, 'em').items():
+      if any(length in v for v in by_seed.values()):
+        means[name] = mean_std(by_seed, length)[0]
+  if not means:
+    return f'Gate: no run evaluated the fine-tuning length ({length} tokens).'
+  best = max(means, key=means.get)
+  verdict = 'met' if means[best] >= QA_GATE else 'not met'
+  return (f'Gate (validation exact match >= {QA_GATE} at the fine-tuning length, {length} '
+          f'tokens, for at least one PE): {verdict}; best {best} {means[best]:.2f}.')
 
 
 def _protocols(suite: Suite) -> list[str]:
@@ -194,32 +231,43 @@ def _protocols(suite: Suite) -> list[str]:
 
 def write_final(root: pathlib.Path, suite: Suite, suite_name: str, chosen: dict, command: str,
                 hardware: str) -> dict:
-  """results.md / results.csv / test_<protocol>.png / REPORT.md from the test sweeps."""
+  """results.md / results.csv / test_<protocol>.png / REPORT.md from the test sweeps (and a
+  QA study's heatmaps, extrapolation_depth_<pe>.png)."""
   _, lower = criterion(suite.family)
-  metric, axis = _metric(root)
-  sections, comparisons, csv_rows = [], {}, []
-  for protocol in _protocols(suite):
-    rows = rows_by_seed(root, suite, 'test', protocol)
-    if not rows:
-      continue
-    sections += [f'## {protocol} (test, {metric} by {axis}, mean ± std over seeds)\n',
-                 table(rows, lower, seeds=suite.seeds) + '\n']
-    focus = focus_row(suite, protocol)
-    if focus and focus in rows:
-      text, found = paired_table(rows, focus, lower)
-      comparisons[protocol] = found
-      sections += [f'SeqPE ({focus}) against the best other PE of each column, paired by '
-                   'seed:\n', text + '\n']
-    for name, by_seed in rows.items():
-      csv_rows += [(protocol, name, seed, x, value) for seed, v in sorted(by_seed.items())
-                   for x, value in sorted(v.items())]
-    summary = {name: {x: mean_std(r, x) for x in columns({name: r})} for name, r in rows.items()}
-    plots.plot_metric(root / f'test_{protocol}.png', summary, metric, axis,
-                      f'{suite_name}, {protocol} (test)', columns(rows))
+  axis = _metric(root)[1]
+  names = metrics(root, suite)
+  sections, comparisons, values = [], {}, {}
+  if suite.family == 'qa':
+    sections.append(qa_gate(root, suite) + '\n')
+  for metric in names:
+    suffix = '' if metric == names[0] else f'_{metric}'
+    for protocol in _protocols(suite):
+      rows = rows_by_seed(root, suite, 'test', protocol, metric)
+      if not rows:
+        continue
+      sections += [f'## {protocol} (test, {metric} by {axis}, mean ± std over seeds)\n',
+                   table(rows, lower, seeds=suite.seeds) + '\n']
+      focus = focus_row(suite, protocol)
+      if focus and focus in rows:
+        text, found = paired_table(rows, focus, lower)
+        comparisons[protocol + suffix] = found
+        sections += [f'SeqPE ({focus}) against the best other PE of each column, paired by '
+                     'seed:\n', text + '\n']
+      for name, by_seed in rows.items():
+        for seed, v in by_seed.items():
+          for x, value in v.items():
+            values.setdefault((protocol, name, seed, x), {})[metric] = value
+      summary = {name: {x: mean_std(r, x) for x in columns({name: r})} for name, r in rows.items()}
+      plots.plot_metric(root / f'test_{protocol}{suffix}.png', summary, metric, axis,
+                        f'{suite_name}, {protocol} (test)', columns(rows))
   with open(root / 'results.csv', 'w', newline='') as f:
     writer = csv.writer(f)
-    writer.writerow(['protocol', 'pe', 'seed', axis or 'x', metric or 'value'])
-    writer.writerows(csv_rows)
+    writer.writerow(['protocol', 'pe', 'seed', axis or 'x', *names])
+    writer.writerows([*key, *(row.get(m, '') for m in names)]
+                     for key, row in sorted(values.items()))
+  if suite.family == 'qa':
+    for e in suite.entrants:
+      write_mean_heatmap(root, e.name, suite.seeds)
   results = '\n'.join(sections)
   (root / 'results.md').write_text(results)
   (root / 'REPORT.md').write_text(_report(suite, suite_name, chosen, command, hardware, results,
@@ -227,14 +275,41 @@ def write_final(root: pathlib.Path, suite: Suite, suite_name: str, chosen: dict,
   return {'comparisons': comparisons}
 
 
+def write_mean_heatmap(root: pathlib.Path, name: str, seeds: int):
+  """DIR/extrapolation_depth_<name>.png: a QA PE's test sweep by length and needle depth,
+  every value the mean over its seeds."""
+  sweeps = [v for s in range(seeds)
+            if (v := _sweep(root / 'final' / name / f'seed{s}', '_test', full=True))]
+  if not sweeps:
+    return None
+  mean = {x: {k: float(np.mean([s[x][k] for s in sweeps if x in s and k in s[x]]))
+              for k in sweeps[0][x]} for x in sweeps[0]}
+  return qa.write_depth_heatmap(root, mean, title=f'{name} (test, mean of {len(sweeps)} seeds)',
+                                suffix=f'_{name}')
+
+
 def _hours(root: pathlib.Path) -> float:
   path = root / job_runner.TIMINGS
   return sum(json.loads(path.read_text()).values()) / 3600 if path.exists() else 0.0
 
 
+def _how_chosen(suite: Suite, chosen: dict) -> str:
+  if chosen.get('lm_study'):
+    return (f"Every PE fine-tuned the final runs of its choice in the LM study "
+            f"{chosen['lm_study']} (seed i from seed i; the `chosen` column) with the same QA "
+            'recipe and budget; those runs were named in CHOSEN.json, committed before the '
+            f'test split below was read, once. {suite.seeds} seeds.')
+  return (f"Every PE had the same search budget; selection read the validation split only "
+          f"({chosen['criterion']}, {chosen['search_steps']} steps, seed 0), and the choice "
+          'was committed in CHOSEN.json before the test split below was read, once, for these '
+          "runs only. The final runs train each choice at its config's budget with "
+          f'{suite.seeds} seeds.')
+
+
 def _report(suite, suite_name, chosen, command, hardware, results, hours) -> str:
   choices = '\n'.join(
-      f"| {pe} | {c['configuration']} | {c['configurations_tried']} | {_number(c['score'])} | "
+      f"| {pe} | {c.get('lm', c['configuration'])} | {c['configurations_tried']} | "
+      f"{_number(c['score']) if c['score'] is not None else '—'} | "
       f"`{json.dumps(c['overrides'])}` |" for pe, c in chosen['choices'].items())
   return f"""# {suite_name}: fair study
 
@@ -242,10 +317,7 @@ Command: `{command}` (after the search and final stages: `python -m lab.study
 --suite={suite_name} --workdir=...`). Hardware: {hardware}. Compute of every run of this
 study, summed: {hours:.1f} h. Code: commit {chosen.get('commit', 'unknown')} chose.
 
-Every PE had the same search budget; selection read the validation split only
-({chosen['criterion']}, {chosen['search_steps']} steps, seed 0), and the choice was committed
-in CHOSEN.json before the test split below was read, once, for these runs only. The final
-runs train each choice at its config's budget with {suite.seeds} seeds.
+{_how_chosen(suite, chosen)}
 
 | PE | chosen | configurations tried | validation criterion | overrides |
 |---|---|---|---|---|

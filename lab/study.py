@@ -4,6 +4,7 @@ validation split, three seeds of each choice, and the test split read once.
     python -m lab.study --suite=lm|vit --workdir=DIR [--jobs=N] [--variant=smoke]
         [--dispatch=local|slurm] [--dry-run]
     python -m lab.study --suite=lm|vit --workdir=DIR --final
+    python -m lab.study --suite=qa --workdir=DIR [--lm_study=lab/results/lm_fair] [--final]
 
 Stages, each resumable (a second invocation trains nothing that finished):
   search   every configuration of every PE's declared space (lab/suites.py): one seed,
@@ -16,10 +17,19 @@ Stages, each resumable (a second invocation trains nothing that finished):
            the suite's evaluation-time transforms of them), then DIR/results.md, results.csv,
            test_<protocol>.png and REPORT.md, with SeqPE paired by seed against the best
            other PE of each column.
+A QA study (`--suite=qa [--lm_study=DIR]`) has no search: every PE fine-tunes its LM study's
+final runs (seed i from seed i) with the same QA recipe and budget. Its CHOSEN.json, written
+before any run trains, names each PE's LM runs and PE overrides; PEs whose LM recipe that
+study did not choose (SeqPE's reference) pretrain their own LMs under DIR/lm/ first. Its
+tables show exact match, the gold answer's log-probability and its rank among candidates by
+length, with length x depth heatmaps, and DIR/valid.md says whether the gate (exact match
+>= suites.QA_GATE at the fine-tuning length for some PE) is met.
+
 Exit status: 2 for bad arguments or a study directory that does not fit them, 130 / 143
 when Ctrl-C / SIGTERM stopped it after its runs saved (rerun to resume).
 """
 
+import dataclasses
 import importlib
 import json
 import os
@@ -65,22 +75,45 @@ def _config_arg(entrant, variant: str) -> str:
 
 
 def search_jobs(suite: Suite, root: pathlib.Path, variant: str) -> list[job_runner.Job]:
-  """Every configuration of every PE: seed 0, the search budget, validation only."""
+  """Every configuration of every PE: seed 0, the search budget, validation only (a
+  fine-tune has no search: its LM was chosen by the LM study)."""
   return [job_runner.train_job(
       f'search/{e.name}/{name}', root / 'search' / e.name / name,
       _config_arg(e, variant),
       {**overrides, 'total_steps': suite.search_steps, 'eval.split': 'valid', 'seed': 0})
-          for e in suite.entrants for name, overrides in e.search_space().items()]
+          for e in suite.entrants if not e.fine_tune
+          for name, overrides in e.search_space().items()]
+
+
+def pretrain_jobs(suite: Suite, root: pathlib.Path, variant: str) -> list[job_runner.Job]:
+  """The LM runs a QA study trains itself (entrants with `pretrain`): the LM config of the
+  same PE (configs/lm_<pe>.py) at its own budget, one per seed."""
+  return [job_runner.train_job(
+      f'lm/{e.name}/seed{seed}', root / 'lm' / e.name / f'seed{seed}',
+      _config_arg(dataclasses.replace(e, config_file=_lm_config_file(e)), variant),
+      {**e.pretrain, 'eval.split': 'valid', 'seed': seed})
+          for e in suite.entrants if e.pretrain is not None for seed in range(suite.seeds)]
+
+
+def _lm_config_file(entrant) -> str:
+  path = pathlib.Path(entrant.config_file)
+  return str(path.with_name(path.name.replace('qa_', 'lm_', 1)))
 
 
 def final_jobs(suite: Suite, root: pathlib.Path, variant: str,
                chosen: dict) -> list[job_runner.Job]:
-  """Each PE's chosen configuration at its config's budget, seeds 0 .. suite.seeds - 1."""
-  return [job_runner.train_job(
-      f'final/{e.name}/seed{seed}', root / 'final' / e.name / f'seed{seed}',
-      _config_arg(e, variant),
-      {**chosen['choices'][e.name]['overrides'], 'eval.split': 'valid', 'seed': seed})
-          for e in suite.entrants for seed in range(suite.seeds)]
+  """Each PE's chosen configuration at its config's budget, seeds 0 .. suite.seeds - 1; a
+  fine-tune starts from its LM's run of the same seed."""
+  jobs = []
+  for e in suite.entrants:
+    choice = chosen['choices'][e.name]
+    for seed in range(suite.seeds):
+      start = {'init_from': choice['lm_runs'].format(seed=seed)} if 'lm_runs' in choice else {}
+      jobs.append(job_runner.train_job(
+          f'final/{e.name}/seed{seed}', root / 'final' / e.name / f'seed{seed}',
+          _config_arg(e, variant),
+          {**choice['overrides'], **start, 'eval.split': 'valid', 'seed': seed}))
+  return jobs
 
 
 # ------------------------------------------------------------------ Choosing.
@@ -121,6 +154,49 @@ def choose(suite: Suite, suite_name: str, root: pathlib.Path) -> dict:
   return {'suite': suite_name, 'split': 'valid', 'criterion': description,
           'lower_is_better': lower_is_better, 'search_steps': suite.search_steps,
           'commit': _commit(), 'choices': choices}
+
+
+def choose_fine_tunes(suite: Suite, suite_name: str, root: pathlib.Path,
+                      lm_root: pathlib.Path) -> dict:
+  """A QA study's choices, made before anything trains: per PE, the LM runs it fine-tunes
+  and the PE overrides of their recipe (the LM study's choice, read from its CHOSEN.json,
+  or the entrant's own pretraining recipe). Training-only choices of the LM (learning rate,
+  dropout) stay behind: every PE fine-tunes with the same QA recipe."""
+  choices, lm_chosen = {}, None
+  for e in suite.entrants:
+    if e.pretrain is not None:
+      overrides, runs, source = dict(e.base), root / 'lm' / e.name, 'pretrained by this study'
+    else:
+      if lm_chosen is None:
+        path = lm_root / CHOSEN
+        if not path.exists():
+          raise StudyError(f'{path} does not exist: the QA study fine-tunes the LM study\'s '
+                           f'choices; run python -m lab.study --suite=lm --workdir={lm_root} '
+                           'first (or pass --lm_study=DIR).')
+        lm_chosen = json.loads(path.read_text())
+      if e.lm not in lm_chosen['choices']:
+        raise StudyError(f'{lm_root / CHOSEN} chooses nothing for {e.lm}, which the QA PE '
+                         f'{e.name} fine-tunes.')
+      choice = lm_chosen['choices'][e.lm]
+      overrides = {**{k: v for k, v in choice['overrides'].items() if k.startswith('pe.')},
+                   **e.base}
+      runs = lm_root / 'final' / e.lm
+      source = f"{e.lm}/{choice['configuration']} of the LM study"
+    choices[e.name] = {'configuration': 'chosen', 'overrides': overrides,
+                       'lm_runs': str(runs / 'seed{seed}'), 'lm': source,
+                       'configurations_tried': 1, 'score': None, 'diverged': [], 'scores': {}}
+  description, lower_is_better = criterion(suite.family)
+  return {'suite': suite_name, 'split': 'valid', 'criterion': description,
+          'lower_is_better': lower_is_better, 'search_steps': 0, 'lm_study': str(lm_root),
+          'commit': _commit(), 'choices': choices}
+
+
+def _unready_lm_runs(suite: Suite, chosen: dict) -> list[str]:
+  """The LM runs the fine-tunes start from that have not finished (extrapolation.json)."""
+  return [path for c in chosen['choices'].values() if 'lm_runs' in c
+          for seed in range(suite.seeds)
+          if not (pathlib.Path(path := c['lm_runs'].format(seed=seed))
+                  / 'extrapolation.json').exists()]
 
 
 def load_chosen(suite: Suite, root: pathlib.Path) -> dict:
@@ -179,12 +255,16 @@ def _run(job_list, root, *, parallel, dispatch, dry_run) -> bool:
 
 
 def run_study(suite_name: str, workdir: str, *, variant: str = '', parallel: int = 1,
-              dispatch: str = 'local', dry_run: bool = False) -> dict:
+              dispatch: str = 'local', dry_run: bool = False, lm_study: str = '') -> dict:
   """Search, choose and train the finals of `suite_name` in `workdir`; test is not read.
+  `lm_study`: a QA study's LM study directory (default: the suite's).
 
-  Returns {'stage': 'search' | 'final' | 'done', 'chosen': CHOSEN.json's content or None}.
+  Returns {'stage': 'search' | 'lm' | 'final' | 'done', 'chosen': CHOSEN.json's content or
+  None}.
   """
   suite = get_suite(suite_name, variant)
+  if lm_study:
+    suite = dataclasses.replace(suite, lm_study=lm_study)
   if parallel < 1:
     raise StudyError(f'--jobs must be at least 1, got {parallel}.')
   if dispatch not in ('local', 'slurm'):
@@ -198,23 +278,36 @@ def run_study(suite_name: str, workdir: str, *, variant: str = '', parallel: int
 
 
 def _search_choose_final(suite, suite_name, root, variant, parallel, dispatch, dry_run):
+  run = lambda jobs: _run(jobs, root, parallel=parallel, dispatch=dispatch, dry_run=dry_run)
   search = search_jobs(suite, root, variant)
-  done = sum(j.finished or j.diverged for j in search)
-  print(f'{suite_name}: search {done} of {len(search)} runs done in {root}.', flush=True)
-  if not _run(search, root, parallel=parallel, dispatch=dispatch, dry_run=dry_run):
-    return {'stage': 'search', 'chosen': None}
-  report.write_search(root, suite, suite_name)
+  if search:
+    done = sum(j.finished or j.diverged for j in search)
+    print(f'{suite_name}: search {done} of {len(search)} runs done in {root}.', flush=True)
+    if not run(search):
+      return {'stage': 'search', 'chosen': None}
+    report.write_search(root, suite, suite_name)
+  pretrain = pretrain_jobs(suite, root, variant)  # A QA study's own LMs (no choice needed).
+  if pretrain and not run(pretrain):
+    return {'stage': 'lm', 'chosen': None}
   if dry_run and not (root / CHOSEN).exists():
-    print('The search has finished; without --dry-run the study chooses and trains the finals.')
+    print('Without --dry-run the study now names its choices in CHOSEN.json and trains the '
+          'finals.')
     return {'stage': 'choose', 'chosen': None}
   if not (root / CHOSEN).exists():
-    (root / CHOSEN).write_text(json.dumps(choose(suite, suite_name, root), indent=1) + '\n')
-    print(f'Chosen on validation: {root / CHOSEN} (commit it before --final).', flush=True)
+    chosen = (choose(suite, suite_name, root) if search else
+              choose_fine_tunes(suite, suite_name, root, pathlib.Path(suite.lm_study)))
+    (root / CHOSEN).write_text(json.dumps(chosen, indent=1) + '\n')
+    print(f"{'Chosen on validation' if search else 'Fine-tunes named'}: {root / CHOSEN} "
+          '(commit it before --final).', flush=True)
   chosen = load_chosen(suite, root)
+  unready = _unready_lm_runs(suite, chosen)
+  if unready and not dry_run:
+    raise StudyError(f'{len(unready)} LM runs to fine-tune have not finished (first: '
+                     f'{unready[0]}); finish their study first.')
   final = final_jobs(suite, root, variant, chosen)
   done = sum(j.finished or j.diverged for j in final)
   print(f'{suite_name}: final {done} of {len(final)} runs done.', flush=True)
-  if not _run(final, root, parallel=parallel, dispatch=dispatch, dry_run=dry_run):
+  if not run(final):
     return {'stage': 'final', 'chosen': chosen}
   report.write_valid(root, suite, suite_name)
   return {'stage': 'done', 'chosen': chosen}
@@ -273,7 +366,7 @@ def main(argv):
     sys.exit(2)
   args = flags.FLAGS
   if not args.suite or not args.workdir:
-    print('Pass --suite=lm|vit and --workdir=DIR.', file=sys.stderr)
+    print('Pass --suite=lm|vit|qa and --workdir=DIR.', file=sys.stderr)
     sys.exit(2)
   try:
     if args.final:
@@ -281,7 +374,8 @@ def main(argv):
       print(f"Report: {pathlib.Path(args.workdir) / 'REPORT.md'}")
       return out
     out = run_study(args.suite, args.workdir, variant=args.variant, parallel=args.jobs,
-                    dispatch=args.dispatch, dry_run=args['dry-run'].value)
+                    dispatch=args.dispatch, dry_run=args['dry-run'].value,
+                    lm_study=args.lm_study)
     if out['stage'] == 'done' and not args['dry-run'].value:
       print(f"Validation table: {pathlib.Path(args.workdir) / 'valid.md'}. Commit "
             f'{pathlib.Path(args.workdir) / CHOSEN}, then run with --final to read test once.')
@@ -303,4 +397,6 @@ if __name__ == '__main__':
   # Spelt as the launchers spell it (launch/*.sh --dry-run).
   flags.DEFINE_bool('dry-run', False, 'Print the command of every unfinished run; run nothing.')
   flags.DEFINE_bool('final', False, 'Read the test split of the runs CHOSEN.json names.')
+  flags.DEFINE_string('lm_study', '', "--suite=qa: the LM study whose choices are fine-tuned "
+                      "(default: the suite's, lab/results/lm_fair).")
   app.run(main)

@@ -34,11 +34,23 @@ class Entrant:
   base: dict = dataclasses.field(default_factory=dict)
   variants: dict = dataclasses.field(default_factory=dict)  # name -> overrides.
   recipe: str = ''
+  # QA: the LM study's entrant whose chosen final runs this PE fine-tunes (seed i from seed
+  # i), or, with `pretrain`, the LM overrides of runs the QA study trains itself first (a
+  # recipe no LM study chose, such as SeqPE's reference).
+  lm: str = ''
+  pretrain: dict | None = None
 
   size: int = 0  # Keep only the first `size` configurations (0: all); smoke studies.
 
+  @property
+  def fine_tune(self) -> bool:
+    return bool(self.lm) or self.pretrain is not None
+
   def search_space(self) -> dict[str, dict]:
-    """Configuration name -> overrides: the learning rates on the base, then the variants."""
+    """Configuration name -> overrides: the learning rates on the base, then the variants.
+    A fine-tune has one: its LM's choice with the same fine-tuning recipe for every PE."""
+    if self.fine_tune:
+      return {'chosen': dict(self.base)}
     space = {f'lr{lr:g}': {**self.base, 'optimizer.lr': lr} for lr in LEARNING_RATES}
     space.update({name: {**self.base, **overrides} for name, overrides in self.variants.items()})
     return dict(list(space.items())[:self.size or None])
@@ -64,6 +76,8 @@ class Suite:
   seeds: int = 3
   transforms: tuple[EvalTransform, ...] = ()
   seqpe: str = 'seqpe'  # The entrant whose paired comparison the final tables show.
+  lm_study: str = ''  # QA: the LM study directory whose choices the PEs fine-tune.
+  smoke_seeds: int = 2  # Seeds of the smoke variant (a QA fine-tune of SeqPE is the costly one).
 
   def entrant(self, name: str) -> Entrant:
     return next(e for e in self.entrants if e.name == name)
@@ -86,11 +100,14 @@ class Suite:
                          f"{', '.join(PROTOCOLS)}.")
 
   def smoke(self) -> 'Suite':
-    """The same study in miniature: its first two PEs, two configurations each, two
-    seeds, a few steps on the `:smoke` configs, and one evaluation-time transform."""
+    """The same study in miniature: its first two PEs, two configurations each (a
+    fine-tune has one), `smoke_seeds` seeds, a few steps on the `:smoke` configs, and one
+    evaluation-time transform."""
     entrants = tuple(dataclasses.replace(e, size=2) for e in self.entrants[:2])
     names = {e.name for e in entrants}
-    return dataclasses.replace(self, entrants=entrants, search_steps=SMOKE_STEPS, seeds=2,
+    return dataclasses.replace(self, entrants=entrants,
+                               search_steps=SMOKE_STEPS if self.search_steps else 0,
+                               seeds=self.smoke_seeds,
                                transforms=tuple(t for t in self.transforms
                                                 if t.entrant in names)[:1])
 
@@ -98,7 +115,16 @@ class Suite:
 def criterion(family: str) -> tuple[str, bool]:
   """What selection minimises or maximises on the validation split, and whether lower wins."""
   return {'lm': ('geometric mean perplexity over every evaluated length', True),
-          'vit': ('mean top-1 accuracy over every evaluated resolution', False)}[family]
+          'vit': ('mean top-1 accuracy over every evaluated resolution', False),
+          'qa': ('none: each PE fine-tunes its LM study choice', False)}[family]
+
+
+# The metrics a family's tables show (all higher-is-better for QA); the first is the
+# headline. Other families show their runs' own metric.
+METRICS = {'qa': ('em', 'answer_logp', 'rank_acc')}
+# The QA gate (issue: a model that retrieves at the training length before any longer length
+# is read): at least one PE's validation exact match at the fine-tuning length.
+QA_GATE = 0.8
 
 
 def score(family: str, results: dict[int, float]) -> float:
@@ -218,7 +244,23 @@ def _vit_entrants() -> tuple[Entrant, ...]:
   )
 
 
+def _qa_entrants() -> tuple[Entrant, ...]:
+  """Every PE fine-tunes its LM study choice (its PE overrides) with the same QA recipe
+  (configs/qa_base.py) and budget; SeqPE's reference recipe pretrains its own LMs, at the LM
+  config's budget, since the LM study trained it at the search budget only."""
+  qa = 'configs/qa_{}.py'.format
+  return (Entrant('seqpe', qa('seqpe'), ('extend',), lm='seqpe'),
+          Entrant('rope', qa('rope'), ('extend',), lm='rope'),
+          Entrant('alibi', qa('alibi'), ('extend',), lm='alibi'),
+          Entrant('nope', qa('nope'), ('extend',), lm='nope'),
+          Entrant('ape', qa('ape'), ('interpolate',), lm='ape'),
+          Entrant('seqpe_reference', qa('seqpe'), ('extend',), base=REFERENCE,
+                  pretrain=REFERENCE))
+
+
 SUITES = {
     'lm': Suite('lm', _lm_entrants(), search_steps=300, transforms=_lm_transforms()),
     'vit': Suite('vit', _vit_entrants(), search_steps=300, seqpe='seqpe'),
+    'qa': Suite('qa', _qa_entrants(), search_steps=0, seeds=2, lm_study='lab/results/lm_fair',
+                smoke_seeds=1),
 }

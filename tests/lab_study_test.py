@@ -1,6 +1,7 @@
 """The fair study: equal search spaces, selection on validation only, test read once for the
 runs CHOSEN.json names, paired comparisons, resumption, and one sentence for bad input."""
 
+import csv
 import dataclasses
 import json
 import math
@@ -26,7 +27,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # ------------------------------------------------------------------ Suites.
 
 
-@pytest.mark.parametrize('name', list(suites.SUITES))
+@pytest.mark.parametrize('name', ['lm', 'vit'])
 def test_every_pe_of_a_suite_gets_the_same_search_budget(name):
   suite = suites.SUITES[name]
   suite.check(name)
@@ -45,6 +46,13 @@ def test_every_configuration_of_a_suite_is_a_valid_config(name):
       for key, value in overrides.items():
         config.update_from_flattened_dict({key: value})
       assert config.pe.name, (e.name, label)
+
+
+def test_a_qa_suite_has_no_search_of_its_own():
+  suite = suites.SUITES['qa']
+  suite.check('qa')
+  assert all(e.fine_tune and list(e.search_space()) == ['chosen'] for e in suite.entrants)
+  assert study.search_jobs(suite, pathlib.Path('/nonexistent'), '') == []
 
 
 def test_a_search_space_larger_than_the_budget_is_refused():
@@ -153,7 +161,7 @@ def test_dry_run_prints_every_search_command_and_runs_nothing(tmp_path):
 
 
 @pytest.mark.parametrize('args, message', [
-    (['--suite=lm'], 'Pass --suite=lm|vit and --workdir=DIR.'),
+    (['--suite=lm'], 'Pass --suite=lm|vit|qa and --workdir=DIR.'),
     (['--suite=text', '--workdir=W'], "Unknown suite 'text'"),
     (['--suite=lm', '--workdir=W', '--jobs=0'], '--jobs must be at least 1'),
     (['--suite=lm', '--workdir=W', '--final'], 'does not exist: run the study without --final'),
@@ -234,6 +242,67 @@ def test_final_reads_test_once_for_the_chosen_runs_only(smoke_study):
   text = (root / 'REPORT.md').read_text()
   assert f"--suite=lm --workdir={root} --final --variant=smoke" in text
   assert text.count('| seqpe |') == 2  # Its choice, and its row of the test table.
+
+
+# ------------------------------------------------------------------ The QA study.
+
+
+def test_the_qa_smoke_study_fine_tunes_the_lm_choices_and_reads_test_once(smoke_study,
+                                                                          tmp_path):
+  lm_root, _ = smoke_study
+  root = tmp_path / 'qa'
+  out = study.run_study('qa', str(root), variant='smoke', parallel=2, lm_study=str(lm_root))
+  assert out['stage'] == 'done'
+  lm_choices = json.loads((lm_root / study.CHOSEN).read_text())['choices']
+  for pe in ('seqpe', 'rope'):
+    choice = out['chosen']['choices'][pe]
+    assert choice['lm'] == f"{pe}/{lm_choices[pe]['configuration']} of the LM study"
+    # One smoke seed: seed 0 fine-tunes the LM study's seed 0, sweeping validation.
+    config = json.loads((root / 'final' / pe / 'seed0' / 'config.json').read_text())
+    assert config['init_from'] == str(lm_root / 'final' / pe / 'seed0')
+    assert (config['seed'], config['eval']['split'], config['task']) == (0, 'valid', 'qa')
+  assert not (root / 'final' / 'seqpe' / 'seed1').exists()
+  valid = (root / 'valid.md').read_text()
+  assert 'Gate (validation exact match >= 0.8 at the fine-tuning length' in valid
+  assert '## extend: rank_acc' in valid
+  assert not _test_files(root)
+  final = study.run_final('qa', str(root), variant='smoke', parallel=2)
+  assert {p.parent.parent.name for p in _test_files(root)} == {'seqpe', 'rope'}
+  with open(root / 'results.csv') as f:
+    rows = list(csv.reader(f))
+  assert rows[0] == ['protocol', 'pe', 'seed', 'context length (tokens)', 'em', 'answer_logp',
+                     'rank_acc']
+  assert {r[1] for r in rows[1:]} == {'seqpe', 'rope'} and all(r[6] for r in rows[1:])
+  assert {'extend', 'extend_answer_logp', 'extend_rank_acc'} == set(final['comparisons'])
+  assert (root / 'extrapolation_depth_seqpe.png').exists()
+  assert 'fine-tuned the final runs of its choice in the LM study' in (
+      root / 'REPORT.md').read_text()
+
+
+def test_a_qa_study_pretrains_the_lms_no_study_chose(tmp_path):
+  out = _run_cli('--suite=qa', f'--workdir={tmp_path}', '--dry-run')
+  assert out.returncode == 0, out.stderr
+  commands = [line for line in out.stdout.splitlines() if 'seqpe_jax.main' in line]
+  assert len(commands) == 2 and all('configs/lm_seqpe.py' in c for c in commands)
+  assert all('--config.pe.logit_distill.weight=0.0' in c for c in commands)
+  assert not list(tmp_path.iterdir())
+
+
+def test_a_qa_study_without_its_lm_study_is_one_sentence(tmp_path):
+  suite = study.get_suite('qa', 'smoke')
+  with pytest.raises(study.StudyError, match='does not exist: the QA study fine-tunes'):
+    study.choose_fine_tunes(suite, 'qa', tmp_path / 'qa', tmp_path / 'lm')
+  (tmp_path / 'lm').mkdir()
+  (tmp_path / 'lm' / study.CHOSEN).write_text(json.dumps({'choices': {'seqpe': {
+      'configuration': 'lr0.001', 'overrides': {'optimizer.lr': 1e-3, 'pe.shift.prob': .5}}}}))
+  with pytest.raises(study.StudyError, match='chooses nothing for rope'):
+    study.choose_fine_tunes(suite, 'qa', tmp_path / 'qa', tmp_path / 'lm')
+  only_seqpe = dataclasses.replace(suite, entrants=suite.entrants[:1])
+  chosen = study.choose_fine_tunes(only_seqpe, 'qa', tmp_path / 'qa', tmp_path / 'lm')
+  # The PE's overrides travel; its learning rate does not (one QA recipe for every PE).
+  assert chosen['choices']['seqpe']['overrides'] == {'pe.shift.prob': .5}
+  assert study._unready_lm_runs(only_seqpe, chosen) == [
+      str(tmp_path / 'lm' / 'final' / 'seqpe' / 'seed0')]
 
 
 def test_a_second_study_on_the_same_directory_is_refused(tmp_path):
