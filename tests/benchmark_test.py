@@ -6,6 +6,9 @@ import pytest
 from benchmarks import stepper as stepper_lib
 from benchmarks import train_step
 
+# One xdist worker runs this file, so its module fixture (the timed step) compiles once.
+pytestmark = pytest.mark.xdist_group('benchmark')
+
 # A ViT-nano on a 4x4 grid with a small encoder: the benchmark's code path in seconds.
 TINY = {'pe.seqpe.d_model': 32, 'pe.seqpe.num_heads': 2, 'pe.seqpe.max_position': 30,
         'pe.contrastive.num_candidates': 8, 'pe.ood.num_teachers': 4, 'pe.shift.pool_size': 16}

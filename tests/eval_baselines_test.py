@@ -18,6 +18,10 @@ from seqpe_jax import evaluate, posenc, tasks, train
 from seqpe_jax.models import attention, gpt, transformer
 from seqpe_jax.posenc import baselines, inject
 
+# One xdist worker runs this file, so its module fixture (the RoPE run every baseline reads)
+# trains once.
+pytestmark = pytest.mark.xdist_group('eval_baselines')
+
 # A RoPE host of head width 16 trained at 256 tokens: its pairs' r_i = L theta_i / 2 pi are
 # 40.7, 12.9, 4.1, 1.3, 0.41, ..., so YaRN keeps pair 0, ramps pairs 1-3 and interpolates
 # the rest.

@@ -14,6 +14,10 @@ from seqpe_jax import posenc
 from seqpe_jax.models import gpt, vit
 from seqpe_jax.posenc import contrastive_sampling, regularizers
 
+# One xdist worker runs this file, so its module fixture (every rule set's samples, about a
+# minute) is drawn once.
+pytestmark = pytest.mark.xdist_group('hard_negatives')
+
 # The paper's position spaces: 100 x 100 in 2 digits per axis, 20,000 in 5 digits.
 IMAGE = dict(ndim=2, max_position=100, num_digits=2, train_shape=(14, 14))
 TEXT = dict(ndim=1, max_position=20_000, num_digits=5, train_shape=(512,))

@@ -21,6 +21,10 @@ from seqpe_jax.models import gpt
 from seqpe_jax.posenc import config as pe_config
 from seqpe_jax.tasks import finetune, qa
 
+# One xdist worker runs this file, so its module fixture (the LM run every fine-tune starts
+# from) trains once.
+pytestmark = pytest.mark.xdist_group('qa')
+
 BYTES = tokenizers.byte_level()
 EOT = BYTES.eot_id
 
