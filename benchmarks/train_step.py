@@ -3,7 +3,7 @@
     python -m benchmarks.train_step [--variant=S/16] [--image_size=224] [--batches=8,32]
                                     [--pes=ape,seqpe[,seqpe_injection]] [--repeats=3]
                                     [--dtype=float32]
-                                    [--encoder_remat=matmuls|all]
+                                    [--encoder_remat=all|matmuls]
                                     [--clock=wall|cpu] [--malloc=default|keep]
                                     [--ynn_fusions=auto|on|off]
 
@@ -170,7 +170,7 @@ def main():
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32',
                       help='host activations (the issue tables are float32; :paper trains bf16)')
-  parser.add_argument('--encoder_remat', choices=regularizers.REMAT, default='matmuls',
+  parser.add_argument('--encoder_remat', choices=regularizers.REMAT, default='all',
                       help="what the backward of SeqPE's encoder pass recomputes "
                       "(pe.seqpe.remat)")
   parser.add_argument('--clock', choices=tuple(timing.CLOCKS), default='wall',

@@ -23,11 +23,12 @@ from orbax.checkpoint import checkpoint_managers
 
 # Fields a resumed run may change, because they leave the saved state meaning the same:
 # how long and how often, where data and caches live, what to evaluate, how the devices are
-# laid out and attention is computed, and the learning rate (so a run that diverged can
-# resume from its last finite checkpoint with a smaller one).
+# laid out and attention and the encoder's backward are computed, and the learning rate (so
+# a run that diverged can resume from its last finite checkpoint with a smaller one).
 MUTABLE = ('total_steps', 'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
            'eval', 'data.dir', 'data.cache_dir', 'data.workers', 'keep_checkpoints', 'mesh',
-           'model.attention_kernel', 'model.attention_block', 'model.dtype', 'optimizer.lr')
+           'model.attention_kernel', 'model.attention_block', 'model.dtype', 'optimizer.lr',
+           'pe.seqpe.remat')
 # Differences are listed in this order: what the model is before how it was trained.
 IMPORTANCE = ('model', 'pe', 'data', 'optimizer', 'batch_size', 'seed')
 
@@ -41,11 +42,12 @@ def without_mutable(flat: dict) -> dict:
   """A config record minus the MUTABLE fields."""
   flat = json.loads(json.dumps(flat))
   for field in MUTABLE:
-    node, *rest = field.split('.')
-    if rest:
-      flat.get(node, {}).pop(rest[0], None)
-    else:
-      flat.pop(node, None)
+    *parents, leaf = field.split('.')
+    node = flat
+    for parent in parents:
+      node = node.get(parent) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+      node.pop(leaf, None)
   return flat
 
 

@@ -138,7 +138,8 @@ def test_bfloat16_trains_from_the_command_line(tmp_path):
   every family (cli.prepare_process), so one family's run shows it; the ViT's bfloat16
   numerics are in-process above."""
   family = 'lm'
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # As a user runs it.
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('XLA_FLAGS', 'JAX_DISABLE_MOST_OPTIMIZATIONS')}  # As a user runs it.
   done = subprocess.run(
       [sys.executable, '-m', 'seqpe_jax.main', f'--config=configs/{family}_seqpe.py:smoke',
        f'--workdir={tmp_path}', '--config.model.dtype=bfloat16', '--compilation_cache=off'],

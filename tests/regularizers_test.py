@@ -165,11 +165,11 @@ def test_train_fraction_splits_the_pivots_and_keeps_the_reference_draws():
 
 
 def test_rematerialising_the_whole_encoder_pass_changes_no_number():
-  """pe.seqpe.remat='all' reruns the encoder pass in the backward instead of keeping
-  its products: the losses, features and gradients stay those of 'matmuls' (dropout on,
-  so a redrawn mask would show), on both branches."""
-  _, pe, kept = small_seqpe(seqpe__dropout=0.1, shift__prob=0.5)
-  _, _, rerun = small_seqpe(seqpe__dropout=0.1, shift__prob=0.5, seqpe__remat='all')
+  """pe.seqpe.remat='all' (the default) reruns the encoder pass in the backward instead of
+  keeping its products: the losses, features and gradients stay those of 'matmuls'
+  (dropout on, so a redrawn mask would show), on both branches."""
+  _, pe, rerun = small_seqpe(seqpe__dropout=0.1, shift__prob=0.5)
+  _, _, kept = small_seqpe(seqpe__dropout=0.1, shift__prob=0.5, seqpe__remat='matmuls')
   assert (kept.remat, rerun.remat) == ('matmuls', 'all')
   params = pe.init(jax.random.key(0), (4, 4))
   pool = kept.shift_pool(jax.random.key(1))

@@ -317,7 +317,8 @@ def test_resume_allows_what_leaves_the_state_meaning_the_same():
   changed = lm_base.get_config('smoke', pe='seqpe')
   changed.update_from_flattened_dict({
       'mesh.data': 2, 'model.attention_kernel': 'xla', 'model.attention_block': 64,
-      'data.cache_dir': '/c', 'optimizer.lr': 1e-4, 'total_steps': 99, 'eval.lengths': (32,)})
+      'data.cache_dir': '/c', 'optimizer.lr': 1e-4, 'total_steps': 99, 'eval.lengths': (32,),
+      'pe.seqpe.remat': 'matmuls'})  # Three levels deep: the whole path is followed.
   assert checkpoint.fingerprint(changed) == checkpoint.fingerprint(config)
   other = lm_base.get_config('smoke', pe='seqpe')
   other.update_from_flattened_dict({'seed': 3, 'optimizer.weight_decay': 0.5,

@@ -55,10 +55,11 @@ def get_config() -> ml_collections.ConfigDict:
   pe.seqpe.dropout = 0.1
   # The encoder's mask over a position's digits: causal (reference) | bidirectional.
   pe.seqpe.digit_mask = 'causal'
-  # What the backward of the regularisers' encoder pass recomputes: matmuls (keeps the
-  # matrix products and dropout masks) | all (keeps nothing: about one more encoder
-  # forward per step for ~1.3 GB fewer temporaries at ViT-S/16 batch 32).
-  pe.seqpe.remat = 'matmuls'
+  # What the backward of the regularisers' encoder pass recomputes: all (keeps nothing:
+  # about one more encoder forward per step; ViT-S/16 batch 32 peaks at 6.1 GB against
+  # 7.4 GB, for ~3% more CPU time per step, docs/benchmarks.md) | matmuls (keeps the matrix
+  # products and dropout masks). Either gives the same numbers; a run may resume with the other.
+  pe.seqpe.remat = 'all'
 
   pe.sincos = ml_collections.ConfigDict()
   # Frequency base of the sinusoidal tables.

@@ -48,7 +48,7 @@ class Regularizers:
   max_position: int
   warmup_steps: int = 0
   balance: str = 'none'
-  remat: str = 'matmuls'
+  remat: str = 'all'
   distill_weight: float = 0.0  # pe.logit_distill.
   distill_windows: int = 4
   distill_far_keys: int = 64
