@@ -90,9 +90,11 @@ def _duration(seconds: float) -> str:
 
 
 def _record_time(root: pathlib.Path, job: Job, seconds: float) -> None:
+  """Adds a process's wall time to its run's total: a run resumed over several sittings
+  counts every one of them."""
   path = root / TIMINGS
   times = json.loads(path.read_text()) if path.exists() else {}
-  times[job.label] = round(seconds, 1)
+  times[job.label] = round(times.get(job.label, 0.0) + seconds, 1)
   path.write_text(json.dumps(times, indent=1, sort_keys=True) + '\n')
 
 
@@ -136,8 +138,8 @@ def run_local(jobs: list[Job], root: pathlib.Path, parallel: int = 1,
         job, start = running.pop(process)
         seconds, status = time.perf_counter() - start, process.returncode
         done += 1
+        _record_time(root, job, seconds)
         if status == 0:
-          _record_time(root, job, seconds)
           print(f'  finished {job.label} in {_duration(seconds)} ({done}/{total})', flush=True)
         elif status == cli.EXIT_NONFINITE:
           (job.directory / DIVERGED).write_text(_last_line(job.directory / LOG) + '\n')

@@ -143,6 +143,17 @@ def test_search_runs_sweep_validation_at_the_search_budget(tmp_path):
     assert '--config.seed=0' in job.args
 
 
+def test_a_runs_time_adds_up_over_the_sittings_it_took(tmp_path):
+  """A run stopped and resumed counts every process it took (REPORT.md's compute hours)."""
+  sleep = jobs.Job('fake/run', tmp_path / 'run', 'timeit',
+                   ['-n1', '-r1', 'import time; time.sleep(0.4)'], 'never_written.json')
+  totals = []
+  for _ in range(2):  # Not finished after either: each call runs it again.
+    jobs.run_local([sleep], tmp_path)
+    totals.append(json.loads((tmp_path / jobs.TIMINGS).read_text())['fake/run'])
+  assert totals[0] >= 0.4 and totals[1] >= totals[0] + 0.4
+
+
 def _run_cli(*args, cwd=REPO_ROOT):
   return subprocess.run([sys.executable, '-m', 'lab.study', *args], capture_output=True,
                         text=True, cwd=cwd, check=False, timeout=600)
