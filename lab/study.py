@@ -193,10 +193,9 @@ def choose_fine_tunes(suite: Suite, suite_name: str, root: pathlib.Path,
 
 def _unready_lm_runs(suite: Suite, chosen: dict) -> list[str]:
   """The LM runs the fine-tunes start from that have not finished (extrapolation.json)."""
-  return [path for c in chosen['choices'].values() if 'lm_runs' in c
-          for seed in range(suite.seeds)
-          if not (pathlib.Path(path := c['lm_runs'].format(seed=seed))
-                  / 'extrapolation.json').exists()]
+  runs = [c['lm_runs'].format(seed=seed) for c in chosen['choices'].values()
+          if 'lm_runs' in c for seed in range(suite.seeds)]
+  return [run for run in runs if not (pathlib.Path(run) / 'extrapolation.json').exists()]
 
 
 def load_chosen(suite: Suite, root: pathlib.Path) -> dict:
