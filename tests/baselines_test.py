@@ -163,6 +163,25 @@ def test_sinusoidal_prefix_conventions():
       [[r, c] for r in range(2) for c in range(3)]), 32), atol=1e-6)
 
 
+def test_sinusoids_are_added_at_the_scale_of_the_hosts_inputs():
+  """A GPT's token embeddings start at std 0.02: a unit sinusoid would drown them (the LM
+  then learns unigram statistics only), so the table takes the host's input scale; the
+  ViT's patch embeddings are O(1) and keep the textbook amplitude."""
+  from seqpe_jax.models import gpt, vit  # pylint: disable=g-import-not-at-top
+  cfg = posenc.config.get_config()
+  cfg.name = 'sincos'
+  lm = posenc.build(cfg, gpt.host_spec('nano', 16))
+  np.testing.assert_allclose(lm.features({}, (16,))['e'][0],
+                             0.02 * baselines.sincos_1d(jnp.arange(16), 64), atol=1e-7)
+  embed_std = float(jnp.std(gpt.GPT(100, 64, 1, 2, 64, lm).init(
+      jax.random.key(0), jnp.zeros((1, 16), jnp.int32), lm.features({}, (16,)))
+                            ['params']['embed']['embedding']))
+  assert embed_std == pytest.approx(gpt.EMBED_STD, rel=0.05)
+  cfg.name = 'sincos2d'
+  image = posenc.build(cfg, vit.host_spec('mu/4', 16))
+  assert float(jnp.abs(image.features({}, (4, 4))['e']).max()) == pytest.approx(1.0, abs=0.01)
+
+
 def test_per_example_uses_window_b_mod_w():
   windows = jnp.arange(3)[:, None] * jnp.ones((3, 2))
   np.testing.assert_array_equal(inject.per_example(windows, 6)[:, 0], [0, 1, 2, 0, 1, 2])

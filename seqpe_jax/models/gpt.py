@@ -28,6 +28,8 @@ SIZES = {
     'small': (768, 12, 12, 3072),  # GPT-2 small.
     'medium': (1024, 24, 16, 4096),
 }
+# Token embeddings start at this standard deviation (GPT-2's); fixed PE tables are added at it.
+EMBED_STD = 0.02
 
 
 def parse_variant(variant: str) -> dict[str, int]:
@@ -42,7 +44,7 @@ def host_spec(variant: str, length: int, dtype=jnp.float32) -> posenc.HostSpec:
   """What the PE needs to know about a GPT variant trained on `length` tokens."""
   v = parse_variant(variant)
   return posenc.HostSpec(v['width'], v['num_heads'], (length,), num_prefix=0, causal=True,
-                         dtype=dtype)
+                         dtype=dtype, input_scale=EMBED_STD)
 
 
 class GPT(nn.Module):
@@ -69,7 +71,7 @@ class GPT(nn.Module):
   @nn.compact
   def __call__(self, tokens_BL: jax.Array, features, *, deterministic: bool = True,
                key_mask_BL: jax.Array | None = None, probes=None):
-    embed = nn.Embed(self.vocab_size, self.width, embedding_init=nn.initializers.normal(0.02),
+    embed = nn.Embed(self.vocab_size, self.width, embedding_init=nn.initializers.normal(EMBED_STD),
                      dtype=self.dtype, name='embed')
     x = self.perturb('embeddings', embed(tokens_BL))
     x = transformer.Transformer(

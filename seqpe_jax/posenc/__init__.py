@@ -40,6 +40,11 @@ class HostSpec:
     causal: whether the host's attention is causal (ALiBi needs it).
     dtype: of the host's activations and matmuls; SeqPE's encoder and q/k projections
       compute in it too (their parameters, and the embeddings the losses see, stay float32).
+    input_scale: the standard deviation of the host's token inputs at initialisation, the
+      amplitude fixed tables (sinusoids) are added at: about 1 for the ViT's patch
+      embeddings; 0.02 for the GPT's token embeddings, which a unit sinusoid would drown
+      (the model then learns unigram statistics only), the reason the textbook Transformer
+      scales its embeddings by sqrt(width).
   """
   d_model: int
   num_heads: int
@@ -47,6 +52,7 @@ class HostSpec:
   num_prefix: int = 0
   causal: bool = False
   dtype: Any = jnp.float32
+  input_scale: float = 1.0
 
   def __post_init__(self):
     if self.d_model % self.num_heads:
@@ -263,14 +269,15 @@ def _seqpe_source(cfg, host, method):
 def _sincos_source(cfg, host, method):
   del method
   _even('A sinusoidal PE', host.d_model, 2)
-  return sources.SinCosSource(host.d_model, host.num_prefix, cfg.sincos.base)
+  return sources.SinCosSource(host.d_model, host.num_prefix, cfg.sincos.base,
+                              host.input_scale)
 
 
 def _sincos2d_source(cfg, host, method):
   del method
   _even(f'A {host.ndim}D sinusoidal PE', host.d_model, 2 * host.ndim)
   return sources.SinCosGridSource(host.d_model, host.num_prefix, cfg.sincos.base,
-                                  canvas_of(cfg, host))
+                                  canvas_of(cfg, host), host.input_scale)
 
 
 def _rotary_source(axial: bool):

@@ -108,12 +108,13 @@ class SinCosSource(nn.Module):
   dim: int
   num_prefix: int = 0
   base: float = 10_000.
+  scale: float = 1.0  # The table's amplitude: the host's input scale (HostSpec.input_scale).
 
   @nn.compact
   def __call__(self, shape, offsets=None, *, deterministic=True):
     flat = flat_positions(window_positions(shape, offsets), shape) + self.num_prefix
     flat = _prefixed_positions(flat, self.num_prefix)
-    return {'e': baselines.sincos_1d(flat, self.dim, self.base)}
+    return {'e': self.scale * baselines.sincos_1d(flat, self.dim, self.base)}
 
 
 class SinCosGridSource(nn.Module):
@@ -122,10 +123,12 @@ class SinCosGridSource(nn.Module):
   num_prefix: int = 0
   base: float = 10_000.
   canvas: tuple[int, ...] = ()
+  scale: float = 1.0  # As SinCosSource's.
 
   @nn.compact
   def __call__(self, shape, offsets=None, *, deterministic=True):
-    e = baselines.sincos_nd(window_positions(shape, offsets, self.canvas), self.dim, self.base)
+    e = self.scale * baselines.sincos_nd(window_positions(shape, offsets, self.canvas),
+                                         self.dim, self.base)
     return {'e': _with_prefix(jnp.zeros((self.num_prefix, self.dim)), e)}
 
 
