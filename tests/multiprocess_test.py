@@ -41,7 +41,14 @@ def launch(workdir):
       [str(REPO / 'launch/local_multiprocess.sh'), '2', 'configs/lm_ape.py:smoke',
        str(workdir), *OVERRIDES],
       env={**os.environ, **ENV}, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-      text=True)
+      text=True, preexec_fn=_ctrl_c_as_in_a_terminal)
+
+
+def _ctrl_c_as_in_a_terminal():
+  """SIGINT at its default, as a terminal's foreground job has it: a suite started in the
+  background of a non-interactive shell ignores SIGINT, the launcher would inherit that,
+  and bash cannot trap a signal ignored on entry."""
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def logs(workdir):

@@ -103,6 +103,7 @@ def test_ctrl_c_mid_training_saves_and_a_rerun_resumes_exactly(tmp_path, seqpe_r
                                                                monkeypatch, capsys):
   reference, _ = seqpe_run
   write = metrics.MetricWriter.write
+  handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN in a backgrounded suite.
 
   def ctrl_c_at_step_4(self, step, scalars):
     write(self, step, scalars)
@@ -114,7 +115,7 @@ def test_ctrl_c_mid_training_saves_and_a_rerun_resumes_exactly(tmp_path, seqpe_r
     train.train_and_evaluate(smoke_config(total_steps=8), str(tmp_path))
   assert 'Ctrl-C: saving a checkpoint after this step' in capsys.readouterr().err
   assert sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir())[-1] == 4
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Put back.
+  assert signal.getsignal(signal.SIGINT) is handler_before  # Put back.
   monkeypatch.setattr(metrics.MetricWriter, 'write', write)
   train.train_and_evaluate(smoke_config(total_steps=8), str(tmp_path))  # Resumes at 4.
   jax.tree.map(np.testing.assert_array_equal, saved_params(tmp_path, 8),
