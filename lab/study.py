@@ -163,17 +163,17 @@ def choose_fine_tunes(suite: Suite, suite_name: str, root: pathlib.Path,
   or the entrant's own pretraining recipe). Training-only choices of the LM (learning rate,
   dropout) stay behind: every PE fine-tunes with the same QA recipe."""
   choices, lm_chosen = {}, None
+  if any(e.pretrain is None for e in suite.entrants):
+    path = lm_root / CHOSEN
+    if not path.exists():
+      raise StudyError(f'{path} does not exist: the QA study fine-tunes the LM study\'s '
+                       f'choices; run python -m lab.study --suite=lm --workdir={lm_root} '
+                       'first (or pass --lm_study=DIR).')
+    lm_chosen = json.loads(path.read_text())
   for e in suite.entrants:
     if e.pretrain is not None:
       overrides, runs, source = dict(e.base), root / 'lm' / e.name, 'pretrained by this study'
     else:
-      if lm_chosen is None:
-        path = lm_root / CHOSEN
-        if not path.exists():
-          raise StudyError(f'{path} does not exist: the QA study fine-tunes the LM study\'s '
-                           f'choices; run python -m lab.study --suite=lm --workdir={lm_root} '
-                           'first (or pass --lm_study=DIR).')
-        lm_chosen = json.loads(path.read_text())
       if e.lm not in lm_chosen['choices']:
         raise StudyError(f'{lm_root / CHOSEN} chooses nothing for {e.lm}, which the QA PE '
                          f'{e.name} fine-tunes.')
