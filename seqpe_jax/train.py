@@ -102,13 +102,33 @@ def make_train_step(task, optimizer, base_key, shift_pool):
   return step
 
 
-def jit_train_step(task, optimizer, step_key, shift_pool, state_shardings, mesh):
-  """The train step jitted for the mesh: state sharded as given, batch over the data axes,
-  metrics replicated, the old state's buffers donated to the new one."""
-  return jax.jit(make_train_step(task, optimizer, step_key, shift_pool),
-                 in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-                 out_shardings=(state_shardings, sharding.replicated(mesh)),
-                 donate_argnums=0)
+def jit_train_step(task, optimizer, state_shardings, mesh):
+  """(state, batch, step_key, shift_pool) -> (state, metrics), jitted for the mesh: state
+  sharded as given, batch over the data axes, the run's key and shift pool and the metrics
+  replicated, the old state's buffers donated to the new one.
+
+  The key and pool are arguments, not constants of the program, so runs that differ only in
+  their seed (a study's seeds) share one compiled step and one compilation-cache entry."""
+  def step(state, batch, step_key, shift_pool):
+    return make_train_step(task, optimizer, step_key, shift_pool)(state, batch)
+
+  replicated = sharding.replicated(mesh)
+  return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated,
+                                     replicated),
+                 out_shardings=(state_shardings, replicated), donate_argnums=0)
+
+
+def jit_diagnostics(task, state_shardings, mesh):
+  """(params, batch, step, heldout_batch, step_key, shift_pool) -> diag/* scalars, jitted
+  like the train step (`diagnostics.make_diagnostics`), the key and pool as arguments."""
+  def diagnose(params, batch, step, heldout, step_key, shift_pool):
+    gradients = make_gradients(task, step_key, shift_pool)
+    return diagnostics.make_diagnostics(task, gradients)(params, batch, step, heldout)
+
+  replicated, batches = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+  return jax.jit(diagnose, in_shardings=(state_shardings['params'], batches, None, batches,
+                                         replicated, replicated),
+                 out_shardings=replicated)
 
 
 def compile_report(config: ml_collections.ConfigDict) -> dict[str, float]:
@@ -131,9 +151,8 @@ def compile_report(config: ml_collections.ConfigDict) -> dict[str, float]:
   batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
       (x.shape[0] * jax.process_count(),) + x.shape[1:], x.dtype,
       sharding=sharding.batch_sharding(mesh)), first)
-  train_step = jit_train_step(task, optimizer, step_key, task.shift_pool(pool_key),
-                              state_shardings, mesh)
-  compiled = train_step.lower(target, batch).compile()
+  train_step = jit_train_step(task, optimizer, state_shardings, mesh)
+  compiled = train_step.lower(target, batch, step_key, task.shift_pool(pool_key)).compile()
   memory = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # Older JAX: one per module.
@@ -245,12 +264,8 @@ def _train_and_evaluate(config, workdir: epath.Path, mesh) -> dict:
                 f"{parameter_overview.count_parameters(state['params']):,} parameters.")
 
   # ---------------------------------------------------------------- Update step.
-  train_step = jit_train_step(task, optimizer, step_key, shift_pool, state_shardings, mesh)
-  diagnose = jax.jit(
-      diagnostics.make_diagnostics(task, make_gradients(task, step_key, shift_pool)),
-      in_shardings=(state_shardings['params'], sharding.batch_sharding(mesh), None,
-                    sharding.batch_sharding(mesh)),
-      out_shardings=sharding.replicated(mesh))
+  train_step = jit_train_step(task, optimizer, state_shardings, mesh)
+  diagnose = jit_diagnostics(task, state_shardings, mesh)
   heldout = task.heldout_batch(mesh)
 
   # ---------------------------------------------------------------- Loop.
@@ -265,21 +280,21 @@ def _train_and_evaluate(config, workdir: epath.Path, mesh) -> dict:
   # Compiled ahead, then every process waits for the others: a process that compiled
   # faster would otherwise wait in the step's first collective, whose set-up times out
   # (30 s on CPU) well before a slow host's compile ends.
-  train_step = train_step.lower(state, first_batch).compile()
+  train_step = train_step.lower(state, first_batch, step_key, shift_pool).compile()
   sharding.wait_for_all_processes('train step compiled')
   batches = itertools.chain([first_batch], batches)
   progress = metrics.Progress(config.total_steps, start)
   try:
     for step in range(start + 1, config.total_steps + 1):
       batch = next(batches)
-      state, scalars = train_step(state, batch)
+      state, scalars = train_step(state, batch, step_key, shift_pool)
       evaluating = bool(config.eval_every_steps) and step % config.eval_every_steps == 0
       last = step == config.total_steps
       if step % config.log_every_steps == 0 or last or evaluating:
         _stop_if_nonfinite(state, checkpointer)
         # The diagnostics look at the parameters this step produced, on its own batch
         # and sampling (the step counter has moved on, hence step - 1).
-        diag = diagnose(state['params'], batch, state['step'] - 1, heldout)
+        diag = diagnose(state['params'], batch, state['step'] - 1, heldout, step_key, shift_pool)
         row = {**jax.device_get(scalars), **jax.device_get(diag),
                'train/lr': learning_rate(step - 1),  # The rate this step's update used.
                'train/steps_per_sec': progress.update(step)}
