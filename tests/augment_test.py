@@ -25,6 +25,13 @@ def rng(seed=0):
   return np.random.default_rng(seed)
 
 
+def mixed_targets(labels_B, mix_labels_B, weights_B, num_classes: int) -> np.ndarray:
+  """NumPy oracle: the soft targets [B, classes] of a mixed batch."""
+  eye = np.eye(num_classes, dtype=np.float32)
+  w = np.asarray(weights_B, np.float32)[:, None]
+  return w * eye[labels_B] + (1 - w) * eye[mix_labels_B]
+
+
 def photo(height=24, width=32, channels=3, seed=0):
   return rng(seed).integers(0, 256, (height, width, channels), np.uint8)
 
@@ -36,7 +43,6 @@ def test_flip_is_exact():
   image = photo(16, 16)
   flipped = augment.augment_example(image, 16, augment.Options(flip_prob=1.0), rng())
   np.testing.assert_array_equal(flipped, image[:, ::-1])
-  np.testing.assert_array_equal(augment.hflip(image), image[:, ::-1])
   unflipped = augment.augment_example(image, 16, augment.Options(), rng())
   np.testing.assert_array_equal(unflipped, image)
 
@@ -112,11 +118,11 @@ def test_mixup_blends_images_and_targets_with_lambda():
   assert np.all(out['mix_weight'] == lam) and 0 < lam < 1
   np.testing.assert_allclose(out['image'], lam * batch + (1 - lam) * batch[::-1], atol=0.5)
   np.testing.assert_array_equal(out['mix_label'], labels[::-1])
-  targets = augment.mixed_targets(labels, out['mix_label'], out['mix_weight'], 10)
+  targets = mixed_targets(labels, out['mix_label'], out['mix_weight'], 10)
   np.testing.assert_allclose(targets.sum(1), 1.0, rtol=1e-6)
   np.testing.assert_allclose(targets[0, [0, 5]], [lam, 1 - lam], rtol=1e-6)
   # The example mixed with itself (odd batches) keeps a one-hot target.
-  odd = augment.mixed_targets(np.array([7]), np.array([7]), np.array([0.3]), 10)
+  odd = mixed_targets(np.array([7]), np.array([7]), np.array([0.3]), 10)
   np.testing.assert_allclose(odd[0], np.eye(10)[7])
 
 
@@ -167,7 +173,7 @@ def test_loss_takes_mixed_targets_and_keeps_hard_labels_bit_identical():
   np.testing.assert_allclose(smoothed[0, [1, 0]], [0.91, 0.01], rtol=1e-6)
   weights, partners = np.array([0.7] * 4, np.float32), np.array([4, 3, 2, 1])
   mixed, _ = loss_of(logits, {'label': labels, 'mix_label': partners, 'mix_weight': weights})
-  targets = augment.mixed_targets(np.asarray(labels), partners, weights, 10) * 0.9 + 0.01
+  targets = mixed_targets(np.asarray(labels), partners, weights, 10) * 0.9 + 0.01
   oracle = -(targets * jax.nn.log_softmax(logits)).sum(1).mean()
   np.testing.assert_allclose(mixed, oracle, rtol=1e-6)
   assert set(metrics) == {'train/accuracy'}

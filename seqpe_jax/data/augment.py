@@ -157,10 +157,6 @@ def crop_box(height: int, width: int, rng: np.random.Generator, scale: tuple[flo
   return (height - h) // 2, (width - w) // 2, h, w
 
 
-def hflip(image: np.ndarray) -> np.ndarray:
-  return image[:, ::-1]
-
-
 def random_erase(image: np.ndarray, rng: np.random.Generator, prob: float) -> np.ndarray:
   """With probability `prob`, one rectangle (2%..1/3 of the area, aspect 0.3..3.3) becomes
   per-pixel normal noise: N(0, 1) in the normalised space timm erases in, i.e. ImageNet's
@@ -301,13 +297,6 @@ def cutmix_box(height: int, width: int, lam: float,
   cy, cx = int(rng.integers(0, height)), int(rng.integers(0, width))
   return (max(cy - half_h, 0), min(cy + half_h, height),
           max(cx - half_w, 0), min(cx + half_w, width))
-
-
-def mixed_targets(labels_B, mix_labels_B, weights_B, num_classes: int) -> np.ndarray:
-  """The soft targets [B, classes] of a mixed batch (NumPy; the loss builds the same in JAX)."""
-  eye = np.eye(num_classes, dtype=np.float32)
-  w = np.asarray(weights_B, np.float32)[:, None]
-  return w * eye[labels_B] + (1 - w) * eye[mix_labels_B]
 
 
 # ------------------------------------------------------------------ Conversions.
