@@ -32,7 +32,8 @@ def step_seconds(args, attention: str, attention_dropout: float, repeats: int) -
   step = jax.jit(train.make_train_step(task, optimizer, jax.random.key(1),
                                        task.shift_pool(jax.random.key(2))))
   batch = jax.tree.map(jnp.asarray, task.train_batches(0)[0])
-  return median_seconds(lambda s: step(s, batch)[1]['train/loss'], fresh, repeats=repeats)
+  rate = config.optimizer.lr
+  return median_seconds(lambda s: step(s, batch, rate)[1]['train/loss'], fresh, repeats=repeats)
 
 
 def main():

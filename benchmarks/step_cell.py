@@ -55,6 +55,17 @@ def _state_helpers():
   return importlib.import_module('seqpe_jax.train')
 
 
+def _step_fn(train, task, optimizer, key, pool, config):
+  """The tree's train step as (state, batch) -> (state, metrics); since the learning rate
+  became an argument of the step, at the schedule's first rate."""
+  step = train.make_train_step(task, optimizer, key, pool)
+  optim = importlib.import_module('seqpe_jax.optim')
+  if not hasattr(optim, 'learning_rates'):
+    return step
+  rate = optim.learning_rates(config.optimizer, config.total_steps)[0]
+  return lambda state, batch: step(state, batch, rate)
+
+
 def _config(args):
   from configs import vit_base  # pylint: disable=g-import-not-at-top
   config = vit_base.get_config('paper', pe=args.pe)
@@ -102,7 +113,7 @@ def measure(args) -> dict:
       task, key)
   batch = stepper_lib.synthetic_batch(args.batch, args.image_size, task.channels)
   stepper = stepper_lib.Stepper.compile(task, state, batch,
-                                        train.make_train_step(task, optimizer, key, pool))
+                                        _step_fn(train, task, optimizer, key, pool, config))
   if task.regularizers is None:
     seconds = stepper.seconds(0, args.repeats, clock=args.clock)
   else:

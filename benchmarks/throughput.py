@@ -115,17 +115,17 @@ def measure(model: str, pe: str, scale: str, batch: int, steps: int, dtype: str 
   train_state = jax.jit(lambda k: state.init_state(task, optimizer, k),
                         out_shardings=shardings)(key)
   step = train.jit_train_step(task, optimizer, shardings, mesh)
-  randomness = (key, task.shift_pool(key))
+  inputs = (np.float32(config.optimizer.lr), key, task.shift_pool(key))  # Rate, randomness.
   batches = task.train_batches(0)
   global_batches = [sharding.global_batch(batches[i], mesh) for i in range(steps + 1)]
   start = time.perf_counter()
-  compiled = step.lower(train_state, global_batches[0], *randomness).compile()
+  compiled = step.lower(train_state, global_batches[0], *inputs).compile()
   compile_s = time.perf_counter() - start
-  train_state, _ = compiled(train_state, global_batches[0], *randomness)
+  train_state, _ = compiled(train_state, global_batches[0], *inputs)
   jax.block_until_ready(train_state)
   start = time.perf_counter()
   for b in global_batches[1:]:  # The step counter advances: shifted steps at their rate.
-    train_state, metrics = compiled(train_state, b, *randomness)
+    train_state, metrics = compiled(train_state, b, *inputs)
   jax.block_until_ready(train_state)
   step_s = (time.perf_counter() - start) / steps
   cost = compiled.cost_analysis()

@@ -71,8 +71,9 @@ def build_stepper(task, config, batch) -> Stepper:
   key = jax.random.key(0)
   optimizer = state_lib.make_optimizer(task, config)
   state = jax.jit(lambda k: state_lib.init_state(task, optimizer, k))(key)
-  step_fn = train.make_train_step(task, optimizer, key, task.shift_pool(key))
-  return Stepper.compile(task, state, batch, step_fn)
+  step = train.make_train_step(task, optimizer, key, task.shift_pool(key))
+  rate = config.optimizer.lr
+  return Stepper.compile(task, state, batch, lambda s, b: step(s, b, rate))
 
 
 def eval_seconds(task, state, batch, image_size: int, repeats: int, clock: str) -> float:

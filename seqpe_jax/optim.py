@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from seqpe_jax import choices
@@ -61,10 +62,10 @@ def clip_groups(cfg, params) -> optax.GradientTransformation:
                                 'host': optax.clip_by_global_norm(cfg.clip_host)}, labels)
 
 
-def make(cfg, total_steps: int, params) -> optax.GradientTransformation:
-  """The optimizer for params {'model': ..., 'pe': ...}."""
+def make(cfg, params) -> optax.GradientTransformationExtraArgs:
+  """The optimizer for params {'model': ..., 'pe': ...}; its `update` takes the step's
+  rate as `learning_rate=` (`learning_rates(cfg, total_steps)[count]`)."""
   clip = clip_groups(cfg, params)
-  lr = schedule(cfg, total_steps)
   decay_mask = jax.tree_util.tree_map_with_path(decays, params)
   seqpe_mask = jax.tree_util.tree_map_with_path(seqpe_decays, params)
   return optax.chain(
@@ -72,8 +73,35 @@ def make(cfg, total_steps: int, params) -> optax.GradientTransformation:
       optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
       optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),
       optax.add_decayed_weights(cfg.seqpe_weight_decay, mask=seqpe_mask),
-      optax.scale_by_learning_rate(lr),
+      scale_by_given_learning_rate(),
   )
+
+
+def scale_by_given_learning_rate() -> optax.GradientTransformationExtraArgs:
+  """Updates times minus the rate given to `update(..., learning_rate=)`: what
+  `optax.scale_by_learning_rate(schedule)` does with the schedule computed by the caller
+  (the same float32 value), so the compiled step does not depend on the schedule: the
+  rates of a study and runs of different lengths share one program and one compilation-cache
+  entry. The state is optax's, the update count, so checkpoints keep their layout."""
+  def init(params):
+    del params
+    return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+  def update(updates, state, params=None, *, learning_rate, **extra_args):
+    del params, extra_args
+    step_size = -1 * learning_rate
+    updates = jax.tree.map(lambda g: jnp.array(step_size, dtype=g.dtype) * g, updates)
+    return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
+def learning_rates(cfg, total_steps: int) -> np.ndarray:
+  """float32[total_steps]: the rate of every update (0-based count), computed once, as the
+  schedule gives it at an int32 count; the loop hands each step its own without a device
+  round trip."""
+  counts = jnp.arange(max(total_steps, 1), dtype=jnp.int32)
+  return np.asarray(jax.device_get(schedule(cfg, total_steps)(counts)), np.float32)
 
 
 def global_norms(grads) -> dict[str, jax.Array]:

@@ -34,7 +34,7 @@ def make_optimizer(task, config) -> optax.GradientTransformation:
   """The optimizer; its clipping groups and decay masks come from the abstract parameters."""
   params = jax.eval_shape(lambda k: init_state(task, optax.identity(), k),
                           jax.random.key(0))['params']
-  return optim.make(config.optimizer, config.total_steps, params)
+  return optim.make(config.optimizer, params)
 
 
 def abstract_state(task, optimizer, mesh):

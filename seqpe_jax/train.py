@@ -8,6 +8,7 @@ import itertools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import ml_collections
 import optax
 from absl import logging
@@ -78,16 +79,18 @@ def balance_pe_gradients(grads, target: float = 1.0):
 
 
 def make_train_step(task, optimizer, base_key, shift_pool):
-  """(state, batch) -> (state, metrics); all randomness is a function of the step."""
+  """(state, batch, learning_rate) -> (state, metrics): one update at the given rate
+  (`optim.learning_rates`' entry for the step); all randomness is a function of the step."""
   balance = task.pe_balances_gradients
   gradients = make_gradients(task, base_key, shift_pool)
 
-  def step(state, batch):
+  def step(state, batch, learning_rate):
     scalars, grads = gradients(state['params'], batch, state['step'], split=balance)
     if balance:
       grads, balance_scalars = balance_pe_gradients(grads)
       scalars.update(balance_scalars)
-    updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
+    updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'],
+                                          learning_rate=learning_rate)
     params = optax.apply_updates(state['params'], updates)
     scalars.update(optim.global_norms(grads))
     # Checked on every step without a host sync: the loop reads it when it syncs anyway
@@ -103,18 +106,19 @@ def make_train_step(task, optimizer, base_key, shift_pool):
 
 
 def jit_train_step(task, optimizer, state_shardings, mesh):
-  """(state, batch, step_key, shift_pool) -> (state, metrics), jitted for the mesh: state
-  sharded as given, batch over the data axes, the run's key and shift pool and the metrics
-  replicated, the old state's buffers donated to the new one.
+  """(state, batch, learning_rate, step_key, shift_pool) -> (state, metrics), jitted for
+  the mesh: state sharded as given, batch over the data axes, the rest replicated, the old
+  state's buffers donated to the new one.
 
-  The key and pool are arguments, not constants of the program, so runs that differ only in
-  their seed (a study's seeds) share one compiled step and one compilation-cache entry."""
-  def step(state, batch, step_key, shift_pool):
-    return make_train_step(task, optimizer, step_key, shift_pool)(state, batch)
+  The rate, key and pool are arguments, not constants of the program, so runs that differ
+  only in their seed, learning rate or length (a study's runs) share one compiled step and
+  one compilation-cache entry."""
+  def step(state, batch, learning_rate, step_key, shift_pool):
+    return make_train_step(task, optimizer, step_key, shift_pool)(state, batch, learning_rate)
 
   replicated = sharding.replicated(mesh)
   return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated,
-                                     replicated),
+                                     replicated, replicated),
                  out_shardings=(state_shardings, replicated), donate_argnums=0)
 
 
@@ -131,14 +135,9 @@ def jit_diagnostics(task, state_shardings, mesh):
                  out_shardings=replicated)
 
 
-def compile_report(config: ml_collections.ConfigDict) -> dict[str, float]:
-  """Lowers and compiles the train step for the configured mesh without allocating the
-  state or training: XLA's per-device memory plan and FLOPs per step (`--compile_only`).
-
-  The state is abstract (shapes and shardings), and the batch too, after one batch is
-  read for its shapes; nothing is written. Bytes and FLOPs are per device, as XLA
-  partitions the step (FLOPs as XLA's cost analysis counts them).
-  """
+def lower_train_step(config: ml_collections.ConfigDict) -> jax.stages.Lowered:
+  """The train step lowered for the configured mesh, from an abstract state (shapes and
+  shardings) and batch (one batch is read for its shapes); nothing is allocated or written."""
   validate(config)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch(config.batch_size, mesh)
@@ -152,7 +151,18 @@ def compile_report(config: ml_collections.ConfigDict) -> dict[str, float]:
       (x.shape[0] * jax.process_count(),) + x.shape[1:], x.dtype,
       sharding=sharding.batch_sharding(mesh)), first)
   train_step = jit_train_step(task, optimizer, state_shardings, mesh)
-  compiled = train_step.lower(target, batch, step_key, task.shift_pool(pool_key)).compile()
+  return train_step.lower(target, batch, np.float32(config.optimizer.lr), step_key,
+                          task.shift_pool(pool_key))
+
+
+def compile_report(config: ml_collections.ConfigDict) -> dict[str, float]:
+  """Compiles the train step for the configured mesh without allocating the state or
+  training (`lower_train_step`): XLA's per-device memory plan and FLOPs per step
+  (`--compile_only`). Bytes and FLOPs are per device, as XLA partitions the step (FLOPs as
+  XLA's cost analysis counts them).
+  """
+  compiled = lower_train_step(config).compile()
+  mesh = sharding.make_mesh(config.mesh)
   memory = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # Older JAX: one per module.
@@ -273,21 +283,22 @@ def _train_and_evaluate(config, workdir: epath.Path, mesh) -> dict:
   writer = metrics.MetricWriter(workdir, resumed_at=start)
   if start == 0:
     writer.write_config(config.to_dict())
-  learning_rate = optim.schedule(config.optimizer, config.total_steps)
   preemption = PreemptionWatch()
   batches = (sharding.global_batch(b, mesh) for b in data[start:].to_iter_dataset())
   first_batch = next(batches)
   # Compiled ahead, then every process waits for the others: a process that compiled
   # faster would otherwise wait in the step's first collective, whose set-up times out
   # (30 s on CPU) well before a slow host's compile ends.
-  train_step = train_step.lower(state, first_batch, step_key, shift_pool).compile()
+  rates = optim.learning_rates(config.optimizer, config.total_steps)
+  train_step = train_step.lower(state, first_batch, rates[0], step_key, shift_pool).compile()
   sharding.wait_for_all_processes('train step compiled')
   batches = itertools.chain([first_batch], batches)
   progress = metrics.Progress(config.total_steps, start)
   try:
     for step in range(start + 1, config.total_steps + 1):
       batch = next(batches)
-      state, scalars = train_step(state, batch, step_key, shift_pool)
+      rate = rates[step - 1]  # The schedule counts updates from 0.
+      state, scalars = train_step(state, batch, rate, step_key, shift_pool)
       evaluating = bool(config.eval_every_steps) and step % config.eval_every_steps == 0
       last = step == config.total_steps
       if step % config.log_every_steps == 0 or last or evaluating:
@@ -296,7 +307,7 @@ def _train_and_evaluate(config, workdir: epath.Path, mesh) -> dict:
         # and sampling (the step counter has moved on, hence step - 1).
         diag = diagnose(state['params'], batch, state['step'] - 1, heldout, step_key, shift_pool)
         row = {**jax.device_get(scalars), **jax.device_get(diag),
-               'train/lr': learning_rate(step - 1),  # The rate this step's update used.
+               'train/lr': rate,  # The rate this step's update used.
                'train/steps_per_sec': progress.update(step)}
         writer.write(step, row)
         metrics.say(progress.line(step, row))

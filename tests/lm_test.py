@@ -131,7 +131,7 @@ def test_gpt2_small_takes_a_step_at_512():
                                        task.shift_pool(jax.random.key(2))))
   batch = task.train_batches(0)[0]
   assert batch['tokens'].shape == (1, 512)
-  new_state, scalars = step(state, jax.tree.map(jnp.asarray, batch))
+  new_state, scalars = step(state, jax.tree.map(jnp.asarray, batch), c.optimizer.lr)
   assert abs(float(scalars['train/task_loss']) - math.log(50_257)) < 0.5  # ~uniform at init.
   assert np.isfinite(float(scalars['train/seqpe/contrastive_loss']))
   assert int(new_state['step']) == 1

@@ -14,7 +14,7 @@ import optax
 import pytest
 
 from configs import lm_base, vit_base
-from seqpe_jax import state, tasks, train
+from seqpe_jax import optim, state, tasks, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -98,9 +98,11 @@ def train_steps(task, config, steps: int):
   step = jax.jit(train.make_train_step(task, optimizer, jax.random.key(1),
                                        task.shift_pool(jax.random.key(2))))
   batches = task.train_batches(0)
+  rates = optim.learning_rates(config.optimizer, config.total_steps)
   history = []
   for i in range(steps):
-    current, scalars = step(current, jax.tree.map(jnp.asarray, batches[i % len(batches)]))
+    current, scalars = step(current, jax.tree.map(jnp.asarray, batches[i % len(batches)]),
+                            rates[i])
     history.append({k: float(v) for k, v in scalars.items()})
   return current, history
 

@@ -27,7 +27,7 @@ def test_model_flops_match_xlas_count_of_the_step(variant, seq_len):
                                                       sharding=sharding.batch_sharding(mesh)),
                        task.train_batches(0)[0])
   step = train.jit_train_step(task, optimizer, jax.tree.map(lambda x: x.sharding, target), mesh)
-  cost = step.lower(target, batch, jax.random.key(0),
+  cost = step.lower(target, batch, config.optimizer.lr, jax.random.key(0),
                     task.shift_pool(jax.random.key(1))).compile().cost_analysis()
   xla = (cost[0] if isinstance(cost, (list, tuple)) else cost)['flops']
   analytic = throughput.model_flops_per_step(config, task)

@@ -253,7 +253,7 @@ def test_the_first_nonfinite_step_is_kept_through_later_bad_steps():
     if n == 1:
       params = state['params']
       params['model'] = jax.tree.map(lambda w: w * jax.numpy.nan, params['model'])
-    state, _ = step(state, batch)
+    state, _ = step(state, batch, 1e-3)
     recorded.append(int(state['first_nonfinite_step']))
   assert recorded == [0, 2, 2, 2]
 
@@ -345,6 +345,18 @@ def test_a_checkpoint_older_than_a_state_entry_resumes_with_its_default(tmp_path
   loader.close()
   assert int(restored['step']) == 5 and int(restored['first_nonfinite_step']) == 0
   np.testing.assert_array_equal(restored['params']['w'], np.ones((2, 3)))
+
+
+def test_runs_that_differ_in_seed_rate_or_length_lower_to_one_program():
+  """The step's rate, key and shift pool are its arguments, not constants: a study's seeds,
+  learning rates and run lengths share one compiled step (and compilation-cache entry)."""
+  # RoPE-2D's step draws shifted windows from the pool, as SeqPE's does, and lowers faster.
+  program = lambda **overrides: train.lower_train_step(smoke_config('rope2d', **overrides)
+                                                        ).as_text()
+  base = program()
+  assert program(seed=3, total_steps=11, **{'optimizer.lr': 3e-3, 'optimizer.warmup_steps': 5,
+                                            'optimizer.schedule': 'linear'}) == base
+  assert program(**{'optimizer.weight_decay': 0.5}) != base  # Still a constant of the step.
 
 
 def test_compile_only_reports_the_per_device_plan_and_writes_nothing(tmp_path, monkeypatch):

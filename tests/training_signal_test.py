@@ -39,7 +39,8 @@ def first_step(family, **overrides):
   pool = task.shift_pool(pool_key)
   batch = jax.tree.map(jnp.asarray, task.train_batches(config.seed)[0])
   step = jax.jit(train.make_train_step(task, optimizer, step_key, pool))
-  new_state, scalars = step(state, batch)
+  new_state, scalars = step(state, batch,
+                            optim.learning_rates(config.optimizer, config.total_steps)[0])
   gradients = train.make_gradients(task, step_key, pool)
   return task, state, new_state, batch, gradients, jax.device_get(scalars)
 

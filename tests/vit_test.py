@@ -105,7 +105,7 @@ def test_vit_s16_takes_a_step_at_224():
             'pe': pe_params}
   count = sum(x.size for x in jax.tree.leaves(params)) / 1e6
   assert 22 + 3.7 + 12 * 0.29 < count < 22.5 + 3.8 + 12 * 0.31  # ViT-S + encoder + projections.
-  optimizer = optim.make(c.optimizer, c.total_steps, params)
+  optimizer = optim.make(c.optimizer, params)
 
   @jax.jit
   def step(params, opt_state):
@@ -113,7 +113,7 @@ def test_vit_s16_takes_a_step_at_224():
       logits = model.apply({'params': p['model']}, images, pe.features(p['pe'], (14, 14)))
       return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.array([3, 7])).mean()
     value, grads = jax.value_and_grad(loss)(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
+    updates, opt_state = optimizer.update(grads, opt_state, params, learning_rate=1e-3)
     return optax.apply_updates(params, updates), opt_state, value
 
   new_params, opt_state, loss = step(params, optimizer.init(params))
