@@ -24,7 +24,10 @@ from seqpe_jax.data import text
 REPO = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.xdist_group('multiprocess')
 
-STEPS = 9
+# Enough steps after the first logged one (step 3) that a Ctrl-C sent there is agreed on
+# before the last: the processes settle the stopping step through JAX's coordination service,
+# which took up to 2 s on a loaded 2-core machine, while a smoke step takes ~0.1-0.3 s.
+STEPS = 30
 OVERRIDES = [f'--config.total_steps={STEPS}', '--config.log_every_steps=3',
              '--config.checkpoint_every_steps=100', '--config.eval.lengths=(48,)']
 # The processes share the tests' compilation cache: the second and third runs compile nothing.
