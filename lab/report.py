@@ -157,17 +157,21 @@ def paired_table(rows: dict, focus: str, lower_is_better: bool) -> tuple[str, li
 # ------------------------------------------------------------------ Files.
 
 
-def write_search(root: pathlib.Path, suite: Suite, suite_name: str) -> str:
-  """DIR/search.md: every configuration's validation sweep and criterion (seed 0)."""
+def write_search(root: pathlib.Path, suite: Suite, suite_name: str,
+                 spaces: dict[str, dict]) -> str:
+  """DIR/search.md: every configuration's validation sweep and criterion (seed 0);
+  `spaces`: each PE's configurations (study.search_space)."""
   description, lower = criterion(suite.family)
   chosen_path = root / 'CHOSEN.json'
   chosen = json.loads(chosen_path.read_text())['choices'] if chosen_path.exists() else {}
+  staged = (' The variants trained at the PE\'s best learning rate of the first three.'
+            if suite.variants_at_best_lr else '')
   parts = [f'# {suite_name}: search (validation, seed 0, {suite.search_steps} steps)\n',
            f'Criterion: {description} ({"lower" if lower else "higher"} is better). Every PE '
-           f'had {len(suite.entrants[0].search_space())} configurations.\n']
+           f'had {len(suite.entrants[0].search_space())} configurations.{staged}\n']
   for e in suite.entrants:
     rows, marks = {}, {}
-    for name, overrides in e.search_space().items():
+    for name in spaces[e.name]:
       run_dir = root / 'search' / e.name / name
       sweep = _sweep(run_dir)
       if sweep:

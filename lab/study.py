@@ -74,15 +74,28 @@ def _config_arg(entrant, variant: str) -> str:
   return f'{entrant.config_file}:{tokens}' if tokens else entrant.config_file
 
 
+def search_space(suite: Suite, e, root: pathlib.Path) -> dict[str, dict]:
+  """`e`'s configurations. Where the suite trains the variants at each PE's best learning
+  rate, they join once every learning rate's run in `root` has finished, at the best of
+  them on validation (the search's second stage); until then the space is the rates'."""
+  if not suite.variants_at_best_lr or e.fine_tune:
+    return e.search_space()
+  rates = e.learning_rate_space()
+  found = _scores(suite, e, root, rates)
+  if found is None or not found[0]:  # Unfinished, or every rate diverged.
+    return rates
+  return e.search_space(variant_lr=rates[_best(suite, found[0])]['optimizer.lr'])
+
+
 def search_jobs(suite: Suite, root: pathlib.Path, variant: str) -> list[job_runner.Job]:
-  """Every configuration of every PE: seed 0, the search budget, validation only (a
-  fine-tune has no search: its LM was chosen by the LM study)."""
+  """Every configuration of every PE known so far (`search_space`): seed 0, the search
+  budget, validation only (a fine-tune has no search: its LM was chosen by the LM study)."""
   return [job_runner.train_job(
       f'search/{e.name}/{name}', root / 'search' / e.name / name,
       _config_arg(e, variant),
       {**overrides, 'total_steps': suite.search_steps, 'eval.split': 'valid', 'seed': 0})
           for e in suite.entrants if not e.fine_tune
-          for name, overrides in e.search_space().items()]
+          for name, overrides in search_space(suite, e, root).items()]
 
 
 def pretrain_jobs(suite: Suite, root: pathlib.Path, variant: str) -> list[job_runner.Job]:
@@ -129,25 +142,43 @@ def _swept_split(run_dir: pathlib.Path) -> str:
   return json.loads((run_dir / 'config.json').read_text())['eval']['split']
 
 
+def _scores(suite: Suite, e, root: pathlib.Path, space: dict):
+  """({configuration: validation criterion}, [diverged configurations]) of `e`'s search
+  runs in `space`; None while one of them has not finished."""
+  scores, diverged = {}, []
+  for name in space:
+    run_dir = root / 'search' / e.name / name
+    if (run_dir / job_runner.DIVERGED).exists():
+      diverged.append(name)
+      continue
+    if not (run_dir / 'extrapolation.json').exists():
+      return None
+    if _swept_split(run_dir) != 'valid':  # Selection never sees another split.
+      raise StudyError(f'{run_dir} swept the {_swept_split(run_dir)} split; a search run '
+                       'sweeps validation only. Delete it and rerun.')
+    scores[name] = score(suite.family, read_sweep(run_dir))
+  return scores, diverged
+
+
+def _best(suite: Suite, scores: dict[str, float]) -> str:
+  return (min if criterion(suite.family)[1] else max)(scores, key=scores.get)
+
+
 def choose(suite: Suite, suite_name: str, root: pathlib.Path) -> dict:
   """The best configuration per PE on the validation sweeps of the search runs."""
   description, lower_is_better = criterion(suite.family)
   choices = {}
   for e in suite.entrants:
-    scores, diverged = {}, []
-    for name, overrides in e.search_space().items():
-      run_dir = root / 'search' / e.name / name
-      if (run_dir / job_runner.DIVERGED).exists():
-        diverged.append(name)
-        continue
-      if _swept_split(run_dir) != 'valid':  # Selection never sees another split.
-        raise StudyError(f'{run_dir} swept the {_swept_split(run_dir)} split; a search run '
-                         'sweeps validation only. Delete it and rerun.')
-      scores[name] = score(suite.family, read_sweep(run_dir))
+    space = search_space(suite, e, root)
+    found = _scores(suite, e, root, space)
+    if found is None:
+      raise StudyError(f'Some search runs of {e.name} have not finished; run the study again '
+                       'to finish them before choosing.')
+    scores, diverged = found
     if not scores:
       raise StudyError(f'Every configuration of {e.name} diverged; widen its search space.')
-    best = (min if lower_is_better else max)(scores, key=scores.get)
-    choices[e.name] = {'configuration': best, 'overrides': e.search_space()[best],
+    best = _best(suite, scores)
+    choices[e.name] = {'configuration': best, 'overrides': space[best],
                        'score': round(scores[best], 4), 'configurations_tried': len(scores)
                        + len(diverged), 'diverged': diverged,
                        'scores': {k: round(v, 4) for k, v in scores.items()}}
@@ -206,7 +237,7 @@ def load_chosen(suite: Suite, root: pathlib.Path) -> dict:
   for pe, choice in chosen.get('choices', {}).items():
     if pe not in names:
       raise StudyError(f"{path} names {pe}, which is not a PE of this suite ({', '.join(names)}).")
-    space = suite.entrant(pe).search_space()
+    space = search_space(suite, suite.entrant(pe), root)
     if choice['configuration'] not in space:
       raise StudyError(f"{path} chooses {pe}/{choice['configuration']}, which is not in its "
                        f"search space ({', '.join(space)}).")
@@ -279,12 +310,19 @@ def run_study(suite_name: str, workdir: str, *, variant: str = '', parallel: int
 def _search_choose_final(suite, suite_name, root, variant, parallel, dispatch, dry_run):
   run = lambda jobs: _run(jobs, root, parallel=parallel, dispatch=dispatch, dry_run=dry_run)
   search = search_jobs(suite, root, variant)
-  if search:
+  while search:
     done = sum(j.finished or j.diverged for j in search)
     print(f'{suite_name}: search {done} of {len(search)} runs done in {root}.', flush=True)
     if not run(search):
+      if dry_run and suite.variants_at_best_lr:
+        print("Each PE's variants follow, at its best learning rate, once these have run.")
       return {'stage': 'search', 'chosen': None}
-    report.write_search(root, suite, suite_name)
+    staged = search_jobs(suite, root, variant)  # A second stage joins once the first is done.
+    if len(staged) == len(search):
+      report.write_search(root, suite, suite_name,
+                          {e.name: search_space(suite, e, root) for e in suite.entrants})
+      break
+    search = staged
   pretrain = pretrain_jobs(suite, root, variant)  # A QA study's own LMs (no choice needed).
   if pretrain and not run(pretrain):
     return {'stage': 'lm', 'chosen': None}

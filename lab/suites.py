@@ -2,9 +2,12 @@
 space of the same size for each (`python -m lab.study` runs them).
 
 Each PE's space is the same shape: the three learning rates on its config's own settings,
-then three variants of its own at the config's learning rate (1e-3). Selection reads the
-validation split only (study.py); the chosen configuration then trains with three seeds.
-A PE with no knobs of its own (NoPE) gets the generic ones, so no PE has fewer tries.
+then three variants of its own. In the LM suite (declared and run before this changed) the
+variants train at the config's learning rate (1e-3); in the others they train at the PE's
+best learning rate of the three, a second stage that starts once the first has finished, so
+a variant is not ruled out by a rate the PE does not want. Selection reads the validation
+split only (study.py); the chosen configuration then trains with three seeds. A PE with no
+knobs of its own (NoPE) gets the generic ones, so no PE has fewer tries.
 """
 
 import dataclasses
@@ -46,14 +49,22 @@ class Entrant:
   def fine_tune(self) -> bool:
     return bool(self.lm) or self.pretrain is not None
 
-  def search_space(self) -> dict[str, dict]:
-    """Configuration name -> overrides: the learning rates on the base, then the variants.
-    A fine-tune has one: its LM's choice with the same fine-tuning recipe for every PE."""
+  def search_space(self, variant_lr: float | None = None) -> dict[str, dict]:
+    """Configuration name -> overrides: the learning rates on the base, then the variants
+    (at `variant_lr` if given, else at the config's rate). A fine-tune has one: its LM's
+    choice with the same fine-tuning recipe for every PE."""
     if self.fine_tune:
       return {'chosen': dict(self.base)}
     space = {f'lr{lr:g}': {**self.base, 'optimizer.lr': lr} for lr in LEARNING_RATES}
-    space.update({name: {**self.base, **overrides} for name, overrides in self.variants.items()})
+    rate = {} if variant_lr is None else {'optimizer.lr': variant_lr}
+    space.update({name: {**self.base, **rate, **overrides}
+                  for name, overrides in self.variants.items()})
     return dict(list(space.items())[:self.size or None])
+
+  def learning_rate_space(self) -> dict[str, dict]:
+    """The learning-rate configurations of `search_space` (a staged search's first stage)."""
+    return {name: overrides for name, overrides in self.search_space().items()
+            if name in {f'lr{lr:g}' for lr in LEARNING_RATES}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +89,9 @@ class Suite:
   seqpe: str = 'seqpe'  # The entrant whose paired comparison the final tables show.
   lm_study: str = ''  # QA: the LM study directory whose choices the PEs fine-tune.
   smoke_seeds: int = 2  # Seeds of the smoke variant (a QA fine-tune of SeqPE is the costly one).
+  # Variants train at each PE's best learning rate of the search's first stage rather than
+  # at the config's (the LM suite ran before this existed: its variants are at 1e-3).
+  variants_at_best_lr: bool = False
 
   def entrant(self, name: str) -> Entrant:
     return next(e for e in self.entrants if e.name == name)
@@ -260,7 +274,8 @@ def _qa_entrants() -> tuple[Entrant, ...]:
 
 SUITES = {
     'lm': Suite('lm', _lm_entrants(), search_steps=300, transforms=_lm_transforms()),
-    'vit': Suite('vit', _vit_entrants(), search_steps=300, seqpe='seqpe'),
+    'vit': Suite('vit', _vit_entrants(), search_steps=300, seqpe='seqpe',
+                 variants_at_best_lr=True),
     'qa': Suite('qa', _qa_entrants(), search_steps=0, seeds=2, lm_study='lab/results/lm_fair',
                 smoke_seeds=1),
 }

@@ -77,6 +77,53 @@ def test_the_smoke_suite_is_two_pes_two_configurations_two_seeds():
   assert smoke.seeds == 2 and smoke.search_steps == suites.SMOKE_STEPS
 
 
+def _finish_search_run(root, pe, name, accuracy, split='valid'):
+  """What a finished ViT search run leaves that the study reads."""
+  run = root / 'search' / pe / name
+  run.mkdir(parents=True)
+  (run / 'config.json').write_text(json.dumps({'eval': {'split': split}}))
+  (run / 'extrapolation.json').write_text(json.dumps(
+      {'metric': 'top1', 'results': {'28': {'top1': accuracy}, '56': {'top1': accuracy / 2}}}))
+
+
+def test_the_vit_variants_train_at_the_best_learning_rate_once_the_rates_have_run(tmp_path):
+  """The second stage: no variant before every rate has run; then each variant at the best
+  rate on validation (1e-3 here, not the top of the grid), and the choice among all six."""
+  vit = suites.SUITES['vit']
+  suite = dataclasses.replace(vit, entrants=vit.entrants[:1])
+  seqpe = suite.entrants[0]
+  labels = lambda: [j.label.split('/')[-1] for j in study.search_jobs(suite, tmp_path, '')]
+  assert labels() == ['lr0.0003', 'lr0.001', 'lr0.003']
+  _finish_search_run(tmp_path, 'seqpe', 'lr0.0003', 0.50)
+  _finish_search_run(tmp_path, 'seqpe', 'lr0.001', 0.70)
+  assert labels() == ['lr0.0003', 'lr0.001', 'lr0.003']  # One rate has not run yet.
+  _finish_search_run(tmp_path, 'seqpe', 'lr0.003', 0.60)
+  jobs_ = study.search_jobs(suite, tmp_path, '')
+  assert [j.label.split('/')[-1] for j in jobs_] == list(seqpe.search_space())
+  for job in jobs_[3:]:
+    assert '--config.optimizer.lr=0.001' in job.args, job.args
+  for name, accuracy in zip(seqpe.variants, (0.72, 0.65, 0.71)):
+    _finish_search_run(tmp_path, 'seqpe', name, accuracy)
+  chosen = study.choose(suite, 'vit', tmp_path)['choices']['seqpe']
+  assert chosen['configuration'] == 'reference' and chosen['configurations_tried'] == 6
+  assert chosen['overrides']['optimizer.lr'] == 1e-3
+  (tmp_path / study.CHOSEN).write_text(json.dumps({'choices': {'seqpe': chosen}}))
+  assert study.load_chosen(suite, tmp_path)['choices']['seqpe'] == chosen
+  text = report.write_search(tmp_path, suite, 'vit', {'seqpe': study.search_space(
+      suite, seqpe, tmp_path)})
+  assert "variants trained at the PE's best learning rate" in text and 'reference (chosen)' in text
+
+
+def test_the_lm_variants_stay_at_the_configs_learning_rate(tmp_path):
+  """The LM suite was declared and run with its variants at the config's rate."""
+  lm = suites.SUITES['lm']
+  suite = dataclasses.replace(lm, entrants=lm.entrants[:1])
+  for name in suite.entrants[0].learning_rate_space():
+    _finish_search_run(tmp_path, 'seqpe', name, 0.5)
+  assert [o.get('optimizer.lr') for o in study.search_space(
+      suite, suite.entrants[0], tmp_path).values()] == [3e-4, 1e-3, 3e-3, None, None, None]
+
+
 def test_selection_scores_closed_forms():
   assert suites.score('lm', {128: 100., 256: 400.}) == pytest.approx(200.)  # Geometric mean.
   assert suites.score('vit', {28: .8, 56: .4}) == pytest.approx(.6)
@@ -167,7 +214,9 @@ def test_dry_run_prints_every_search_command_and_runs_nothing(tmp_path):
   assert not list(tmp_path.iterdir())
   slurm = _run_cli('--suite=vit', f'--workdir={tmp_path}', '--dispatch=slurm', '--dry-run')
   submissions = [line for line in slurm.stdout.splitlines() if line.startswith('sbatch')]
-  assert len(submissions) == 10 * suites.SEARCH_BUDGET
+  # The ViT's first stage: its variants join at each PE's best rate once the rates have run.
+  assert len(submissions) == 10 * len(suites.LEARNING_RATES)
+  assert 'variants follow, at its best learning rate' in slurm.stdout
   assert 'launch/gpu_slurm.sh configs/vit_rope2d.py' in slurm.stdout
 
 
