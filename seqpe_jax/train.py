@@ -8,8 +8,8 @@ import itertools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import ml_collections
+import numpy as np
 import optax
 from absl import logging
 from clu import parameter_overview
