@@ -77,10 +77,10 @@ def test_two_adamw_steps_equal_numpy():
   grads = [jax.tree.unflatten(treedef, [rng.normal(size=x.shape).astype(np.float32) * 0.1
                                          for x in leaves]) for _ in range(2)]
   opt = optim.make(cfg, params)
-  lr = optim.schedule(cfg, 20)
+  lr, rates = optim.schedule(cfg, 20), optim.learning_rates(cfg, 20)
   state, got = opt.init(params), params
   for t, g in enumerate(grads):
-    updates, state = opt.update(g, state, got, learning_rate=optim.learning_rates(cfg, 20)[t])
+    updates, state = opt.update(g, state, got, learning_rate=rates[t])
     got = jax.tree.map(lambda p, u: p + u, got, updates)
   host = jax.tree.leaves(jax.tree_util.tree_map_with_path(optim.decays, params))
   seqpe = jax.tree.leaves(jax.tree_util.tree_map_with_path(optim.seqpe_decays, params))
