@@ -11,10 +11,10 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # command lines) skip them too (a third of a SeqPE smoke run's CPU time).
 os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', 'true')
 
-import jax  # pylint: disable=g-import-not-at-top
 # Many tests train the same smoke configs (resume, sharding, studies): a shared on-disk
-# compilation cache lets every later run, in any xdist worker, skip the compile.
-jax.config.update('jax_compilation_cache_dir',
-                  str(pathlib.Path(tempfile.gettempdir()) / 'seqpe_jax_tests_xla_cache'))
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
-jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+# compilation cache lets every later run skip the compile, in any xdist worker and in the
+# runs tests start as processes of their own (which read it from the environment).
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      str(pathlib.Path(tempfile.gettempdir()) / 'seqpe_jax_tests_xla_cache'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')

@@ -10,7 +10,6 @@ import pathlib
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -197,17 +196,11 @@ def test_another_thread_of_the_holder_is_refused(tmp_path):
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LM_SMOKE = ['--config=configs/lm_ape.py:smoke']
-# The tests' compilation cache: the runs after the first compile nothing.
-ENV = {'JAX_COMPILATION_CACHE_DIR': str(pathlib.Path(tempfile.gettempdir()) /
-                                        'seqpe_jax_tests_xla_cache'),
-       'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
-       'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
 
 
 def start_main(*args):
   return subprocess.Popen([sys.executable, '-m', 'seqpe_jax.main', *args], cwd=REPO,
-                          env={**os.environ, **ENV}, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def run_record(workdir):
