@@ -43,6 +43,10 @@ def run_config(arg: str | None) -> tuple[ml_collections.ConfigDict, str]:
   c.log_every_steps = 50
   c.eval_every_steps = 0
   c.checkpoint_every_steps = 500
+  # The diag/* scalars at each log step (seqpe_jax/diagnostics.py: does the PE carry
+  # position?). They cost a second compiled program, as large as the step; smoke runs,
+  # which check the pipeline, leave them out.
+  c.diagnostics = True
   # Checkpoints kept in WORKDIR/checkpoints.
   c.keep_checkpoints = 2
   return c, variant

@@ -103,6 +103,7 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
   if variant == 'smoke':
     c.total_steps, c.batch_size = 6, 8
     c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 2, 0, 3
+    c.diagnostics = False
     c.model.variant = 'nano'
     c.model.attention_block = 32  # Evaluation at 64 tokens takes the blockwise path.
     c.data.name, c.data.tokenizer, c.data.seq_len = 'pydoc_topics', 'byte', 32

@@ -88,6 +88,7 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
   if variant == 'smoke':
     c.total_steps, c.batch_size = 4, 8
     c.log_every_steps, c.checkpoint_every_steps = 2, 2
+    c.diagnostics = False
     # Byte tokens: the answer and end-of-text take 7 of the 10, the prompt may run 2 over.
     c.data.seq_len, c.data.num_train, c.data.answer_room = 300, 24, 10
     c.data.key_form = 'digits5'  # Bytes write no number as one token.

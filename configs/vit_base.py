@@ -102,6 +102,7 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
   if variant == 'smoke':
     c.total_steps, c.batch_size = 6, 16
     c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 2, 0, 3
+    c.diagnostics = False
     c.model.variant = 'nano/4'
     c.data.name, c.data.image_size, c.data.valid_size = 'digits', 8, 64
     c.optimizer.warmup_steps = 2

@@ -1,6 +1,5 @@
-"""A study's plots: the metric against length or resolution, and the diag/* curves."""
+"""A study's plots: the metric against length or resolution."""
 
-import math
 import pathlib
 
 import matplotlib
@@ -10,7 +9,6 @@ from seqpe_jax import results as results_files
 
 matplotlib.use('Agg')  # Files only; no display on training hosts.
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-from matplotlib import ticker  # pylint: disable=g-import-not-at-top
 
 
 def _colour_cycle(ax, count: int) -> None:
@@ -38,30 +36,3 @@ def plot_metric(path: pathlib.Path, summary: dict, metric: str, axis: str, title
   fig.savefig(path, dpi=120)
   plt.close(fig)
 
-
-def plot_diagnostics(path: pathlib.Path, records, keys: list[str]) -> None:
-  """One panel per diag/* key: its training curve per run (study_report.RunRecord's `name`
-  and `curves`), averaged over seeds."""
-  names = list(dict.fromkeys(record.name for record in records))
-  columns = min(2, len(keys))
-  rows = math.ceil(len(keys) / columns)
-  fig, axes = plt.subplots(rows, columns, figsize=(6 * columns, 3.5 * rows), squeeze=False)
-  for ax, key in zip(axes.flat, keys):
-    _colour_cycle(ax, len(names))
-    for name in names:
-      by_step = {}
-      for record in records:
-        if record.name == name:
-          for step, value in record.curves.get(key, {}).items():
-            by_step.setdefault(step, []).append(value)
-      steps = sorted(by_step)
-      ax.plot(steps, [np.mean(by_step[s]) for s in steps], label=name)
-    ax.set(title=key, xlabel='step')
-    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-  for ax in axes.flat[len(keys):]:
-    ax.set_visible(False)
-  axes.flat[0].legend(fontsize='small')
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)

@@ -23,13 +23,14 @@ from orbax.checkpoint import checkpoint_managers
 
 
 # Fields a resumed run may change, because they leave the saved state meaning the same:
-# how long and how often, where data and caches live, what to evaluate, how the devices are
-# laid out and attention and the encoder's backward are computed, and the learning rate (so
-# a run that diverged can resume from its last finite checkpoint with a smaller one).
+# how long and how often, what to log and evaluate, where data and caches live, how the
+# devices are laid out and attention and the encoder's backward are computed, and the
+# learning rate (so a run that diverged can resume from its last finite checkpoint with a
+# smaller one).
 MUTABLE = ('total_steps', 'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
-           'eval', 'data.dir', 'data.cache_dir', 'data.workers', 'keep_checkpoints', 'mesh',
-           'model.attention_kernel', 'model.attention_block', 'model.dtype', 'optimizer.lr',
-           'pe.seqpe.remat')
+           'diagnostics', 'eval', 'data.dir', 'data.cache_dir', 'data.workers',
+           'keep_checkpoints', 'mesh', 'model.attention_kernel', 'model.attention_block',
+           'model.dtype', 'optimizer.lr', 'pe.seqpe.remat')
 # Differences are listed in this order: what the model is before how it was trained.
 IMPORTANCE = ('model', 'pe', 'data', 'optimizer', 'batch_size', 'seed')
 

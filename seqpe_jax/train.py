@@ -275,8 +275,9 @@ def _train_and_evaluate(config, workdir: epath.Path, mesh) -> dict:
 
   # ---------------------------------------------------------------- Update step.
   train_step = jit_train_step(task, optimizer, state_shardings, mesh)
-  diagnose = jit_diagnostics(task, state_shardings, mesh)
-  heldout = task.heldout_batch(mesh)
+  diagnose, heldout = None, None
+  if config.diagnostics:
+    diagnose, heldout = jit_diagnostics(task, state_shardings, mesh), task.heldout_batch(mesh)
 
   # ---------------------------------------------------------------- Loop.
   start = int(state['step'])
@@ -305,7 +306,8 @@ def _train_and_evaluate(config, workdir: epath.Path, mesh) -> dict:
         _stop_if_nonfinite(state, checkpointer)
         # The diagnostics look at the parameters this step produced, on its own batch
         # and sampling (the step counter has moved on, hence step - 1).
-        diag = diagnose(state['params'], batch, state['step'] - 1, heldout, step_key, shift_pool)
+        diag = diagnose(state['params'], batch, state['step'] - 1, heldout, step_key,
+                        shift_pool) if diagnose else {}
         row = {**jax.device_get(scalars), **jax.device_get(diag),
                'train/lr': rate,  # The rate this step's update used.
                'train/steps_per_sec': progress.update(step)}

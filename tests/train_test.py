@@ -46,8 +46,15 @@ def saved_params(workdir, step):
 def seqpe_run(tmp_path_factory):
   """An uninterrupted 8-step SeqPE smoke run, shared by several tests."""
   workdir = tmp_path_factory.mktemp('seqpe8')
-  results = train.train_and_evaluate(smoke_config(total_steps=8), str(workdir))
+  results = train.train_and_evaluate(smoke_config(total_steps=8, diagnostics=True),
+                                     str(workdir))
   return workdir, results
+
+
+# The diag/* scalars each PE logs: an embedding table's spread, SeqPE's gradient ratio.
+DIAGNOSTICS = {'diag/pe_ablation_delta', 'diag/pos_term_std'}
+PE_DIAGNOSTICS = {'seqpe': {'diag/pe_spread', 'diag/grad_ratio'}, 'ape': {'diag/pe_spread'},
+                  'sincos': {'diag/pe_spread'}}
 
 
 @pytest.mark.parametrize('pe', PES)
@@ -56,11 +63,14 @@ def test_smoke_run_writes_the_contract_files(pe, tmp_path, seqpe_run):
     workdir, results = seqpe_run
   else:
     workdir = tmp_path
-    results = train.train_and_evaluate(smoke_config(pe), str(workdir))
+    results = train.train_and_evaluate(smoke_config(pe, diagnostics=True), str(workdir))
   assert set(results) == {8, 16}  # Two resolutions: the 2x2 training grid and 4x4.
   rows = read_metrics(workdir)
   assert all('step' in r for r in rows)
-  assert any('train/loss' in r for r in rows)
+  logged = [r for r in rows if 'train/loss' in r]
+  assert logged and all(np.isfinite(r[k]) for r in logged for k in r if k.startswith('diag/'))
+  assert {k for k in logged[0] if k.startswith('diag/')} == DIAGNOSTICS | PE_DIAGNOSTICS.get(
+      pe, set())
   final = rows[-1]
   assert 0 <= final['eval/res16/accuracy'] <= 1 and 'eval/res8/accuracy' in final
   table = json.loads((workdir / 'extrapolation.json').read_text())
