@@ -154,8 +154,9 @@ def test_the_step_encodes_the_window_its_copies_and_their_far_keys(shift_prob):
 def test_the_step_has_no_probes_when_the_option_is_off():
   pe, reg = small_lm_seqpe(**{'logit_distill.weight': 0.0})
   params = pe.init(jax.random.key(0), (12,))
-  _, probes, terms, _ = regularizers.training_step(pe, reg, params, jax.random.key(2), 0,
-                                                   reg.shift_pool(jax.random.key(1)))
+  pool = reg.shift_pool(jax.random.key(1))
+  _, probes, terms, _ = jax.jit(
+      lambda p: regularizers.training_step(pe, reg, p, jax.random.key(2), 0, pool))(params)
   assert probes == {} and set(terms) == {'loss'}
 
 
@@ -182,7 +183,8 @@ def test_far_keys_on_a_grid_host_stop_with_one_sentence():
 # ---------------------------------------------------------------- In the host and the trainer.
 
 FAMILIES = {'vit': vit_base, 'lm': lm_base}
-ON = {'pe.logit_distill.weight': 0.7}
+# At step 0 of a 4-step warm-up every regulariser, the distillation included, weighs 1/4.
+ON = {'pe.logit_distill.weight': 0.7, 'pe.regularizers.warmup_steps': 4}
 FAMILY_ON = {'lm': {**ON, 'pe.logit_distill.num_far_keys': 8},
              # A larger q/k projection, so the ViT's position logits differ at step 0.
              'vit': {**ON, 'pe.logit_distill.num_far_keys': 0, 'pe.inject.proj_init_std': 2.0}}
@@ -196,9 +198,9 @@ def smoke(family, **overrides):
   task = tasks.build(config)
   optimizer = state_lib.make_optimizer(task, config)
   init_key, step_key, pool_key = jax.random.split(jax.random.key(config.seed), 3)
-  state = state_lib.init_state(task, optimizer, init_key)
+  state = jax.jit(lambda k: state_lib.init_state(task, optimizer, k))(init_key)
   batch = jax.tree.map(jnp.asarray, task.train_batches(config.seed)[0])
-  return config, task, state, batch, step_key, task.shift_pool(pool_key)
+  return config, task, state, batch, step_key, jax.jit(task.shift_pool)(pool_key)
 
 
 def reported_logits(family):
@@ -206,13 +208,17 @@ def reported_logits(family):
   the :smoke host on one deterministic SeqPE step."""
   config, task, state, batch, _, pool = smoke(family)
   params = state['params']
-  _, aux = regularizers.seqpe_step(task.pe, params['pe'], jax.random.key(3), pool,
-                                   task.regularizers, deterministic=True)
-  _, collections = task.logits(params['model'], batch, task.pe.features(params['pe'],
-                                                                        task.train_shape),
-                               train=False, probes=aux['probes'],
-                               mutable=[attention.PROBE_LOGITS])
-  stacked = transformer.stacked_probe_logits(collections)
+
+  @jax.jit
+  def probe_logits(params):
+    _, aux = regularizers.seqpe_step(task.pe, params['pe'], jax.random.key(3), pool,
+                                     task.regularizers, deterministic=True)
+    _, collections = task.logits(params['model'], batch,
+                                 task.pe.features(params['pe'], task.train_shape), train=False,
+                                 probes=aux['probes'], mutable=[attention.PROBE_LOGITS])
+    return aux, transformer.stacked_probe_logits(collections)
+
+  aux, stacked = probe_logits(params)
   return config, task, aux, stacked, params['model']
 
 
@@ -279,12 +285,12 @@ def test_on_the_vit_every_layer_distils_its_own_logits_without_a_causal_mask():
   assert abs(np.mean(causal_per_layer) - np.mean(per_layer)) > 1e-2 * np.mean(per_layer)
 
 
-def direct_parts(family, task, batch, step_key, pool, step=0):
-  """(params -> task loss, params -> regulariser loss) written out without the trainer:
-  the SeqPE step, the host's probe logits per layer and the oracle-tested loss."""
+def direct_losses(family, task, batch, step_key, pool, step=0):
+  """params -> [task loss, regulariser loss], written out without the trainer: the SeqPE
+  step, the host's probe logits per layer, the oracle-tested loss and the warm-up's scale."""
   scale = float(task.regularizers.weight_scale(step))
 
-  def parts(p):
+  def losses_of(p):
     pe_key, dropout_key = jax.random.split(jax.random.fold_in(step_key, step))
     features, aux = regularizers.seqpe_step(task.pe, p['pe'], pe_key, pool, task.regularizers)
     logits, state = task.logits(p['model'], batch, features, train=True, rng=dropout_key,
@@ -294,29 +300,42 @@ def direct_parts(family, task, batch, step_key, pool, step=0):
                                         aux['far_log_weight'], causal=family == 'lm')
               for block in host.values()]
     distill = sum(layers) / len(layers)
-    return task.loss(logits, batch)[0], scale * (aux['loss'] + 0.7 * distill)
+    return jnp.stack([task.loss(logits, batch)[0], scale * (aux['loss'] + 0.7 * distill)])
 
-  return (lambda p: parts(p)[0]), (lambda p: parts(p)[1])
+  return losses_of
 
 
 @pytest.mark.parametrize('family', ['lm', 'vit'])
-def test_the_distillation_gradient_is_the_regularisers(family):
-  """The trainer's gradient equals jax.grad of task + regularisers (the distillation
-  included) written out directly; split, the distillation's part of the PE gradient is
-  in the regulariser's share, not the task's."""
-  _, task, state, batch, step_key, pool = smoke(family)
+def test_the_distillation_gradient_is_the_regularisers_at_the_warm_up_weight(family):
+  """The trainer's gradient equals the gradient of task + regularisers (the distillation
+  included, at the warm-up's quarter weight) written out directly; split, the
+  distillation's part of the PE gradient is in the regulariser's share, not the task's.
+  One program computes all of it: each is a compile of the whole model."""
+  config, task, state, batch, step_key, pool = smoke(family)
   params, step = state['params'], jnp.zeros((), jnp.int32)
   gradients = train.make_gradients(task, step_key, pool)
-  scalars, whole = jax.jit(lambda p: gradients(p, batch, step, split=False))(params)
-  _, parts = jax.jit(lambda p: gradients(p, batch, step, split=True))(params)
+  direct = direct_losses(family, task, batch, step_key, pool)
+
+  @jax.jit
+  def trainer_and_direct(p):
+    scalars, whole = gradients(p, batch, step, split=False)
+    _, parts = gradients(p, batch, step, split=True)
+    return scalars, whole, parts, direct(p), jax.jacrev(direct)(p)  # Rows: task, regulariser.
+
+  scalars, whole, parts, direct_values, direct_grads = trainer_and_direct(params)
   s = jax.device_get(scalars)
-  assert s['train/seqpe/logit_distill_loss'] > 0
-  task_loss, reg_loss = direct_parts(family, task, batch, step_key, pool)
-  np.testing.assert_allclose(s['train/loss'], task_loss(params) + reg_loss(params), rtol=1e-5)
+  assert s['train/seqpe/reg_scale'] == 0.25 and s['train/seqpe/logit_distill_loss'] > 0
+  weights = config.pe
+  np.testing.assert_allclose(
+      s['train/loss'] - s['train/task_loss'],
+      0.25 * (weights.contrastive.weight * s['train/seqpe/contrastive_loss']
+              + weights.ood.weight * s['train/seqpe/ood_loss']
+              + weights.logit_distill.weight * s['train/seqpe/logit_distill_loss']), rtol=1e-5)
+  np.testing.assert_allclose(s['train/loss'], direct_values.sum(), rtol=1e-5)
   close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-8)
-  jax.tree.map(close, whole, jax.jit(jax.grad(lambda p: task_loss(p) + reg_loss(p)))(params))
-  jax.tree.map(close, parts['pe_task'], jax.jit(jax.grad(task_loss))(params)['pe'])
-  jax.tree.map(close, parts['pe_reg'], jax.jit(jax.grad(reg_loss))(params)['pe'])
+  jax.tree.map(lambda w, d: close(w, d.sum(0)), whole, direct_grads)
+  jax.tree.map(lambda t, d: close(t, d[0]), parts['pe_task'], direct_grads['pe'])
+  jax.tree.map(lambda r, d: close(r, d[1]), parts['pe_reg'], direct_grads['pe'])
 
 
 def test_balancing_caps_the_distillation_with_the_other_regularisers():
@@ -337,22 +356,3 @@ def test_balancing_caps_the_distillation_with_the_other_regularisers():
   assert scale * reg_norm <= task_norm * (1 + 1e-5)
   expected = jax.tree.map(lambda t, r: t + scale * r, parts['pe_task'], parts['pe_reg'])
   jax.tree.map(np.testing.assert_allclose, balanced['pe'], expected)
-
-
-def test_the_distillation_weight_follows_the_regulariser_warm_up():
-  """At step 0 of a 4-step warm-up every regulariser, the distillation included, weighs a
-  quarter of its value: the logged total and the gradient say so."""
-  _, task, state, batch, step_key, pool = smoke('lm', **{'pe.regularizers.warmup_steps': 4})
-  params, step = state['params'], jnp.zeros((), jnp.int32)
-  gradients = train.make_gradients(task, step_key, pool)
-  scalars, whole = jax.jit(lambda p: gradients(p, batch, step, split=False))(params)
-  s = jax.device_get(scalars)
-  assert s['train/seqpe/reg_scale'] == 0.25
-  np.testing.assert_allclose(
-      s['train/loss'] - s['train/task_loss'],
-      0.25 * (0.1 * s['train/seqpe/contrastive_loss'] + 0.1 * s['train/seqpe/ood_loss']
-              + 0.7 * s['train/seqpe/logit_distill_loss']), rtol=1e-5)
-  task_loss, reg_loss = direct_parts('lm', task, batch, step_key, pool)
-  direct = jax.jit(jax.grad(lambda p: task_loss(p) + reg_loss(p)))(params)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-8),
-               whole['pe'], direct['pe'])
