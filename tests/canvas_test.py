@@ -105,28 +105,33 @@ def test_every_training_draw_moves_the_grid_inside_its_cells():
   trained = positions.canvas_grid(TRAIN, CANVAS)
   step = jax.jit(lambda key: regularizers.seqpe_step(pe, params, key, pool, reg,
                                                      deterministic=True))
+
+  @jax.jit
+  def draws_of(key):  # The step's draws, each made again by its own sampler.
+    shift_key, ct_key, ood_key, _ = jax.random.split(key, 4)
+    return (sampling.sample_shift(shift_key, pool, num_windows=4, prob=0.5),
+            regularizers.sample_pivots(ct_key, reg),
+            sampling.sample_logit_distill_probes(
+                jax.random.fold_in(key, 1), train_shape=TRAIN, max_position=30, num_windows=4,
+                num_far_keys=0, canvas=CANVAS),
+            sampling.sample_ood(ood_key, train_shape=TRAIN, max_position=30, num_groups=3,
+                                num_teachers=5, canvas=CANVAS))
+
   seen = set()
   for i in range(8):
     key = jax.random.key(i)
     features, aux = step(key)
-    shift_key, ct_key, ood_key, _ = jax.random.split(key, 4)
-    shifted, offsets = sampling.sample_shift(shift_key, pool, num_windows=4, prob=0.5)
+    (shifted, offsets), ct, draws, ood = draws_of(key)
     seen.add(bool(shifted))
     windows = trained[None] + offsets[:, None]  # The grid where the host meets it this step.
     np.testing.assert_allclose(features['e'][:, 1:], encode(windows), atol=1e-5)
     # The training-window pivots compare canvas positions of the grid with each other.
-    ct = regularizers.sample_pivots(ct_key, reg)
     train_pivots = np.asarray(ct['pivots'][:reg.ct_train_pivots])
     assert {tuple(p) for p in train_pivots} <= set(map(tuple, np.asarray(trained).tolist()))
     copies = aux['probes']['student']['e']
-    draws = sampling.sample_logit_distill_probes(
-        jax.random.fold_in(key, 1), train_shape=TRAIN, max_position=30, num_windows=4,
-        num_far_keys=0, canvas=CANVAS)
     np.testing.assert_allclose(copies, encode(trained[None] + draws['offsets'][:, None]),
                                atol=1e-5)
     if not shifted:  # Distillation: students are teachers moved inside their cells.
-      ood = sampling.sample_ood(ood_key, train_shape=TRAIN, max_position=30, num_groups=3,
-                                num_teachers=5, canvas=CANVAS)
       moved = np.asarray(ood['offsets'])
       assert np.all((moved >= -2) & (moved < 2)) and np.all(np.any(moved != 0, axis=1))
       main = encode(trained)

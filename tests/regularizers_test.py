@@ -156,12 +156,13 @@ def test_train_window_pivots_and_candidates_stay_in_the_window(shape, num_candid
 def test_train_fraction_splits_the_pivots_and_keeps_the_reference_draws():
   _, pe, reg = small_seqpe((4, 4), contrastive__train_fraction=0.5)
   assert reg.ct_train_pivots == 3 and reg.contrastive.num_pivots == 3
-  ct = regularizers.sample_pivots(jax.random.key(5), reg)
+  ct = jax.jit(lambda key: regularizers.sample_pivots(key, reg))(jax.random.key(5))
   assert ct['pivots'].shape == (6, 2) and ct['candidates'].shape == (6, 10, 2)
   assert np.all(np.asarray(ct['pivots'][:3]) < 4)  # The window share comes first.
   _, _, reference = small_seqpe((4, 4))  # train_fraction 0: the reference sampler as it was.
-  jax.tree.map(np.testing.assert_array_equal, regularizers.sample_pivots(jax.random.key(5), reference),
-               contrastive_sampling.sample_contrastive(jax.random.key(5), reference.contrastive))
+  draws = jax.jit(lambda key: (regularizers.sample_pivots(key, reference),
+                               contrastive_sampling.sample_contrastive(key, reference.contrastive)))
+  jax.tree.map(np.testing.assert_array_equal, *draws(jax.random.key(5)))
 
 
 def test_rematerialising_the_whole_encoder_pass_changes_no_number():
@@ -178,12 +179,12 @@ def test_rematerialising_the_whole_encoder_pass_changes_no_number():
     features, aux = regularizers.seqpe_step(pe, params, key, pool, reg)
     return aux['loss'] + jnp.sum(jnp.sin(features['e'])), aux['shifted']
 
+  loss_and_grads = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=2)
   branches = set()
   for seed in range(6):
     key = jax.random.key(seed)
-    (want, shifted), want_grads = jax.value_and_grad(loss, has_aux=True)(params, key, kept)
-    (got, _), got_grads = jax.jit(jax.value_and_grad(loss, has_aux=True),
-                                  static_argnums=2)(params, key, rerun)
+    (want, shifted), want_grads = loss_and_grads(params, key, kept)
+    (got, _), got_grads = loss_and_grads(params, key, rerun)
     branches.add(bool(shifted))
     np.testing.assert_allclose(got, want, rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
