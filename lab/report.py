@@ -190,12 +190,14 @@ def write_search(root: pathlib.Path, suite: Suite, suite_name: str,
   return text
 
 
-def write_valid(root: pathlib.Path, suite: Suite, suite_name: str) -> str:
+def write_valid(root: pathlib.Path, suite: Suite, suite_name: str, unfinished: int = 0) -> str:
   """DIR/valid.md: the final runs on validation, one table per protocol (and metric); for a
-  QA study, whether its gate is met."""
+  QA study, whether its gate is met. With `unfinished` runs to go, the tables so far."""
   _, lower = criterion(suite.family)
   axis = _metric(root)[1]
   parts = [f'# {suite_name}: chosen configurations, validation (by {axis})\n']
+  if unfinished:
+    parts.append(f'{unfinished} final runs have not finished yet; the tables fill as they do.\n')
   if suite.family == 'qa':
     parts.append(qa_gate(root, suite) + '\n')
   for metric in metrics(root, suite):
