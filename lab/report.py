@@ -190,6 +190,26 @@ def write_search(root: pathlib.Path, suite: Suite, suite_name: str,
   return text
 
 
+# Held-out loss change (nats) when every position reads the first one's PE, below which a
+# run's PE carries no position (seqpe_jax/diagnostics.py): it trained as NoPE.
+DEAD_PE = 1e-3
+
+
+def dead_pe_runs(root: pathlib.Path, suite: Suite) -> list[str]:
+  """The final runs whose PE carried no position at their last logged step (PEs without
+  positions aside, and runs without diagnostics)."""
+  found = []
+  for e in suite.entrants:
+    for run in sorted((root / 'final' / e.name).glob('seed*/metrics.jsonl')):
+      if json.loads((run.parent / 'config.json').read_text())['pe']['name'] == 'none':
+        continue
+      rows = [json.loads(line) for line in run.read_text().splitlines()]
+      deltas = [r['diag/pe_ablation_delta'] for r in rows if 'diag/pe_ablation_delta' in r]
+      if deltas and abs(deltas[-1]) < DEAD_PE:
+        found.append(f'{e.name}/{run.parent.name}')
+  return found
+
+
 def write_valid(root: pathlib.Path, suite: Suite, suite_name: str, unfinished: int = 0) -> str:
   """DIR/valid.md: the final runs on validation, one table per protocol (and metric); for a
   QA study, whether its gate is met. With `unfinished` runs to go, the tables so far."""
@@ -198,6 +218,10 @@ def write_valid(root: pathlib.Path, suite: Suite, suite_name: str, unfinished: i
   parts = [f'# {suite_name}: chosen configurations, validation (by {axis})\n']
   if unfinished:
     parts.append(f'{unfinished} final runs have not finished yet; the tables fill as they do.\n')
+  dead = dead_pe_runs(root, suite)
+  if dead:
+    parts.append(f"PE carrying no position at the end of training (diag/pe_ablation_delta "
+                 f"below {DEAD_PE} nats), so trained as NoPE: {', '.join(dead)}.\n")
   if suite.family == 'qa':
     parts.append(qa_gate(root, suite) + '\n')
   for metric in metrics(root, suite):

@@ -124,6 +124,32 @@ def test_the_lm_variants_stay_at_the_configs_learning_rate(tmp_path):
       suite, suite.entrants[0], tmp_path).values()] == [3e-4, 1e-3, 3e-3, None, None, None]
 
 
+def _finish_final_run(root, pe, seed, pe_name, ablation_deltas):
+  """A final LM run's files, its diag/pe_ablation_delta logged at each value given."""
+  run = root / 'final' / pe / f'seed{seed}'
+  run.mkdir(parents=True)
+  (run / 'config.json').write_text(json.dumps({'pe': {'name': pe_name}}))
+  (run / 'metrics.jsonl').write_text(''.join(
+      json.dumps({'step': 50 * (i + 1), 'train/loss': 5.0, 'diag/pe_ablation_delta': d}) + '\n'
+      for i, d in enumerate(ablation_deltas)))
+  (run / 'extrapolation.json').write_text(json.dumps(
+      {'metric': 'ppl', 'axis': 'length', 'results': {'128': {'ppl': 100.0}}}))
+
+
+def test_the_validation_table_names_the_runs_whose_pe_died(tmp_path):
+  """A run whose PE ends carrying no position is named (a SeqPE that collapsed to one vector
+  trains as NoPE); one that recovered, one that never died and NoPE itself are not."""
+  suite = suites.SUITES['lm']
+  _finish_final_run(tmp_path, 'seqpe', 0, 'seqpe', [1e-4, 0.2])
+  _finish_final_run(tmp_path, 'seqpe', 1, 'seqpe', [0.1, 2e-6])
+  _finish_final_run(tmp_path, 'seqpe', 2, 'seqpe', [0.0, 0.3])
+  _finish_final_run(tmp_path, 'nope', 0, 'none', [0.0, 0.0])
+  assert report.dead_pe_runs(tmp_path, suite) == ['seqpe/seed1']
+  text = report.write_valid(tmp_path, suite, 'lm', unfinished=14)
+  assert 'so trained as NoPE: seqpe/seed1.' in text
+  assert '14 final runs have not finished yet' in text
+
+
 def test_selection_scores_closed_forms():
   assert suites.score('lm', {128: 100., 256: 400.}) == pytest.approx(200.)  # Geometric mean.
   assert suites.score('vit', {28: .8, 56: .4}) == pytest.approx(.6)
