@@ -210,6 +210,12 @@ def dead_pe_runs(root: pathlib.Path, suite: Suite) -> list[str]:
   return found
 
 
+def _dead_pe_sentence(root: pathlib.Path, suite: Suite) -> list[str]:
+  dead = dead_pe_runs(root, suite)
+  return [f"PE carrying no position at the end of training (diag/pe_ablation_delta below "
+          f"{DEAD_PE} nats), so trained as NoPE: {', '.join(dead)}.\n"] if dead else []
+
+
 def write_valid(root: pathlib.Path, suite: Suite, suite_name: str, unfinished: int = 0) -> str:
   """DIR/valid.md: the final runs on validation, one table per protocol (and metric); for a
   QA study, whether its gate is met. With `unfinished` runs to go, the tables so far."""
@@ -218,10 +224,7 @@ def write_valid(root: pathlib.Path, suite: Suite, suite_name: str, unfinished: i
   parts = [f'# {suite_name}: chosen configurations, validation (by {axis})\n']
   if unfinished:
     parts.append(f'{unfinished} final runs have not finished yet; the tables fill as they do.\n')
-  dead = dead_pe_runs(root, suite)
-  if dead:
-    parts.append(f"PE carrying no position at the end of training (diag/pe_ablation_delta "
-                 f"below {DEAD_PE} nats), so trained as NoPE: {', '.join(dead)}.\n")
+  parts += _dead_pe_sentence(root, suite)
   if suite.family == 'qa':
     parts.append(qa_gate(root, suite) + '\n')
   for metric in metrics(root, suite):
@@ -266,7 +269,7 @@ def write_final(root: pathlib.Path, suite: Suite, suite_name: str, chosen: dict,
   _, lower = criterion(suite.family)
   axis = _metric(root)[1]
   names = metrics(root, suite)
-  sections, comparisons, values = [], {}, {}
+  sections, comparisons, values = _dead_pe_sentence(root, suite), {}, {}
   if suite.family == 'qa':
     sections.append(qa_gate(root, suite) + '\n')
   for metric in names:
