@@ -59,3 +59,17 @@ def test_seqpe_injection_keeps_the_pe_and_cuts_the_regularisers():
   assert (ref.contrastive.num_pivots, ref.ood_groups) == (32, 32)
   assert (task.pe.method, reg.num_windows, reg.shift_prob) == (
       full.pe.method, ref.num_windows, ref.shift_prob)
+
+
+def test_the_op_profile_sums_each_kind_of_operation_per_step():
+  """Operations are summed by kind (HLO names without their number), per traced step; the
+  executor, jit dispatch and Python frames are not operations."""
+  from benchmarks import op_profile  # pylint: disable=g-import-not-at-top
+  events = [{'ph': 'X', 'name': 'dot.8', 'dur': 3e5}, {'ph': 'X', 'name': 'dot.32', 'dur': 1e5},
+            {'ph': 'X', 'name': 'wrapped_reduce-window.302', 'dur': 6e5},
+            {'ph': 'X', 'name': 'ThunkExecutor::Execute', 'dur': 9e6},
+            {'ph': 'X', 'name': '$stepper.py:42 run', 'dur': 9e6},
+            {'ph': 'X', 'name': 'PjitFunction(jit(<lambda>))', 'dur': 9e6},
+            {'ph': 'i', 'name': 'dot.9'}]
+  assert op_profile.op_seconds(events, steps=2) == [('wrapped_reduce-window', 0.3, 0.5),
+                                                   ('dot', 0.2, 1.0)]
