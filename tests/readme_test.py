@@ -38,13 +38,26 @@ def column_value(header: str) -> int:
   return int(re.match(r'[\d,]+', header)[0].replace(',', ''))
 
 
-def check_table(csv_path: pathlib.Path, split: str, table: list[str]) -> list[str]:
-  """The cells that do not match the file: '<run> at <x>: printed P, file F'."""
+def read_values(csv_path: pathlib.Path, split: str) -> dict[tuple[str, int], list[float]]:
+  """{(run, x): the values over seeds} of a results.csv: the earlier studies' (run, seed,
+  split, x, metric, value) or a fair study's --final (protocol, pe, seed, <axis>, <metric>,
+  ...: test only, the first metric)."""
   values = collections.defaultdict(list)
   with open(csv_path, newline='') as f:
-    for row in csv.DictReader(f):
-      if row['split'] == split:
+    reader = csv.DictReader(f)
+    fair = 'pe' in reader.fieldnames
+    for row in reader:
+      if fair and split == 'test':
+        axis, metric = reader.fieldnames[3:5]
+        values[(row['pe'], int(row[axis]))].append(float(row[metric]))
+      elif not fair and row['split'] == split:
         values[(row['run'], int(row['x']))].append(float(row['value']))
+  return values
+
+
+def check_table(csv_path: pathlib.Path, split: str, table: list[str]) -> list[str]:
+  """The cells that do not match the file: '<run> at <x>: printed P, file F'."""
+  values = read_values(csv_path, split)
   columns = [column_value(h) for h in _cells(table[0])[1:]]
   wrong = []
   for row in table[2:]:
