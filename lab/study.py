@@ -344,7 +344,7 @@ def _search_choose_final(suite, suite_name, root, variant, parallel, dispatch, d
   final = final_jobs(suite, root, variant, chosen)
   done = sum(j.finished or j.diverged for j in final)
   print(f'{suite_name}: final {done} of {len(final)} runs done.', flush=True)
-  if done and not dry_run:  # The tables so far, to commit while the rest run.
+  if 0 < done < len(final) and not dry_run:  # The tables so far, to commit meanwhile.
     report.write_valid(root, suite, suite_name, unfinished=len(final) - done)
   if not run(final):
     return {'stage': 'final', 'chosen': chosen}
