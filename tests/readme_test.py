@@ -46,9 +46,9 @@ def read_values(csv_path: pathlib.Path, split: str) -> dict[tuple[str, int], lis
   with open(csv_path, newline='') as f:
     reader = csv.DictReader(f)
     fair = 'pe' in reader.fieldnames
+    axis, metric = reader.fieldnames[3:5]  # A fair study's; unused for the others.
     for row in reader:
       if fair and split == 'test':
-        axis, metric = reader.fieldnames[3:5]
         values[(row['pe'], int(row[axis]))].append(float(row[metric]))
       elif not fair and row['split'] == split:
         values[(row['run'], int(row['x']))].append(float(row['value']))
