@@ -80,8 +80,9 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
   if pe == 'seqpe' and recipe == 'tuned':
     c.pe.update_from_flattened_dict(TUNED_SEQPE)
 
-  # The GPT-2 recipe: linear warm-up and decay, no weight decay.
-  c.optimizer = common.optimizer_config(lr=1e-3, schedule='linear', warmup_steps=100,
+  # The GPT-2 recipe: linear warm-up and decay, no weight decay. The peak rate is the one
+  # every PE chose on validation in the fair LM study (lab/results/lm_fair/CHOSEN.json).
+  c.optimizer = common.optimizer_config(lr=3e-3, schedule='linear', warmup_steps=100,
                                        warmup_init=0.0, min_lr=0.0, weight_decay=0.0)
   c.mesh = common.mesh_config()
 
