@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from seqpe_jax import rng
 from seqpe_jax.posenc import inject
 
 IMPLEMENTATIONS = ('auto', 'xla', 'cudnn', 'blockwise')
@@ -114,7 +115,7 @@ def blockwise_attention(q_BLHK, k_BSHK, v_BSHD, *, scale: float, bias=None, caus
         l = l * correction + p.sum(-1)
         if use_dropout:
           drop_key = jax.random.fold_in(jax.random.fold_in(dropout_rng, i), j)
-          p = jnp.where(jax.random.bernoulli(drop_key, keep, p.shape), p / keep, 0.0)
+          p = jnp.where(rng.bernoulli(drop_key, keep, p.shape), p / keep, 0.0)
         acc = acc * correction[..., None] + jnp.einsum(
             'bhqs,bhsd->bhqd', p.astype(v_blocks.dtype), v_blocks[j],
             preferred_element_type=jnp.float32)
@@ -293,11 +294,11 @@ class MultiHeadAttention(nn.Module):
         windows, length = jax.tree.leaves(state)[0].shape[:2]
         self.sow(PROBE_LOGITS, name, window_position_logits(
             hook, state, windows, length, self.num_heads, head_dim, q.dtype))
-    rng = None if deterministic or not self.dropout else self.make_rng('dropout')
+    dropout_key = None if deterministic or not self.dropout else self.make_rng('dropout')
     scale = head_dim**-0.5  # Of the head width, also when attn_scalar widens q and k.
     attention = functools.partial(attend, scale=scale, causal=self.causal,
                                   implementation=self.implementation, block_size=self.block_size,
-                                  dropout_rate=self.dropout, dropout_rng=rng,
+                                  dropout_rate=self.dropout, dropout_rng=dropout_key,
                                   local_window=self.local_window)
     if self.decode:
       out = self._cached(q, k, v, bias, attention, scale)

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seqpe_jax import posenc
+from seqpe_jax import posenc, rng
 from seqpe_jax.models import attention
 
 
@@ -49,13 +49,13 @@ class Block(nn.Module):
         decode=self.decode, dtype=self.dtype,
         name='attn')(h, pe_state, deterministic=deterministic, key_mask_BS=key_mask_BL,
                      probes=probes)
-    x_BLD = x_BLD + nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    x_BLD = x_BLD + rng.Dropout(self.dropout)(h, deterministic=deterministic)
     h = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name='ln_mlp')(x_BLD)
     h = nn.Dense(self.mlp_dim, kernel_init=nn.initializers.normal(0.02), dtype=self.dtype,
                  name='mlp_in')(h)
     h = nn.Dense(x_BLD.shape[-1], kernel_init=self.out_init, dtype=self.dtype,
                  name='mlp_out')(self.activation(h))
-    return x_BLD + nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    return x_BLD + rng.Dropout(self.dropout)(h, deterministic=deterministic)
 
 
 class Transformer(nn.Module):
@@ -89,7 +89,7 @@ class Transformer(nn.Module):
     probes = {name: hook(f) for name, f in probes.items()} if probes else None
     pe_state = hook(features)
     x_BLD = hook.embed(x_BLD.astype(self.dtype), pe_state).astype(self.dtype)
-    x_BLD = nn.Dropout(self.dropout)(x_BLD, deterministic=deterministic)
+    x_BLD = rng.Dropout(self.dropout)(x_BLD, deterministic=deterministic)
     for i in range(self.num_layers):
       x_BLD = Block(self.num_heads, self.mlp_dim, self.pe, self.causal, self.dropout,
                     self.ln_eps, self.attention, self.out_init, self.decode, self.activation,

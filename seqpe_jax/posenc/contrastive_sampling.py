@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqpe_jax import positions
+from seqpe_jax import positions, rng
 from seqpe_jax.posenc import reference_edits
 
 MODES = ('uniform', 'hard', 'window')
@@ -127,9 +127,9 @@ def sample_contrastive(key: jax.Array, spec: ContrastiveSpec) -> dict[str, jax.A
   """
   b, k, n, p = spec.num_pivots, spec.num_candidates, spec.ndim, spec.max_position
   keys = jax.random.split(key, 5)
-  pivots = jax.random.randint(keys[0], (b, n), 0, p)
+  pivots = rng.randint(keys[0], (b, n), 0, p)
   mode = jax.random.choice(keys[1], 3, (b,), p=jnp.asarray(spec.mode_probs))
-  uniform = jax.random.randint(keys[2], (b, spec.num_uniform, n), 0, p)
+  uniform = rng.randint(keys[2], (b, spec.num_uniform, n), 0, p)
   window, window_ok = _window_draws(keys[3], spec)
   hard, hard_ok = hard_negatives(keys[4], pivots, spec)
   # A hard negative must be farther than the nearest of the first K-n_hard uniform draws
@@ -174,7 +174,7 @@ def sample_train_window_contrastive(key: jax.Array, train_shape: Sequence[int], 
   n = grid.shape[0]
   pivot_key, pick_key = jax.random.split(key)
   pivot_idx = jax.random.randint(pivot_key, (num_pivots,), 0, n)
-  priority = jax.random.uniform(pick_key, (num_pivots, n))
+  priority = rng.uniform(pick_key, (num_pivots, n))
   priority = jnp.where(jnp.arange(n) == pivot_idx[:, None], 2.0, priority)  # Pivot last.
   order = jnp.argsort(priority, axis=1)[:, :num_candidates]
   if order.shape[1] < num_candidates:  # A window smaller than K: pad with masked entries.
@@ -196,12 +196,12 @@ def _window_draws(key, spec: ContrastiveSpec):
   n, p, r = spec.ndim, spec.max_position, spec.window
   start_key, pick_key = jax.random.split(key)
   cells = jnp.stack(jnp.meshgrid(*[jnp.arange(r)] * n, indexing='ij'), -1).reshape(-1, n)
-  start = jax.random.randint(start_key, (spec.num_pivots, 1, n), 0, spec.window_starts)
+  start = rng.randint(start_key, (spec.num_pivots, 1, n), 0, spec.window_starts)
   window = start + cells[None]  # [B, R^n, n]
   inside = jnp.all(window < p, axis=-1)
   # Random priorities with cells outside the space last: the first K are a draw without
   # replacement from the cells inside.
-  priority = jax.random.uniform(pick_key, inside.shape) + 2.0 * ~inside
+  priority = rng.uniform(pick_key, inside.shape) + 2.0 * ~inside
   order = jnp.argsort(priority, axis=1)[:, :spec.num_candidates]
   return (jnp.take_along_axis(window, order[..., None], axis=1),
           jnp.take_along_axis(inside, order, axis=1))
@@ -235,7 +235,7 @@ def hard_negatives(key: jax.Array, pivots: jax.Array, spec: ContrastiveSpec):
   string = jnp.broadcast_to(string[:, None, None], shape + string.shape[-1:])
   length = jnp.broadcast_to(length[:, None, None], shape)
   count_key, split_key, *edit_keys = jax.random.split(key, 5)
-  num_edits = jax.random.randint(count_key, shape, 1, 4)
+  num_edits = rng.randint(count_key, shape, 1, 4)
   ok = jnp.ones(shape, bool)
   for step, edit_key in enumerate(edit_keys[:3]):
     new_string, new_length, edited = _edit(edit_key, string, length, spec)
@@ -305,8 +305,8 @@ def _edit(key, string, length, spec: ContrastiveSpec):
   s = jnp.broadcast_to(string[..., None, :], string.shape[:-1] + (t, size))
   ell = jnp.broadcast_to(length[..., None], s.shape[:-1])
   kind_key, i_key, j_key, d_key = jax.random.split(key, 4)
-  kind = jax.random.randint(kind_key, ell.shape, 0, len(EDITS))
-  u_i, u_j, u_d = (jax.random.uniform(k_, ell.shape) for k_ in (i_key, j_key, d_key))
+  kind = rng.randint(kind_key, ell.shape, 0, len(EDITS))
+  u_i, u_j, u_d = (rng.uniform(k_, ell.shape) for k_ in (i_key, j_key, d_key))
   i = jnp.floor(u_i * jnp.where(kind == 0, ell + 1, ell)).astype(jnp.int32)
   j = jnp.floor(u_j * jnp.maximum(ell - 1, 1)).astype(jnp.int32)
   j = j + (j >= i)  # A second, different slot for swaps.
@@ -354,14 +354,14 @@ def _split_numeral(key, string, length, spec: ContrastiveSpec):
   pad_key, cut_key = jax.random.split(key)
   # A one-digit string gets a 0 appended or prepended so that it splits in two.
   one = length == 1
-  prepend = jax.random.bernoulli(pad_key, 0.5, length.shape)
+  prepend = rng.bernoulli(pad_key, 0.5, length.shape)
   first_digit = string[..., 0]
   string = jnp.where((one & prepend)[..., None] & (slot == 0), 0, string)
   string = jnp.where((one & prepend)[..., None] & (slot == 1), first_digit[..., None], string)
   string = jnp.where((one & ~prepend)[..., None] & (slot == 1), 0, string)
   length = jnp.where(one, 2, length)
   lo_cut, hi_cut = jnp.maximum(1, length - k), jnp.minimum(k, length - 1)
-  cut = lo_cut + jnp.floor(jax.random.uniform(cut_key, length.shape) *
+  cut = lo_cut + jnp.floor(rng.uniform(cut_key, length.shape) *
                            jnp.maximum(hi_cut - lo_cut + 1, 1)).astype(jnp.int32)
   coords = jnp.stack([value(jnp.zeros_like(cut), cut), value(cut, length)], axis=-1)
   return coords, lo_cut <= hi_cut

@@ -20,6 +20,8 @@ falls back to another chain), about as likely as a 1e-9 event on the paper's set
 import jax
 import jax.numpy as jnp
 
+from seqpe_jax import rng
+
 ATTEMPTS = 32  # Attempts per edit (the reference retries without bound).
 SWAP_DRAWS = 11  # A swap draws its pair once and redraws up to 10 times, then gives up.
 INSERT, DELETE, SWAP, REPLACE = range(4)
@@ -37,7 +39,7 @@ def edit_chain(key: jax.Array, string: jax.Array, length: jax.Array, *, base: in
     The edited strings [..., S], their lengths and whether every edit was accepted.
   """
   count_key, edit_key = jax.random.split(key)
-  num_edits = jax.random.randint(count_key, length.shape, 1, 4)
+  num_edits = rng.randint(count_key, length.shape, 1, 4)
   step_keys = jax.random.split(edit_key, 3)
 
   def step(i, carry):  # A loop, not unrolled: the edit compiles once.
@@ -65,8 +67,8 @@ def _edit(key, string, length, pivot, pivot_length, *, base, max_digits, limit):
   s = jnp.broadcast_to(string[..., None, :], string.shape[:-1] + (ATTEMPTS, size))
   ell = jnp.broadcast_to(length[..., None], s.shape[:-1])
   op_key, u_key, pair_key = jax.random.split(key, 3)
-  op = jax.random.randint(op_key, ell.shape, 0, 4)
-  u, v = jax.random.uniform(u_key, (2,) + ell.shape)
+  op = rng.randint(op_key, ell.shape, 0, 4)
+  u, v = rng.uniform(u_key, (2,) + ell.shape)
   slot = jnp.arange(size)
   at = lambda idx: jnp.take_along_axis(s, idx.clip(0, size - 1)[..., None], -1)[..., 0]
   right = jnp.take_along_axis(s, jnp.broadcast_to((slot - 1).clip(0), s.shape), -1)
@@ -82,7 +84,7 @@ def _edit(key, string, length, pivot, pivot_length, *, base, max_digits, limit):
   d = jnp.where(zero_next, 1 + jnp.floor(u * (ell - 1)), jnp.floor(u * ell)).astype(jnp.int32)
   deleted = jnp.where(slot < d[..., None], s, left)
   # Swap: the first of SWAP_DRAWS pairs that changes the string without a leading 0.
-  pu, pv = jax.random.uniform(pair_key, (2,) + ell.shape + (SWAP_DRAWS,))
+  pu, pv = rng.uniform(pair_key, (2,) + ell.shape + (SWAP_DRAWS,))
   a = jnp.floor(pu * ell[..., None]).astype(jnp.int32)
   b = jnp.floor(pv * (ell[..., None] - 1)).astype(jnp.int32)
   b = b + (b >= a)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqpe_jax import positions
+from seqpe_jax import positions, rng
 
 
 def check_cells_fit(train_shape: Sequence[int], max_position: int,
@@ -82,13 +82,13 @@ def sample_ood(key: jax.Array, *, train_shape: Sequence[int], max_position: int,
   """
   n = int(np.prod(train_shape))
   teacher_key, offset_key = jax.random.split(key)
-  priority = jax.random.uniform(teacher_key, (num_groups, n))
+  priority = rng.uniform(teacher_key, (num_groups, n))
   teachers = jnp.argsort(priority, axis=1)[:, :num_teachers].astype(jnp.int32)
   if canvas:
     offsets = cell_offsets(offset_key, num_groups, train_shape, canvas)
   elif len(train_shape) == 1:
     (length,) = train_shape
-    offsets = jax.random.randint(offset_key, (num_groups, 1), length // 4, max_position - length)
+    offsets = rng.randint(offset_key, (num_groups, 1), length // 4, max_position - length)
   else:
     h, w = train_shape
     # Index the valid offsets row-major: rows < h allow columns [w, P-w), later rows all of [0, P-w).
@@ -128,15 +128,15 @@ def sample_logit_distill_probes(key: jax.Array, *, train_shape: Sequence[int], m
   elif len(train_shape) == 1:
     (length,) = train_shape
     top = max_position - length
-    u = jax.random.uniform(offset_key, (num_windows, 1), maxval=math.log(top + 1))
+    u = rng.uniform(offset_key, (num_windows, 1), maxval=math.log(top + 1))
     offsets = jnp.clip(jnp.floor(jnp.exp(u)), 1, top).astype(jnp.int32)
   else:
     extent = jnp.asarray(train_shape, jnp.int32)
-    offsets = jax.random.randint(offset_key, (num_windows, len(train_shape)), 0,
+    offsets = rng.randint(offset_key, (num_windows, len(train_shape)), 0,
                                  max_position - extent + 1)
   start = offsets[:, :1]  # [S, 1]: far keys are drawn before the copy's first axis.
   shape = (num_windows, num_far_keys)
-  position = jax.random.randint(far_key, shape + (1,), 0, start[:, None, :])[..., 0]
+  position = rng.randint(far_key, shape + (1,), 0, start[:, None, :])[..., 0]
   log_weight = jnp.broadcast_to(-jnp.log(num_far_keys / start.astype(jnp.float32)), shape)
   far = jnp.broadcast_to(position[..., None], (num_windows, num_far_keys, len(train_shape)))
   return {'offsets': offsets, 'far': far, 'far_log_weight': log_weight}

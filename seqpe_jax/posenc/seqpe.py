@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqpe_jax import positions
+from seqpe_jax import positions, rng
 
 LN_EPS = 1e-5
 INIT = nn.initializers.normal(0.02)  # Every kernel and embedding, as the reference.
@@ -52,11 +52,11 @@ class EncoderBlock(nn.Module):
     attn = jax.nn.dot_product_attention(heads(q), heads(kv[..., :d]), heads(kv[..., d:]),
                                         mask=mask_BHTT, scale=head_dim**-0.5)
     attn = dense(d, name='attn_out')(attn.reshape(batch, -1, d))
-    x_BTd = x_BTd[:, queries] + nn.Dropout(self.dropout)(attn, deterministic=deterministic)
+    x_BTd = x_BTd[:, queries] + rng.Dropout(self.dropout)(attn, deterministic=deterministic)
     h = layer_norm(name='ln_mlp')(x_BTd)
     h = nn.gelu(dense(4 * d, name='mlp_in')(h), approximate=True)  # GPT-2 "gelu_new".
     h = dense(d, name='mlp_out')(h)
-    return x_BTd + nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    return x_BTd + rng.Dropout(self.dropout)(h, deterministic=deterministic)
 
 
 class SeqPEEncoder(nn.Module):
