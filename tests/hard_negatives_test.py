@@ -13,6 +13,7 @@ from configs import lm_seqpe, vit_seqpe
 from seqpe_jax import posenc
 from seqpe_jax.models import gpt, vit
 from seqpe_jax.posenc import contrastive_sampling, regularizers
+from tests import xla_options
 
 # One xdist worker runs this file, so its module fixture (every rule set's samples, about a
 # minute) is drawn once.
@@ -24,7 +25,6 @@ TEXT = dict(ndim=1, max_position=20_000, num_digits=5, train_shape=(512,))
 PIVOTS = {2: [(5, 40), (28, 0), (0, 37), (28, 19), (0, 0), (99, 99), (3, 12)],
           1: [(2010,), (7,), (0,), (19999,), (505,)]}
 DRAWS = 4_000  # Per pivot and sampler.
-OPTIMISED = {'xla_backend_optimization_level': 2, 'xla_llvm_disable_expensive_passes': False}
 
 
 # ---------------------------------------------------------------- NumPy rule sets.
@@ -174,10 +174,9 @@ def _sampled(rules, setting):
       hard_negative_rules=rules)  # 8 hard negatives per pivot row.
   rows = DRAWS // spec.num_hard
   batch = jnp.asarray(np.repeat(pivots, rows, axis=0), jnp.int32)
-  # Optimised, unlike the rest of the suite (conftest.py): these tens of thousands of edit
-  # chains run 3x faster so (the reference rules' draws: 12 s against 44 s at -O0).
-  sampler = jax.jit(contrastive_sampling.hard_negatives, static_argnums=2).lower(
-      jax.random.key(0), batch, spec).compile(compiler_options=OPTIMISED)
+  # The reference rules' draws: 12 s optimised, 44 s as the rest of the suite compiles.
+  sampler = xla_options.compile_optimised(contrastive_sampling.hard_negatives,
+                                          jax.random.key(0), batch, spec, static_argnums=2)
   hard, ok = sampler(jax.random.key(0), batch)
   hard, ok = np.asarray(hard).reshape(len(pivots), -1, spec.ndim), np.asarray(ok).reshape(
       len(pivots), -1)
