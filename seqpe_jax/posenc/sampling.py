@@ -133,7 +133,7 @@ def sample_logit_distill_probes(key: jax.Array, *, train_shape: Sequence[int], m
   else:
     extent = jnp.asarray(train_shape, jnp.int32)
     offsets = rng.randint(offset_key, (num_windows, len(train_shape)), 0,
-                                 max_position - extent + 1)
+                          max_position - extent + 1)
   start = offsets[:, :1]  # [S, 1]: far keys are drawn before the copy's first axis.
   shape = (num_windows, num_far_keys)
   position = rng.randint(far_key, shape + (1,), 0, start[:, None, :])[..., 0]
