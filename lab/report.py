@@ -197,7 +197,13 @@ DEAD_PE = 1e-3
 
 def dead_pe_runs(root: pathlib.Path, suite: Suite) -> list[str]:
   """The final runs whose PE carried no position at their last logged step (PEs without
-  positions aside, and runs without diagnostics)."""
+  positions aside, and runs without diagnostics).
+
+  Not for QA fine-tunes: their loss covers the answer alone, which a model finds by content,
+  so ablating positions barely moves it for any PE (ALiBi's QA runs: 2e-4 nats while their
+  exact match falls with length); their LMs' study names the dead PEs."""
+  if suite.family == 'qa':
+    return []
   found = []
   for e in suite.entrants:
     for run in sorted((root / 'final' / e.name).glob('seed*/metrics.jsonl')):

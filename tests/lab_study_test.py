@@ -151,6 +151,13 @@ def test_the_validation_table_names_the_runs_whose_pe_died(tmp_path):
   assert '14 final runs have not finished yet' in text
 
 
+def test_a_qa_study_names_no_dead_pe_from_its_answer_loss(tmp_path):
+  """A QA loss barely depends on position for any PE, so its ablation delta judges nothing."""
+  _finish_final_run(tmp_path, 'alibi', 0, 'alibi', [0.1, 2e-4])
+  assert report.dead_pe_runs(tmp_path, suites.SUITES['qa']) == []
+  assert report.dead_pe_runs(tmp_path, suites.SUITES['lm']) == ['alibi/seed0']
+
+
 def test_selection_scores_closed_forms():
   assert suites.score('lm', {128: 100., 256: 400.}) == pytest.approx(200.)  # Geometric mean.
   assert suites.score('vit', {28: .8, 56: .4}) == pytest.approx(.6)
