@@ -60,6 +60,11 @@ def measured_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
   return 2 * n**3 / median_seconds(matmul, x, repeats=repeats)
 
 
+# The CPU scales' models: the ViT variant, and the GPT variant with its context length.
+CPU_SCALES = {'small': {'vit': 'mu/16', 'lm': ('mini', 256)},
+              'tiny': {'vit': 'nano/16', 'lm': ('nano', 64)}}
+
+
 def build(model: str, pe: str, scale: str, batch: int, dtype: str = ''):
   """(config, task) for `model` at `scale` with the :paper recipe and synthetic-shaped data,
   in `dtype` ('' = the config's own)."""
@@ -72,17 +77,16 @@ def build(model: str, pe: str, scale: str, batch: int, dtype: str = ''):
     config.data.augment.erase_prob = config.data.augment.flip_prob = 0.0
     config.data.workers = 0
     config.eval.resolutions = (224,)
-    if scale in ('small', 'tiny'):
-      config.model.variant = 'mu/16' if scale == 'small' else 'nano/16'
+    if scale in CPU_SCALES:
+      config.model.variant = CPU_SCALES[scale]['vit']
       vit_base.SEQPE_SIZES[''].apply(config.pe)  # The CPU default's SeqPE sizes.
   else:
     config = lm_base.get_config('paper', pe=pe)
     config.data.name, config.data.dir = 'wiki_gensim', ''  # GPT-2 tokens, embedded text.
     config.eval.lengths = (config.data.seq_len,)
-    if scale in ('small', 'tiny'):
-      config.model.variant = 'mini' if scale == 'small' else 'nano'
+    if scale in CPU_SCALES:
+      config.model.variant, config.data.seq_len = CPU_SCALES[scale]['lm']
       lm_base.SEQPE_SIZES[''].apply(config.pe)
-      config.data.seq_len = 256 if scale == 'small' else 64
       config.eval.lengths = (config.data.seq_len,)
   config.batch_size = batch
   config.model.dtype = dtype or config.model.dtype
@@ -143,7 +147,7 @@ def measure(model: str, pe: str, scale: str, batch: int, steps: int, dtype: str 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--models', default='vit,lm')
-  parser.add_argument('--scale', default='auto', choices=('auto', 'paper', 'small', 'tiny'))
+  parser.add_argument('--scale', default='auto', choices=('auto', 'paper', *CPU_SCALES))
   parser.add_argument('--dtype', default='', choices=('', 'float32', 'bfloat16'),
                       help="model.dtype of both models (default: each :paper config's own).")
   parser.add_argument('--batch', type=int, default=0,
