@@ -58,6 +58,9 @@ def test_rope_mixed_init_has_axial_magnitudes_on_perpendicular_halves():
                                                             (3, 1)), rtol=1e-5)
   first, second = f[:, :, :4], f[:, :, 4:]
   np.testing.assert_allclose(jnp.sum(first * second, axis=0), 0, atol=1e-6)  # Perpendicular.
+  # A quarter turn counter-clockwise, as the reference has it (theta + pi/2, not - pi/2):
+  # (x, y) -> (-y, x).
+  np.testing.assert_allclose(second, jnp.stack([-first[1], first[0]]), atol=1e-6)
 
 
 def _pe(name, shape, num_prefix=0, causal=False, heads=2, d_model=32):

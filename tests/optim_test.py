@@ -35,6 +35,9 @@ def test_schedules_equal_their_closed_forms(schedule):
 def test_a_warm_up_longer_than_the_run_ends_a_step_before_it():
   lr = optim.schedule(config(warmup_steps=10), total_steps=3)
   assert [float(lr(s)) for s in range(3)] == pytest.approx([0.1, 0.55, 1.0], rel=1e-6)
+  # A one-step run has no room for a warm-up: its step trains at the peak rate.
+  np.testing.assert_allclose(optim.learning_rates(config(warmup_steps=10), total_steps=1),
+                             [1.0], rtol=1e-6)
 
 
 def test_an_unknown_schedule_is_one_sentence():
