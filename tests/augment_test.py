@@ -140,6 +140,15 @@ def test_cutmix_area_matches_lambda():
       assert np.all(out['image'][0][pasted] == batch[3, 0, 0])
 
 
+def test_cutmix_box_sides_are_sqrt_one_minus_lambda_of_the_images():
+  # lam = 0.75: sides 0.5 of 40 x 32, i.e. 20 x 16 wherever the box is not clipped at an edge.
+  boxes = np.array([augment.cutmix_box(40, 32, 0.75, rng(seed)) for seed in range(40)])
+  heights, widths = boxes[:, 1] - boxes[:, 0], boxes[:, 3] - boxes[:, 2]
+  inside = (boxes[:, 0] > 0) & (boxes[:, 1] < 40) & (boxes[:, 2] > 0) & (boxes[:, 3] < 32)
+  assert inside.any() and np.all(heights[inside] == 20) and np.all(widths[inside] == 16)
+  assert heights.max() == 20 and widths.max() == 16 and heights.min() >= 10
+
+
 def test_mix_switch_and_probability():
   batch = rng(1).integers(0, 256, (4, 6, 6, 3), np.uint8)
   labels = np.arange(4, dtype=np.int32)
