@@ -150,9 +150,11 @@ def test_projection_of_alike_windows_equals_projecting_every_copy(alike):
   e1 = jax.random.normal(jax.random.key(4), (1, 6, D))
   params = proj.init(jax.random.key(5), {'e': e1})
   weights = jax.random.normal(jax.random.key(6), (windows, 6, 2 * D))
+  # Unmarked (a shifted step), the windows differ, so taking the one-window path would show.
+  spread = 0.0 if alike else jax.random.normal(jax.random.key(7), (windows, 6, D))
 
   def loss(params, e1, marked):
-    e = jnp.broadcast_to(e1, (windows,) + e1.shape[1:])
+    e = jnp.broadcast_to(e1, (windows,) + e1.shape[1:]) + spread
     features = {'e': e, posenc.inject.WINDOWS_ALIKE: jnp.float32(alike)} if marked else {'e': e}
     return jnp.sum(jnp.sin(proj.apply(params, features)) * weights)
 
