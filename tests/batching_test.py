@@ -1,5 +1,7 @@
 """Step-addressed batches: shuffled epochs, each process's slice, slicing that keeps the
-reading settings."""
+reading settings, and worker processes that really read."""
+
+import os
 
 import numpy as np
 import pytest
@@ -49,3 +51,18 @@ def test_bad_worker_counts_are_one_sentence(workers):
   with pytest.raises(ValueError, match=f'data.workers must be a whole number >= 0, got '
                                        f'{workers!r}'.replace('.', r'\.')):
     batching.check_workers(workers)
+
+
+def _read_with_pid(indices: np.ndarray) -> dict:  # Module level: worker processes import it.
+  return {'index': indices, 'pid': np.full(len(indices), os.getpid())}
+
+
+@pytest.mark.parametrize('workers', [0, 2])
+def test_workers_read_in_processes_of_their_own_and_in_step_order(workers):
+  batches = batching.step_batches(32, global_batch=4, seed=0, read=_read_with_pid,
+                                  workers=workers)
+  read = list(batches[:6].to_iter_dataset())
+  pids = {int(pid) for b in read for pid in b['pid']}
+  assert (pids == {os.getpid()}) == (workers == 0), pids
+  for step, batch in enumerate(read):
+    np.testing.assert_array_equal(batch['index'], batches[step]['index'])
