@@ -160,10 +160,18 @@ def test_shift_pool_and_rate():
     (dict(IMAGE, max_position=15), 'The 17x17 contrastive window does not fit the 15-wide grid'),
     (dict(TEXT, max_position=200), 'The contrastive window range 256 must be smaller'),
     (dict(TEXT, mode_probs=(0.5, 0.6, 0.0)), 'three non-negative probabilities'),
+    # Two axes of 32,768^2 make 2^31 exactly, one past int32 (2 x 32,767^2 fits).
+    (dict(IMAGE, max_position=32_769, num_digits=5, mode_probs=(1.0, 0.0, 0.0)),
+     'Squared distances on a 32769-wide 2D space overflow'),
 ])
 def test_bad_contrastive_settings(setting, message):
   with pytest.raises(ValueError, match=message):
     contrastive_sampling.contrastive_spec(**setting)
+
+
+def test_the_widest_space_whose_squared_distances_fit_int32_is_accepted():
+  contrastive_sampling.contrastive_spec(**dict(IMAGE, max_position=32_768, num_digits=5,
+                                              mode_probs=(1.0, 0.0, 0.0)))
 
 
 def test_bad_ood_and_shift_settings():
