@@ -176,6 +176,12 @@ def test_bad_shift_settings_stop_with_one_sentence():
   cfg.shift.pool_size = 17
   with pytest.raises(ValueError, match='The shift pool of 17 exceeds the 16 window starts'):
     shifts.build(cfg, posenc.build(cfg, host((3, 3))), True)
+  cfg = pe_config('rope', 0)
+  cfg.shift.num_windows = 0
+  with pytest.raises(ValueError, match='pe.shift.num_windows must be at least 1, got 0.'):
+    shifts.build(cfg, posenc.build(cfg, host((8,))), True)
+  cfg.shift.num_windows = 1  # One window per step: every example moves alike.
+  assert shifts.build(cfg, posenc.build(cfg, host((8,))), True).num_windows == 1
 
 
 def test_a_vit_baseline_trains_with_in_cell_offsets_on_a_canvas(tmp_path):
