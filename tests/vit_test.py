@@ -165,3 +165,11 @@ def test_parameter_sharding_rules():
     sharding.make_mesh({'data': -1, 'fsdp': -1, 'tensor': 1})
   with pytest.raises(ValueError, match='does not divide 8 devices'):
     sharding.make_mesh({'data': -1, 'fsdp': 3, 'tensor': 1})
+  # -1 takes the devices the others leave; a size-1 tensor axis shards nothing.
+  mesh = sharding.make_mesh({'data': -1, 'fsdp': 2, 'tensor': 1})
+  assert dict(mesh.shape) == {'data': 4, 'fsdp': 2, 'tensor': 1}
+  assert sharding.param_spec('model/encoder/block_0/mlp_in/kernel', (64, 128), mesh) == (
+      jax.sharding.PartitionSpec(None, 'fsdp'))
+  with pytest.raises(ValueError, match='batch_size=6 is not divisible by the 8 data-parallel '
+                                       'devices'):
+    sharding.check_batch(6, mesh)
