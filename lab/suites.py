@@ -241,7 +241,7 @@ def _vit_entrants() -> tuple[Entrant, ...]:
       Entrant('rope_mixed', vit('rope_mixed'), ('extend',),
               variants={'base100': {'pe.rope.base': 100.}, 'base1e3': {'pe.rope.base': 1e3},
                         'dropout': GENERIC['dropout']}),
-      Entrant('sincos2d', vit('sincos'), ('extend',),
+      Entrant('sincos2d', vit('sincos2d'), ('extend',),
               variants={'shifts': SHIFTS, 'base1e3': {'pe.sincos.base': 1e3},
                         'dropout': GENERIC['dropout']}),
       Entrant('nope', vit('nope'), ('extend', 'interpolate'), variants=GENERIC),
@@ -259,7 +259,7 @@ def _vit_entrants() -> tuple[Entrant, ...]:
       Entrant('rope_mixed_canvas', vit('rope_mixed'), ('interpolate',), base=CANVAS,
               variants={'base100': {'pe.rope.base': 100.}, 'base1e3': {'pe.rope.base': 1e3},
                         'dropout': GENERIC['dropout']}),
-      Entrant('sincos2d_canvas', vit('sincos'), ('interpolate',), base=CANVAS,
+      Entrant('sincos2d_canvas', vit('sincos2d'), ('interpolate',), base=CANVAS,
               variants={'shifts': SHIFTS, 'base1e3': {'pe.sincos.base': 1e3},
                         'dropout': GENERIC['dropout']}),
   )
