@@ -166,6 +166,19 @@ def test_gcs_a_live_holder_on_another_host_is_not_taken_over(fake_gcs):
       pass
 
 
+def test_gcs_a_live_holder_on_this_host_is_refused_and_left_untouched(fake_gcs, other_holder):
+  fs = fake_gcs()
+  fs.pipe_file('/bucket/run/workdir.lock', json.dumps(
+      {'host': socket.gethostname(), 'pid': other_holder.pid, 'started': 0,
+       'heartbeat': time.time()}).encode())
+  with pytest.raises(workdir_lock.WorkdirInUse, match=f'pid {other_holder.pid} on host'):
+    with workdir_lock.held('gs://bucket/run', purpose='train'):
+      pass
+  # Asking whether it runs sent it no signal (signal 0): it ends only when told to, cleanly.
+  other_holder.communicate('\n', timeout=60)
+  assert other_holder.returncode == 0
+
+
 def test_unreachable_storage_is_one_sentence_within_the_deadline(fake_gcs, monkeypatch):
   monkeypatch.setattr(workdir_lock, 'STORAGE_TIMEOUT_S', 0.5)
   fake_gcs.answering.clear()
