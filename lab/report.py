@@ -48,14 +48,15 @@ def metrics(root: pathlib.Path, suite: Suite) -> tuple[str, ...]:
   return METRICS.get(suite.family) or (_metric(root)[0],)
 
 
-def rows_by_seed(root: pathlib.Path, suite: Suite, split: str, protocol: str,
+def rows_by_seed(root: pathlib.Path, suite: Suite, split: str, protocol: str | None,
                  metric: str = '') -> dict[str, dict[int, dict[int, float]]]:
-  """{row: {seed: {x: value}}} of the final runs read in `protocol` on `split` ('valid':
-  the run's own sweep; 'test': --final's), and of the transforms read in it."""
+  """{row: {seed: {x: value}}} of the final runs read in `protocol` (None: every entrant,
+  whatever its protocol) on `split` ('valid': the run's own sweep; 'test': --final's), and
+  of the transforms read in it."""
   own = '' if split == 'valid' else '_test'
   rows = {}
   for e in suite.entrants:
-    if protocol in e.protocols:
+    if protocol is None or protocol in e.protocols:
       rows[e.name] = {s: v for s in range(suite.seeds)
                       if (v := _sweep(root / 'final' / e.name / f'seed{s}', own, metric))}
   for t in suite.transforms:
@@ -135,11 +136,20 @@ def focus_row(suite: Suite, protocol: str) -> str | None:
   return names[0] if names else None
 
 
+PAIRED_HEADER = ['| column | other | per-seed difference (SeqPE − other) | mean [95% interval] | '
+                 'verdict |', '|---|---|---|---|---|']
+
+
+def _paired_line(x: int, other: str, result: dict) -> str:
+  diffs = ', '.join(f'{d:+.2f}' for d in result['differences'])
+  low, high = result['interval']
+  return (f"| {x} | {other} | {diffs} | {result['mean']:+.2f} [{low:+.2f}, {high:+.2f}] | "
+          f"{result['verdict']} |")
+
+
 def paired_table(rows: dict, focus: str, lower_is_better: bool) -> tuple[str, list[dict]]:
   """Per column: the best other row by mean, the per-seed differences, the verdict."""
-  lines = ['| column | best other | per-seed difference (SeqPE − other) | mean [95% interval] | '
-           'verdict |', '|---|---|---|---|---|']
-  found = []
+  lines, found = list(PAIRED_HEADER), []
   for x in columns(rows):
     others = {n: r for n, r in rows.items() if n != focus and any(x in v for v in r.values())}
     if focus not in rows or not others:
@@ -147,10 +157,20 @@ def paired_table(rows: dict, focus: str, lower_is_better: bool) -> tuple[str, li
     pick = (min if lower_is_better else max)(others, key=lambda n: mean_std(others[n], x)[0])
     result = paired(rows[focus], others[pick], x, lower_is_better)
     found.append({'column': x, 'other': pick, **result})
-    diffs = ', '.join(f'{d:+.2f}' for d in result['differences'])
-    low, high = result['interval']
-    lines.append(f"| {x} | {pick} | {diffs} | {result['mean']:+.2f} [{low:+.2f}, {high:+.2f}] | "
-                 f"{result['verdict']} |")
+    lines.append(_paired_line(x, pick, result))
+  return '\n'.join(lines), found
+
+
+def rivals_table(focus: dict, rivals: dict, lower_is_better: bool) -> tuple[str, list[dict]]:
+  """SeqPE's row against each rival row ({name: {seed: {x: value}}}) at every column both
+  have, paired by seed: one line per rival and column."""
+  lines, found = list(PAIRED_HEADER), []
+  for name, other in rivals.items():
+    for x in columns({'focus': focus, name: other}):
+      if any(x in v for v in focus.values()) and any(x in v for v in other.values()):
+        result = paired(focus, other, x, lower_is_better)
+        found.append({'column': x, 'other': name, **result})
+        lines.append(_paired_line(x, name, result))
   return '\n'.join(lines), found
 
 
@@ -292,6 +312,14 @@ def write_final(root: pathlib.Path, suite: Suite, suite_name: str, chosen: dict,
         comparisons[protocol + suffix] = found
         sections += [f'SeqPE ({focus}) against the best other PE of each column, paired by '
                      'seed:\n', text + '\n']
+        rivals = suite.rivals.get(protocol, ())
+        if rivals:
+          every = rows_by_seed(root, suite, 'test', None, metric)
+          text, found = rivals_table(rows[focus], {r: every[r] for r in rivals if r in every},
+                                     lower)
+          comparisons[f'{protocol}{suffix}_rivals'] = found
+          sections += [f"SeqPE ({focus}) against each of {', '.join(rivals)} (whatever "
+                       'protocol each is read in), paired by seed:\n', text + '\n']
       for name, by_seed in rows.items():
         for seed, v in by_seed.items():
           for x, value in v.items():

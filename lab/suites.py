@@ -93,6 +93,9 @@ class Suite:
   # Variants train at each PE's best learning rate of the search's first stage rather than
   # at the config's (the LM suite ran before this existed: its variants are at 1e-3).
   variants_at_best_lr: bool = False
+  # Per protocol, the PEs SeqPE's row is also compared with one by one at every column,
+  # whatever protocol each is read in (the best other PE of a column may be none of them).
+  rivals: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
   def entrant(self, name: str) -> Entrant:
     return next(e for e in self.entrants if e.name == name)
@@ -108,8 +111,12 @@ class Suite:
     if len(set(sizes.values())) > 1:
       raise SuiteError(f'Suite {suite_name}: the PEs declare unequal search spaces ({sizes}); '
                        'every PE gets the same number of configurations.')
+    names = {e.name for e in self.entrants}
+    unknown = sorted({r for rivals in self.rivals.values() for r in rivals} - names)
+    if unknown:
+      raise SuiteError(f"Suite {suite_name}: rival '{unknown[0]}' is not one of its PEs.")
     for protocol in {p for e in self.entrants for p in e.protocols} | {
-        t.protocol for t in self.transforms}:
+        t.protocol for t in self.transforms} | set(self.rivals):
       if protocol not in PROTOCOLS:
         raise SuiteError(f"Suite {suite_name}: unknown protocol '{protocol}'; use one of "
                          f"{', '.join(PROTOCOLS)}.")
@@ -121,6 +128,8 @@ class Suite:
     entrants = tuple(dataclasses.replace(e, size=2) for e in self.entrants[:2])
     names = {e.name for e in entrants}
     return dataclasses.replace(self, entrants=entrants,
+                               rivals={p: tuple(r for r in rivals if r in names)
+                                       for p, rivals in self.rivals.items()},
                                search_steps=SMOKE_STEPS if self.search_steps else 0,
                                seeds=self.smoke_seeds,
                                transforms=tuple(t for t in self.transforms
@@ -282,8 +291,13 @@ def _qa_entrants() -> tuple[Entrant, ...]:
 
 SUITES = {
     'lm': Suite('lm', _lm_entrants(), search_steps=300, transforms=_lm_transforms()),
+    # The paper's ViT baselines (APE, RoPE-2D) against SeqPE extended; on the canvas, every
+    # canvas baseline (the same in-cell offsets) and APE's resampling.
     'vit': Suite('vit', _vit_entrants(), search_steps=300, seqpe='seqpe',
-                 variants_at_best_lr=True),
+                 variants_at_best_lr=True,
+                 rivals={'extend': ('ape', 'rope2d'),
+                         'interpolate': ('ape', 'rope2d_canvas', 'rope_mixed_canvas',
+                                         'sincos2d_canvas')}),
     'qa': Suite('qa', _qa_entrants(), search_steps=0, seeds=2, lm_study='lab/results/lm_fair',
                 smoke_seeds=1),
 }

@@ -64,6 +64,13 @@ def test_a_search_space_larger_than_the_budget_is_refused():
     suite.check('lm')
 
 
+def test_a_rival_that_is_not_a_pe_of_the_suite_is_refused():
+  vit = suites.SUITES['vit']
+  assert set(vit.rivals['extend']) == {'ape', 'rope2d'}
+  with pytest.raises(suites.SuiteError, match="rival 'alibi' is not one of its PEs"):
+    dataclasses.replace(vit, rivals={'extend': ('ape', 'alibi')}).check('vit')
+
+
 def test_unequal_search_spaces_are_refused():
   lm = suites.SUITES['lm']
   short = dataclasses.replace(lm.entrants[1], size=4)
@@ -320,8 +327,11 @@ def test_a_chosen_file_that_names_another_configuration_is_refused(smoke_study, 
     study.load_chosen(study.get_suite('lm', 'smoke'), tmp_path)
 
 
-def test_final_reads_test_once_for_the_chosen_runs_only(smoke_study):
+def test_final_reads_test_once_for_the_chosen_runs_only(smoke_study, monkeypatch):
   root, _ = smoke_study
+  # RoPE named as SeqPE's rival too (the ViT suite names APE and RoPE-2D).
+  monkeypatch.setitem(study.SUITES, 'lm',
+                      dataclasses.replace(suites.SUITES['lm'], rivals={'extend': ('rope',)}))
   out = study.run_final('lm', str(root), variant='smoke', parallel=2)
   files = _test_files(root)
   assert files and all(f.parent.parent.parent.name == 'final' for f in files)
@@ -333,6 +343,11 @@ def test_final_reads_test_once_for_the_chosen_runs_only(smoke_study):
   assert 'paired by seed' in results
   comparison = out['comparisons']['extend']
   assert {c['other'] for c in comparison} == {'rope'}
+  # The only other PE is the best other of every column: the same pairs, column by column.
+  rivals = out['comparisons']['extend_rivals']
+  assert [(c['other'], c['column'], c['differences']) for c in rivals] == [
+      (c['other'], c['column'], c['differences']) for c in comparison]
+  assert 'SeqPE (seqpe) against each of rope (whatever protocol' in results
   text = (root / 'REPORT.md').read_text()
   assert f"--suite=lm --workdir={root} --final --variant=smoke" in text
   assert text.count('| seqpe |') == 2  # Its choice, and its row of the test table.
