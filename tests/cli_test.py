@@ -61,6 +61,20 @@ def test_compare_keeps_runs_with_the_same_folder_name_apart(tmp_path):
     evaluate.compare([str(tmp_path / 'runs/ape/seed0')] * 2, str(tmp_path / 'x.png'))
 
 
+def test_both_tables_are_markdown_with_a_delimiter_cell_per_column(tmp_path):
+  sweep = {56: {'accuracy': 0.25, 'loss': 2.0}, 28: {'accuracy': 0.5, 'loss': 1.5}}
+  assert evaluate.results_table(sweep, 'resolution (px)').splitlines() == [
+      '| resolution (px) | accuracy | loss |', '|---|---|---|', '| 28 | 0.5 | 1.5 |',
+      '| 56 | 0.25 | 2 |']
+  write_run(tmp_path / 'a', 10.0)
+  (tmp_path / 'b').mkdir()
+  (tmp_path / 'b' / 'extrapolation.json').write_text(json.dumps(
+      {'metric': 'ppl', 'axis': 'length', 'results': {'256': {'ppl': 30.0}}}))
+  table = evaluate.compare([str(tmp_path / 'a'), str(tmp_path / 'b')], str(tmp_path / 'x.png'))
+  assert table.splitlines() == ['| run | 128 | 256 |', '|---|---|---|', '| a | 10 |  |',
+                                '| b |  | 30 |']
+
+
 def test_run_labels_are_the_shortest_distinct_suffixes():
   assert evaluate.run_labels(['/a/x/seed0', '/a/y/seed0', '/b/z']) == {
       '/a/x/seed0': 'x/seed0', '/a/y/seed0': 'y/seed0', '/b/z': 'z'}
