@@ -223,3 +223,26 @@ def test_the_command_line_refuses_an_unknown_scaling_in_one_sentence(rope_run):
   assert done.returncode == 2, done.stderr
   assert "eval.rope_scaling must be '' or one of pi, ntk, yarn, got 'linear'." in done.stderr
   assert 'Traceback' not in done.stderr
+
+
+def test_the_command_line_sweeps_with_overrides_prints_the_table_and_what_it_wrote(rope_run):
+  done = subprocess.run(
+      [sys.executable, '-m', 'seqpe_jax.evaluate', f'--workdir={rope_run}', '--split=valid',
+       '--config.eval.local_window=32', '--name=cli'],
+      capture_output=True, text=True, timeout=300, check=False)
+  assert done.returncode == 0, done.stderr
+  record = json.loads((rope_run / 'extrapolation_valid_cli.json').read_text())
+  assert record['overrides'] == {'eval.local_window': 32}
+  lines = done.stdout.splitlines()
+  assert lines[-1] == (f'Wrote {rope_run}/extrapolation_valid_cli.json, '
+                       f'{rope_run}/extrapolation_valid_cli.png.')
+  ppl = record['results']['64']['ppl']
+  assert any(line.startswith(f'| 64 | {ppl:.4g} |') for line in lines)  # ppl, nll, tokens.
+
+
+def test_an_override_of_another_type_than_the_recorded_value_is_refused():
+  config = lm_base.get_config('smoke', pe='rope')
+  with pytest.raises(ValueError, match=r"local_window='wide' should be a int like the recorded 0"):
+    evaluate.with_eval_overrides(config, {'eval.local_window': 'wide'})
+  assert evaluate.with_eval_overrides(config, {'eval.batch_size': 4}).eval.batch_size == 4
+  assert evaluate.with_eval_overrides(config, {'eval.lengths': 64}).eval.lengths == (64,)
