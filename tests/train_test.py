@@ -337,6 +337,9 @@ def test_resume_allows_what_leaves_the_state_meaning_the_same():
   found = checkpoint.differences(checkpoint.fingerprint(config), checkpoint.fingerprint(other))
   assert [line.split(':')[0] for line in found] == [
       'model.variant', 'pe.seqpe.d_model', 'optimizer.weight_decay', 'seed']
+  # A section one side has and the other lacks is one difference, not a crash.
+  assert checkpoint.differences({'pe': {'shift': {'prob': 0.5}}, 'seed': 0}, {'seed': 0}) == [
+      "pe: {'shift': {'prob': 0.5}} vs None"]
 
 
 def test_a_checkpoint_older_than_a_state_entry_resumes_with_its_default(tmp_path):
