@@ -161,6 +161,14 @@ def test_bad_input_stops_with_one_sentence(overrides, error, message):
     tasks.build(smoke_config(**overrides))
 
 
+def test_the_bounds_of_what_is_refused_are_accepted():
+  # A sliding stride of the whole window (non-overlapping windows, scored the sliding way),
+  # and every key visible.
+  task = tasks.build(smoke_config(**{'eval.protocol': 'sliding', 'eval.stride_fraction': 1.0,
+                                     'eval.local_window': 0}))
+  assert task.stride(64) == 64
+
+
 def test_a_corpus_directory_without_the_three_files_is_named(tmp_path):
   (tmp_path / 'wiki.train.raw').write_text('only train')
   with pytest.raises(FileNotFoundError, match=f'{tmp_path} lacks wiki.valid.raw'):
