@@ -12,6 +12,8 @@ import sys
 
 import numpy as np
 import pytest
+from absl import flags
+from ml_collections import config_flags
 from scipy import stats
 
 from lab import jobs, report, study, suites
@@ -46,6 +48,54 @@ def test_every_configuration_of_a_suite_is_a_valid_config(name):
       for key, value in overrides.items():
         config.update_from_flattened_dict({key: value})
       assert config.pe.name, (e.name, label)
+
+
+# Options that change memory or logging, not what a run computes.
+NUMERICS_NEUTRAL = {'pe.seqpe.remat'}
+
+
+def _flat(tree: dict, prefix: str = '') -> dict:
+  out = {}
+  for key, value in tree.items():
+    out.update(_flat(value, f'{prefix}{key}.') if isinstance(value, dict)
+               else {f'{prefix}{key}': value})
+  return out
+
+
+def _resolved_config(job: jobs.Job) -> dict:
+  """The config `job`'s command resolves to, parsed as seqpe_jax.main parses its flags, in
+  the form a run records it (config.json)."""
+  argv = ['main', *(a for a in job.args if a.startswith('--config'))]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, flag_values=flag_values, sys_argv=argv)
+  flag_values(argv)
+  return _flat(json.loads(flag_values.config.to_json()))
+
+
+@pytest.mark.parametrize('name', ['lm', 'vit', 'qa'])
+def test_the_committed_runs_are_what_their_suite_declares_today(name):
+  """Each committed run of a fair study (config.json) against the config its suite resolves
+  now. A config default moved under the study (SeqPE's `tuned` recipe, a learning rate)
+  would make its declared spaces and CHOSEN.json name runs that never trained; a field added
+  since (present on one side only) is not a change."""
+  root = REPO_ROOT / 'lab' / 'results' / f'{name}_fair'
+  suite = suites.SUITES[name]
+  chosen = json.loads((root / study.CHOSEN).read_text())
+  trained_first = [*study.search_jobs(suite, root, ''), *study.pretrain_jobs(suite, root, '')]
+  finals = study.final_jobs(suite, root, '', chosen)
+  assert all((job.directory / 'config.json').exists() for job in trained_first)
+  checked = 0
+  for job in trained_first + finals:
+    if not (job.directory / 'config.json').exists():
+      continue  # A final run still training when its study was last committed.
+    ran = _flat(json.loads((job.directory / 'config.json').read_text()))
+    now = _resolved_config(job)
+    moved = {key: (ran[key], now[key]) for key in sorted(ran.keys() & now.keys())
+             if key not in NUMERICS_NEUTRAL and ran[key] != now[key]}
+    assert not moved, f'{job.label}: (ran, resolves now) {moved}'
+    checked += 1
+  if (root / 'results.csv').exists():  # The test split was read: every final had finished.
+    assert checked == len(trained_first) + len(finals)
 
 
 def test_a_qa_suite_has_no_search_of_its_own():
