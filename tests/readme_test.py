@@ -1,5 +1,6 @@
-"""Every results table in the README comes from a committed file: each cell equals the mean
-(± std) over seeds of the rows of the results.csv its marker names, to the printed digits."""
+"""Every results table in the README (and in the lab's results page it links to) comes from a
+committed file: each cell equals the mean (± std) over seeds of the rows of the results.csv
+its marker names, to the printed digits."""
 
 import collections
 import csv
@@ -76,13 +77,18 @@ def check_table(csv_path: pathlib.Path, split: str, table: list[str]) -> list[st
   return wrong
 
 
-def test_the_readme_has_results_tables():
-  tables = results_tables((REPO_ROOT / 'README.md').read_text())
+# The pages whose results tables are checked (marker paths are from the repository root).
+PAGES = ('README.md', 'lab/results/README.md')
+
+
+@pytest.mark.parametrize('page', PAGES)
+def test_each_page_has_results_tables(page):
+  tables = results_tables((REPO_ROOT / page).read_text())
   assert tables and all(len(t) > 2 for _, _, t in tables)
 
 
-@pytest.mark.parametrize('path, split, table',
-                         results_tables((REPO_ROOT / 'README.md').read_text()))
+@pytest.mark.parametrize('path, split, table', [
+    table for page in PAGES for table in results_tables((REPO_ROOT / page).read_text())])
 def test_every_readme_number_matches_its_committed_file(path, split, table):
   assert not check_table(REPO_ROOT / path, split, table)
 
