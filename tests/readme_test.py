@@ -43,17 +43,17 @@ def read_values(csv_path: pathlib.Path, split: str) -> dict[tuple[str, int], lis
   """{(run, x): the values over seeds} of a results.csv: the earlier studies' (run, seed,
   split, x, metric, value) or a fair study's --final (protocol, pe, seed, <axis>, <metric>,
   ...: test only, the first metric)."""
-  values = collections.defaultdict(list)
+  by_seed = collections.defaultdict(dict)  # A PE read in two protocols is listed twice.
   with open(csv_path, newline='') as f:
     reader = csv.DictReader(f)
     fair = 'pe' in reader.fieldnames
     axis, metric = reader.fieldnames[3:5]  # A fair study's; unused for the others.
     for row in reader:
       if fair and split == 'test':
-        values[(row['pe'], int(row[axis]))].append(float(row[metric]))
+        by_seed[(row['pe'], int(row[axis]))][row['seed']] = float(row[metric])
       elif not fair and row['split'] == split:
-        values[(row['run'], int(row['x']))].append(float(row['value']))
-  return values
+        by_seed[(row['run'], int(row['x']))][row['seed']] = float(row['value'])
+  return {key: list(values.values()) for key, values in by_seed.items()}
 
 
 def check_table(csv_path: pathlib.Path, split: str, table: list[str]) -> list[str]:
@@ -100,3 +100,13 @@ def test_a_changed_number_is_caught():
   bumped = f'{float(number) + 0.1:.{len(number.split(".")[1])}f}'
   changed = [*table[:2], row.replace(number, bumped, 1), *table[3:]]
   assert check_table(REPO_ROOT / path, split, changed)
+
+
+def test_a_pe_read_in_two_protocols_counts_each_seed_once(tmp_path):
+  """NoPE's runs are in both of the ViT study's tables, so results.csv lists them twice."""
+  rows = ['protocol,pe,seed,resolution (px),accuracy']
+  rows += [f'{protocol},nope,{seed},28,{value}' for protocol in ('extend', 'interpolate')
+           for seed, value in enumerate((0.80, 0.81, 0.83))]
+  (tmp_path / 'results.csv').write_text('\n'.join(rows) + '\n')
+  table = ['| PE (run) | 28 px |', '|---|---|', '| no PE (`nope`) | 0.813 ± 0.015 |']
+  assert not check_table(tmp_path / 'results.csv', 'test', table)  # std of 3, ddof 1.
