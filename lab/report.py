@@ -140,38 +140,42 @@ PAIRED_HEADER = ['| column | other | per-seed difference (SeqPE − other) | mea
                  'verdict |', '|---|---|---|---|---|']
 
 
-def _paired_line(x: int, other: str, result: dict) -> str:
-  diffs = ', '.join(f'{d:+.2f}' for d in result['differences'])
-  low, high = result['interval']
-  return (f"| {x} | {other} | {diffs} | {result['mean']:+.2f} [{low:+.2f}, {high:+.2f}] | "
-          f"{result['verdict']} |")
+def _paired_lines(found: list[dict]) -> str:
+  """The paired table of `found` (column, other and `paired`'s result per line). Fractions
+  (accuracy, exact match) get three decimals, perplexities two: one choice per table."""
+  d = 3 if all(abs(v) < 1 for r in found for v in r['differences']) else 2
+  lines = list(PAIRED_HEADER)
+  for r in found:
+    diffs = ', '.join(f'{v:+.{d}f}' for v in r['differences'])
+    low, high = r['interval']
+    lines.append(f"| {r['column']} | {r['other']} | {diffs} | {r['mean']:+.{d}f} "
+                 f"[{low:+.{d}f}, {high:+.{d}f}] | {r['verdict']} |")
+  return '\n'.join(lines)
 
 
 def paired_table(rows: dict, focus: str, lower_is_better: bool) -> tuple[str, list[dict]]:
   """Per column: the best other row by mean, the per-seed differences, the verdict."""
-  lines, found = list(PAIRED_HEADER), []
+  found = []
   for x in columns(rows):
     others = {n: r for n, r in rows.items() if n != focus and any(x in v for v in r.values())}
     if focus not in rows or not others:
       continue
     pick = (min if lower_is_better else max)(others, key=lambda n: mean_std(others[n], x)[0])
-    result = paired(rows[focus], others[pick], x, lower_is_better)
-    found.append({'column': x, 'other': pick, **result})
-    lines.append(_paired_line(x, pick, result))
-  return '\n'.join(lines), found
+    found.append({'column': x, 'other': pick,
+                  **paired(rows[focus], others[pick], x, lower_is_better)})
+  return _paired_lines(found), found
 
 
 def rivals_table(focus: dict, rivals: dict, lower_is_better: bool) -> tuple[str, list[dict]]:
   """SeqPE's row against each rival row ({name: {seed: {x: value}}}) at every column both
   have, paired by seed: one line per rival and column."""
-  lines, found = list(PAIRED_HEADER), []
+  found = []
   for name, other in rivals.items():
     for x in columns({'focus': focus, name: other}):
       if any(x in v for v in focus.values()) and any(x in v for v in other.values()):
-        result = paired(focus, other, x, lower_is_better)
-        found.append({'column': x, 'other': name, **result})
-        lines.append(_paired_line(x, name, result))
-  return '\n'.join(lines), found
+        found.append({'column': x, 'other': name,
+                      **paired(focus, other, x, lower_is_better)})
+  return _paired_lines(found), found
 
 
 # ------------------------------------------------------------------ Files.

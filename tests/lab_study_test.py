@@ -261,6 +261,16 @@ def test_paired_comparison_pairs_by_seed_and_says_worse():
   assert got['verdict'] == 'worse on 2 of 2 seeds, interval excludes 0'
 
 
+def test_paired_tables_show_accuracies_to_three_decimals_and_perplexities_to_two():
+  accuracy = {'seqpe': {0: {28: .804}, 1: {28: .812}}, 'nope': {0: {28: .801}, 1: {28: .806}}}
+  text, _ = report.paired_table(accuracy, 'seqpe', lower_is_better=False)
+  assert '| 28 | nope | +0.003, +0.006 | +0.005 [' in text  # Not +0.00, +0.01.
+  perplexity = {'seqpe': {0: {128: 121.04}, 1: {128: 119.9}},
+                'alibi': {0: {128: 126.1}, 1: {128: 125.3}}}
+  text, _ = report.paired_table(perplexity, 'seqpe', lower_is_better=True)
+  assert '| 128 | alibi | -5.06, -5.40 | -5.23 [' in text
+
+
 # ------------------------------------------------------------------ Commands.
 
 
