@@ -72,6 +72,8 @@ def _resolved_config(job: jobs.Job) -> dict:
   return _flat(json.loads(flag_values.config.to_json()))
 
 
+# ml_collections loads each config file with importlib's deprecated load_module.
+@pytest.mark.filterwarnings('ignore:the load_module:DeprecationWarning')
 @pytest.mark.parametrize('name', ['lm', 'vit', 'qa'])
 def test_the_committed_runs_are_what_their_suite_declares_today(name):
   """Each committed run of a fair study (config.json) against the config its suite resolves
