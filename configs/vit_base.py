@@ -3,7 +3,7 @@
 Argument string (big_vision style, after the file name):
   (none)  Fashion-MNIST, 28 px, patch 4 (7x7 grid), a small ViT; evaluates at 28..84 px
           (grids 7x7 to 21x21).
-          About 11 minutes on a 2-core CPU for the baselines, 25 for SeqPE.
+          About 10 minutes on a 2-core CPU for SeqPE (its default recipe), 11 for the baselines.
   smoke   scikit-learn digits, a tiny ViT, a few steps: seconds, for tests.
   paper   ImageNet-1k ViT-S/16 at 224 px, the paper's recipe (DeiT augmentation, timm ViT
           initialisation) on the full train split, in float32; evaluates at 224..672 px.
