@@ -18,7 +18,7 @@ from scipy import stats
 
 from lab import jobs, report, study, suites
 from configs import common
-from seqpe_jax import workdir_lock
+from seqpe_jax import metrics, workdir_lock
 
 # One xdist worker runs this file: its smoke study trains eight runs.
 pytestmark = pytest.mark.xdist_group('study')
@@ -54,14 +54,6 @@ def test_every_configuration_of_a_suite_is_a_valid_config(name):
 NUMERICS_NEUTRAL = {'pe.seqpe.remat'}
 
 
-def _flat(tree: dict, prefix: str = '') -> dict:
-  out = {}
-  for key, value in tree.items():
-    out.update(_flat(value, f'{prefix}{key}.') if isinstance(value, dict)
-               else {f'{prefix}{key}': value})
-  return out
-
-
 def _resolved_config(job: jobs.Job) -> dict:
   """The config `job`'s command resolves to, parsed as seqpe_jax.main parses its flags, in
   the form a run records it (config.json)."""
@@ -69,7 +61,7 @@ def _resolved_config(job: jobs.Job) -> dict:
   flag_values = flags.FlagValues()
   config_flags.DEFINE_config_file('config', None, flag_values=flag_values, sys_argv=argv)
   flag_values(argv)
-  return _flat(json.loads(flag_values.config.to_json()))
+  return metrics.flatten_config(json.loads(flag_values.config.to_json()))
 
 
 # ml_collections loads each config file with importlib's deprecated load_module.
@@ -90,7 +82,7 @@ def test_the_committed_runs_are_what_their_suite_declares_today(name):
   for job in trained_first + finals:
     if not (job.directory / 'config.json').exists():
       continue  # A final run still training when its study was last committed.
-    ran = _flat(json.loads((job.directory / 'config.json').read_text()))
+    ran = metrics.flatten_config(json.loads((job.directory / 'config.json').read_text()))
     now = _resolved_config(job)
     moved = {key: (ran[key], now[key]) for key in sorted(ran.keys() & now.keys())
              if key not in NUMERICS_NEUTRAL and ran[key] != now[key]}
