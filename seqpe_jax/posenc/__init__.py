@@ -33,18 +33,13 @@ class HostSpec:
   """What a PE needs to know about the model it feeds.
 
   Attributes:
-    d_model: host width D.
-    num_heads: host attention heads H; the head width is D / H.
+    d_model, num_heads: host width D and attention heads H (head width D / H).
     train_shape: the training length (L,) or patch grid (h, w).
     num_prefix: tokens before the grid (the ViT's CLS), which get no grid position.
     causal: whether the host's attention is causal (ALiBi needs it).
-    dtype: of the host's activations and matmuls; SeqPE's encoder and q/k projections
-      compute in it too (their parameters, and the embeddings the losses see, stay float32).
-    input_scale: the standard deviation of the host's token inputs at initialisation, the
-      amplitude fixed tables (sinusoids) are added at: about 1 for the ViT's patch
-      embeddings; 0.02 for the GPT's token embeddings, which a unit sinusoid would drown
-      (the model then learns unigram statistics only), the reason the textbook Transformer
-      scales its embeddings by sqrt(width).
+    dtype: of the host's activations and matmuls, SeqPE's included (parameters stay float32).
+    input_scale: the std of the host's token inputs at initialisation, the amplitude of fixed
+      tables: 0.02 for GPT token embeddings, which a unit sinusoid would drown.
   """
   d_model: int
   num_heads: int
@@ -89,8 +84,7 @@ class PositionalEncoding:
                              deterministic=deterministic, rngs=rngs)
 
   def check_shape(self, shape: Sequence[int]) -> None:
-    """Raises ValueError now if this PE cannot produce features for `shape` (e.g. a grid
-    beyond SeqPE's digit width), by tracing the source abstractly."""
+    """Raises ValueError now if the PE cannot encode `shape` (e.g. beyond SeqPE's digits)."""
     jax.eval_shape(lambda key: self.source.init(key, tuple(shape)), jax.random.key(0))
 
   @property
@@ -100,12 +94,9 @@ class PositionalEncoding:
 
 
 class TableCache:
-  """Evaluation-mode features per shape for fixed parameters: each shape is encoded once.
-
-  A long 1D SeqPE table is encoded `chunk` positions at a time (a `lax.map` over shifted
-  windows), so its working memory stays that of one chunk: at 16k positions and the
-  paper's encoder the whole table at once needs about 2.6 GiB of temporaries.
-  """
+  """Evaluation-mode features per shape for fixed parameters, each shape encoded once; a long
+  1D SeqPE table `chunk` positions at a time (at 16k the paper's encoder would otherwise
+  need about 2.6 GiB of temporaries)."""
 
   def __init__(self, pe: PositionalEncoding, params, chunk: int = 4096):
     self._pe, self._params, self._chunk, self._tables = pe, params, chunk, {}
@@ -135,9 +126,8 @@ def jitted_table(pe: PositionalEncoding, shape: tuple[int, ...], chunk: int = 40
 
 
 def with_rope_scaling(pe: PositionalEncoding, scaling: str) -> PositionalEncoding:
-  """`pe` with its 1D RoPE frequencies rescaled by `scaling` ('pi' | 'ntk' | 'yarn') at every
-  length beyond the training length (eval.rope_scaling: evaluation-time baselines from a
-  RoPE run, `sources.RotarySource`); '' returns `pe` itself."""
+  """`pe` with its 1D RoPE frequencies rescaled by `scaling` beyond the training length
+  (eval.rope_scaling, `sources.RotarySource`); '' returns `pe` itself."""
   if not scaling:
     return pe
   if scaling not in baselines.ROPE_SCALINGS:
@@ -163,20 +153,16 @@ def seqpe_num_digits(cfg: ml_collections.ConfigDict) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class PEKind:
-  """How to build one kind of PE, registered under its `config.pe.name`.
+  """How to build one kind of PE, registered under its `config.pe.name` (docs/adding_a_pe.md).
 
   Attributes:
     methods: the injection methods it supports; the first is its default.
-    source: (pe config, host, method) -> the Linen module computing its features from
-      positions (its own parameters), once per set of positions.
-    hooks: (pe config, host, method) -> (model hook class, layer hook class), the host-side
-      modules that put the features into the model; by default those of the method.
-    config_section: the `config.pe` section its parameters' meaning depends on (checked
-      when a QA run starts from an LM run); '' if none.
-    canvas: whether its source reads per-axis coordinates, which `pe.canvas_stride` can
-      spread over a fixed canvas (`canvas_of`; its source then takes `canvas=`).
-    shifts: whether its source has positions beyond the training window, so pe.shift can
-      move the window there in training (`shifts`); APE's table and 'none' have none.
+    source, hooks: (pe config, host, method) -> its source module, and -> its (model hook,
+      layer hook) classes (by default the method's).
+    config_section: the `config.pe` section its parameters depend on (checked when a QA
+      run starts from an LM run); '' if none.
+    canvas: whether `pe.canvas_stride` can spread its source's per-axis coordinates.
+    shifts: whether it has positions beyond the training window for pe.shift to move to.
   """
   methods: tuple[str, ...]
   source: Callable[[ml_collections.ConfigDict, HostSpec, str], nn.Module]
@@ -252,25 +238,36 @@ def _qk_injection_hooks(cfg, host: HostSpec, method: str):
                 'shared': shared}[qk_proj]
   layer_hook = functools.partial(
       inject.QKInjection, method=method, per_layer=qk_proj == 'per_layer',
-      multi_head=cfg.inject.multi_head,
-      scalar_impl=cfg.inject.scalar_impl, proj_init_std=init_std, proj_bias_init=bias_init,
-      dtype=host.dtype)
+      multi_head=cfg.inject.multi_head, scalar_impl=cfg.inject.scalar_impl,
+      proj_init_std=init_std, proj_bias_init=bias_init, dtype=host.dtype)
   return model_hook, layer_hook
 
 
 # ---------------------------------------------------------------- The built-in PEs.
 
 
-def _seqpe_source(cfg, host, method):
-  return sources.SeqPESource(_build_encoder(cfg, host, method), num_prefix=host.num_prefix,
-                             canvas=canvas_of(cfg, host))
+def _seqpe_source(cfg, host: HostSpec, method: str):
+  s = cfg.seqpe
+  per_head = method == 'input_add' or cfg.inject.multi_head
+  expected = host.d_model if per_head else host.head_dim
+  d_out = s.d_out or expected
+  if d_out != expected:
+    raise ValueError(f"SeqPE d_out={d_out} does not fit injection '{method}': it must equal "
+                     f"{'the model width' if per_head else 'the head width'} {expected}.")
+  num_digits = seqpe_num_digits(s)
+  canvas = canvas_of(cfg, host)
+  positions.check_extent_fits(canvas or host.train_shape, base=s.base, width=num_digits)
+  encoder = seqpe.SeqPEEncoder(
+      ndim=host.ndim, num_digits=num_digits, d_out=d_out, base=s.base, d_model=s.d_model,
+      num_heads=s.num_heads, num_layers=s.num_layers, dropout=s.dropout,
+      digit_mask=s.digit_mask, dtype=host.dtype)
+  return sources.SeqPESource(encoder, num_prefix=host.num_prefix, canvas=canvas)
 
 
 def _sincos_source(cfg, host, method):
   del method
   _even('A sinusoidal PE', host.d_model, 2)
-  return sources.SinCosSource(host.d_model, host.num_prefix, cfg.sincos.base,
-                              host.input_scale)
+  return sources.SinCosSource(host.d_model, host.num_prefix, cfg.sincos.base, host.input_scale)
 
 
 def _sincos2d_source(cfg, host, method):
@@ -283,10 +280,7 @@ def _sincos2d_source(cfg, host, method):
 def _rotary_source(axial: bool):
   def source(cfg, host, method):
     del method
-    name = 'rope2d' if axial else 'rope'
-    if axial:
-      _need_2d(name, host)
-    _even(f'{name} (head dimension)', host.head_dim, 4 if axial else 2)
+    _check_rope('rope2d' if axial else 'rope', host, axial)
     return sources.RotarySource(host.head_dim, axial, host.num_prefix, cfg.rope.base,
                                 canvas=canvas_of(cfg, host))
   return source
@@ -294,8 +288,7 @@ def _rotary_source(axial: bool):
 
 def _rope_mixed_source(cfg, host, method):
   del method
-  _need_2d('rope_mixed', host)
-  _even('rope_mixed (head dimension)', host.head_dim, 4)
+  _check_rope('rope_mixed', host, axial=True)
   return sources.CoordinateSource(host.num_prefix, canvas=canvas_of(cfg, host))
 
 
@@ -313,8 +306,7 @@ register('ape', PEKind(('input_add',), lambda cfg, host, method: sources.Learned
     host.train_shape, host.d_model, host.num_prefix, cfg.ape.cubic), config_section='ape',
     shifts=False))
 register('sincos', PEKind(('input_add',), _sincos_source, config_section='sincos'))
-register('sincos2d', PEKind(('input_add',), _sincos2d_source, config_section='sincos',
-                            canvas=True))
+register('sincos2d', PEKind(('input_add',), _sincos2d_source, config_section='sincos', canvas=True))
 register('rope', PEKind(('rotary',), _rotary_source(axial=False), config_section='rope'))
 register('rope2d', PEKind(('rotary',), _rotary_source(axial=True), config_section='rope',
                           canvas=True))
@@ -323,25 +315,7 @@ register('rope_mixed', PEKind(
     hooks=lambda cfg, host, method: (inject.ModelHook, functools.partial(
         inject.MixedRotary, base=cfg.rope.base))))
 register('alibi', PEKind(('bias',), _alibi_source, config_section='alibi'))
-register('none', PEKind(('none',), lambda cfg, host, method: sources.NoSource(),
-                        shifts=False))
-
-
-def _build_encoder(cfg, host: HostSpec, method: str) -> seqpe.SeqPEEncoder:
-  s = cfg.seqpe
-  per_head = method == 'input_add' or cfg.inject.multi_head
-  d_out = s.d_out or (host.d_model if per_head else host.head_dim)
-  expected = host.d_model if per_head else host.head_dim
-  if d_out != expected:
-    raise ValueError(f"SeqPE d_out={d_out} does not fit injection '{method}': it must equal "
-                     f"{'the model width' if per_head else 'the head width'} {expected}.")
-  num_digits = seqpe_num_digits(s)
-  extent = canvas_of(cfg, host) or host.train_shape
-  positions.check_extent_fits(extent, base=s.base, width=num_digits)
-  return seqpe.SeqPEEncoder(
-      ndim=host.ndim, num_digits=num_digits, d_out=d_out, base=s.base, d_model=s.d_model,
-      num_heads=s.num_heads, num_layers=s.num_layers, dropout=s.dropout,
-      digit_mask=s.digit_mask, dtype=host.dtype)
+register('none', PEKind(('none',), lambda cfg, host, method: sources.NoSource(), shifts=False))
 
 
 def _even(what: str, value: int, multiple: int) -> None:
@@ -349,6 +323,7 @@ def _even(what: str, value: int, multiple: int) -> None:
     raise ValueError(f'{what} needs a width divisible by {multiple}, got {value}.')
 
 
-def _need_2d(name: str, host: HostSpec) -> None:
-  if host.ndim != 2:
+def _check_rope(name: str, host: HostSpec, axial: bool) -> None:
+  if axial and host.ndim != 2:
     raise ValueError(f"PE '{name}' is defined on 2D grids; this host has {host.ndim}D positions.")
+  _even(f'{name} (head dimension)', host.head_dim, 4 if axial else 2)

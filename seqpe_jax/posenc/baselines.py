@@ -1,8 +1,5 @@
-"""Closed forms of the baseline PEs: sinusoidal tables, RoPE angles, ALiBi slopes, APE resampling.
-
-Plain functions of positions, so tests compare them with their formulas and the sources
-(`sources.py`) and injection hooks (`inject.py`) stay thin.
-"""
+"""Closed forms of the baseline PEs (sinusoids, RoPE angles, ALiBi slopes, APE resampling):
+plain functions that tests compare with their formulas, so sources and hooks stay thin."""
 
 import math
 from collections.abc import Sequence
@@ -94,11 +91,8 @@ def rope_axial_angles(pos: jax.Array, head_dim: int, base: float = 10_000.) -> j
 
 def rope_mixed_init(key: jax.Array, num_heads: int, head_dim: int,
                     base: float = 10_000.) -> jax.Array:
-  """float32[2, H, head_dim/2]: (f_x, f_y) of RoPE-Mixed at initialisation.
-
-  Magnitudes are the axial frequencies; each head turns them by a random angle theta,
-  half the pairs along theta and half along theta + pi/2.
-  """
+  """float32[2, H, head_dim/2]: RoPE-Mixed's (f_x, f_y) at initialisation: the axial
+  frequencies, turned per head by a random theta (half the pairs by theta + pi/2)."""
   mag = jnp.asarray(rope_axial_frequencies(head_dim, base), jnp.float32)
   theta = jax.random.uniform(key, (num_heads, 1), maxval=2 * math.pi)
   quarter = (num_heads, mag.shape[0])

@@ -1,10 +1,6 @@
-"""Jittable sampler of SeqPE's contrastive pivots and candidates (pivots, hard negatives
-made by digit edits, windows), and of the pivots drawn inside the training window.
-
-The reference samples on the host in a background process with Python strings; here every
-draw is a fixed-shape integer array from an explicit `jax.random` key, inside the jitted
-step. Nothing is ever dropped: entries that are duplicates, the pivot itself or failed hard
-negatives are masked, so shapes never change.
+"""Jittable sampler of SeqPE's contrastive pivots and candidates (docs/method.md §5.2) and of
+pivots inside the training window. Unlike the reference's host-side strings, every draw is a
+fixed-shape array from an explicit key in the jitted step: what fails is masked, not dropped.
 """
 
 import dataclasses
@@ -24,28 +20,16 @@ REFERENCE_MIX = {1: ((0.0, 0.4, 0.6), 0.25), 2: ((0.5, 0.3, 0.2), 0.2)}
 EDITS = ('insert', 'delete', 'swap', 'replace')
 EDIT_PROPOSALS = 8  # Proposals per edit; the first valid one is applied.
 EDIT_CHAINS = 4  # Independent 1-3 edit chains per hard negative; the first valid one wins.
-# 'clean': this codebase's digit-edit rules; 'reference': the reference sampler's, quirks
-# included (reference_edits.py).
+# 'clean': this codebase's digit-edit rules; 'reference': the reference's (reference_edits).
 HARD_NEGATIVE_RULES = ('clean', 'reference')
 
 
 @dataclasses.dataclass(frozen=True)
 class ContrastiveSpec:
-  """Static settings of the contrastive sampler (one per run).
-
-  Attributes:
-    ndim: position axes n.
-    max_position: extent P of the position space per axis.
-    base, num_digits: the numeral system (k digits per axis).
-    num_pivots: pivots per step.
-    num_candidates: K candidates per pivot.
-    mode_probs: probabilities of the (uniform, hard, window) modes.
-    num_hard: hard negatives drawn in hard mode.
-    window: 1D window length max(r, 5K) or 2D window side max(sqrt(N), sqrt(5K)).
-    window_starts: window starts are uniform in [0, window_starts) per axis (P - r in 1D,
-      P - window in 2D); a 1D window is cut off at P.
-    hard_negative_rules: one of HARD_NEGATIVE_RULES.
-  """
+  """Static settings of the contrastive sampler, one per run (docs/method.md §5.2): n axes of
+  P positions with k digits each, K candidates per pivot, the (uniform, hard, window)
+  mode_probs, num_hard hard negatives, and a `window` (1D length, cut off at P, or 2D side)
+  whose start is uniform in [0, window_starts) per axis."""
   ndim: int
   max_position: int
   base: int
@@ -117,14 +101,9 @@ def squared_distance(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def sample_contrastive(key: jax.Array, spec: ContrastiveSpec) -> dict[str, jax.Array]:
-  """Pivots, K candidates each, the nearest-candidate labels and the validity mask.
-
-  Returns:
-    pivots int32[B, n]; candidates int32[B, K, n]; valid bool[B, K] (False only when the
-    draws ran out of distinct positions); labels int32[B] (first nearest candidate);
-    mode int32[B] and origin int32[B, K]: indices into MODES of each pivot's mode and
-    of the list each candidate came from.
-  """
+  """Pivots int32[B, n], candidates int32[B, K, n], valid bool[B, K] (False only when the
+  draws ran out of distinct positions), labels int32[B] (the first nearest candidate), and
+  the indices into MODES of each pivot's and candidate's mode: mode [B], origin [B, K]."""
   b, k, n, p = spec.num_pivots, spec.num_candidates, spec.ndim, spec.max_position
   keys = jax.random.split(key, 5)
   pivots = rng.randint(keys[0], (b, n), 0, p)
@@ -132,13 +111,12 @@ def sample_contrastive(key: jax.Array, spec: ContrastiveSpec) -> dict[str, jax.A
   uniform = rng.randint(keys[2], (b, spec.num_uniform, n), 0, p)
   window, window_ok = _window_draws(keys[3], spec)
   hard, hard_ok = hard_negatives(keys[4], pivots, spec)
-  # A hard negative must be farther than the nearest of the first K-n_hard uniform draws
-  # other than the pivot, which always make it into the candidates, so that it is never
-  # the label. (The reference compares with K+1-n_hard draws, the last of which can be
-  # cut, and counts a draw of the pivot itself.)
+  # A hard negative must be farther than the nearest non-pivot of the first K-n_hard uniform
+  # draws, which always become candidates, so it is never the label (the reference compares
+  # with K+1-n_hard draws, the last of which can be cut, and counts the pivot itself).
   first_uniform = squared_distance(pivots[:, None], uniform[:, :k - spec.num_hard])
-  nearest_uniform = jnp.where(first_uniform == 0, jnp.iinfo(jnp.int32).max, first_uniform).min(-1)
-  hard_ok &= squared_distance(pivots[:, None], hard) > nearest_uniform[:, None]
+  nearest_uniform = jnp.where(first_uniform == 0, jnp.iinfo(jnp.int32).max, first_uniform)
+  hard_ok &= squared_distance(pivots[:, None], hard) > nearest_uniform.min(-1)[:, None]
   # The mode-specific list first, then the uniform pool; keep the first K usable entries.
   pool = jnp.concatenate([window, hard, uniform], axis=1)
   usable = jnp.concatenate([window_ok & (mode == 2)[:, None], hard_ok & (mode == 1)[:, None],
@@ -151,25 +129,15 @@ def sample_contrastive(key: jax.Array, spec: ContrastiveSpec) -> dict[str, jax.A
   candidates = jnp.take_along_axis(pool, order[..., None], axis=1)
   origin = jnp.asarray([2] * window.shape[1] + [1] * hard.shape[1] + [0] * uniform.shape[1])
   valid = jnp.take_along_axis(usable, order, axis=1)
-  distance = jnp.where(valid, squared_distance(pivots[:, None], candidates), jnp.iinfo(jnp.int32).max)
-  return {'pivots': pivots, 'candidates': candidates, 'valid': valid,
-          'labels': jnp.argmin(distance, axis=1).astype(jnp.int32), 'mode': mode,
-          'origin': origin[order]}
+  return _with_labels(pivots, candidates, valid, mode, origin[order])
 
 
 def sample_train_window_contrastive(key: jax.Array, train_shape: Sequence[int], *,
                                     num_pivots: int, num_candidates: int,
                                     canvas: Sequence[int] = ()) -> dict[str, jax.Array]:
-  """Pivots inside the training window, each with K other window positions as candidates.
-
-  The reference draws pivots over the whole position space (P = 10,000 in 1D), so the
-  L positions the task trains on are almost never compared with each other and nothing
-  stops the encoder from mapping them all to one vector. These pivots keep them apart.
-  Candidates are distinct and never the pivot; when the window has fewer than K other
-  positions the surplus is masked (`valid`). Same keys as `sample_contrastive`. On a
-  `canvas` (pe.canvas_stride) the window's positions are those on it
-  (`positions.canvas_grid`).
-  """
+  """Pivots inside the training window, each with K other window positions as candidates,
+  masked past the window's N - 1 others (pe.contrastive.train_fraction, docs/method.md §9).
+  Returns `sample_contrastive`'s keys."""
   grid = positions.canvas_grid(train_shape, canvas)  # [N, n]
   n = grid.shape[0]
   pivot_key, pick_key = jax.random.split(key)
@@ -181,14 +149,19 @@ def sample_train_window_contrastive(key: jax.Array, train_shape: Sequence[int], 
     order = jnp.pad(order, [(0, 0), (0, num_candidates - order.shape[1])])
   valid = jnp.arange(num_candidates)[None] < min(num_candidates, n - 1)
   valid = jnp.broadcast_to(valid, order.shape)
-  pivots, candidates = grid[pivot_idx], grid[order]
+  window_mode = MODES.index('window')
+  return _with_labels(grid[pivot_idx], grid[order], valid,
+                      jnp.full((num_pivots,), window_mode, jnp.int32),
+                      jnp.full(order.shape, window_mode, jnp.int32))
+
+
+def _with_labels(pivots, candidates, valid, mode, origin):
+  """The sampler's draws, labelled with each pivot's first nearest valid candidate."""
   distance = jnp.where(valid, squared_distance(pivots[:, None], candidates),
                        jnp.iinfo(jnp.int32).max)
-  window_mode = MODES.index('window')
   return {'pivots': pivots, 'candidates': candidates, 'valid': valid,
-          'labels': jnp.argmin(distance, axis=1).astype(jnp.int32),
-          'mode': jnp.full((num_pivots,), window_mode, jnp.int32),
-          'origin': jnp.full(order.shape, window_mode, jnp.int32)}
+          'labels': jnp.argmin(distance, axis=1).astype(jnp.int32), 'mode': mode,
+          'origin': origin}
 
 
 def _window_draws(key, spec: ContrastiveSpec):
@@ -208,23 +181,10 @@ def _window_draws(key, spec: ContrastiveSpec):
 
 
 def hard_negatives(key: jax.Array, pivots: jax.Array, spec: ContrastiveSpec):
-  """Positions whose numerals look like the pivot's but lie elsewhere: 1-3 digit edits.
-
-  The pivot's numeral without leading zeros (2D: the unpadded coordinates concatenated,
-  (28, 19) -> "2819") gets 1-3 edits, each uniformly an insert, delete, swap or replace
-  that writes no leading zero; 2D strings are split back into two coordinates at a random
-  cut. Under spec.hard_negative_rules:
-
-  - 'clean': inserts only while shorter than k digits (so never in 2D), row-0 pivots edit
-    "037"; several chains are tried at once and the first that yields a new, in-range
-    position is kept.
-  - 'reference': the reference's rules (reference_edits.py): row-0 pivots edit "37", range
-    and difference from the pivot's string are checked after every edit, and a chain's
-    result equal to the pivot is dropped, not replaced.
-
-  Returns:
-    int32[B, n_hard, n] positions and bool[B, n_hard] (False: no hard negative).
-  """
+  """Positions whose numerals look like the pivot's but lie elsewhere, by 1-3 digit edits of
+  its unpadded numeral (docs/method.md §5.2): int32[B, n_hard, n] and bool[B, n_hard] (False:
+  no hard negative). 'clean' rules keep the first of EDIT_CHAINS chains that gives a new,
+  in-range position, and edit (0, 37) as "037" (the reference: "37")."""
   b, h, n = pivots.shape[0], spec.num_hard, spec.ndim
   if h == 0:
     return jnp.zeros((b, 0, n), jnp.int32), jnp.zeros((b, 0), bool)
@@ -292,8 +252,9 @@ def _unpadded_numeral(pivots, spec: ContrastiveSpec):
   ends = jnp.cumsum(significant, axis=-1)  # Where each axis' digits end in the string.
   slot = jnp.arange(n * k)
   axis = jnp.sum(slot[None, :, None] >= ends[:, None, :], axis=-1).clip(max=n - 1)  # [B, S]
-  within = slot[None] - (jnp.take_along_axis(ends, axis, 1) - jnp.take_along_axis(significant, axis, 1))
-  source = axis * k + k - jnp.take_along_axis(significant, axis, 1) + within
+  axis_digits = jnp.take_along_axis(significant, axis, 1)
+  within = slot[None] - (jnp.take_along_axis(ends, axis, 1) - axis_digits)
+  source = axis * k + k - axis_digits + within
   string = jnp.take_along_axis(digits.reshape(-1, n * k), source.clip(0, n * k - 1), axis=1)
   length = ends[:, -1]
   return jnp.where(slot[None] < length[:, None], string, 0), length
@@ -317,7 +278,8 @@ def _edit(key, string, length, spec: ContrastiveSpec):
   d_replace = (s_i + 1 + jnp.floor(u_d * (base - 1)).astype(jnp.int32)) % base  # != s_i.
   slot = jnp.arange(size)
   shifted_right = jnp.take_along_axis(s, jnp.broadcast_to((slot - 1).clip(0), s.shape), -1)
-  shifted_left = jnp.take_along_axis(s, jnp.broadcast_to((slot + 1).clip(max=size - 1), s.shape), -1)
+  shifted_left = jnp.take_along_axis(
+      s, jnp.broadcast_to((slot + 1).clip(max=size - 1), s.shape), -1)
   before_i = slot < i[..., None]
   inserted = jnp.where(before_i, s, jnp.where(slot == i[..., None],
                                               d_insert.astype(jnp.int32)[..., None], shifted_right))
@@ -333,9 +295,8 @@ def _edit(key, string, length, spec: ContrastiveSpec):
       (ell > 1) & (s_lo != s_hi) & ~((lo == 0) & (s_hi == 0)),
   ], ~((i == 0) & (ell > 1) & (d_replace == 0)))
   first = jnp.argmax(valid, axis=-1)
-  pick = lambda x: jnp.take_along_axis(x, first[..., None], -1)[..., 0]
   new = jnp.take_along_axis(new, first[..., None, None], -2)[..., 0, :]
-  new_length = pick(new_length)
+  new_length = jnp.take_along_axis(new_length, first[..., None], -1)[..., 0]
   return (jnp.where(slot < new_length[..., None], new, 0), new_length, jnp.any(valid, axis=-1))
 
 

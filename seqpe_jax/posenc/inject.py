@@ -1,19 +1,8 @@
-"""How a PE's features enter the host Transformer.
+"""How a PE's features enter the host Transformer, through Linen hooks owned by the host.
 
-Two kinds of hook, both Linen modules whose parameters belong to the host model:
-
-- a model hook, one per host (`pe_inject`): runs once per forward on the source's features
-  (e.g. the shared q/k projection) and may add a PE to the token embeddings (`embed`);
-- a layer hook, one per attention layer (`pe`): `(q, k, state) -> (q, k, bias)`.
-
-The host calls both without knowing which PE it has. Features carry a window axis W;
-example b of the batch uses window b mod W (`per_example`). SeqPE's training features
-also carry `WINDOWS_ALIKE`, 1.0 on steps whose W windows are copies of window 0 (the
-unshifted ones): the q/k projections then run on window 0 alone (`QKProjection`), so
-their work does not grow with W, which tracks the batch.
-
-Injection methods: `input_add`, `attn_mul`, `attn_add`, `attn_scalar` (SeqPE and the
-additive tables), `rotary` (RoPE family), `bias` (ALiBi) and `none`.
+A model hook (`pe_inject`) runs once per forward on the source's features and may add a PE
+to the token embeddings (`embed`); a layer hook (`pe`) maps `(q, k, state) -> (q, k, bias)`
+in every attention layer. Features carry a window axis W; example b uses window b mod W.
 """
 
 from typing import Any
@@ -25,8 +14,9 @@ import jax.numpy as jnp
 from seqpe_jax.posenc import baselines
 
 METHODS = ('input_add', 'attn_mul', 'attn_add', 'attn_scalar', 'rotary', 'bias', 'none')
-# Features key of a float32 scalar: 1.0 when every window equals window 0. A float, not a
-# bool, because the trainer differentiates the host loss with respect to the features.
+# Features key of a float32 scalar: 1.0 when every window equals window 0 (SeqPE's unshifted
+# steps), so q/k projections run once, not once per window (W tracks the batch). A float,
+# not a bool, because the trainer differentiates the host loss with respect to the features.
 WINDOWS_ALIKE = 'windows_alike'
 
 
@@ -69,21 +59,15 @@ def project_distinct_windows(e_W, kernel, bias, alike):
   """b + W e for features e [W, ...]; when `alike` > 0 (every window is window 0) only window
   0 is projected and broadcast, and the backward projects the summed cotangent once.
 
-  A custom VJP because under `lax.cond` JAX's autodiff would keep both branches'
-  residuals (one per layer, zero-filled for the branch not taken); this one keeps only
-  e, which the host holds anyway, and the kernel.
+  A custom VJP because under `lax.cond` JAX's autodiff would keep both branches' residuals
+  (one per layer, zero-filled for the branch not taken); this one keeps e and the kernel.
   """
-  return _forward(e_W, kernel, bias, alike)
-
-
-def _forward(e_W, kernel, bias, alike):
-  once = lambda: jnp.broadcast_to(_dense(e_W[:1], kernel, bias),
-                                  e_W.shape[:-1] + kernel.shape[-1:])
+  once = lambda: jnp.broadcast_to(_dense(e_W[:1], kernel, bias), e_W.shape[:-1] + kernel.shape[-1:])
   return jax.lax.cond(alike > 0, once, lambda: _dense(e_W, kernel, bias))
 
 
 def _forward_with_residuals(e_W, kernel, bias, alike):
-  return _forward(e_W, kernel, bias, alike), (e_W, kernel, alike)
+  return project_distinct_windows(e_W, kernel, bias, alike), (e_W, kernel, alike)
 
 
 def _backward(residuals, cot_W):
@@ -107,9 +91,8 @@ project_distinct_windows.defvjp(_forward_with_residuals, _backward)
 
 
 class QKProjection(nn.Module):
-  """The Dense e -> [p_q; p_k] = b + W e (parameters `kernel`, `bias` as nn.Dense names
-  them); the reference starts W ~ normal(0.02) and b = 0. Features marked
-  WINDOWS_ALIKE are projected once per distinct window, not once per copy."""
+  """The Dense e -> [p_q; p_k] = b + W e (parameter names as nn.Dense's), projected once per
+  distinct window, not once per copy, when the features are marked WINDOWS_ALIKE."""
   d_out: int
   init_std: float = 0.02
   bias_init: float = 0.0
@@ -158,20 +141,10 @@ class LayerHook(nn.Module):
 
 
 class QKInjection(LayerHook):
-  """SeqPE's attn_mul / attn_add / attn_scalar with per-layer, shared or no q/k projection.
-
-  Attributes:
-    method: 'attn_mul' (q*p_q, k*p_k), 'attn_add' (q+p_q, k+p_k) or 'attn_scalar'
-      (logit += p_q.p_k before the 1/sqrt(d_h) scale).
-    per_layer: this layer owns its Dense e -> [p_q; p_k]; otherwise the model hook
-      provides p_q, p_k.
-    multi_head: p_q, p_k split into heads (d_out = D); else one d_h vector for all heads.
-    scalar_impl: 'concat' ([q; p_q].[k; p_k], no L x L tensor, fused attention and KV
-      cache work) or 'bias' (materialised [B, H, L, L] bias; the test oracle).
-    proj_init_std, proj_bias_init: initial scale of W and value of b in the per-layer
-      projection p = b + W e.
-    dtype: of the per-layer projection's product (the host's dtype).
-  """
+  """SeqPE's attn_mul / attn_add / attn_scalar (docs/method.md §4) with this layer's q/k
+  projection (`per_layer`) or the model hook's p_q, p_k, split into heads if `multi_head`.
+  attn_scalar's 'concat' appends them as channels (no L x L tensor, so fused attention and
+  the KV cache work); 'bias' materialises a [B, H, L, L] bias (the test oracle)."""
   method: str
   per_layer: bool
   multi_head: bool = True
@@ -201,10 +174,8 @@ class QKInjection(LayerHook):
       bias_BHLL = jnp.einsum('...qhd,...khd->...hqk', pq, pk)
       return q_BLHD, k_BLHD, bias_BHLL * head_dim**-0.5
     # [q; p_q].[k; p_k] = q.k + p_q.p_k exactly; the attention keeps 1/sqrt(d_h).
-    pq = jnp.broadcast_to(pq, (q_BLHD.shape[0],) + q_BLHD.shape[1:])
-    pk = jnp.broadcast_to(pk, (k_BLHD.shape[0],) + k_BLHD.shape[1:])
-    return (jnp.concatenate([q_BLHD, pq], axis=-1),
-            jnp.concatenate([k_BLHD, pk], axis=-1), None)
+    return (jnp.concatenate([q_BLHD, jnp.broadcast_to(pq, q_BLHD.shape)], axis=-1),
+            jnp.concatenate([k_BLHD, jnp.broadcast_to(pk, k_BLHD.shape)], axis=-1), None)
 
 
 class Rotary(LayerHook):
@@ -234,17 +205,17 @@ class MixedRotary(LayerHook):
 class KeyPositionBias(LayerHook):
   """ALiBi as the reference computes it: logit += m_h * j for key position j.
 
-  Under a causal mask this is softmax-equivalent to -m_h (i - j), needs only an
-  [B, H, 1, L] bias (no L x L tensor) and stays correct with a KV cache because it
-  depends on absolute key positions alone. With `pre_scale` the bias is added before
-  the 1/sqrt(d_h) scaling, as in the reference, so the effective slopes are m_h/sqrt(d_h).
+  Under a causal mask this is softmax-equivalent to -m_h (i - j), needs only a [B, H, 1, L]
+  bias and stays correct with a KV cache. With `pre_scale` (the reference) it is added
+  before the 1/sqrt(d_h) scaling, so the effective slopes are m_h / sqrt(d_h).
   """
   pre_scale: bool = True
 
   def __call__(self, q_BLHD, k_BLHD, state):
     _, _, heads, head_dim = q_BLHD.shape
     slopes = jnp.asarray(baselines.alibi_slopes(heads))
-    bias_BH1L = per_example(state['key_pos'], q_BLHD.shape[0])[:, None, None, :] * slopes[:, None, None]
+    key_pos_BL = per_example(state['key_pos'], q_BLHD.shape[0])
+    bias_BH1L = key_pos_BL[:, None, None, :] * slopes[:, None, None]
     if self.pre_scale:
       bias_BH1L = bias_BH1L * head_dim**-0.5
     return q_BLHD, k_BLHD, bias_BH1L

@@ -7,17 +7,13 @@ import jax.numpy as jnp
 
 def contrastive_loss(pivot_Bd: jax.Array, cand_BKd: jax.Array, labels_B: jax.Array,
                      valid_BK: jax.Array | None = None) -> jax.Array:
-  """Mean cross-entropy of the nearest candidate under raw dot-product logits.
-
-  The PE's norm acts as the temperature (no normalisation, no label smoothing). Masked
-  candidates (duplicates the sampler could not replace) get no probability.
-  """
+  """Mean cross-entropy of the nearest candidate under raw dot-product logits, so the PE's
+  norm acts as the temperature; masked candidates get no probability."""
   logits_BK = jnp.einsum('bd,bkd->bk', pivot_Bd, cand_BKd).astype(jnp.float32)
   if valid_BK is not None:
     logits_BK = jnp.where(valid_BK, logits_BK, -jnp.inf)
   log_probs = jax.nn.log_softmax(logits_BK, axis=-1)
-  picked = jnp.take_along_axis(log_probs, labels_B[:, None], axis=-1)
-  return -jnp.mean(picked)
+  return -jnp.mean(jnp.take_along_axis(log_probs, labels_B[:, None], axis=-1))
 
 
 def _row_log_softmax(x_GnD: jax.Array, num_heads: int) -> jax.Array:
@@ -28,33 +24,21 @@ def _row_log_softmax(x_GnD: jax.Array, num_heads: int) -> jax.Array:
 
 def ood_distillation_loss(teacher_GnD: jax.Array, student_GnD: jax.Array, *,
                           num_heads: int) -> jax.Array:
-  """Distils the teacher's within-set similarity structure into the student positions.
-
-  Symmetric (Jeffreys) KL between per-head row-softmax distributions, averaged over every
-  one of the G*H*n*n entries, as PyTorch's `kl_div(reduction='mean')` does in the
-  reference (the weight 0.1 was tuned against exactly this scaling), with the teacher
-  detached.
-  """
+  """Symmetric (Jeffreys) KL between the teacher's (detached) and the students' per-head
+  row-softmax similarities, averaged over all G*H*n*n entries as the reference's
+  `kl_div(reduction='mean')` does (its weight 0.1 was tuned against this scaling)."""
   a_t = jax.lax.stop_gradient(_row_log_softmax(teacher_GnD, num_heads))
   a_s = _row_log_softmax(student_GnD, num_heads)
   return jnp.mean(jnp.exp(a_t) * (a_t - a_s) + jnp.exp(a_s) * (a_s - a_t))
 
 
 def logit_distill_loss(teacher_HNN: jax.Array, student_SHKK: jax.Array,
-                                far_log_weight_SF: jax.Array, *, causal: bool) -> jax.Array:
-  """KL(teacher || student) between the attention the PE alone gives over the training
-  window and over moved copies of it (pe.logit_distill), averaged over copies, heads and rows.
-
-  Args:
-    teacher_HNN: position logits among the N training positions (detached here).
-    student_SHKK: position logits among each copy's N positions followed by its F far
-      keys (K = N + F); only the copy's rows are read.
-    far_log_weight_SF: log of how many keys each far key stands for; the student's softmax
-      counts far key f that many times, as if every key before the copy were present.
-    causal: queries see keys up to their own position, and only the second half of the
-      window's queries are compared (the first see too few keys to have a shape worth
-      copying). Far keys are always visible; the teacher gives them no mass.
-  """
+                       far_log_weight_SF: jax.Array, *, causal: bool) -> jax.Array:
+  """KL(teacher || student) of the attention the PE alone gives over the training window
+  (teacher_HNN, detached) and over moved copies of it (student_SHKK: each copy's N positions,
+  then its F far keys, far key f counted exp(far_log_weight_SF[f]) times), averaged over
+  copies, heads and rows (docs/method.md §9). `causal`: a causal mask, only the second half
+  of the rows compared (the first see too few keys); far keys are always visible."""
   n = teacher_HNN.shape[-1]
   rows = slice(n // 2, n) if causal else slice(0, n)
   visible = (jnp.tril(jnp.ones((n, n), bool)) if causal else jnp.ones((n, n), bool))[rows]

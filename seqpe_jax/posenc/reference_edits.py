@@ -1,20 +1,11 @@
-"""The reference sampler's digit edits of hard negatives, jittable (pe.contrastive.
-hard_negative_rules = 'reference').
+"""The reference sampler's digit edits of hard negatives, jittable, quirks included
+(pe.contrastive.hard_negative_rules = 'reference'; docs/method.md §5.2). One more quirk: an
+insert into "0" may write "0d", the one way a leading zero arises.
 
-The reference edits Python strings: 1-3 edits, each an insert, delete, swap or replace
-chosen uniformly and retried, with a fresh choice, until one is accepted. An edit is
-accepted when its own rule allows it, the number stays below the position space (P^n, the
-flattened 2D grid), and the string differs from the pivot's. Its quirks, kept here:
-
-- an insert is refused only when the string already has exactly k digits (k per axis), so
-  a 3-digit 2D string such as (5, 40) -> "540" can grow to 4 digits;
-- a replace never writes a 0 in front, even into a one-digit string;
-- an insert into "0" may write "0d", the one way a leading zero arises.
-
-Here a string is int32[..., S] digits, left-aligned, zeros beyond its length. Each edit
-makes ATTEMPTS independent attempts and keeps the first accepted one, which is distributed
-as the reference's retries are; only when all of them fail does the edit fail (the caller
-falls back to another chain), about as likely as a 1e-9 event on the paper's settings.
+A string is int32[..., S] digits, left-aligned, zeros beyond its length. The reference
+retries an edit until it is accepted; here the first accepted of ATTEMPTS independent
+attempts is kept, distributed alike, and all fail (the caller falls back to another chain)
+about as rarely as a 1e-9 event.
 """
 
 import jax
@@ -29,15 +20,9 @@ INSERT, DELETE, SWAP, REPLACE = range(4)
 
 def edit_chain(key: jax.Array, string: jax.Array, length: jax.Array, *, base: int,
                max_digits: int, limit: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """1-3 accepted edits of each pivot numeral `string` [..., S] of `length` [...].
-
-  Args:
-    max_digits: k, the digits per axis (inserts stop at exactly this length).
-    limit: numbers must stay below it (P^n).
-
-  Returns:
-    The edited strings [..., S], their lengths and whether every edit was accepted.
-  """
+  """1-3 accepted edits of each pivot numeral `string` [..., S] of `length` [...] (inserts stop
+  at exactly `max_digits` = k, numbers stay below `limit` = P^n): the edited strings, their
+  lengths and whether every edit was accepted."""
   count_key, edit_key = jax.random.split(key)
   num_edits = rng.randint(count_key, length.shape, 1, 4)
   step_keys = jax.random.split(edit_key, 3)
@@ -47,9 +32,8 @@ def edit_chain(key: jax.Array, string: jax.Array, length: jax.Array, *, base: in
     new, new_length, accepted = _edit(step_keys[i], current, current_length, string, length,
                                       base=base, max_digits=max_digits, limit=limit)
     apply = i < num_edits
-    return (jnp.where(apply[..., None], new, current), jnp.where(apply, new_length,
-                                                                 current_length),
-            ok & (~apply | accepted))
+    return (jnp.where(apply[..., None], new, current),
+            jnp.where(apply, new_length, current_length), ok & (~apply | accepted))
 
   return jax.lax.fori_loop(0, 3, step, (string, length, jnp.ones(length.shape, bool)))
 

@@ -1,14 +1,6 @@
-"""One training step's SeqPE work: main PE, contrastive loss and OOD distillation loss,
-and the probes of the optional logit distillation (pe.logit_distill), whose loss
-`regularizer_loss` computes from the position-only logits the host reports on them.
-
-Every position the step needs (main windows, contrastive pivots and candidates, OOD
-students, logit-distillation probes) goes through the encoder in a single forward pass and is split
-back afterwards.
-A `lax.cond` on the shift coin picks between the common unshifted branch (one main window,
-broadcast to W, plus distillation) and the shifted branch (W windows, no distillation), so
-the step compiles once and only the taken branch runs.
-"""
+"""One training step's SeqPE work: main PE, contrastive and OOD distillation losses, and the
+probes of the optional logit distillation, with every position in one encoder pass and a
+`lax.cond` on the shift coin, so the step compiles once (docs/method.md §7-§9)."""
 
 import dataclasses
 import functools
@@ -23,9 +15,7 @@ from seqpe_jax.posenc import contrastive_sampling, inject, losses, sampling
 from seqpe_jax.posenc import shifts as shifts_lib
 
 BALANCE = ('none', 'grad_norm')
-# What the backward of the regularisers' encoder pass recomputes: 'matmuls' keeps the
-# matrix products and dropout masks (keep_products_and_masks); 'all' keeps nothing and
-# reruns the pass (ViT-S/16 at batch 32: 1.3 GB fewer temporaries for one more forward).
+# What the backward of the regularisers' encoder pass recomputes (pe.seqpe.remat).
 REMAT = ('matmuls', 'all')
 
 
@@ -55,13 +45,8 @@ class Regularizers:
   causal: bool = False  # The host's attention: the distillation compares what it sees.
   canvas: tuple[int, ...] = ()  # pe.canvas_stride's: the training positions lie on it.
 
-  def train_positions(self) -> jax.Array:
-    """int32[N, n]: the positions the task trains on."""
-    return positions.canvas_grid(self.train_shape, self.canvas)
-
   def weight_scale(self, step: jax.Array) -> jax.Array:
-    """The regularisers' weight multiplier at optimizer step `step` (0-based): a linear
-    ramp to 1 over `warmup_steps`, 1 throughout without one."""
+    """The weight multiplier at 0-based optimizer `step`: a linear ramp to 1 over warmup."""
     if self.warmup_steps == 0:
       return jnp.ones((), jnp.float32)
     return jnp.clip((jnp.asarray(step, jnp.float32) + 1) / self.warmup_steps, 0.0, 1.0)
@@ -77,8 +62,9 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
   enc = pe.seqpe_encoder
   if enc is None:
     return None
-  ct, ood, shift = cfg.contrastive, cfg.ood, cfg.shift
-  for name, value in (('pe.contrastive.weight', ct.weight), ('pe.ood.weight', ood.weight)):
+  ct, ood, shift, distill = cfg.contrastive, cfg.ood, cfg.shift, cfg.logit_distill
+  for name, value in (('pe.contrastive.weight', ct.weight), ('pe.ood.weight', ood.weight),
+                      ('pe.logit_distill.weight', distill.weight)):
     if value < 0:
       raise ValueError(f'{name} must be non-negative, got {value}.')
   if not 0 <= shift.prob <= 1:
@@ -108,11 +94,7 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
         ndim=enc.ndim, max_position=max_position, base=enc.base, num_digits=enc.num_digits,
         train_shape=train_shape, num_pivots=ct.num_pivots - train_pivots,
         num_candidates=ct.num_candidates, mode_probs=ct.mode_probs,
-        window_range=ct.window_range,
-        hard_negative_rules=ct.hard_negative_rules)
-  distill = cfg.logit_distill
-  if distill.weight < 0:
-    raise ValueError(f'pe.logit_distill.weight must be non-negative, got {distill.weight}.')
+        window_range=ct.window_range, hard_negative_rules=ct.hard_negative_rules)
   if distill.weight and distill.num_windows < 1:
     raise ValueError('pe.logit_distill.num_windows must be a positive number of window copies, '
                      f'got {distill.num_windows}.')
@@ -134,10 +116,9 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
   sampling.check_ood(train_shape, max_position, ood.num_teachers, canvas)
   sampling.check_shift(train_shape, max_position, shift.pool_size, canvas)
   return Regularizers(
-      contrastive=spec, ct_train_pivots=train_pivots,
-      ct_num_candidates=ct.num_candidates, ct_weight=ct.weight,
-      ood_weight=ood.weight, ood_groups=ood.num_groups, ood_teachers=ood.num_teachers,
-      ood_heads=enc.num_heads,
+      contrastive=spec, ct_train_pivots=train_pivots, ct_num_candidates=ct.num_candidates,
+      ct_weight=ct.weight, ood_weight=ood.weight, ood_groups=ood.num_groups,
+      ood_teachers=ood.num_teachers, ood_heads=enc.num_heads,
       shift_prob=shift.prob, shift_pool_size=shift.pool_size, num_windows=shift.num_windows,
       train_shape=train_shape, max_position=max_position,
       warmup_steps=control.warmup_steps, balance=control.balance, remat=cfg.seqpe.remat,
@@ -155,45 +136,29 @@ def sample_pivots(key: jax.Array, reg: Regularizers) -> dict[str, jax.Array]:
         num_candidates=reg.ct_num_candidates, canvas=reg.canvas))
   if reg.contrastive is not None:
     parts.append(contrastive_sampling.sample_contrastive(key, reg.contrastive))
-  if len(parts) == 1:
-    return parts[0]
   return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
 
 
-COMPARISONS = frozenset({'lt', 'le', 'gt', 'ge', 'eq', 'ne'})
-
-
 def keep_products_and_masks(prim, *avals, **params) -> bool:
-  """What the backward of the encoder pass keeps from its forward (a `jax.checkpoint`
-  policy): matrix products, costly to redo, and comparisons (dropout's masks, one byte
-  an element, which would otherwise be redrawn). The elementwise rest -- layer norms,
-  GELU, dropout scaling, several times the products' size at 4,000-8,000 sequences x
-  5 tokens -- is recomputed from them in the backward, which costs little time; the
-  compiled ViT-S/16 step at batch 32 then needs about 3.7 GB fewer temporaries.
+  """A `jax.checkpoint` policy keeping matrix products (costly to redo) and comparisons
+  (dropout's one-byte masks, else redrawn). The cheap elementwise rest, several times the
+  products' size, is recomputed: ViT-S/16 at batch 32 needs about 3.7 GB fewer temporaries.
   """
   return (jax.checkpoint_policies.dots_with_no_batch_dims_saveable(prim, *avals, **params)
-          or prim.name in COMPARISONS)
+          or prim.name in ('lt', 'le', 'gt', 'ge', 'eq', 'ne'))
 
 
 def seqpe_step(pe, params, key: jax.Array, pool: jax.Array, reg: Regularizers, *,
                deterministic: bool = False):
-  """The main-task PE features and the weighted SeqPE losses of one training step.
-
-  Args:
-    pe: a SeqPE `PositionalEncoding`.
-    params: its source parameters.
-    key: this step's key (derive it from the run seed and the step, so a resumed run
-      draws what an uninterrupted run would).
-    pool: `reg.shift_pool(...)`, fixed for the run.
-    reg: the settings from `build`.
-    deterministic: turn encoder dropout off (it is on for every position set in training).
+  """The main-task PE features and the weighted SeqPE losses of one training step; `key`
+  derives from the run seed and the step, so a resumed run draws what an uninterrupted one
+  would, and `pool` is `reg.shift_pool(...)`.
 
   Returns:
-    features {'e': [W, P+N, d_out], inject.WINDOWS_ALIKE: 1.0 when unshifted} for the host
-    (example b uses window b mod W), and aux {'loss': w_ct L_ct + w_ood L_ood,
-    'contrastive_loss', 'ood_loss', 'shifted'}; with pe.logit_distill also 'probes'
-    {'teacher': features of the training window [1, N, d], 'student': of its moved copies
-    and their far keys [S, N + F, d]} and their 'far_log_weight' [S, F].
+    features {'e': [W, P+N, d_out], inject.WINDOWS_ALIKE: 1.0 when unshifted} and aux
+    {'loss': w_ct L_ct + w_ood L_ood, 'contrastive_loss', 'ood_loss', 'shifted'}, with
+    pe.logit_distill also 'probes' {'teacher': the window's features [1, N, d], 'student':
+    its moved copies' and their far keys' [S, N + F, d]} and 'far_log_weight' [S, F].
   """
   shift_key, ct_key, ood_key, dropout_key = jax.random.split(key, 4)
   shifted, offsets = sampling.sample_shift(shift_key, pool, num_windows=reg.num_windows,
@@ -202,7 +167,7 @@ def seqpe_step(pe, params, key: jax.Array, pool: jax.Array, reg: Regularizers, *
   ood = sampling.sample_ood(ood_key, train_shape=reg.train_shape,
                             max_position=reg.max_position, num_groups=reg.ood_groups,
                             num_teachers=reg.ood_teachers, canvas=reg.canvas)
-  grid = reg.train_positions()  # [N, n]
+  grid = positions.canvas_grid(reg.train_shape, reg.canvas)  # [N, n]
   students = grid[ood['teachers']] + ood['offsets'][:, None]  # [G, n_t, n]
   # pe.logit_distill's moved copies of the window, each followed by its far keys: [S, N + F, n].
   copies = None
@@ -242,12 +207,11 @@ def seqpe_step(pe, params, key: jax.Array, pool: jax.Array, reg: Regularizers, *
         windows, ct['pivots'], ct['candidates'], *([] if copies is None else [grid, copies]))
     return main, pivots, cands, jnp.zeros((), jnp.float32), probes
 
-  main, pivots, cands, ood_loss, probes_e = jax.lax.cond(shifted, shifted_windows, unshifted,
-                                                         None)
+  main, pivots, cands, ood_loss, probes_e = jax.lax.cond(shifted, shifted_windows, unshifted, None)
   ct_loss = losses.contrastive_loss(pivots, cands, ct['labels'], ct['valid'])
-  features = pe.source.apply({'params': params}, main, method='with_prefix')
   # Unshifted, the W windows are copies of one: the host's hooks then project it once.
-  features = {**features, inject.WINDOWS_ALIKE: jnp.logical_not(shifted).astype(jnp.float32)}
+  features = {**pe.source.apply({'params': params}, main, method='with_prefix'),
+              inject.WINDOWS_ALIKE: jnp.logical_not(shifted).astype(jnp.float32)}
   aux = {'loss': reg.ct_weight * ct_loss + reg.ood_weight * ood_loss,
          'contrastive_loss': ct_loss, 'ood_loss': ood_loss, 'shifted': shifted}
   if probes_e:  # The window (teacher) and its copies: the host reports their logits.
@@ -259,16 +223,10 @@ def seqpe_step(pe, params, key: jax.Array, pool: jax.Array, reg: Regularizers, *
 
 def training_step(pe, reg: Regularizers | None, params, key: jax.Array, step: jax.Array,
                   pool: jax.Array, shifts: shifts_lib.Shifts | None = None):
-  """The PE's part of a training step, the same call for every PE; `shifts`: the shifted
-  windows of a PE without regularisers (`shifts.build`), drawn from `pool`.
-
-  Returns:
-    features for the host; probes, the position sets whose position-only logits the host
-    reports (`models.transformer.Transformer`; {} without pe.logit_distill); the terms
-    `regularizer_loss` reads ('loss': the scheduled contrastive and OOD losses, 0 without
-    regularisers); and scalars to log: the unweighted losses, whether the step was shifted
-    and the weight multiplier of `reg.weight_scale`.
-  """
+  """The PE's part of a training step, the same call for every PE (`shifts`: the shifted
+  windows of a PE without regularisers): features for the host; probes, whose position-only
+  logits the host reports ({} without pe.logit_distill); the terms `regularizer_loss` reads;
+  and scalars to log."""
   if reg is None:
     features = shifts_lib.training_features(pe, shifts, params, key, pool)
     return features, {}, {'loss': jnp.zeros((), jnp.float32)}, {}
@@ -284,9 +242,8 @@ def training_step(pe, reg: Regularizers | None, params, key: jax.Array, step: ja
 
 
 def regularizer_loss(reg: Regularizers | None, terms, probe_logits):
-  """The PE's one regulariser term of a training step and scalars to log: the scheduled
-  contrastive and OOD losses (`training_step`'s terms) plus, with pe.logit_distill, its
-  scheduled weight times the logit distillation loss of the host's probe logits
+  """The PE's regulariser loss and scalars to log: `training_step`'s scheduled losses plus,
+  with pe.logit_distill, the weighted logit distillation loss of the host's probe logits
   ({'teacher': [layers, 1, H, N, N], 'student': [layers, S, H, N + F, N + F]}), averaged
   over layers."""
   if not probe_logits:
@@ -295,5 +252,4 @@ def regularizer_loss(reg: Regularizers | None, terms, probe_logits):
       teacher[0], student, terms['far_log_weight'], causal=reg.causal))(
           probe_logits['teacher'], probe_logits['student'])
   distill = jnp.mean(per_layer)
-  return (terms['loss'] + terms['logit_distill_weight'] * distill,
-          {'logit_distill_loss': distill})
+  return (terms['loss'] + terms['logit_distill_weight'] * distill, {'logit_distill_loss': distill})

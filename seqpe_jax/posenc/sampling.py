@@ -1,10 +1,5 @@
-"""Jittable samplers for SeqPE's other training draws: OOD distillation offsets,
-logit-distillation probes and shifted windows (contrastive pivots and candidates
-are `contrastive_sampling`'s).
-
-Every draw is a fixed-shape integer array from an explicit `jax.random` key, inside the
-jitted step.
-"""
+"""Jittable samplers for SeqPE's other training draws (OOD distillation offsets,
+logit-distillation probes, shifted windows): fixed-shape arrays from an explicit key."""
 
 import math
 from collections.abc import Sequence
@@ -16,8 +11,7 @@ import numpy as np
 from seqpe_jax import positions, rng
 
 
-def check_cells_fit(train_shape: Sequence[int], max_position: int,
-                    canvas: Sequence[int]) -> None:
+def check_cells_fit(train_shape: Sequence[int], max_position: int, canvas: Sequence[int]) -> None:
   """Raises ValueError unless the training positions on the canvas, moved anywhere inside
   their cells (`cell_offsets`), stay in the position space."""
   _, hi = positions.canvas_cell(train_shape, canvas)
@@ -57,7 +51,8 @@ def check_ood(train_shape: Sequence[int], max_position: int, num_teachers: int,
       raise ValueError(f'No OOD offset moves the {train_shape} window inside a '
                        f'{max_position}-wide grid; raise pe.seqpe.max_position.')
   else:
-    raise ValueError(f'OOD distillation is defined for 1D and 2D positions, got {len(train_shape)}D.')
+    raise ValueError('OOD distillation is defined for 1D and 2D positions, got '
+                     f'{len(train_shape)}D.')
 
 
 def _ood_offset_count(train_shape, max_position):
@@ -68,18 +63,9 @@ def _ood_offset_count(train_shape, max_position):
 def sample_ood(key: jax.Array, *, train_shape: Sequence[int], max_position: int,
                num_groups: int, num_teachers: int,
                canvas: Sequence[int] = ()) -> dict[str, jax.Array]:
-  """Teacher indices into the training window and one student offset per group.
-
-  1D offsets are uniform in [L//4, P - L); 2D offsets are uniform over [0, P-h) x [0, P-w)
-  minus those with s_r < h and s_c < w, so the student block never coincides with the
-  training block. On a canvas (pe.canvas_stride) the positions a larger grid brings lie
-  between the trained ones, and offsets move the teachers inside their cells
-  (`cell_offsets`). Student position = teacher position + offset.
-
-  Returns:
-    teachers int32[G, n_t] (distinct indices into the N window positions, row-major) and
-    offsets int32[G, n].
-  """
+  """Per group, teachers int32[G, n_t] (distinct row-major indices into the training window)
+  and one offset int32[G, n] that moves them to the students (docs/method.md §6; on a canvas,
+  inside their cells)."""
   n = int(np.prod(train_shape))
   teacher_key, offset_key = jax.random.split(key)
   priority = rng.uniform(teacher_key, (num_groups, n))
@@ -91,8 +77,9 @@ def sample_ood(key: jax.Array, *, train_shape: Sequence[int], max_position: int,
     offsets = rng.randint(offset_key, (num_groups, 1), length // 4, max_position - length)
   else:
     h, w = train_shape
-    # Index the valid offsets row-major: rows < h allow columns [w, P-w), later rows all of [0, P-w).
-    u = jax.random.randint(offset_key, (num_groups,), 0, _ood_offset_count(train_shape, max_position))
+    # Valid offsets row-major: rows < h allow columns [w, P-w), later rows all of [0, P-w).
+    count = _ood_offset_count(train_shape, max_position)
+    u = jax.random.randint(offset_key, (num_groups,), 0, count)
     narrow = max_position - 2 * w
     top = h * max(narrow, 0)
     in_top = u < top
@@ -103,23 +90,13 @@ def sample_ood(key: jax.Array, *, train_shape: Sequence[int], max_position: int,
   return {'teachers': teachers, 'offsets': offsets}
 
 
-def sample_logit_distill_probes(key: jax.Array, *, train_shape: Sequence[int], max_position: int,
-                            num_windows: int, num_far_keys: int,
-                            canvas: Sequence[int] = ()) -> dict[str, jax.Array]:
-  """Where this step's logit distillation (pe.logit_distill) looks: copies of the training window
-  moved by one offset each and, in 1D, keys drawn before each copy.
-
-  1D offsets are log-uniform over [1, P - L], so each ratio of distance to training length
-  comes up as often as its double (extrapolation is judged at 2x, 4x, ..., not at +L,
-  +2L, ...); n-D offsets are uniform per axis over [0, P - n_a]; on a canvas they move
-  the window inside its cells (`cell_offsets`), and there are no far keys. The F far keys
-  of a copy at offset s are uniform over the s positions before it, so each stands for
-  s / F of them (`far_log_weight` = log(s / F)): the student's softmax sees all of them in
-  expectation.
-
-  Returns:
-    offsets int32[S, n], far int32[S, F, n] and far_log_weight float32[S, F].
-  """
+def sample_logit_distill_probes(key: jax.Array, *, train_shape: Sequence[int],
+                                max_position: int, num_windows: int, num_far_keys: int,
+                                canvas: Sequence[int] = ()) -> dict[str, jax.Array]:
+  """Where this step's logit distillation looks (docs/method.md §9): the offsets int32[S, n]
+  of moved copies of the training window (1D: log-uniform, so extrapolation is judged at 2x,
+  4x, ..., not at +L, +2L, ...) and, in 1D, F keys far int32[S, F, n] drawn before each copy
+  at offset s, each standing for s / F keys (far_log_weight float32[S, F])."""
   offset_key, far_key = jax.random.split(key)
   if canvas:
     if num_far_keys:
@@ -132,8 +109,7 @@ def sample_logit_distill_probes(key: jax.Array, *, train_shape: Sequence[int], m
     offsets = jnp.clip(jnp.floor(jnp.exp(u)), 1, top).astype(jnp.int32)
   else:
     extent = jnp.asarray(train_shape, jnp.int32)
-    offsets = rng.randint(offset_key, (num_windows, len(train_shape)), 0,
-                          max_position - extent + 1)
+    offsets = rng.randint(offset_key, (num_windows, len(train_shape)), 0, max_position - extent + 1)
   start = offsets[:, :1]  # [S, 1]: far keys are drawn before the copy's first axis.
   shape = (num_windows, num_far_keys)
   position = rng.randint(far_key, shape + (1,), 0, start[:, None, :])[..., 0]
@@ -161,27 +137,19 @@ def check_shift(train_shape: Sequence[int], max_position: int, pool_size: int,
 
 def shift_pool(key: jax.Array, *, train_shape: Sequence[int], max_position: int,
                pool_size: int, canvas: Sequence[int] = ()) -> jax.Array:
-  """The run's fixed pool of window starts: int32[M, n], drawn once from the run's seed.
-
-  Every start whose window fits the position space ({0..P-L} or {0..P-h} x {0..P-w}; on
-  a canvas, every offset inside a cell, `positions.canvas_cell`) is listed, shuffled, and
-  the first M kept; every process draws the same pool.
-  """
+  """The run's fixed pool of window starts, int32[M, n]: the first M of all starts that fit
+  (on a canvas, the offsets inside a cell), shuffled alike by every process."""
   check_shift(train_shape, max_position, pool_size, canvas)
   lowest, counts = _shift_starts(train_shape, max_position, canvas)
   counts = tuple(int(c) for c in counts)
   chosen = jax.random.permutation(key, int(np.prod(counts)))[:pool_size]
-  starts = jnp.stack(jnp.unravel_index(chosen, counts), axis=-1) + lowest
-  return starts.astype(jnp.int32)
+  return (jnp.stack(jnp.unravel_index(chosen, counts), axis=-1) + lowest).astype(jnp.int32)
 
 
 def sample_shift(key: jax.Array, pool: jax.Array, *, num_windows: int, prob: float):
-  """This step's main windows: (shifted bool[], offsets int32[W, n]).
-
-  With probability `prob` the step uses W consecutive pool entries from a random start
-  (cyclically); otherwise every window starts at 0. Drawing the start from the step's key
-  rather than advancing a pointer keeps resumed runs identical to uninterrupted ones.
-  """
+  """This step's main windows (shifted bool[], offsets int32[W, n]): with probability `prob`,
+  W cyclically consecutive pool entries from a random start, else all at 0 (docs/method.md
+  §7: the start comes from the step's key, so resumed runs match uninterrupted ones)."""
   coin_key, start_key = jax.random.split(key)
   shifted = jax.random.bernoulli(coin_key, prob)
   start = jax.random.randint(start_key, (), 0, pool.shape[0])

@@ -1,11 +1,6 @@
-"""The SeqPE encoder: a small pre-LN Transformer that reads a position's digits.
-
-Input tokens are the n*k digits of a position (`positions.digitize`) followed by a learned
-CLS vector; CLS sits last so that, under the default causal mask, it is the only token
-that sees every digit. Its final hidden state -> LayerNorm -> Dense is the position's
-embedding e(p). Nothing here depends on the number of axes beyond the size of
-the axis-embedding table, so 1D text, 2D images and 3D video positions share one module.
-"""
+"""The SeqPE encoder (docs/method.md §3): a small pre-LN Transformer that reads a position's
+digits followed by a learned CLS vector, last so that under the causal mask it alone sees
+every digit; CLS -> LayerNorm -> Dense is the position's embedding e(p)."""
 
 import functools
 from typing import Any
@@ -24,10 +19,8 @@ INIT = nn.initializers.normal(0.02)  # Every kernel and embedding, as the refere
 class EncoderBlock(nn.Module):
   """GPT-2 style pre-LN block: x += Drop(Wo Attn(LN x)); x += Drop(MLP(LN x)).
 
-  With `last_only` the block computes the last token (CLS) alone: its keys and values
-  still come from every token, but the query, output projection and MLP run once instead
-  of n*k+1 times. The final layer needs nothing else, which saves about a third of the
-  encoder's work; the parameters are the same either way.
+  With `last_only` only the last token (CLS) is computed, attending to every token: all the
+  final layer needs, and about a third of the encoder's work saved, with the same parameters.
   """
   num_heads: int
   dropout: float
@@ -37,10 +30,9 @@ class EncoderBlock(nn.Module):
   def __call__(self, x_BTd, mask_BHTT, *, deterministic: bool, last_only: bool = False):
     batch, tokens, d = x_BTd.shape
     head_dim = d // self.num_heads
-    init = INIT
-    dense = functools.partial(nn.Dense, kernel_init=init, dtype=self.dtype)
+    dense = functools.partial(nn.Dense, kernel_init=INIT, dtype=self.dtype)
     layer_norm = functools.partial(nn.LayerNorm, epsilon=LN_EPS, dtype=self.dtype)
-    qkv_kernel = self.param('qkv_kernel', init, (d, 3 * d)).astype(self.dtype)
+    qkv_kernel = self.param('qkv_kernel', INIT, (d, 3 * d)).astype(self.dtype)
     qkv_bias = self.param('qkv_bias', nn.initializers.zeros, (3 * d,)).astype(self.dtype)
     h = layer_norm(name='ln_attn')(x_BTd)
     queries = slice(tokens - 1, tokens) if last_only else slice(None)
@@ -62,17 +54,11 @@ class EncoderBlock(nn.Module):
 class SeqPEEncoder(nn.Module):
   """Digits int[..., ndim * num_digits] -> embeddings float[..., d_out].
 
-  Attributes:
-    ndim: number of position axes (1 text, 2 images, 3 video, ...).
-    num_digits: digits per axis (k).
+  Attributes (the rest as in `config.pe.seqpe`):
+    ndim, num_digits: position axes n and digits per axis k.
     base: numeral base; the digit table has `base` rows and digit 0 doubles as padding.
-    d_model: encoder width; heads are d_model // num_heads wide.
-    num_heads, num_layers: encoder shape (the paper uses d_model / 64 heads, 2 layers).
-    d_out: output width (host width D, or the host head width without per-head split).
-    dropout: residual dropout, active on every position set when not deterministic.
-    digit_mask: the attention mask over the digits, 'causal' (reference) or 'bidirectional'.
-    dtype: of activations and matmuls (the host's); parameters and the returned
-      embeddings are float32, so the losses and the features' cache stay float32.
+    dtype: of activations and matmuls (the host's); parameters and the returned embeddings
+      stay float32, for the losses and the features' cache.
   """
   ndim: int
   num_digits: int
@@ -87,25 +73,23 @@ class SeqPEEncoder(nn.Module):
 
   def setup(self):
     if self.d_model % self.num_heads:
-      raise ValueError(f'SeqPE width {self.d_model} is not divisible by its {self.num_heads} heads.')
+      raise ValueError(f'SeqPE width {self.d_model} is not divisible by its {self.num_heads} '
+                       'heads.')
     if self.digit_mask not in ('causal', 'bidirectional'):
       raise ValueError("pe.seqpe.digit_mask must be 'causal' or 'bidirectional', got "
                        f"'{self.digit_mask}'.")
-    init = INIT
     # Digit-slot ids 0 .. n*k-1 over all axes (the reference code; the paper's figure
     # numbers the slots of each axis 0 .. k-1).
     num_slots = self.ndim * self.num_digits
-    self.digit_embed = self.param('digit_embed', init, (self.base, self.d_model))
-    self.slot_embed = self.param('slot_embed', init, (num_slots, self.d_model))
+    self.digit_embed = self.param('digit_embed', INIT, (self.base, self.d_model))
+    self.slot_embed = self.param('slot_embed', INIT, (num_slots, self.d_model))
     if self.ndim > 1:  # The reference has no axis table for 1D positions.
-      self.axis_embed = self.param('axis_embed', init, (self.ndim, self.d_model))
-    self.cls = self.param('cls', init, (self.d_model,))
-    self.blocks = [
-        EncoderBlock(self.num_heads, self.dropout, self.dtype, name=f'block_{i}')
-        for i in range(self.num_layers)
-    ]
+      self.axis_embed = self.param('axis_embed', INIT, (self.ndim, self.d_model))
+    self.cls = self.param('cls', INIT, (self.d_model,))
+    self.blocks = [EncoderBlock(self.num_heads, self.dropout, self.dtype, name=f'block_{i}')
+                   for i in range(self.num_layers)]
     self.ln_final = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype)
-    self.out_proj = nn.Dense(self.d_out, kernel_init=init, dtype=self.dtype)
+    self.out_proj = nn.Dense(self.d_out, kernel_init=INIT, dtype=self.dtype)
 
   def __call__(self, digits: jax.Array, *, deterministic: bool = True) -> jax.Array:
     seq_len = self.ndim * self.num_digits
@@ -115,7 +99,9 @@ class SeqPEEncoder(nn.Module):
     batch_shape = digits.shape[:-1]
     digits_BS = digits.reshape(-1, seq_len)
     x_BTd = self.embed_digits(digits_BS).astype(self.dtype)
-    mask_BHTT = self.attention_mask(digits_BS)
+    mask_BHTT = None  # True = attend.
+    if self.digit_mask == 'causal':
+      mask_BHTT = jnp.tril(jnp.ones((seq_len + 1, seq_len + 1), bool))[None, None]
     for i, block in enumerate(self.blocks):
       # Only CLS is read out, so the last block computes CLS alone.
       x_BTd = block(x_BTd, mask_BHTT, deterministic=deterministic,
@@ -131,13 +117,6 @@ class SeqPEEncoder(nn.Module):
       x = x + self.axis_embed[np.arange(self.ndim * k) // k]  # Axis id broadcast over its digits.
     cls = jnp.broadcast_to(self.cls, (x.shape[0], 1, self.d_model))
     return jnp.concatenate([x, cls], axis=1)
-
-  def attention_mask(self, digits_BS: jax.Array) -> jax.Array | None:
-    """Boolean [B or 1, 1, T, T] mask (True = attend), or None when everything is visible."""
-    if self.digit_mask != 'causal':
-      return None
-    num_tokens = digits_BS.shape[-1] + 1
-    return jnp.tril(jnp.ones((num_tokens, num_tokens), bool))[None, None]
 
 
 def encode_positions(encoder: SeqPEEncoder, params, pos: jax.Array, *,

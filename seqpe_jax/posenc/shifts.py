@@ -1,18 +1,6 @@
-"""Random shifts of the training window (pe.shift) for the PEs without SeqPE's regularisers.
-
-SeqPE draws its shifted windows inside its training step (`regularizers.seqpe_step`),
-where they share one encoder pass with its other draws. Every other PE that reads
-positions draws them here, from the same pool and the same per-step key, so a baseline
-trained with SeqPE's pe.shift meets the positions SeqPE's host meets, step for step: on
-a shifted step, example b's window starts at the same offset (on a canvas, is moved by
-the same in-cell offset) as SeqPE's. That makes "is it SeqPE or the shifts?" a question
-a study can answer by giving a baseline the same pe.shift.
-
-A shift moves the whole window, so a PE whose attention depends only on differences of
-positions (RoPE 1D/2D/Mixed, ALiBi) computes the same logits up to float rounding; the
-PEs of absolute positions (sinusoids) meet new ones. APE has no rows beyond its table
-and 'none' no positions, so they take no shifts (their kinds say `shifts=False`).
-"""
+"""Random shifts of the training window (pe.shift) for the PEs without SeqPE's regularisers:
+SeqPE's windows, from the same pool and per-step key, so a baseline given SeqPE's pe.shift
+meets SeqPE's positions step for step (docs/method.md §7)."""
 
 import dataclasses
 
@@ -39,9 +27,8 @@ class Shifts:
                                pool_size=self.pool_size, canvas=self.canvas)
 
   def sample(self, step_key: jax.Array, pool: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """This step's windows, (shifted bool[], offsets int32[W, n]), from the step's PE key:
-    the shift key is the first of the four SeqPE's step splits it into, so the draw is
-    SeqPE's at the same step."""
+    """This step's (shifted bool[], offsets int32[W, n]) from the step's PE key: SeqPE's draw,
+    whose step splits its key in four and shifts with the first."""
     shift_key = jax.random.split(step_key, 4)[0]
     return sampling.sample_shift(shift_key, pool, num_windows=self.num_windows, prob=self.prob)
 

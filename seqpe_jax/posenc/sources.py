@@ -1,11 +1,9 @@
 """Position sources: what each PE computes from positions, once per forward.
 
 A source maps a grid `shape` (and optional per-window start offsets) to the features its
-injection needs, with a leading window axis W: an embedding table `e` [W, P+N, d], rotary
-`cos`/`sin` [W, P+N, d_h/2], raw coordinates, or ALiBi key positions. P is the number of
-prefix tokens the host puts before the grid (the ViT's CLS); each source decides what a
-prefix token's position is. Sources depend only on positions, never on the batch, so the
-result is shared by every example and cached per shape at evaluation.
+injection needs, with a leading window axis W over P prefix tokens (the ViT's CLS) and the
+N grid positions: a table `e` [W, P+N, d], rotary `cos`/`sin`, raw coordinates or ALiBi key
+positions. Sources never see the batch, so their result is cached per shape at evaluation.
 """
 
 from collections.abc import Sequence
@@ -27,10 +25,12 @@ def window_positions(shape: Sequence[int], offsets: jax.Array | None,
   return pos if offsets is None else pos + jnp.asarray(offsets, jnp.int32)[:, None, :]
 
 
-def flat_positions(pos_WNn: jax.Array, shape: Sequence[int]) -> jax.Array:
-  """Row-major flat index of each coordinate within `shape`: int32[W, N]."""
+def _flat_positions(pos_WNn: jax.Array, shape: Sequence[int], num_prefix: int) -> jax.Array:
+  """int32[W, P+N]: prefix tokens at 0..P-1, then P + each row-major index within `shape`."""
   strides = np.cumprod((1,) + tuple(shape[:0:-1]))[::-1]
-  return jnp.sum(pos_WNn * jnp.asarray(strides, jnp.int32), axis=-1)
+  flat = jnp.sum(pos_WNn * jnp.asarray(strides, jnp.int32), axis=-1) + num_prefix
+  prefix = jnp.broadcast_to(jnp.arange(num_prefix, dtype=flat.dtype), (flat.shape[0], num_prefix))
+  return jnp.concatenate([prefix, flat], axis=1)
 
 
 def _with_prefix(prefix_Pd: jax.Array, grid_WNd: jax.Array) -> jax.Array:
@@ -39,13 +39,9 @@ def _with_prefix(prefix_Pd: jax.Array, grid_WNd: jax.Array) -> jax.Array:
 
 
 class SeqPESource(nn.Module):
-  """SeqPE embeddings of the grid positions, after learned prefix vectors (the ViT CLS).
-
-  The prefix vectors are host-side parameters in the method (clipped and decayed with the
-  host, not with the encoder); they live here only because they are concatenated before
-  the q/k projection. The encoder's own subtree is `encoder`. A `canvas` (per-axis widths,
-  pe.canvas_stride) encodes every grid at its positions on it.
-  """
+  """SeqPE embeddings of the grid positions (on `canvas` if given), after learned prefix
+  vectors: host-side parameters in the method (clipped and decayed with the host, not the
+  `encoder`), here only because they are concatenated before the q/k projection."""
   encoder: seqpe.SeqPEEncoder
   num_prefix: int = 0
   canvas: tuple[int, ...] = ()
@@ -57,8 +53,7 @@ class SeqPESource(nn.Module):
 
   def __call__(self, shape, offsets=None, *, deterministic=True):
     enc = self.encoder
-    extent = self.canvas or shape
-    positions.check_extent_fits(extent, base=enc.base, width=enc.num_digits)
+    positions.check_extent_fits(self.canvas or shape, base=enc.base, width=enc.num_digits)
     return self.with_prefix(self.encode(window_positions(shape, offsets, self.canvas),
                                         deterministic=deterministic))
 
@@ -73,11 +68,8 @@ class SeqPESource(nn.Module):
 
 
 class LearnedSource(nn.Module):
-  """Learned absolute PE: a table over the training grid, resampled to other grids.
-
-  Resampling is linear in 1D and PyTorch-compatible bicubic on grids (half-pixel
-  centres); prefix rows are kept as they are.
-  """
+  """Learned absolute PE: a table over the training grid, resampled to other grids (linear
+  in 1D, bicubic with half-pixel centres on grids); prefix rows are kept as they are."""
   train_shape: tuple[int, ...]
   dim: int
   num_prefix: int = 0
@@ -100,11 +92,8 @@ class LearnedSource(nn.Module):
 
 
 class SinCosSource(nn.Module):
-  """Fixed sinusoidal PE of the flattened position; prefix tokens take positions 0..P-1.
-
-  On a 2D grid the flat index uses the current row length, so a patch's position changes
-  meaning with resolution (the reference behaviour for this baseline).
-  """
+  """Fixed sinusoidal PE of the flattened position (prefix tokens at 0..P-1): on a 2D grid
+  a patch's position changes meaning with the row length, as in the reference."""
   dim: int
   num_prefix: int = 0
   base: float = 10_000.
@@ -112,8 +101,7 @@ class SinCosSource(nn.Module):
 
   @nn.compact
   def __call__(self, shape, offsets=None, *, deterministic=True):
-    flat = flat_positions(window_positions(shape, offsets), shape) + self.num_prefix
-    flat = _prefixed_positions(flat, self.num_prefix)
+    flat = _flat_positions(window_positions(shape, offsets), shape, self.num_prefix)
     return {'e': self.scale * baselines.sincos_1d(flat, self.dim, self.base)}
 
 
@@ -134,12 +122,8 @@ class SinCosGridSource(nn.Module):
 
 class RotarySource(nn.Module):
   """cos/sin of RoPE angles, 1D over the flattened position (prefix at 0..P-1) or axial.
-
-  `scaling` (1D, evaluation only: eval.rope_scaling) rescales the frequencies of a
-  sequence longer than the `train_length` it was trained at, by s = length / train_length
-  (`baselines.scaled_rope_frequencies`); cos and sin then carry YaRN's factor m, which the
-  rotation passes on to q and k. A sequence no longer than trained keeps plain RoPE.
-  """
+  `scaling` (eval.rope_scaling) rescales the 1D frequencies beyond `train_length`; cos and
+  sin then carry YaRN's factor m, which the rotation passes on to q and k."""
   head_dim: int
   axial: bool
   num_prefix: int = 0
@@ -155,7 +139,7 @@ class RotarySource(nn.Module):
       angles = baselines.rope_axial_angles(pos, self.head_dim, self.base)
       angles = _with_prefix(jnp.zeros((self.num_prefix, self.head_dim // 2)), angles)
     else:
-      flat = _prefixed_positions(flat_positions(pos, shape) + self.num_prefix, self.num_prefix)
+      flat = _flat_positions(pos, shape, self.num_prefix)
       if self.scaling and shape[0] > self.train_length:
         freqs, factor = baselines.scaled_rope_frequencies(
             self.scaling, self.head_dim, self.base, shape[0] / self.train_length,
@@ -183,8 +167,8 @@ class KeyPositionSource(nn.Module):
 
   @nn.compact
   def __call__(self, shape, offsets=None, *, deterministic=True):
-    flat = flat_positions(window_positions(shape, offsets), shape) + self.num_prefix
-    return {'key_pos': _prefixed_positions(flat, self.num_prefix).astype(jnp.float32)}
+    flat = _flat_positions(window_positions(shape, offsets), shape, self.num_prefix)
+    return {'key_pos': flat.astype(jnp.float32)}
 
 
 class NoSource(nn.Module):
@@ -193,9 +177,3 @@ class NoSource(nn.Module):
   @nn.compact
   def __call__(self, shape, offsets=None, *, deterministic=True):
     return {}
-
-
-def _prefixed_positions(flat_WN: jax.Array, num_prefix: int) -> jax.Array:
-  prefix = jnp.broadcast_to(jnp.arange(num_prefix, dtype=flat_WN.dtype),
-                            (flat_WN.shape[0], num_prefix))
-  return jnp.concatenate([prefix, flat_WN], axis=1)
