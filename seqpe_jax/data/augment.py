@@ -14,21 +14,16 @@ import PIL.Image
 import PIL.ImageEnhance
 import PIL.ImageOps
 
-# ImageNet's channel mean and standard deviation in [0, 1], the statistics timm normalises
-# with: random erasing draws its noise in that normalised space.
+# The statistics timm normalises with, in [0, 1]: random erasing draws its noise in that
+# normalised space, and geometric RandAugment ops fill uncovered pixels with the mean.
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 IMAGENET_STD = np.array([0.229, 0.224, 0.225])
-# Geometric RandAugment ops fill uncovered pixels with the mean colour.
 FILL_RGB = tuple(int(round(255 * m)) for m in IMAGENET_MEAN)
-# RandAugment's magnitude scale: magnitudes are 0..10, 10 being each op's strongest.
-MAX_MAGNITUDE = 10.0
-# Each chosen RandAugment op is applied with this probability (timm's default).
-OP_PROB = 0.5
-# Random erasing: area fraction and aspect range of the erased rectangle (timm defaults).
-ERASE_AREA = (0.02, 1 / 3)
+MAX_MAGNITUDE = 10.0  # RandAugment magnitudes are 0..10, 10 being each op's strongest.
+OP_PROB = 0.5  # Each chosen RandAugment op is applied with this probability.
+ERASE_AREA = (0.02, 1 / 3)  # Area fraction and aspect range of the erased rectangle.
 ERASE_ASPECT = (0.3, 1 / 0.3)
-# Random rectangles (crop, erase) are drawn this many times before falling back.
-ATTEMPTS = 10
+ATTEMPTS = 10  # Random rectangles (crop, erase) drawn before falling back.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,9 +153,8 @@ def crop_box(height: int, width: int, rng: np.random.Generator, scale: tuple[flo
 
 
 def random_erase(image: np.ndarray, rng: np.random.Generator, prob: float) -> np.ndarray:
-  """With probability `prob`, one rectangle (2%..1/3 of the area, aspect 0.3..3.3) becomes
-  per-pixel normal noise: N(0, 1) in the normalised space timm erases in, i.e. ImageNet's
-  mean + std * N(0, 1) in pixels (clipped to uint8, which cuts the 2% of draws past ~2 std)."""
+  """With probability `prob`, one rectangle becomes per-pixel noise, N(0, 1) in the normalised
+  space timm erases in (clipped to uint8, which cuts the 2% of draws past ~2 std)."""
   if prob == 0 or rng.random() >= prob:
     return image
   height, width, channels = image.shape
@@ -171,18 +165,13 @@ def random_erase(image: np.ndarray, rng: np.random.Generator, prob: float) -> np
     w = int(round(np.sqrt(target / aspect)))
     if h < height and w < width:
       top, left = rng.integers(0, height - h + 1), rng.integers(0, width - w + 1)
-      mean, std = _channel_stats(channels)
+      mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else (
+          np.full(channels, IMAGENET_MEAN.mean()), np.full(channels, IMAGENET_STD.mean()))
       noise = 255 * (mean + std * rng.standard_normal((h, w, channels)))
       image = image.copy()
       image[top:top + h, left:left + w] = np.clip(np.rint(noise), 0, 255).astype(np.uint8)
       return image
   return image
-
-
-def _channel_stats(channels: int) -> tuple[np.ndarray, np.ndarray]:
-  if channels == 3:
-    return IMAGENET_MEAN, IMAGENET_STD
-  return np.full(channels, IMAGENET_MEAN.mean()), np.full(channels, IMAGENET_STD.mean())
 
 
 # ------------------------------------------------------------------ RandAugment.
@@ -196,8 +185,7 @@ def _signed(rng, value):
 
 
 def _affine(image, matrix, fill):
-  return image.transform(image.size, PIL.Image.AFFINE, matrix, PIL.Image.BICUBIC,
-                         fillcolor=fill)
+  return image.transform(image.size, PIL.Image.AFFINE, matrix, PIL.Image.BICUBIC, fillcolor=fill)
 
 
 def _solarize_add(image, add):

@@ -14,12 +14,9 @@ WORKER_BUFFER = 2
 
 def step_batches(num_examples: int, *, global_batch: int, seed: int,
                  read: Callable[[np.ndarray], dict], workers: int = 0) -> 'StepBatches':
-  """Shuffled, repeated global batches of example indices; element s is the batch of step s.
-
-  Random access makes the data-iterator state the step itself, so a resumed run reads
-  exactly the batches an uninterrupted one would. Each process reads only its own slice
-  of every global batch: `read` gets this process's indices.
-  """
+  """Shuffled, repeated global batches; element s is the batch of step s, so the iterator
+  state is the step and a resumed run reads exactly the batches an uninterrupted one would.
+  `read` gets this process's example indices of a batch."""
   indices, _ = step_indices(num_examples, global_batch=global_batch, seed=seed)
   return StepBatches(indices.map(read), workers)
 

@@ -1,11 +1,9 @@
 """Image classification data: Fashion-MNIST (default), scikit-learn digits (tests), ImageNet.
 
 Splits are uint8 arrays in memory, or random-access sources for ImageNet (a TFDS-prepared
-`imagenet2012`, or the ILSVRC class-folder layout of JPEGs). Training batches come from a
-grain `MapDataset`, which is random access: the batch of step s is `dataset[s]`, so a
-resumed run reads exactly the batches an uninterrupted run would, and the data-iterator
-state is just the step. Augmentation (`augment.py`) is seeded by the seed, the step and the
-row, so that stays true with it; `workers` > 0 reads in grain worker processes.
+`imagenet2012`, or the ILSVRC class-folder layout of JPEGs). Training batches are addressed
+by step (`batching.py`); augmentation is seeded by the seed, the step and the row, so a
+resumed run still reads exactly the batches an uninterrupted run would.
 """
 
 import dataclasses
@@ -42,7 +40,7 @@ class Split:
 
 
 def read_idx(path: pathlib.Path) -> np.ndarray:
-  """Reads a gzip-compressed IDX file (the MNIST format) into a uint8 array."""
+  """A gzip-compressed IDX file (the MNIST format) as a uint8 array."""
   data = gzip.decompress(path.read_bytes())
   if data[:2] != b'\0\0' or data[2] != 0x08:
     raise ValueError(f'{path} is not an unsigned-byte IDX file.')
@@ -53,18 +51,15 @@ def read_idx(path: pathlib.Path) -> np.ndarray:
 
 def load_fashion_mnist(data_dir: str | None) -> dict[str, Split]:
   """Fashion-MNIST from `data_dir`, else from the Debian package's directory."""
-  candidates = [data_dir] if data_dir else [FASHION_MNIST_DIR]
-  for directory in map(pathlib.Path, candidates):
-    if all((directory / f).exists() for files in FASHION_MNIST_FILES.values() for f in files):
-      splits = {}
-      for split, (images, labels) in FASHION_MNIST_FILES.items():
-        splits[split] = Split(read_idx(directory / images)[..., None],
-                              read_idx(directory / labels).astype(np.int32))
-      return splits
-  raise FileNotFoundError(
-      f'Fashion-MNIST is not in {candidates[0]}: install it with `apt-get install '
-      'dataset-fashion-mnist`, or put the four original *-ubyte.gz files from '
-      'github.com/zalandoresearch/fashion-mnist there and set --config.data.dir.')
+  directory = pathlib.Path(data_dir or FASHION_MNIST_DIR)
+  if not all((directory / f).exists() for files in FASHION_MNIST_FILES.values() for f in files):
+    raise FileNotFoundError(
+        f'Fashion-MNIST is not in {data_dir or FASHION_MNIST_DIR}: install it with `apt-get '
+        'install dataset-fashion-mnist`, or put the four original *-ubyte.gz files from '
+        'github.com/zalandoresearch/fashion-mnist there and set --config.data.dir.')
+  return {split: Split(read_idx(directory / images)[..., None],
+                       read_idx(directory / labels).astype(np.int32))
+          for split, (images, labels) in FASHION_MNIST_FILES.items()}
 
 
 def load_digits() -> dict[str, Split]:
@@ -197,10 +192,9 @@ def train_batches(split, *, global_batch: int, seed: int, image_size: int,
 
 def eval_batches(split, *, batch_size: int, image_size: int, rows: np.ndarray | None = None,
                  crop: float = 1.0, workers: int = 0):
-  """Every example once, in order; the last batch is padded and masked. With `rows`, only
-  those rows of each batch are read (a process's share of a multi-process evaluation).
-  Images are read in parallel (threads, or `workers` processes), each resized so its
-  shorter side is image_size / crop and centre-cropped to image_size."""
+  """Every example once, in order, the last batch padded and masked; with `rows`, only those
+  rows of each batch (a process's share). Images are read in parallel (threads, or
+  `workers` processes), resized as `augment.resize_shorter_and_crop` says."""
   n = len(split)
   rows = np.arange(batch_size) if rows is None else np.asarray(rows)
   idx = (np.arange(-(-n // batch_size))[:, None] * batch_size + rows[None]).ravel()
@@ -213,20 +207,19 @@ def eval_batch(split, index: int, *, batch_size: int, image_size: int,
                rows: np.ndarray | None = None, crop: float = 1.0) -> dict[str, np.ndarray]:
   """Batch `index` of `eval_batches`, read in this thread (one batch, e.g. for diagnostics)."""
   rows = np.arange(batch_size) if rows is None else np.asarray(rows)
-  examples = [_read_eval(split, index * batch_size + r, len(split), image_size, crop)
-              for r in rows]
+  examples = [_read_eval(split, index * batch_size + r, len(split), image_size, crop) for r in rows]
   return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
 
 def _read_eval(split, i: int, n: int, image_size: int, crop: float) -> dict[str, np.ndarray]:
   example = split[int(min(i, n - 1))]  # Padding rows repeat the last example, masked out.
-  return {'image': resize_shorter_and_crop(example['image'], image_size, crop),
+  return {'image': augment.resize_shorter_and_crop(example['image'], image_size, crop),
           'label': np.int32(example['label']), 'mask': np.bool_(i < n)}
 
 
 def _read(split, idx: np.ndarray, image_size: int) -> dict[str, np.ndarray]:
   examples = [split[int(i)] for i in idx]
-  images = np.stack([resize_shorter_and_crop(e['image'], image_size) for e in examples])
+  images = np.stack([augment.resize_shorter_and_crop(e['image'], image_size) for e in examples])
   return {'image': images, 'label': np.asarray([e['label'] for e in examples], np.int32)}
 
 
@@ -244,9 +237,6 @@ def _read_augmented(split, idx: np.ndarray, image_size: int, options: augment.Op
     batch.update(augment.mix_batch(images, batch['label'], augment.batch_rng(seed, step, process),
                                    options))
   return batch
-
-
-resize_shorter_and_crop = augment.resize_shorter_and_crop
 
 
 def normalize(images_uint8: jax.Array) -> jax.Array:

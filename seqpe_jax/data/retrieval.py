@@ -1,39 +1,25 @@
 """Long-context QA and passkey retrieval probes in the reference's QA jsonl schema.
 
 Schema: one JSON object per line, `{"index": int, "input": str, "outputs": [str, ...]}`,
-one file per context length (`validation.2048.jsonl`); extra fields are allowed and kept.
-A model reads `input` and should continue it with one of `outputs`. `read_jsonl` and
-`read_lengths` load such files (the reference's SQuAD-derived set, for users who have it).
+one file per context length (`validation.2048.jsonl`); extra fields are kept. A model
+reads `input` and should continue it with one of `outputs`.
 
-Generated probes (no download) write the same schema plus `length` (the prompt's actual
-token count), `depth` (0..1: the fraction of the haystack that comes before the needle) and
-`candidates` (9 wrong answers of the gold answer's form, for ranking the gold among 10):
+Generated passkey probes (no download) add `length` (the prompt's actual token count),
+`depth` (0..1: the fraction of the filler before the needle) and `candidates` (9 wrong keys
+of the gold key's form). A random key is stated once inside filler, then asked for. Filler
+'wiki' is paragraphs of a held-out split of the LM corpus (never train); 'repeat' the
+classic repeated sentences. Key forms: 'digitsN' (N = 1..9, no leading zero) or 'token' (a
+number the tokenizer writes as one token after a space).
 
-  passkey  a random key stated once ("The pass key is 12345. Remember it. 12345 is the pass
-           key.") inside filler, then "What is the pass key? The pass key is";
-           outputs = [key]. Filler 'wiki': real paragraphs of a held-out split of the LM
-           corpus (never train); 'repeat': the classic passkey filler, one set of plain
-           sentences repeated. Key forms: 'digits5' (the default), 'digits3' (any digitsN,
-           N = 1..9; no leading zero) or 'token' (a number that the tokenizer writes as one
-           token after a space, so the answer is one token).
-
-Lengths are in tokens of the configured tokenizer, 128..16384 (a generator may need more
-for its fixed text: `min_length`), met within TOLERANCE (in practice +-2). The budget is
-planned with token counts rather than by re-tokenising the prompt: the filler is
-tokenised once per (corpus, split, tokenizer), starts at a random paragraph and is cut at
-word boundaries (tokens that start with whitespace, where BPE pre-tokenisation splits
-anyway, so pieces tokenise the same alone as joined). The prompt is tokenised once at the
-end to record its true length.
-
-Depths: example i sits in depth decile i mod 10 (uniform inside it), so a length x depth
-heatmap has every cell. Depth is exact to a word (a sentence start is preferred nearby).
-
-Every example draws from its own generator seeded by (seed, task, length, index): a seed
-reproduces a file byte for byte, and training and evaluation sets need different seeds.
+Lengths (MIN_LENGTH..MAX_LENGTH tokens of the configured tokenizer, at least `min_length`)
+are met within TOLERANCE: the filler is tokenised once and cut at word boundaries (tokens
+that start with whitespace, where BPE pre-tokenisation splits anyway, so pieces tokenise the
+same alone as joined). Example i sits in depth decile i mod 10, so a length x depth heatmap
+has every cell, and draws from a generator seeded by (seed, task, length, i): a seed
+reproduces a file byte for byte, so training and evaluation sets need different seeds.
 
     python -m seqpe_jax.data.retrieval --task=passkey --length=N --num=M --seed=S \\
-        --out=FILE.jsonl [--tokenizer=gpt2|bpe|byte] [--corpus=wiki_gensim] [--split=valid] \\
-        [--filler=wiki|repeat] [--key_form=digits5|digits3|token]
+        --out=FILE.jsonl [--tokenizer=gpt2|bpe|byte] [--filler=wiki|repeat] [--key_form=token]
 """
 
 import dataclasses
@@ -85,7 +71,7 @@ def read_jsonl(path) -> list[dict]:
         example = json.loads(line)
       except json.JSONDecodeError as e:
         raise ValueError(f'{path}:{number}: not valid JSON ({e.msg}); expected {SCHEMA}.') from None
-      problem = _schema_problem(example) or _answer_problem(example)
+      problem = _schema_problem(example)
       if problem:
         raise ValueError(f'{path}:{number}: {problem}; expected {SCHEMA}.')
       examples.append(example)
@@ -103,14 +89,10 @@ def _schema_problem(example) -> str:
       return f'"{field}" is a {type(value).__name__}, not a {kind.__name__}'
   if not all(isinstance(o, str) for o in example['outputs']):
     return '"outputs" holds something other than strings'
-  return ''
-
-
-def _answer_problem(example: dict) -> str:
-  """Retrieval asks for something the context states: some answer must occur in the input
-  (lower-cased, as exact match compares), else no model could be scored fairly on it."""
-  text_ = example['input'].lower()
-  if not any(o.strip() and o.strip().lower() in text_ for o in example['outputs']):
+  # Retrieval asks for something the context states (compared as exact match compares),
+  # else no model could be scored fairly on it.
+  if not any(o.strip() and o.strip().lower() in example['input'].lower()
+             for o in example['outputs']):
     return 'none of the "outputs" occurs in its "input"'
   return ''
 
@@ -147,48 +129,15 @@ def _check_length(length: int) -> None:
 def _rng(seed, task: str, length: int, index: int) -> np.random.Generator:
   return np.random.default_rng([*np.atleast_1d(seed).tolist(), TASKS.index(task), length, index])
 
-
-def _decile_bounds(index: int) -> tuple[float, float]:
-  return (index % 10) / 10, (index % 10 + 1) / 10
-
-
-def _count(tokenizer: tokenizers.Tokenizer, s: str) -> int:
-  return len(tokenizer.encode(s))
-
-
-def _counts(tokenizer: tokenizers.Tokenizer, strings: list[str]) -> list[int]:
-  """Token counts of many short strings in one batch: `Tokenizer.encode` runs a batch of one
-  (with tiktoken a thread-pool round trip, ~1 ms), which would dominate the key pool."""
-  return [len(ids) for ids in tokenizer._encode_batch(strings)]  # pylint: disable=protected-access
-
-
-def _example(index: int, prompt: str, answer: str, length: int, depth: float,
-             candidates: list[str]) -> dict:
-  return {'index': index, 'input': prompt, 'outputs': [answer], 'length': length,
-          'depth': round(depth, 6), 'candidates': candidates}
-
-
-def _distinct(draw, gold: str, num: int) -> list[str]:
-  """`num` different answers from `draw()`, none of them the gold one."""
-  found = []
-  while len(found) < num:
-    candidate = draw()
-    if candidate != gold and candidate not in found:
-      found.append(candidate)
-  return found
-
 # ------------------------------------------------------------------ Passkey.
 
 
 @dataclasses.dataclass(frozen=True)
 class Filler:
-  """A held-out split's paragraphs as one token stream, tiled so any start has 16k after it.
-
-  `word[i]`: token i starts with whitespace (a clean place to cut the text);
-  `sentence[i]`: also follows a token that ends a sentence; `whole[i]`: the cut before
-  token i splits no character (mid-word cuts tokenise about the same; a last resort);
-  `starts`: paragraph starts.
-  """
+  """Paragraphs as one token stream, tiled so any start has MAX_LENGTH after it. `word[i]`:
+  token i starts with whitespace (a clean cut); `sentence[i]`: also follows a sentence end;
+  `whole[i]`: the cut before token i splits no character (mid-word cuts tokenise about the
+  same; a last resort); `starts`: paragraph starts."""
   tokens: np.ndarray
   word: np.ndarray
   whole: np.ndarray
@@ -206,22 +155,20 @@ def load_filler(directory, split: str, tokenizer: tokenizers.Tokenizer,
   Cached per process."""
   if kind not in FILLERS:
     raise ValueError(f"Unknown filler '{kind}'; use one of: {', '.join(FILLERS)}.")
-  if kind == 'repeat':
-    key = ('', kind, tokenizer.name)
-    if key not in _FILLERS:
-      _FILLERS[key] = _tiled_filler([tokenizer.encode(REPEATED_FILLER)], tokenizer)
-    return _FILLERS[key]
-  if split not in HELD_OUT:
+  if kind == 'wiki' and split not in HELD_OUT:
     raise ValueError(f"Filler text comes from a held-out split ({' or '.join(HELD_OUT)}), "
                      f"not '{split}'.")
-  key = (str(directory), split, tokenizer.name)
+  key = (str(directory), split, tokenizer.name) if kind == 'wiki' else ('', kind, tokenizer.name)
   if key not in _FILLERS:
-    raw = text.raw_files(pathlib.Path(directory))[split].read_text(encoding='utf-8')
-    paragraphs = [line.strip() for line in raw.split('\n')
-                  if line.strip() and not line.startswith(' = ')]
-    if not paragraphs:
-      raise ValueError(f'The {split} split of {directory} has no paragraphs to use as filler.')
-    _FILLERS[key] = _tiled_filler([tokenizer.encode(p + '\n') for p in paragraphs], tokenizer)
+    if kind == 'repeat':
+      pieces = [tokenizer.encode(REPEATED_FILLER)]
+    else:
+      raw = text.raw_files(pathlib.Path(directory))[split].read_text(encoding='utf-8')
+      pieces = [tokenizer.encode(line.strip() + '\n') for line in raw.split('\n')
+                if line.strip() and not line.startswith(' = ')]
+      if not pieces:
+        raise ValueError(f'The {split} split of {directory} has no paragraphs to use as filler.')
+    _FILLERS[key] = _tiled_filler(pieces, tokenizer)
   return _FILLERS[key]
 
 
@@ -267,8 +214,10 @@ def key_form(name: str, tokenizer: tokenizers.Tokenizer, field: str = '--key_for
     raise ValueError(f"{field}='{name}' is not a key form; use digitsN (N = 1..9 digits, e.g. "
                      "digits5) or 'token'.")
   numbers = [str(n) for n in range(10, 10_000)]
-  counts = _counts(tokenizer, [' ' + n for n in numbers])
-  pool = tuple(n for n, c in zip(numbers, counts) if c == 1)
+  # One batch: `Tokenizer.encode` runs a batch of one (with tiktoken a thread-pool round
+  # trip, ~1 ms), which would dominate.
+  encoded = tokenizer._encode_batch([' ' + n for n in numbers])  # pylint: disable=protected-access
+  pool = tuple(n for n, ids in zip(numbers, encoded) if len(ids) == 1)
   if len(pool) < NUM_CANDIDATES:
     raise ValueError(f"{field}='token' needs {NUM_CANDIDATES} numbers that the {tokenizer.name} "
                      f'tokenizer writes as one token after a space, and it has {len(pool)}; use '
@@ -309,13 +258,13 @@ def _cut_points(filler: Filler, start: int, size: int, depth: float,
 def passkey_example(tokenizer: tokenizers.Tokenizer, filler: Filler, length: int,
                     index: int, rng: np.random.Generator, keys: KeyForm) -> dict:
   """One passkey prompt of about `length` tokens, the needle in depth decile index % 10."""
-  decile = _decile_bounds(index)
+  decile = (index % 10) / 10, (index % 10 + 1) / 10
   start = int(rng.choice(filler.starts))
   depth = rng.uniform(*decile)
   for _ in range(MAX_DRAWS):  # A key that the filler happens to contain would appear twice.
     key = keys.draw(rng)
     needle = PASSKEY_NEEDLE.format(key=key)
-    fixed = _count(tokenizer, PASSKEY_PREFIX + needle + PASSKEY_QUESTION)
+    fixed = len(tokenizer.encode(PASSKEY_PREFIX + needle + PASSKEY_QUESTION))
     size = length - fixed
     if size < 16:
       raise ValueError(f'A passkey prompt of {length} {tokenizer.name} tokens leaves {size} '
@@ -325,13 +274,18 @@ def passkey_example(tokenizer: tokenizers.Tokenizer, filler: Filler, length: int
       before = tokenizer.decode(filler.tokens[start:start + cut])
       after = tokenizer.decode(filler.tokens[start + cut:start + end])
       prompt = PASSKEY_PREFIX + before + needle + after + PASSKEY_QUESTION
-      actual = _count(tokenizer, prompt)
+      actual = len(tokenizer.encode(prompt))
       if abs(actual - length) <= 2:
         break
       size -= actual - length
     if key not in before + after:
-      candidates = _distinct(lambda: keys.draw(rng), key, NUM_CANDIDATES - 1)
-      return _example(index, prompt, key, actual, cut / end, candidates)
+      candidates = []  # Wrong keys of the same form, all different.
+      while len(candidates) < NUM_CANDIDATES - 1:
+        candidate = keys.draw(rng)
+        if candidate != key and candidate not in candidates:
+          candidates.append(candidate)
+      return {'index': index, 'input': prompt, 'outputs': [key], 'length': actual,
+              'depth': round(cut / end, 6), 'candidates': candidates}
   raise ValueError(f"{MAX_DRAWS} keys of form '{keys.name}' all occur in the filler of a "
                    f'{length}-token passkey prompt; use the repeat filler or a longer key form.')
 
@@ -355,7 +309,7 @@ def min_length(tokenizer: tokenizers.Tokenizer, keys: KeyForm | None = None) -> 
   longest = max(keys.pool, key=lambda k: len(tokenizer.encode(k))) if keys.pool else (
       '9' * keys.digits)
   needle = PASSKEY_NEEDLE.format(key=longest)
-  shortest = _count(tokenizer, PASSKEY_PREFIX + needle + PASSKEY_QUESTION) + 16 + 2
+  shortest = len(tokenizer.encode(PASSKEY_PREFIX + needle + PASSKEY_QUESTION)) + 16 + 2
   return max(MIN_LENGTH, shortest)
 
 
@@ -373,8 +327,7 @@ def generate(task: str, length: int, num: int, seed: int, *, tokenizer: str = 'g
   directory = text.corpus_dir(corpus, data_dir, cache_dir)
   tok = text.load_tokenizer(tokenizer, directory, vocab_size, cache_dir)
   keys = key_form(key, tok)
-  return passkey_examples(tok, load_filler(directory, split, tok, filler), length, num, seed,
-                          keys)
+  return passkey_examples(tok, load_filler(directory, split, tok, filler), length, num, seed, keys)
 
 
 def summary(examples: list[dict]) -> str:

@@ -9,12 +9,8 @@ Corpora (`config.data.name`):
   wikitext      a directory (`config.data.dir`) with wiki.train.raw, wiki.valid.raw,
                 wiki.test.raw, e.g. WikiText-103 for the paper run.
 
-Token arrays are cached under the cache directory, keyed by the corpus content and the
-tokenizer. Training windows are non-overlapping blocks of the train length in a shuffled,
-repeated grain `MapDataset` (element s is the global batch of step s, so the iterator state
-is the step). Evaluation cuts a split into windows of each evaluation length, each starting
-at position 0 (`eval_windows`): non-overlapping ones, the last partial one kept (padded,
-masked), or sliding ones a stride apart that score only their last stride of tokens.
+Token arrays are cached, keyed by the corpus content and the tokenizer. Training windows
+are non-overlapping blocks of the train length, batched by step (`batching.py`).
 """
 
 import hashlib
@@ -89,8 +85,7 @@ def _write_splits(directory: pathlib.Path, articles: list[list[str]]) -> None:
   k = HELD_OUT_ARTICLES
   splits = {'train': articles[:-2 * k], 'valid': articles[-2 * k:-k], 'test': articles[-k:]}
   for split, path in raw_files(directory).items():
-    text = ''.join(line + '\n' for article in splits[split] for line in article)
-    cache.atomic_write(path, text)
+    cache.atomic_write(path, ''.join(line + '\n' for article in splits[split] for line in article))
 
 
 def load_tokenizer(kind: str, directory: pathlib.Path, vocab_size: int = 0,
@@ -166,23 +161,16 @@ def train_batches(tokens: np.ndarray, *, length: int, global_batch: int,
 
 def eval_windows(tokens: np.ndarray, length: int,
                  stride: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """Evaluation windows of `length` tokens starting at position 0, and which tokens count.
-
-  Non-overlapping (stride = length, the default): consecutive windows, the last partial one
-  kept and padded; a window of r tokens predicts r - 1 of them. Sliding (stride < length):
-  windows start every `stride` tokens until the text is covered, and a later window scores
-  only its last `stride` tokens, so every scored token but those of the first window sees
-  length - stride tokens of context and every token after the first is scored exactly once.
-
-  Returns tokens int32[n, length] and `mask` bool[n, length], true where the token exists
-  and is scored (position 0 of a window is never predicted).
-  """
+  """Windows int32[n, length] that start every `stride` tokens (default: `length`) until
+  the text is covered, the last one padded, and bool[n, length] true on the tokens that
+  exist and are scored (position 0 of a window is never predicted). A later window scores
+  only its last `stride` tokens, so every token after the first is scored exactly once, and
+  past the first window with length - stride tokens of context."""
   stride = length if stride is None else stride
   if not 1 <= stride <= length:
     raise ValueError(f'The evaluation stride must be in 1..{length}, got {stride}.')
   n = 1 + max(0, -(-(len(tokens) - length) // stride))
-  starts = np.arange(n) * stride
-  index = starts[:, None] + np.arange(length)[None, :]
+  index = (np.arange(n) * stride)[:, None] + np.arange(length)[None, :]
   exists = index < len(tokens)
   windows = np.where(exists, tokens[np.minimum(index, len(tokens) - 1)], 0).astype(np.int32)
   scored = np.ones((n, length), bool)
@@ -192,13 +180,9 @@ def eval_windows(tokens: np.ndarray, length: int,
 
 def eval_batches(tokens: np.ndarray, *, length: int, batch_size: int,
                  stride: int | None = None):
-  """Batches of evaluation windows (`eval_windows`); padding windows (to fill the last
-  batch) are all-masked."""
+  """Batches of `eval_windows`, the last filled with all-masked padding windows."""
   windows, mask = eval_windows(tokens, length, stride)
   for start in range(0, len(windows), batch_size):
     w, m = windows[start:start + batch_size], mask[start:start + batch_size]
-    pad = batch_size - len(w)
-    if pad:
-      w = np.concatenate([w, np.zeros((pad, length), np.int32)])
-      m = np.concatenate([m, np.zeros((pad, length), bool)])
-    yield {'tokens': w, 'mask': m}
+    pad = ((0, batch_size - len(w)), (0, 0))
+    yield {'tokens': np.pad(w, pad), 'mask': np.pad(m, pad)}

@@ -6,8 +6,6 @@
   CPU-sized models where a 50k-entry embedding would dominate the parameters. Trained
   once per (corpus, vocabulary size) and cached as JSON.
 - `byte`: UTF-8 bytes plus an end-of-text id, for unit tests.
-
-Every tokenizer exposes `name`, `vocab_size`, `eot_id`, `encode_lines` and `decode`.
 """
 
 import dataclasses
@@ -89,7 +87,4 @@ def trained_bpe(train_file: pathlib.Path, vocab_size: int, cache_path: pathlib.P
 
   def encode_batch(lines):
     return [e.ids for e in tok.encode_batch(lines, add_special_tokens=False)]
-
-  def decode(ids):
-    return tok.decode(ids)
-  return Tokenizer(f'bpe{vocab_size}', tok.get_vocab_size(), eot, encode_batch, decode)
+  return Tokenizer(f'bpe{vocab_size}', tok.get_vocab_size(), eot, encode_batch, tok.decode)

@@ -1,12 +1,9 @@
 """MediaWiki dump -> WikiText-raw layout, with our own markup cleaner (standard library only).
 
 The embedded LM corpus is the shortened English Wikipedia dump that ships in the gensim
-wheel. We read its pages with `xml.etree.ElementTree.iterparse`, strip the markup with the
-regular expressions below and write ` = Title = ` / ` = = Section = = ` headings and one
-paragraph per line, the layout of `wiki.{train,valid,test}.raw` in WikiText-103, so that
-the embedded corpus and the real one share one loader.
-
-We do not imitate WikiText's punctuation spacing (` @-@ `); nothing downstream needs it.
+wheel. Its pages get ` = Title = ` / ` = = Section = = ` headings and one paragraph per
+line, the layout of WikiText-103's `wiki.*.raw`, so the embedded corpus and the real one
+share one loader; WikiText's punctuation spacing (` @-@ `) is not imitated (unneeded).
 """
 
 import bz2

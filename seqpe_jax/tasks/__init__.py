@@ -3,10 +3,8 @@
 from seqpe_jax import choices
 from seqpe_jax.tasks import classification, lm, qa
 
-# By config.model.name; a config may name its task instead (`config.task`), when the task
-# is another use of a model family (QA fine-tuning of the GPT).
-TASKS = {'vit': classification.ClassificationTask, 'gpt': lm.LanguageModelTask,
-         'qa': qa.QATask}
+# By config.model.name, or by config.task for another use of a model (QA fine-tunes the GPT).
+TASKS = {'vit': classification.ClassificationTask, 'gpt': lm.LanguageModelTask, 'qa': qa.QATask}
 
 
 def build(config):

@@ -1,11 +1,9 @@
 """The task contract: everything the trainer and the evaluator may ask of a task.
 
-The trainer knows tasks, not PEs or models: a task owns its data, its model with the PE
-hooks, its loss and its evaluation sweep, and the PE's training-time part (features,
-regulariser loss, shift pool, gradient balancing) through the methods below, whose
-defaults serve every task built with `tasks.common.build_pe`. A new experiment family
-subclasses `Task` (its abstract methods must be written; the hooks have defaults) and
-registers itself in `tasks.TASKS`.
+The trainer knows tasks, not PEs or models: a task owns its data, model, loss and sweep,
+and the PE's training-time part through hooks whose defaults serve every task built with
+`tasks.common.build_pe`. A new experiment family subclasses `Task` and registers itself in
+`tasks.TASKS`.
 """
 
 import abc
@@ -23,20 +21,17 @@ Results = dict[int, dict[str, float]]  # Evaluation length/resolution -> metric 
 
 
 class Task(Protocol):
-  """What a task provides. Attributes set by __init__: `config`, `pe` (the position
-  encoding, `posenc.PositionEncoding`), `regularizers` (SeqPE's, or None), `shifts` (the
-  shifted training windows of a PE without regularisers, `posenc.shifts.Shifts`, or None)
-  and `train_shape` (the position grid of a training example)."""
+  """What a task provides; __init__ sets the instance attributes below."""
 
   metric: ClassVar[str]  # The sweep's headline metric: 'accuracy', 'ppl', 'em'.
   axis_label: ClassVar[str]  # What the sweep varies, for plots.
   sweep_protocol: ClassVar[str] = ''  # How the sweep scores, for extrapolation.json.
 
   config: Any
-  pe: Any
-  regularizers: regularizers_lib.Regularizers | None
-  shifts: shifts_lib.Shifts | None = None
-  train_shape: tuple[int, ...]
+  pe: Any  # The position encoding, a `posenc.PositionalEncoding`.
+  regularizers: regularizers_lib.Regularizers | None  # SeqPE's.
+  shifts: shifts_lib.Shifts | None = None  # Shifted windows of a PE without regularisers.
+  train_shape: tuple[int, ...]  # The position grid of a training example.
 
   # ------------------------------------------------------------------ Data and model.
   @abc.abstractmethod

@@ -1,14 +1,10 @@
 """Image classification with a ViT: train at one resolution, evaluate at larger ones.
 
-Evaluation resizes the test images (bicubic), so the patch grid grows while the patch
-size stays: 28 px with patch 4 is a 7x7 grid, 84 px a 21x21 grid. Each PE extends to the
-new grid its own way (SeqPE encodes new positions, APE resamples bicubically, RoPE and
-sinusoidal extend), computed once per resolution. With `data.eval_crop` < 1 (DeiT's 0.875)
-the shorter side is resized to resolution / crop before the centre crop.
-
-Training may augment (`data.augment`, the DeiT recipe in `:paper`); mixup and cutmix give
-each example a second label and the weight of its own, and the loss mixes the one-hot
-targets before label smoothing (smoothing is affine, so this equals mixing smoothed ones).
+Evaluation resizes the test images (bicubic), so the patch grid grows while the patch size
+stays (28 px with patch 4 is a 7x7 grid, 84 px 21x21); each PE extends to the new grid its
+own way, computed once per resolution. Training may augment (`data.augment`, the DeiT
+recipe in `:paper`); the loss mixes mixup/cutmix one-hot targets before label smoothing
+(smoothing is affine, so this equals mixing smoothed ones).
 """
 
 import functools
@@ -57,11 +53,10 @@ class ClassificationTask(base.Task):
       raise ValueError(f"eval.split must be one of {', '.join(self.splits)}, got "
                        f"'{config.eval.split}'.")
     self.num_classes = images.NUM_CLASSES[config.data.name]
-    self.host = vit.host_spec(config.model.variant, size,
-                              common.model_dtype(config))
-    self.train_shape = self.host.train_shape
+    host = vit.host_spec(config.model.variant, size, common.model_dtype(config))
+    self.train_shape = host.train_shape
     self.pe, self.regularizers, self.shifts = common.build_pe(
-        config, self.host, [self.grid(res) for res in config.eval.resolutions])
+        config, host, [self.grid(res) for res in config.eval.resolutions])
     self.model = vit.ViT(self.num_classes, self.variant['width'], self.variant['depth'],
                          self.variant['num_heads'], self.variant['mlp_dim'],
                          self.variant['patch_size'], self.pe, dropout=config.model.dropout,
@@ -73,7 +68,6 @@ class ClassificationTask(base.Task):
     return (g, g)
 
   def init_model(self, key, features):
-    """Fresh host-model parameters for PE `features` of the training grid."""
     size = self.config.data.image_size
     images_ = jnp.zeros((1, size, size, self.channels), jnp.float32)
     return self.model.init(key, images_, features)['params']
@@ -90,8 +84,7 @@ class ClassificationTask(base.Task):
     rows = sharding.process_rows(batch_size, mesh)
     return sharding.global_batch(images.eval_batch(
         self.splits.get('valid', self.splits['test']), 0, batch_size=batch_size,
-        image_size=self.config.data.image_size,
-        rows=rows, crop=self.eval_crop), mesh)
+        image_size=self.config.data.image_size, rows=rows, crop=self.eval_crop), mesh)
 
   def logits(self, model_params, batch, features, *, train: bool, rng=None, mutable=False,
              probes=None):
@@ -114,9 +107,8 @@ class ClassificationTask(base.Task):
     return loss, {'train/accuracy': accuracy}
 
   def sweep(self, params, mesh, split: str | None = None) -> dict[int, dict[str, float]]:
-    """Top-1 accuracy on `split` (default eval.split) at every configured resolution; each
-    PE table computed once. Each process decodes only the images of its own devices; the
-    per-batch counts are added on the host."""
+    """Top-1 accuracy on `split` (default eval.split) at every eval resolution; each process
+    decodes only the images of its own devices."""
     split = split or self.config.eval.split
     tables = posenc.TableCache(self.pe, params['pe'])
     batch_size = sharding.eval_batch_size(self.config.eval.batch_size, mesh)

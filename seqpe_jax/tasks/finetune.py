@@ -1,14 +1,12 @@
 """Starting a run from another run's parameters: `config.init_from=WORKDIR` (QA from an LM).
 
-The source run is any LM workdir, a study's run directory included
-(`<study>/final/<pe>/seed<i>`): a finished LM run (its config.json and at least one
-checkpoint; a study's committed results keep none) whose model, PE and tokenizer are this
-config's. The fields that fix the parameters' shapes and meaning are compared, and the
-first that differs is named (a run recorded by an older commit is reproduced at that commit). Fields that only say how a run trains (dropout, attention kernels,
-the SeqPE regularisers' sampling, the position space the regularisers draw from as long
-as it keeps the digit count) may change. The newest checkpoint's parameters (PE included)
-are read as host arrays and placed with this run's shardings; a learned APE table trained
-at another length is resampled linearly to this run's, as the LM's own evaluation does.
+The source is a finished LM run (its config.json and at least one checkpoint), a study's
+`<study>/final/<pe>/seed<i>` included, with this config's model, PE and tokenizer: the
+fields that fix the parameters' shapes and meaning are compared and the first that differs
+is named; those that only say how a run trains (dropout, attention kernels, the SeqPE
+regularisers' sampling) may change. The newest checkpoint's parameters are placed with this
+run's shardings; a learned APE table trained at another length is resampled linearly, as
+the LM's own evaluation does.
 """
 
 import json
@@ -91,22 +89,17 @@ def latest_step(workdir: str) -> int | None:
   return max(steps, default=None)
 
 
-def restore_params(workdir: str):
-  """The newest checkpoint's parameters as host (NumPy) arrays."""
+def load_params(workdir: str, abstract_params):
+  """The LM run's newest parameters, read as host arrays, shaped and placed like
+  `abstract_params`."""
   path = checkpoint.workdir_path(workdir) / 'checkpoints' / str(latest_step(workdir)) / 'state'
   with ocp.PyTreeCheckpointer() as reader:
-    saved = reader.metadata(path).item_metadata.tree['params']
-    item = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), saved)
-    restored = reader.restore(path, args=ocp.args.PyTreeRestore(
+    item = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype),
+                        reader.metadata(path).item_metadata.tree['params'])
+    saved = reader.restore(path, args=ocp.args.PyTreeRestore(
         item={'params': item}, partial_restore=True,
         restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                                  {'params': item})))
-  return restored['params']
-
-
-def load_params(workdir: str, abstract_params):
-  """The LM run's newest parameters, shaped and placed like `abstract_params`."""
-  saved = restore_params(workdir)
+                                  {'params': item})))['params']
   if jax.tree.structure(saved) != jax.tree.structure(abstract_params):
     raise ValueError(f'The parameters saved in {workdir} have another structure than this '
                      'model (made by another code version?); train the LM run again.')

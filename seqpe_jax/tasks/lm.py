@@ -1,18 +1,14 @@
 """Language modelling with a GPT: train at one length, report perplexity at longer ones.
 
-Training windows are non-overlapping blocks of `data.seq_len` tokens. Evaluation cuts the
-evaluation split into windows of every length L in `eval.lengths`, each starting at
-position 0, by `eval.protocol`: 'non_overlapping' (consecutive windows, the last partial one
-kept; tokens early in a window have little context, which flatters some PEs) or 'sliding'
-(windows advanced by a stride of `eval.stride_fraction` x L, scoring only each window's
-last stride, so every scored token after the first window sees L - stride of context). Each PE's table is computed once per
-length: SeqPE encodes the new positions, APE is resampled linearly, the others extend.
-A window of L tokens predicts its last L - 1; token perplexity = exp(total NLL / tokens).
+Evaluation cuts eval.split into windows of every length in eval.lengths by eval.protocol
+(`text.eval_windows`): 'non_overlapping' (tokens early in a window have little context,
+which flatters some PEs) or 'sliding' (a stride of eval.stride_fraction x the length).
+Each PE's table is computed once per length; perplexity = exp(total NLL / tokens).
 
 Evaluation-time baselines from a trained run, no retraining (fair_benchmark.md):
-`eval.rope_scaling` rescales a RoPE run's frequencies at every length beyond the training
-length ('pi' | 'ntk' | 'yarn', `posenc.with_rope_scaling`), and `eval.local_window` = T
-limits every query to its last T keys (the local-attention control; 0 = all keys).
+`eval.rope_scaling` rescales a RoPE run's frequencies beyond the training length ('pi' |
+'ntk' | 'yarn', `posenc.with_rope_scaling`), and `eval.local_window` = T limits every query
+to its last T keys (the local-attention control; 0 = all keys).
 """
 
 import dataclasses
@@ -40,11 +36,10 @@ class LanguageModelTask(base.Task):
   def __init__(self, config):
     self.config = config
     data = config.data
-    self.host = gpt.host_spec(config.model.variant, data.seq_len,
-                              common.model_dtype(config))
-    self.train_shape = self.host.train_shape
+    host = gpt.host_spec(config.model.variant, data.seq_len, common.model_dtype(config))
+    self.train_shape = host.train_shape
     self.pe, self.regularizers, self.shifts = common.build_pe(
-        config, self.host, [(length,) for length in config.eval.lengths])
+        config, host, [(length,) for length in config.eval.lengths])
     # The evaluation-time baselines (module docstring), refused now where they do not apply.
     self.eval_pe = posenc.with_rope_scaling(self.pe, config.eval.rope_scaling)
     window = config.eval.local_window
@@ -52,8 +47,7 @@ class LanguageModelTask(base.Task):
       raise ValueError('eval.local_window must be 0 (every key) or a number of past keys, got '
                        f'{window!r}.')
     directory = text.corpus_dir(data.name, data.dir, data.cache_dir)
-    self.tokenizer = text.load_tokenizer(data.tokenizer, directory, data.vocab_size,
-                                         data.cache_dir)
+    self.tokenizer = text.load_tokenizer(data.tokenizer, directory, data.vocab_size, data.cache_dir)
     self.tokens = text.tokenize_splits(directory, self.tokenizer, data.cache_dir)
     text.Windows(self.tokens['train'], data.seq_len)  # One clear error if the corpus is short.
     if config.eval.protocol not in PROTOCOLS:
@@ -63,15 +57,10 @@ class LanguageModelTask(base.Task):
                        f'{config.eval.stride_fraction}.')
     if config.eval.split not in text.SPLITS:
       raise choices.unknown('eval.split', config.eval.split, text.SPLITS)
-    m = config.model
-    attention = transformer.AttentionOptions(m.attention_kernel, m.attention_block,
-                                           m.attention_dropout)
-    self.model = gpt.GPT(self.tokenizer.vocab_size, pe=self.pe, dropout=m.dropout,
-                         attention=attention, dtype=common.model_dtype(config),
-                         **gpt.parse_variant(m.variant))
+    self.model = gpt_model(config, self.tokenizer.vocab_size, self.pe)
     # What the sweep runs: the same parameters under the evaluation-time baselines.
-    self.eval_model = self.model.clone(
-        attention=dataclasses.replace(attention, local_window=config.eval.local_window))
+    self.eval_model = self.model.clone(attention=dataclasses.replace(
+        self.model.attention, local_window=config.eval.local_window))
 
   @property
   def sweep_protocol(self) -> str:
@@ -86,7 +75,6 @@ class LanguageModelTask(base.Task):
     return length
 
   def init_model(self, key, features):
-    """Fresh GPT parameters for PE `features` of the training length."""
     tokens = jnp.zeros((1, self.config.data.seq_len), jnp.int32)
     return self.model.init(key, tokens, features)['params']
 
@@ -110,15 +98,11 @@ class LanguageModelTask(base.Task):
                        deterministic=not train, rngs=rngs, mutable=mutable, probes=probes)
 
   def loss(self, logits, batch):
-    """Mean next-token cross-entropy over the predicted tokens, and its perplexity."""
-    nll_sum, count = next_token_nll(logits, batch)
-    loss = nll_sum / jnp.maximum(count, 1.0)
-    return loss, {'train/ppl': jnp.exp(loss)}
+    return mean_nll(logits, batch, 'train/ppl')
 
   def sweep(self, params, mesh, split: str | None = None) -> dict[int, dict[str, float]]:
-    """Token perplexity on `split` (default eval.split) at every `eval.lengths`; each PE
-    table made once. The windows are split over all devices of all processes (padding
-    windows are masked); the per-batch sums are added on the host."""
+    """Token perplexity on `split` (default eval.split) at every eval.lengths: windows split
+    over all devices of all processes, per-batch sums added on the host."""
     tables = posenc.TableCache(self.eval_pe, params['pe'])
     tokens = self.tokens[split or self.config.eval.split]
     batch_size = sharding.eval_batch_size(self.config.eval.batch_size, mesh)
@@ -136,18 +120,31 @@ class LanguageModelTask(base.Task):
     return results
 
 
-def next_token_nll(logits_BLV, batch):
-  """(sum of -log p(token_t | tokens_<t), number of predicted tokens) over the batch.
+def gpt_model(config, vocab_size: int, pe) -> gpt.GPT:
+  """The GPT of config.model over `vocab_size` token ids."""
+  m = config.model
+  attention = transformer.AttentionOptions(m.attention_kernel, m.attention_block,
+                                           m.attention_dropout)
+  return gpt.GPT(vocab_size, pe=pe, dropout=m.dropout, attention=attention,
+                 dtype=common.model_dtype(config), **gpt.parse_variant(m.variant))
 
-  Position t's logits predict token t+1; `batch['mask']` (if present) marks real tokens,
-  and a target counts when it is real.
-  """
+
+def next_token_nll(logits_BLV, batch):
+  """(sum of -log p(token_t | tokens_<t), number of predicted tokens) over the batch; a
+  target counts where `batch['mask']` (if present) is true."""
   targets = batch['tokens'][:, 1:]
   nll = optax.softmax_cross_entropy_with_integer_labels(
       logits_BLV[:, :-1].astype(jnp.float32), targets)
   weights = (batch['mask'][:, 1:] if 'mask' in batch else jnp.ones_like(targets)).astype(
       jnp.float32)
   return jnp.sum(nll * weights), jnp.sum(weights)
+
+
+def mean_nll(logits_BLV, batch, ppl_name: str):
+  """The mean cross-entropy of the counted targets, and {ppl_name: its perplexity}."""
+  nll_sum, count = next_token_nll(logits_BLV, batch)
+  loss = nll_sum / jnp.maximum(count, 1.0)
+  return loss, {ppl_name: jnp.exp(loss)}
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -1,45 +1,23 @@
 """Long-context QA fine-tuning: answer-only loss at one block, exact match by length and depth.
 
 The run starts from an LM run's parameters (`config.init_from`, see tasks/finetune.py) and
-trains on examples in the reference's QA schema (`{"index", "input", "outputs"}`):
+trains on examples in the reference's QA schema (data/retrieval.py), by data.source:
+- 'passkey': probes of data.seq_len - data.answer_room prompt tokens (data.filler,
+  data.key_form); evaluation probes use eval.probe_seed and eval.split, so no training
+  prompt is an evaluation prompt;
+- 'jsonl': `train.<L>.jsonl` in data.dir for training, `<eval.split>.<L>.jsonl` per eval length.
 
-- data.source = 'passkey': retrieval probes generated at the block length minus
-  `data.answer_room` tokens (data.probe_seed, filler from data.filler_split); evaluation
-  probes at each eval length come from eval.probe_seed and eval.split, so no training
-  prompt is an evaluation prompt. Probes take data.filler ('wiki' | 'repeat', the classic
-  repeated sentences) and data.key_form ('digits5', 'digits3', 'token': see
-  data/retrieval.py);
-- data.source = 'jsonl': every `train.<L>.jsonl` in data.dir for training and
-  `<eval.split>.<L>.jsonl` (e.g. validation.1024.jsonl) per evaluation length.
-
-Training text is the tokens of input.strip(), then of " " + outputs[0].strip(), then
-end-of-text, right-padded to the block; the loss covers the answer and end-of-text only.
-Examples longer than the block are skipped and counted. The last eval.batch_size training
-examples are held out for the diagnostics.
-
-Evaluation decodes greedily (eval.max_new_tokens, 16 in the reference) with the KV cache,
-prompts of one length batched with left padding (each example's positions start at 0 on
-its first real token). Exact match is the reference's containment test: some gold answer,
-lower-cased and stripped, is a substring of the lower-cased, stripped output (cut at
-end-of-text).
-
-Two measures see below exact match's floor. Teacher-forced, each prompt is read once and
-continued with the gold answer and with 9 wrong candidates of its form (the probe's
-`candidates`; files without them take other examples' answers), each as the training
-text has it (" " + answer, end-of-text): `answer_logp` is the gold continuation's
-log-probability (nats, summed over its tokens; 0 is certainty), and `rank_acc` the share
-of examples whose gold continuation is strictly the most probable of the 10
-(accuracy@1; chance 0.1).
-
-The sweep reports {length: {'em', 'char_accuracy', 'answer_logp', 'rank_acc', 'examples'}}
-and, for probes (deciles of the needle's depth), each of em, answer_logp and rank_acc per
-decile ('em_depth3'); `write_plots` draws the three as length x depth heatmaps beside
-extrapolation.png.
+Evaluation decodes greedily with the KV cache (eval.max_new_tokens, 16 in the reference),
+prompts left-padded (each one's positions start at 0 on its first real token), and scores
+the reference's exact match. Two measures see below its floor: teacher-forced, each prompt
+is continued with the gold answer and 9 wrong candidates of its form; `answer_logp` is the
+gold continuation's log-probability (nats, 0 is certainty) and `rank_acc` the share of
+examples where it is strictly the most probable (chance 0.1). Probes also report each per
+decile of the needle's depth ('em_depth3'), drawn as heatmaps.
 """
 
 import math
 
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from etils import epath
@@ -48,7 +26,7 @@ from jax.experimental import multihost_utils
 from seqpe_jax import metrics, posenc, sharding
 from seqpe_jax import results as results_files
 from seqpe_jax.data import batching, retrieval, text
-from seqpe_jax.models import gpt, transformer
+from seqpe_jax.models import gpt
 from seqpe_jax.tasks import base, common, finetune, lm
 
 SOURCES = ('passkey', 'jsonl')
@@ -62,9 +40,8 @@ def exact_match(output: str, answers) -> bool:
 
 
 def char_accuracy(output: str, answers) -> float:
-  """Partial credit beside EM: the share of a gold answer's characters that the output
-  (lower-cased, stripped) has at the same place, best over the answers. For a 5-digit
-  passkey guessed at random it is 0.1; it shows a model getting closer before EM moves."""
+  """The best share of a gold answer's characters that the output has at the same place
+  (both lower-cased, stripped): partial credit that moves before EM does."""
   output = output.strip().lower()
   scores = [sum(a == o for a, o in zip(gold, output)) / len(gold)
             for gold in (answer.strip().lower() for answer in answers) if gold]
@@ -121,8 +98,7 @@ def with_candidates(examples: list[dict]) -> list[list[str]]:
   next one, up to retrieval.NUM_CANDIDATES in all."""
   answers = [e['outputs'][0].strip() for e in examples]
   result = []
-  for i, e in enumerate(examples):
-    gold = answers[i]
+  for i, (e, gold) in enumerate(zip(examples, answers)):
     wrong = [c.strip() for c in e.get('candidates', [])]
     if 'candidates' not in e:
       others = answers[i + 1:] + answers[:i]
@@ -135,8 +111,7 @@ def candidate_tokens(tokenizer, candidates: list[list[str]]) -> tuple[np.ndarray
   """Each candidate as the training text continues a prompt (" " + answer, end-of-text),
   right-padded: tokens int32[N, C, K] and bool[N, C, K] true on the scored tokens. Rows
   with fewer candidates repeat their last one, masked out."""
-  encoded = [[tokenizer.encode(' ' + c) + [tokenizer.eot_id] for c in row]
-             for row in candidates]
+  encoded = [[tokenizer.encode(' ' + c) + [tokenizer.eot_id] for c in row] for row in candidates]
   num = max(map(len, encoded))
   width = max(len(t) for row in encoded for t in row)
   tokens = np.full((len(encoded), num, width), tokenizer.eot_id, np.int32)
@@ -151,10 +126,9 @@ def candidate_tokens(tokenizer, candidates: list[list[str]]) -> tuple[np.ndarray
 
 def score(examples: list[dict], outputs: list[str],
           candidate_scores=None) -> dict[str, float]:
-  """EM and character accuracy over the examples; with `candidate_scores` (log-probabilities
-  [N, C], gold first; -inf where a row has fewer candidates) the gold answer's mean
-  log-probability and accuracy@1. Each of EM, answer_logp and rank_acc also per depth
-  decile when every example records its depth."""
+  """EM and character accuracy; with `candidate_scores` (log-probabilities [N, C], gold
+  first, -inf for missing candidates) also answer_logp and rank_acc. EM, answer_logp and
+  rank_acc also per depth decile when every example records its depth."""
   hits = np.array([exact_match(o, e['outputs']) for e, o in zip(examples, outputs)], float)
   chars = [char_accuracy(o, e['outputs']) for e, o in zip(examples, outputs)]
   result = {'em': float(hits.mean()), 'char_accuracy': float(np.mean(chars)),
@@ -164,8 +138,7 @@ def score(examples: list[dict], outputs: list[str],
     scores = np.asarray(candidate_scores, np.float64)
     per_example['answer_logp'] = lambda rows: float(scores[rows, 0].mean())
     per_example['rank_acc'] = lambda rows: rank_accuracy(scores[rows])
-  everything = np.arange(len(hits))
-  result.update({name: f(everything) for name, f in per_example.items() if name != 'em'})
+  result.update({name: f(slice(None)) for name, f in per_example.items() if name != 'em'})
   if all('depth' in e for e in examples):
     deciles = np.array([retrieval.depth_decile(e['depth']) for e in examples])
     for d in np.unique(deciles):
@@ -175,11 +148,8 @@ def score(examples: list[dict], outputs: list[str],
 
 
 def answer_loss(logits_BLV, batch):
-  """Mean cross-entropy of the answer and end-of-text tokens (batch['mask'] marks them as
-  targets; the prompt and padding are not scored), and its perplexity."""
-  nll_sum, count = lm.next_token_nll(logits_BLV, batch)
-  loss = nll_sum / jnp.maximum(count, 1.0)
-  return loss, {'train/answer_ppl': jnp.exp(loss)}
+  """Mean cross-entropy of the answer and end-of-text tokens (batch['mask'] marks them)."""
+  return lm.mean_nll(logits_BLV, batch, 'train/answer_ppl')
 
 
 class QATask(base.Task):
@@ -194,25 +164,18 @@ class QATask(base.Task):
     _validate(config)
     if config.init_from != SCRATCH:  # Refuse another model before any data work.
       finetune.check_compatible(config, finetune.source_config(config.init_from))
-    self.host = gpt.host_spec(config.model.variant, data.seq_len,
-                              common.model_dtype(config))
-    self.train_shape = self.host.train_shape
+    host = gpt.host_spec(config.model.variant, data.seq_len, common.model_dtype(config))
+    self.train_shape = host.train_shape
     self.pe, self.regularizers, self.shifts = common.build_pe(
-        config, self.host, [(length + ev.max_new_tokens,) for length in ev.lengths])
+        config, host, [(length + ev.max_new_tokens,) for length in ev.lengths])
     self.corpus = _corpus_dir(data)
     self.tokenizer = text.load_tokenizer(data.tokenizer, self.corpus, data.vocab_size,
                                          data.cache_dir)
     self.keys = None
     if data.source != 'jsonl':
       self.keys = retrieval.key_form(data.key_form, self.tokenizer, field='data.key_form')
-      _check_room(config, retrieval.min_length(self.tokenizer, self.keys),
-                  self.tokenizer.name)
-    m = config.model
-    attention = transformer.AttentionOptions(m.attention_kernel, m.attention_block,
-                                           m.attention_dropout)
-    self.model = gpt.GPT(self.tokenizer.vocab_size, pe=self.pe, dropout=m.dropout,
-                         attention=attention, dtype=common.model_dtype(config),
-                         **gpt.parse_variant(m.variant))
+      _check_room(config, retrieval.min_length(self.tokenizer, self.keys), self.tokenizer.name)
+    self.model = lm.gpt_model(config, self.tokenizer.vocab_size, self.pe)
     self.eval_model = self.model  # QA reads every length with the model as trained.
     self._eval_sets = {}
     self.eval_sets()  # Missing files or impossible lengths fail now, not after training.
@@ -239,8 +202,7 @@ class QATask(base.Task):
   def _train_examples(self) -> list[dict]:
     data = self.config.data
     if data.source == 'jsonl':
-      files = retrieval.read_lengths(data.dir, 'train')
-      return [e for length in sorted(files) for e in files[length]]
+      return [e for group in retrieval.read_lengths(data.dir, 'train').values() for e in group]
     return self._probes(data.seq_len - data.answer_room, data.num_train, data.probe_seed,
                         data.filler_split)
 
@@ -264,14 +226,9 @@ class QATask(base.Task):
                                   for length in ev.lengths}
     return self._eval_sets[split]
 
-  def init_model(self, key, features):
-    """Fresh GPT parameters for PE `features` of the block length."""
-    tokens = jnp.zeros((1, self.config.data.seq_len), jnp.int32)
-    return self.model.init(key, tokens, features)['params']
-
   def initial_params(self, abstract_params):
-    """The LM run's parameters placed like `abstract_params` (the trainer's hook for a run
-    without a checkpoint of its own); None when init_from is 'scratch'."""
+    """The LM run's parameters placed like `abstract_params` (asked only without a checkpoint
+    of this run's own); None when init_from is 'scratch'."""
     if self.config.init_from == SCRATCH:
       return None
     logging.info('Starting from the parameters of %s.', self.config.init_from)
@@ -291,15 +248,16 @@ class QATask(base.Task):
     rows %= len(self.heldout['tokens'])
     return sharding.global_batch_from_full({k: v[rows] for k, v in self.heldout.items()}, mesh)
 
-  logits = lm.LanguageModelTask.logits  # The same GPT forward as the LM (self.model).
+  # The same GPT as the LM's (self.model, at data.seq_len).
+  init_model = lm.LanguageModelTask.init_model
+  logits = lm.LanguageModelTask.logits
 
   def loss(self, logits, batch):
     return answer_loss(logits, batch)
 
   def sweep(self, params, mesh, split: str | None = None) -> dict[int, dict[str, float]]:
-    """Exact match, gold-answer log-probability and candidate rank at every eval length on
-    `split` (default eval.split): batches of left-padded prompts split over all devices,
-    one PE table per length."""
+    """EM, answer_logp and rank_acc at every eval length on `split` (default eval.split):
+    left-padded prompts split over all devices, one PE table per length."""
     tables = posenc.TableCache(self.pe, params['pe'])
     rows = sharding.eval_batch_size(self.config.eval.batch_size, mesh)
     new = self.config.eval.max_new_tokens
@@ -401,10 +359,8 @@ HEATMAPS = (('em', 'exact match', (0.0, 1.0)), ('rank_acc', 'rank accuracy@1 of 
 
 def write_depth_heatmap(workdir, results: dict[int, dict[str, float]], title: str = '',
                         suffix: str = '') -> epath.Path | None:
-  """WORKDIR/extrapolation_depth{suffix}.png: per context length (rows) and needle depth
-  decile (columns), one panel each for EM, rank accuracy and the gold answer's
-  log-probability (those the results have), each cell labelled; nothing when no result has
-  depth keys."""
+  """WORKDIR/extrapolation_depth{suffix}.png: context length x needle depth decile, one
+  panel per HEATMAPS metric the results have; nothing when no result has depth keys."""
   lengths = sorted(results)
   grids = []
   for metric, label, limits in HEATMAPS:
