@@ -1,11 +1,10 @@
 """A thin orbax wrapper: periodic async saves, keep-N, resume, and a config guard.
 
-Each checkpoint holds the train state (parameters, optimizer state, step) and a JSON
-record of the config that made it; the data-iterator position and every random draw are
-functions of the step, so the state alone resumes a run exactly. Restoring into a run
-whose model, PE or optimizer differ is refused before anything is overwritten; a newest
-checkpoint that cannot be read (a save cut short, files lost) is set aside -- moved to
-WORKDIR/checkpoints.unreadable/, never deleted -- and the next newest one is used.
+Each checkpoint holds the train state and a JSON record of the config that made it; the data
+position and every random draw are functions of the step, so the state alone resumes exactly.
+Restoring into a run whose model, PE or optimizer differ is refused; a newest checkpoint that
+cannot be read is moved to WORKDIR/checkpoints.unreadable/ (never deleted) and the next newest
+one is used.
 """
 
 import collections
@@ -21,12 +20,12 @@ from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
+from seqpe_jax import cli
+from seqpe_jax.workdir_lock import workdir_path
 
-# Fields a resumed run may change, because they leave the saved state meaning the same:
-# how long and how often, what to log and evaluate, where data and caches live, how the
-# devices are laid out and attention and the encoder's backward are computed, and the
-# learning rate (so a run that diverged can resume from its last finite checkpoint with a
-# smaller one).
+
+# Fields a resumed run may change, because they leave the saved state meaning the same; the
+# learning rate among them, so a run that diverged can resume with a smaller one.
 MUTABLE = ('total_steps', 'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
            'diagnostics', 'eval', 'data.dir', 'data.cache_dir', 'data.workers',
            'keep_checkpoints', 'mesh', 'model.attention_kernel', 'model.attention_block',
@@ -69,38 +68,22 @@ def _differences(a, b, prefix):
     yield f'{prefix[:-1]}: {a!r} vs {b!r}'
 
 
-def workdir_path(workdir) -> epath.Path:
-  """The run directory; `gs://` and other URL schemes keep their meaning (no pathlib)."""
-  path = epath.Path(workdir)
-  return path if '://' in str(workdir) else path.absolute()
-
-
 def _failed_file(error: BaseException, checkpoint_dir: epath.Path) -> str:
   """The file or folder of the checkpoint the error names (orbax's messages are long and may
   hold reprs of C++ objects), else the checkpoint's folder."""
-  for e in _chain(error):
+  for e in cli.error_chain(error):
     if isinstance(e, OSError) and e.filename:
       return str(e.filename)
-  text = ' '.join(str(e) for e in _chain(error))
+  text = ' '.join(str(e) for e in cli.error_chain(error))
   found = re.findall(re.escape(str(checkpoint_dir)) + r'[^\s\'",;:)>]*', text)
   return max(found, key=len) if found else str(checkpoint_dir)
 
 
-def _chain(error: BaseException):
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    yield error
-    error = error.__cause__ or error.__context__
-
-
 @functools.cache  # Once per process.
 def _arrays_saved_by_one_replica() -> None:
-  """On CPU, each array is written by the first replica of each shard, as orbax already
-  does on GPU, not in slices by every replica (its default elsewhere). Replicas of CPU devices
-  share one memory, so slicing buys nothing, and each slice is an op compiled for its shape:
-  a process's first save of a smoke model on 8 CPU devices took ~5 s that way, ~0.1 s this
-  way. Orbax reads this setting from its global registry of array handlers."""
+  """On CPU, each array is written by its shard's first replica (as orbax does on GPU), not in
+  slices by every replica: CPU replicas share one memory, and each slice is an op compiled for
+  its shape (a first save on 8 CPU devices took ~5 s that way, ~0.1 s this way)."""
   if jax.default_backend() == 'cpu':
     ocp.type_handlers.register_type_handler(
         jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
@@ -126,11 +109,8 @@ class Checkpointer:
 
   def restore(self, abstract_state, defaults: dict | None = None):
     """The newest readable state, placed with the shardings of `abstract_state`; None if
-    there is none. Raises ValueError for a checkpoint of another config or model.
-
-    `defaults`: top-level state entries newer than some checkpoints (e.g. a health flag),
-    with the value a checkpoint without them restores to, so older runs still resume.
-    """
+    there is none. Raises ValueError for a checkpoint of another config or model. `defaults`:
+    the values of top-level entries that older checkpoints lack (state.NEWER_ENTRIES)."""
     for step in sorted(self._manager.all_steps(), reverse=True):
       meta = self._read(step, meta=ocp.args.JsonRestore())
       if meta is None:
@@ -171,10 +151,8 @@ class Checkpointer:
       return None
 
   def _check_structure(self, step: int, saved, abstract_state) -> None:
-    """The saved arrays must have this model's tree, shapes and dtypes (a readable
-    checkpoint of another code version must be refused, not set aside)."""
-    # Orbax reads optimizer states back as plain containers, so the trees are compared as
-    # collections of arrays: a different count, shape or dtype is another model.
+    """Refuses (not sets aside) a readable checkpoint whose arrays differ in count, shape or
+    dtype; compared as collections, since orbax reads optimizer states back as plain ones."""
     describe = lambda tree: collections.Counter(
         (tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(tree))
     want, have = describe(abstract_state), describe(saved)

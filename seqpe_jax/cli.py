@@ -1,19 +1,9 @@
 """What every command line of the project does the same way: exit statuses and errors.
 
 A scheduler (Slurm, a TPU queue, a study script) needs to tell a finished run from a bad
-command, a diverged model and a preempted job, so each has its own exit status:
-
-    0    finished
-    2    bad input: the one-sentence message says what to change (also a missing optional
-         package, e.g. tensorflow-datasets for a TFDS ImageNet)
-    3    the loss or gradients became non-finite (the message names the step and the
-         newest finite checkpoint)
-    130  stopped by Ctrl-C (SIGINT): during training after a checkpoint of the current step
-         was saved (run the same command again to resume); a second Ctrl-C stops at once
-    143  preempted by SIGTERM after a checkpoint was saved: run the same command again
-
-User errors print one sentence on stderr, without a traceback; set SEQPE_TRACEBACK=1 to
-see where they came from.
+command, a diverged model and a preempted job, so each has its own exit status (EXIT_*, 0 when
+finished; the table is in docs/clusters.md). User errors print one sentence on stderr, without
+a traceback; set SEQPE_TRACEBACK=1 to see where they came from.
 """
 
 import contextlib
@@ -27,8 +17,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-EXIT_BAD_INPUT = 2
-EXIT_NONFINITE = 3
+EXIT_BAD_INPUT = 2  # The message says what to change (also: a missing optional package).
+EXIT_NONFINITE = 3  # The message names the step and the newest finite checkpoint.
 EXIT_INTERRUPTED = 130  # What a shell reports for a process ended by SIGINT.
 EXIT_PREEMPTED = 143  # What a shell reports for a process ended by SIGTERM.
 
@@ -39,6 +29,13 @@ class Preempted(RuntimeError):
 
 class Interrupted(RuntimeError):
   """Ctrl-C stopped a run after every process saved the same checkpoint."""
+
+
+# The exit status of each kind of error, the first that matches; OSError covers missing files,
+# ImportError an optional package a feature needs.
+_STATUSES = ((Preempted, EXIT_PREEMPTED), (Interrupted, EXIT_INTERRUPTED),
+             (FloatingPointError, EXIT_NONFINITE),
+             ((ValueError, OSError, ImportError, app.UsageError), EXIT_BAD_INPUT))
 
 
 def _show_tracebacks() -> bool:
@@ -57,24 +54,11 @@ def exit_statuses():
           'resumes from the newest checkpoint.', file=sys.stderr)
     sys.exit(EXIT_INTERRUPTED)
   except Exception as e:  # pylint: disable=broad-except
-    status = _status(e)
+    status = next((status for kinds, status in _STATUSES if isinstance(e, kinds)), None)
     if status is None or _show_tracebacks():
       raise
     print(f'error: {e}', file=sys.stderr)
     sys.exit(status)
-
-
-def _status(error: Exception) -> int | None:
-  if isinstance(error, Preempted):
-    return EXIT_PREEMPTED
-  if isinstance(error, Interrupted):
-    return EXIT_INTERRUPTED
-  if isinstance(error, FloatingPointError):
-    return EXIT_NONFINITE
-  # OSError: missing files too; ImportError: an optional package a feature needs.
-  if isinstance(error, (ValueError, OSError, ImportError, app.UsageError)):
-    return EXIT_BAD_INPUT
-  return None
 
 
 def prepare_process(dtype: str = 'float32') -> None:
@@ -82,12 +66,10 @@ def prepare_process(dtype: str = 'float32') -> None:
   the precision the process computes in (`model.dtype` of its run; float32 where a process
   runs several)."""
   quiet_library_logs()
+  # bfloat16 keeps YNNPACK: XLA:CPU's own emitter fails on a bfloat16 product contracting
+  # several dimensions ("UNIMPLEMENTED: Dot with multiple contracting dimensions").
   if dtype == 'float32':
     without_ynn_fusions()
-  # bfloat16 keeps XLA's default, which hands every matrix product to YNNPACK: without it,
-  # XLA:CPU's own emitter stops at the first bfloat16 product that contracts several
-  # dimensions (a weight gradient of [batch, length, width] activations, an attention
-  # output projection): "UNIMPLEMENTED: Dot with multiple contracting dimensions".
 
 
 # The XLA flag naming the matrix-product fusions XLA:CPU hands to YNNPACK; empty: none.
@@ -96,16 +78,9 @@ YNN_FUSIONS_FLAG = 'xla_cpu_experimental_ynn_fusion_type'
 
 def without_ynn_fusions() -> None:
   """Turns off XLA:CPU's YNNPACK fusions (Eigen's kernels run instead; results differ in
-  rounding only), unless XLA_FLAGS already sets them. Read when the CPU backend starts,
-  so it must run before JAX's first computation; accelerators are unaffected. Float32
-  only: bfloat16 products need them (prepare_process).
-
-  Measured on this project's 2-core CPU, ViT-S/16 SeqPE train step at batch 32 in one
-  sitting: XLA's planned temporaries 6.56 -> 5.49 GB, peak RSS 8.58 -> 7.61 GB, minor page
-  faults 13.5 M -> 6.3 M and the step 10% faster. Their products allocate scratch that
-  grows with the batch, past glibc's mmap threshold, so every call faulted it in afresh
-  (the evaluation forward scaled 5.4-5.7x from batch 8 to 32 instead of about 4x).
-  """
+  rounding only) unless XLA_FLAGS sets them; must run before JAX's first computation. Their
+  scratch, past glibc's mmap threshold, is faulted in afresh on every call: ~1 GB more peak
+  memory and a 10% slower ViT step on 2 cores (docs/benchmarks.md)."""
   flags_now = os.environ.get('XLA_FLAGS', '')
   if YNN_FUSIONS_FLAG not in flags_now:
     os.environ['XLA_FLAGS'] = f'{flags_now} --{YNN_FUSIONS_FLAG}='.strip()
@@ -141,9 +116,8 @@ def quiet_library_logs() -> None:
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing for `app.run(main, flags_parser=cli.parse_flags)`, with the config
-  loaded at once: a missing config file, a variant the file does not define, an override
-  key the config does not have or a value of the wrong type is one sentence and status 2,
-  before anything else runs (absl would print its usage page or three tracebacks)."""
+  loaded at once, so a bad config file, variant, override key or value is one sentence and
+  status 2 before anything else runs (absl would print its usage page or three tracebacks)."""
   try:
     remaining = flags.FLAGS([_installed_config(arg) for arg in argv])
     if 'config' in flags.FLAGS:
@@ -163,8 +137,7 @@ def _installed_config(arg: str) -> str:
     return arg
   path, colon, variant = arg[len('--config='):].partition(':')
   beside_package = pathlib.Path(__file__).resolve().parents[1] / path
-  if pathlib.Path(path).is_absolute() or pathlib.Path(path).exists() or not (
-      beside_package.is_file()):
+  if pathlib.Path(path).exists() or not beside_package.is_file():  # Absolute: joins to itself.
     return arg
   return f'--config={beside_package}{colon}{variant}'
 
@@ -177,13 +150,20 @@ def _load_config() -> None:
   flags.FLAGS.config.to_dict()  # Touches every field, so deferred errors surface now.
 
 
+def error_chain(error: BaseException):
+  """The error, then the one it was raised from or while handling, and so on."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    yield error
+    error = error.__cause__ or error.__context__
+
+
 def _config_error(error: Exception, argv: list[str]) -> str:
   """The innermost message of a flag-parsing error, naming the override at fault."""
   if isinstance(error, FileNotFoundError):
     return str(error)
-  chain = [error]
-  while (chain[-1].__cause__ or chain[-1].__context__) is not None:
-    chain.append(chain[-1].__cause__ or chain[-1].__context__)
+  chain = list(error_chain(error))
   if any(isinstance(e, (KeyError, AttributeError)) for e in chain):
     text = ' '.join(str(e) for e in chain)
     guess = re.search(r'Did you mean .{0,2}"(\w+)" instead of .{0,2}"(\w+)"', text)

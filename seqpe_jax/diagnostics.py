@@ -1,17 +1,5 @@
-"""Does the PE carry position? The diag/* scalars logged beside the training metrics.
-
-- `diag/pe_ablation_delta`: loss on a fixed held-out batch with every grid position's PE
-  features replaced by those of the first grid position, minus the normal loss. A model
-  that uses its PE loses something (> 0); a dead PE gives 0. For RoPE and ALiBi this sets
-  every position to the first one; prefix tokens (the ViT's CLS) keep their features.
-- `diag/grad_ratio` (SeqPE): ||task gradient|| / ||regulariser gradient|| on the encoder,
-  the regulariser being every PE loss (contrastive, OOD, logit distillation) at its
-  scheduled weight, on the step's own sampling.
-- `diag/pe_spread` (PEs with an embedding table): mean distance of the training window's
-  embeddings to their mean, over their mean norm; about 1 for well-spread vectors, 0
-  when every position maps to one vector.
-- `diag/pos_term_std`: how much the PE alone moves the attention logits, averaged over
-  layers (`attention.position_logit_spread`).
+"""Does the PE carry position? The diag/* scalars logged beside the training metrics; what
+each measures and what a dead PE reads is tabled in docs/experiments.md.
 """
 
 import jax
@@ -36,12 +24,8 @@ def embedding_spread(e_ND: jax.Array) -> jax.Array:
 
 
 def make_diagnostics(task, gradients):
-  """(params, train_batch, step, heldout_batch) -> diag/* scalars, one jitted function.
-
-  `gradients` is the trainer's `make_gradients(...)`; called with split=True it gives the
-  encoder's task and regulariser gradients of exactly this step, so the ratio costs one
-  extra forward and backward on logging steps only.
-  """
+  """(params, train_batch, step, heldout_batch) -> diag/* scalars; `gradients` is the
+  trainer's `make_gradients(...)`, so the ratio is of exactly this step's gradients."""
   pe = task.pe
   num_prefix = pe.host.num_prefix  # The Task contract declares `pe`, whose host spec this is.
 

@@ -1,30 +1,27 @@
 """Extrapolation sweeps: results table (JSON) and plot, at the end of training or later.
 
-    python -m seqpe_jax.evaluate --workdir=DIR
+    python -m seqpe_jax.evaluate --workdir=DIR [--split=valid]
 
-re-runs the sweep of the run in DIR from its latest checkpoint and rewrites
-DIR/extrapolation.json and DIR/extrapolation.png; with `--split=valid` it sweeps the
-validation split instead and writes DIR/extrapolation_valid.json/png.
+re-runs the sweep of the run in DIR from its latest checkpoint into DIR/extrapolation.json
+and .png (extrapolation_valid.json/png for the validation split).
 
     python -m seqpe_jax.evaluate --workdir=DIR --config.eval.lengths=128,8192 --name=long
 
-sweeps other evaluation settings (any eval.* field of the run's config) from the same
-checkpoint into DIR/extrapolation_long.json/png, leaving the run's own record untouched.
-The LM's evaluation-time baselines are such settings, applied to a trained run without
-retraining (tasks/lm.py):
+sweeps other eval.* settings from the same checkpoint into DIR/extrapolation_long.json/png,
+leaving the run's own record untouched. The LM's evaluation-time baselines are such
+settings (tasks/lm.py):
 
     python -m seqpe_jax.evaluate --workdir=ROPE_RUN --split=valid \
         --config.eval.rope_scaling=yarn --name=yarn      # or pi, ntk
     python -m seqpe_jax.evaluate --workdir=RUN --split=valid \
         --config.eval.local_window=128 --name=local      # keys limited to the last 128
 
-write DIR/extrapolation_valid_yarn.json and DIR/extrapolation_valid_local.json; a scaling
-asked of a run whose PE has no RoPE frequencies stops with one sentence.
+write DIR/extrapolation_valid_yarn.json and _valid_local.json (a scaling asked of a PE
+without RoPE frequencies stops with one sentence).
 
     python -m seqpe_jax.evaluate --compare=DIR1,DIR2,... --out=FILE.png
 
-puts the finished runs' extrapolation curves in one plot and prints them as one Markdown
-table (one row per run, one column per resolution or length).
+plots finished runs' extrapolation curves together and prints them as one Markdown table.
 """
 
 import ast
@@ -38,14 +35,9 @@ from seqpe_jax import checkpoint, cli, results as results_files, workdir_lock
 
 def evaluate_workdir(workdir: str, split: str | None = None, overrides: dict | None = None,
                      name: str = '') -> dict:
-  """Restores the latest checkpoint of the run in `workdir` and re-runs its sweep, holding
-  the workdir (workdir_lock) while it reads and writes there.
-
-  On the run's own settings it rewrites extrapolation.json/png. `split` (e.g. 'valid')
-  sweeps that split instead, and `overrides` ({'eval.lengths': (128, 4096)}) change the
-  evaluation settings; either writes extrapolation_{split}_{name}.json/png beside them and
-  leaves config.json and the training run's results as they are.
-  """
+  """Re-runs the sweep of the run in `workdir` from its latest checkpoint into
+  extrapolation.json/png, or with another `split` or eval `overrides` ({'eval.lengths':
+  (128, 4096)}) into extrapolation_{split}_{name}.json/png beside them."""
   if overrides and not name:
     raise ValueError('Name the evaluation with --name=... when overriding eval settings; '
                      'its results go to extrapolation_<name>.json.')
@@ -119,10 +111,8 @@ def with_eval_overrides(config: ml_collections.ConfigDict,
 
 
 def parse_overrides(argv: list[str]) -> tuple[list[str], dict]:
-  """Takes `--config.eval.x=VALUE` out of argv: (the other arguments, {'eval.x': value}).
-
-  VALUE is a Python literal (128, 0.5, 'sliding', (128, 4096)); a comma list such as
-  128,4096 is a tuple, and anything that is not a literal is a string."""
+  """Takes `--config.eval.x=VALUE` out of argv: (the other arguments, {'eval.x': value}). VALUE
+  is a Python literal (128,4096 is a tuple); anything that is not a literal is a string."""
   rest, overrides = [], {}
   for arg in argv:
     if not arg.startswith('--config.'):
@@ -139,10 +129,8 @@ def parse_overrides(argv: list[str]) -> tuple[list[str], dict]:
 
 
 def compare(workdirs: list[str], out: str) -> str:
-  """One plot of several runs' extrapolation.json (same metric) and their Markdown table.
-
-  Runs are keyed by their full path and labelled by the shortest path suffix that tells
-  them apart (runs/ape/seed0 and runs/rope/seed0, not seed0 twice)."""
+  """One plot of several runs' extrapolation.json (same metric) and their Markdown table, each
+  run labelled by `run_labels`."""
   runs = {}
   for workdir in workdirs:
     path = epath.Path(workdir) / 'extrapolation.json'
@@ -179,7 +167,8 @@ def compare(workdirs: list[str], out: str) -> str:
 
 
 def run_labels(paths: list[str]) -> dict[str, str]:
-  """Each path's shortest trailing part that no other path ends with."""
+  """Each path's shortest trailing part that no other path ends with (runs/ape/seed0 and
+  runs/rope/seed0: ape/seed0 and rope/seed0)."""
   parts = {p: p.rstrip('/').split('/') for p in paths}
   labels = {}
   for path, mine in parts.items():

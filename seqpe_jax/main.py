@@ -3,12 +3,7 @@
 One process per host. Several processes form one run when started with
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` (e.g. by
 launch/local_multiprocess.sh) or with `--distributed`, which takes them from the cluster
-(TPU VM pods, Slurm; see launch/). Exit statuses are those of `seqpe_jax.cli`: 0 finished,
-2 bad input (a workdir another run holds, too), 3 non-finite loss, 130 Ctrl-C and 143
-preempted (both after saving: run the same command again to resume); see docs/clusters.md.
-
-The console shows one progress line per log step; `--verbosity=0` (absl's flag) adds the
-INFO logs of the libraries underneath (orbax's saves, the parameter table, ...).
+(TPU VM pods, Slurm; see launch/). Exit statuses: `seqpe_jax.cli`.
 """
 
 import os
@@ -42,22 +37,20 @@ flags.mark_flags_as_required(['config'])
 
 def initialize_processes(args) -> None:
   """Joins the run's other processes, if any; one sentence if they never answer."""
-  explicit = (args.coordinator_address, args.num_processes, args.process_id)
-  if any(v is not None for v in explicit) and not all(v is not None for v in explicit):
+  names = ('coordinator_address', 'num_processes', 'process_id')
+  explicit = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+  if explicit and len(explicit) < len(names):
     raise ValueError('Pass all of --coordinator_address, --num_processes and --process_id, '
                      'or none of them.')
-  if not args.distributed and explicit[0] is None:
+  if not args.distributed and not explicit:
     return  # One process: nothing to join.
-  kwargs = dict(zip(('coordinator_address', 'num_processes', 'process_id'), explicit)) \
-      if explicit[0] is not None else {}
   try:
-    jax.distributed.initialize(initialization_timeout=args.init_timeout, **kwargs)
+    jax.distributed.initialize(initialization_timeout=args.init_timeout, **explicit)
   except Exception as e:  # pylint: disable=broad-except
     where = args.coordinator_address or 'the coordinator named by the cluster environment'
     raise ValueError(f'Could not join the multi-process run at {where} within '
                      f'{args.init_timeout} s ({type(e).__name__}: {str(e)[:200]}); check that '
-                     'every process was started with the same address and process count.') \
-        from e
+                     'every process was started with the same address and process count.') from e
 
 
 def use_compilation_cache(directory: str | None) -> None:

@@ -16,12 +16,8 @@ from tensorboardX import summary as tb_summary
 
 
 class MetricWriter:
-  """Writes scalars to TensorBoard and appends them to metrics.jsonl (process 0 only).
-
-  `resumed_at`: the step the run restarts from. Rows after it were written by the part of
-  the run that is about to be redone (after a SIGKILL), so they are dropped: each step
-  appears once in metrics.jsonl.
-  """
+  """Writes scalars to TensorBoard and appends them to metrics.jsonl (process 0 only). Rows
+  after `resumed_at` (a run killed since) are dropped, so each step appears once."""
 
   def __init__(self, workdir, *, resumed_at: int = 0):
     self._is_main = jax.process_index() == 0
@@ -70,12 +66,8 @@ def flatten_config(tree: dict, prefix: str = '') -> dict:
 
 
 class Progress:
-  """One console line per log step: step, loss, steps/s and time left.
-
-  The rate is that of the last interval between log steps, counted from when this
-  process started stepping (after the compile; a resumed run does not credit itself
-  with the steps before the restart), so the time left follows the current speed.
-  """
+  """One console line per log step: step, loss, steps/s and time left, at the rate of the
+  last interval (the first counted from the start, after the compile)."""
 
   def __init__(self, total_steps: int, start_step: int, *, clock=time.perf_counter):
     self._total, self._clock = total_steps, clock
@@ -86,10 +78,9 @@ class Progress:
     """Records that `step` has finished; returns steps/s since the previous update."""
     last_step, last_time = self._last
     now = self._clock()
-    rate = (step - last_step) / max(now - last_time, 1e-9)
-    self._rate = rate
+    self._rate = (step - last_step) / max(now - last_time, 1e-9)
     self._last = (step, now)
-    return rate
+    return self._rate
 
   def line(self, step: int, scalars: dict[str, float]) -> str:
     left = (self._total - step) / self._rate if self._rate else math.nan

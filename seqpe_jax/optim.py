@@ -8,20 +8,15 @@ import optax
 from seqpe_jax import choices
 
 NO_DECAY_NAMES = ('cls', 'prefix', 'table', 'freqs')  # Class token and position vectors.
-
-
 SCHEDULES = ('cosine', 'linear')
 
 
 def schedule(cfg, total_steps: int) -> optax.Schedule:
-  """Linear warm-up from `warmup_init` to `lr`, then `cfg.schedule` decay to `min_lr`.
-
-  'cosine' (timm semantics: the warm-up replaces the start of the cosine) is the ViT
-  recipe; 'linear' (HF's linear schedule) is the GPT-2 recipe.
-  """
+  """Linear warm-up from `warmup_init` to `lr`, then `cfg.schedule` decay to `min_lr`: the
+  ViT recipe's 'cosine' (timm's: the warm-up replaces its start) or GPT-2's 'linear' (HF's)."""
   warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
   if cfg.schedule not in SCHEDULES:
-    raise choices.unknown('optimizer.schedule', cfg.schedule, ('cosine', 'linear'))
+    raise choices.unknown('optimizer.schedule', cfg.schedule, SCHEDULES)
   if cfg.schedule == 'linear':
     return optax.join_schedules([
         optax.linear_schedule(cfg.warmup_init, cfg.lr, warmup),
@@ -37,21 +32,19 @@ def _path_names(path) -> list[str]:
 
 def is_seqpe_encoder(path) -> bool:
   """The SeqPE encoder subtree: params['pe']['encoder']."""
-  names = _path_names(path)
-  return names[:2] == ['pe', 'encoder']
+  return _path_names(path)[:2] == ['pe', 'encoder']
 
 
 def decays(path, x) -> bool:
   """Weight decay for host matrices only: not biases, LayerNorms, CLS or position vectors,
   and not the SeqPE encoder (whose decay is `seqpe_weight_decay`, applied separately)."""
   names = _path_names(path)
-  return (names[0] == 'model' and x.ndim >= 2 and names[-1] not in NO_DECAY_NAMES)
+  return names[0] == 'model' and x.ndim >= 2 and names[-1] not in NO_DECAY_NAMES
 
 
 def seqpe_decays(path, x) -> bool:
   """SeqPE encoder matrices that may decay: never the digit/slot/axis/CLS embeddings."""
-  names = _path_names(path)
-  return is_seqpe_encoder(path) and x.ndim >= 2 and not names[-1].endswith('embed')
+  return is_seqpe_encoder(path) and x.ndim >= 2 and not _path_names(path)[-1].endswith('embed')
 
 
 def clip_groups(cfg, params) -> optax.GradientTransformation:
@@ -65,41 +58,35 @@ def clip_groups(cfg, params) -> optax.GradientTransformation:
 def make(cfg, params) -> optax.GradientTransformationExtraArgs:
   """The optimizer for params {'model': ..., 'pe': ...}; its `update` takes the step's
   rate as `learning_rate=` (`learning_rates(cfg, total_steps)[count]`)."""
-  clip = clip_groups(cfg, params)
-  decay_mask = jax.tree_util.tree_map_with_path(decays, params)
-  seqpe_mask = jax.tree_util.tree_map_with_path(seqpe_decays, params)
   return optax.chain(
-      clip,
+      clip_groups(cfg, params),
       optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
-      optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),
-      optax.add_decayed_weights(cfg.seqpe_weight_decay, mask=seqpe_mask),
-      scale_by_given_learning_rate(),
-  )
+      optax.add_decayed_weights(
+          cfg.weight_decay, mask=jax.tree_util.tree_map_with_path(decays, params)),
+      optax.add_decayed_weights(
+          cfg.seqpe_weight_decay, mask=jax.tree_util.tree_map_with_path(seqpe_decays, params)),
+      scale_by_given_learning_rate())
 
 
 def scale_by_given_learning_rate() -> optax.GradientTransformationExtraArgs:
-  """Updates times minus the rate given to `update(..., learning_rate=)`: what
-  `optax.scale_by_learning_rate(schedule)` does with the schedule computed by the caller
-  (the same float32 value), so the compiled step does not depend on the schedule: the
-  rates of a study and runs of different lengths share one program and one compilation-cache
-  entry. The state is optax's, the update count, so checkpoints keep their layout."""
+  """`optax.scale_by_learning_rate` with the rate passed to `update(..., learning_rate=)`, so
+  runs of other rates or lengths share one compiled step; the state (optax's update count)
+  keeps checkpoints' layout."""
   def init(params):
     del params
     return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
 
   def update(updates, state, params=None, *, learning_rate, **extra_args):
     del params, extra_args
-    step_size = -1 * learning_rate
-    updates = jax.tree.map(lambda g: jnp.array(step_size, dtype=g.dtype) * g, updates)
+    updates = jax.tree.map(lambda g: jnp.array(-1 * learning_rate, dtype=g.dtype) * g, updates)
     return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
 
   return optax.GradientTransformationExtraArgs(init, update)
 
 
 def learning_rates(cfg, total_steps: int) -> np.ndarray:
-  """float32[total_steps]: the rate of every update (0-based count), computed once, as the
-  schedule gives it at an int32 count; the loop hands each step its own without a device
-  round trip."""
+  """float32[total_steps]: the schedule's rate at every (0-based, int32) update count, computed
+  once so the loop hands each step its own without a device round trip."""
   counts = jnp.arange(max(total_steps, 1), dtype=jnp.int32)
   return np.asarray(jax.device_get(schedule(cfg, total_steps)(counts)), np.float32)
 

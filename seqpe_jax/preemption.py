@@ -1,16 +1,13 @@
 """When to stop for a preemption or a Ctrl-C: the same step on every process.
 
 A scheduler's SIGTERM reaches one process (or all, at slightly different times). If each
-process stopped at its own step, one would enter the collective checkpoint save while
-another entered the next train step, and both would wait forever. With several processes
-JAX's preemption service agrees on one step for all (the maximum step any process has
-reached, plus one) and `reached(step)` turns true there on every process; its SIGTERM
-handler, installed by `jax.distributed.initialize`, is left in place. A single process
-just notes the signal and stops after the step it is in.
+stopped at its own step, one would enter the collective checkpoint save while another entered
+the next train step, and both would wait forever. With several processes JAX's preemption
+service (its SIGTERM handler, installed by `jax.distributed.initialize`) agrees on one step
+for all; a single process stops after the step it is in.
 
-A Ctrl-C (SIGINT) stops the same way, so it saves like a preemption: with several
-processes it is handed to JAX's service as a SIGTERM to this process. A second Ctrl-C
-exits at once, without saving.
+A Ctrl-C (SIGINT) saves the same way (with several processes, by sending this process a
+SIGTERM); a second Ctrl-C exits at once, without saving.
 """
 
 import os
@@ -25,10 +22,7 @@ from seqpe_jax import cli
 
 
 class PreemptionWatch:
-  """`reached(step)`: stop after this step and save. Call it once per step, every process.
-
-  `signal_name` says what asked ('SIGTERM' or 'SIGINT'), `interrupted` whether it was Ctrl-C.
-  """
+  """`reached(step)`: stop after this step and save. Call it once per step, every process."""
 
   def __init__(self):
     self._multiprocess = jax.process_count() > 1

@@ -23,9 +23,7 @@ def write_extrapolation(workdir, results: dict[int, dict[str, float]], metric: s
                         protocol: str = '', overrides: dict | None = None,
                         step: int | None = None) -> None:
   """WORKDIR/extrapolation{suffix}.json (metric per resolution/length) and .png; `protocol`
-  (how the sweep scored, e.g. sliding windows) goes in both, `overrides` (evaluation
-  settings that differ from the training record) and `step` (of the checkpoint swept) in
-  the JSON."""
+  (e.g. sliding windows) goes in both, the eval `overrides` and checkpoint `step` in the JSON."""
   workdir = epath.Path(workdir)
   table = {str(x): values for x, values in sorted(results.items())}
   record = {'metric': metric, 'axis': axis_label, 'protocol': protocol, 'results': table}
@@ -48,9 +46,7 @@ def write_extrapolation(workdir, results: dict[int, dict[str, float]], metric: s
 def read_extrapolation(workdir, step: int) -> dict[int, dict[str, float]] | None:
   """The sweep WORKDIR/extrapolation.json records, if it swept the checkpoint of `step`."""
   path = epath.Path(workdir) / 'extrapolation.json'
-  if not path.exists():
-    return None
-  record = json.loads(path.read_text())
+  record = json.loads(path.read_text()) if path.exists() else {}
   if record.get('step') != step:
     return None
   return {int(x): values for x, values in record['results'].items()}

@@ -7,6 +7,7 @@ the tensor is big enough to be worth it); everything that does not divide stays
 replicated, so tiny test models run on any mesh. Batches split over ('data', 'fsdp').
 """
 
+import itertools
 import re
 
 import jax
@@ -22,12 +23,8 @@ TENSOR_RULES = (r'mlp_in/kernel$', r'qkv/kernel$', r'qkv_kernel$')
 
 
 def make_mesh(mesh_cfg, devices=None) -> Mesh:
-  """A mesh with the configured axis sizes (one may be -1), laid out along the interconnect.
-
-  Using every device, the layout comes from JAX's topology-aware `jax.make_mesh` (on TPU
-  slices neighbouring chips share the fast axes). A fully specified smaller mesh uses the
-  first devices only, e.g. 1x1x1 in a test on a multi-device host, and says so.
-  """
+  """A mesh with the configured axis sizes (one may be -1), laid out by the topology-aware
+  `jax.make_mesh`; a fully specified smaller mesh uses the first devices only, and says so."""
   devices = np.asarray(devices if devices is not None else jax.devices()).reshape(-1)
   sizes = [mesh_cfg[a] for a in AXES]
   if sizes.count(-1) > 1:
@@ -115,21 +112,16 @@ def global_batch_from_full(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str
 
 
 def sum_per_batch(outputs) -> np.ndarray:
-  """The sum over batches of a jitted evaluation step's replicated outputs (a tuple of
-  scalars per batch), read back as float64 with one batch in flight: the next batch is
-  dispatched before the previous one is read. (Dispatching every batch before reading any
-  can starve XLA:CPU's collectives on a few cores.)"""
+  """The float64 sum of a jitted evaluation step's replicated outputs (scalars per batch),
+  each read after the next batch is dispatched: one in flight (dispatching every batch before
+  reading any can starve XLA:CPU's collectives on a few cores)."""
   total, previous = None, None
-  for out in outputs:
+  for out in itertools.chain(outputs, [None]):  # None: read the last one.
     if previous is not None:
-      total = _add(total, previous)
+      values = np.asarray(jax.device_get(previous), np.float64)
+      total = values if total is None else total + values
     previous = out
-  return _add(total, previous) if previous is not None else np.zeros(0)
-
-
-def _add(total, out):
-  values = np.asarray(jax.device_get(out), np.float64)
-  return values if total is None else total + values
+  return np.zeros(0) if total is None else total
 
 
 def wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
@@ -142,11 +134,7 @@ def wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
 
 def coordination_client():
   """The client of JAX's coordination service (None before jax.distributed.initialize).
-
-  Private JAX: the public barrier (`multihost_utils.sync_global_devices`) is a device
-  collective, whose set-up times out long before a slow host finishes compiling, and no
-  public API reaches the service's own barrier. tests/sharding_test.py fails when a JAX
-  upgrade moves it.
-  """
+  Private JAX: the public barrier is a device collective, whose set-up times out long before a
+  slow host finishes compiling; tests/sharding_test.py fails when a JAX upgrade moves it."""
   from jax._src import distributed  # pylint: disable=g-import-not-at-top
   return distributed.global_state.client

@@ -23,17 +23,10 @@ from seqpe_jax.preemption import PreemptionWatch
 
 
 def make_gradients(task, base_key, shift_pool):
-  """(params, batch, step, split) -> (scalars, grads): the loss's gradient in two parts.
-
-  The loss is the task's plus the PE's one regulariser term (`task.pe_regularizer`), which
-  reads what the PE's training step made (its terms) and what the host reports on the PE's
-  probes. The PE's forward (features, probes, terms) is differentiated with `jax.vjp`, the
-  loss with respect to the host's parameters and to those three; the PE's gradient is then
-  one backward pass of their cotangents -- the same as `jax.grad` of the total loss. The
-  features reach only the task's loss and the probes and terms only the regulariser, so
-  with `split` two passes give the task's and the regulariser's PE gradients apart:
-  {'model', 'pe_task', 'pe_reg'}.
-  """
+  """(params, batch, step, split) -> (scalars, grads) of the task loss plus the PE regulariser.
+  The PE's forward is differentiated with `jax.vjp`: features reach only the task loss and
+  probes and terms only the regulariser, so with `split` two backward passes give the PE's
+  gradients apart ({'model', 'pe_task', 'pe_reg'}; else {'model', 'pe'})."""
 
   def gradients(params, batch, step, split: bool):
     pe_key, dropout_key = jax.random.split(jax.random.fold_in(base_key, step))
@@ -106,13 +99,9 @@ def make_train_step(task, optimizer, base_key, shift_pool):
 
 
 def jit_train_step(task, optimizer, state_shardings, mesh):
-  """(state, batch, learning_rate, step_key, shift_pool) -> (state, metrics), jitted for
-  the mesh: state sharded as given, batch over the data axes, the rest replicated, the old
-  state's buffers donated to the new one.
-
-  The rate, key and pool are arguments, not constants of the program, so runs that differ
-  only in their seed, learning rate or length (a study's runs) share one compiled step and
-  one compilation-cache entry."""
+  """(state, batch, learning_rate, step_key, shift_pool) -> (state, metrics), jitted for the
+  mesh with the old state donated. The rate, key and pool are arguments, not constants, so
+  runs differing only in seed, rate or length share one compiled step and cache entry."""
   def step(state, batch, learning_rate, step_key, shift_pool):
     return make_train_step(task, optimizer, step_key, shift_pool)(state, batch, learning_rate)
 
@@ -136,8 +125,8 @@ def jit_diagnostics(task, state_shardings, mesh):
 
 
 def lower_train_step(config: ml_collections.ConfigDict) -> jax.stages.Lowered:
-  """The train step lowered for the configured mesh, from an abstract state (shapes and
-  shardings) and batch (one batch is read for its shapes); nothing is allocated or written."""
+  """The train step lowered for the configured mesh from an abstract state and batch (one
+  batch is read for its shapes); nothing is allocated or written."""
   validate(config)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch(config.batch_size, mesh)
@@ -156,11 +145,8 @@ def lower_train_step(config: ml_collections.ConfigDict) -> jax.stages.Lowered:
 
 
 def compile_report(config: ml_collections.ConfigDict) -> dict[str, float]:
-  """Compiles the train step for the configured mesh without allocating the state or
-  training (`lower_train_step`): XLA's per-device memory plan and FLOPs per step
-  (`--compile_only`). Bytes and FLOPs are per device, as XLA partitions the step (FLOPs as
-  XLA's cost analysis counts them).
-  """
+  """XLA's per-device memory plan and FLOPs of the compiled train step (`--compile_only`),
+  without allocating the state."""
   compiled = lower_train_step(config).compile()
   mesh = sharding.make_mesh(config.mesh)
   memory = compiled.memory_analysis()
@@ -207,14 +193,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains, checkpoints and evaluates `config` in `workdir`; returns the final sweep.
-
-  Raises ValueError/FileNotFoundError/OSError for bad input (before any side effect; a
-  workdir another process holds is one), FloatingPointError when the loss or gradients
-  stop being finite, cli.Preempted after a SIGTERM and cli.Interrupted after a Ctrl-C once
-  every process has saved the same step. A run that already finished is not redone: its
-  recorded sweep is returned.
-  """
+  """Trains, checkpoints and evaluates `config` in `workdir`; returns the final sweep (the
+  recorded one if the run already finished). Raises ValueError/OSError for bad input (before
+  any side effect), FloatingPointError on a non-finite loss, and cli.Preempted/Interrupted
+  after saving on a SIGTERM/Ctrl-C."""
   validate(config)
 
   # ---------------------------------------------------------------- Mesh.
@@ -233,8 +215,7 @@ def _train_and_evaluate(config, workdir: epath.Path, mesh) -> dict:
   data = task.train_batches(config.seed)
 
   # ---------------------------------------------------------------- Model and optimizer.
-  root_key = jax.random.key(config.seed)
-  init_key, step_key, pool_key = jax.random.split(root_key, 3)
+  init_key, step_key, pool_key = jax.random.split(jax.random.key(config.seed), 3)
   optimizer = make_optimizer(task, config)
   shift_pool = task.shift_pool(pool_key)
 
@@ -243,8 +224,7 @@ def _train_and_evaluate(config, workdir: epath.Path, mesh) -> dict:
   state_shardings = jax.tree.map(lambda x: x.sharding, target)
   checkpointer = checkpoint.Checkpointer(workdir, config, keep=config.keep_checkpoints)
   try:
-    # Runs saved before the finiteness flag existed resume with it cleared.
-    state = checkpointer.restore(target, defaults=NEWER_ENTRIES)  # Restore.
+    state = checkpointer.restore(target, defaults=NEWER_ENTRIES)
   except Exception:
     checkpointer.close()
     raise
@@ -287,9 +267,8 @@ def _train_and_evaluate(config, workdir: epath.Path, mesh) -> dict:
   preemption = PreemptionWatch()
   batches = (sharding.global_batch(b, mesh) for b in data[start:].to_iter_dataset())
   first_batch = next(batches)
-  # Compiled ahead, then every process waits for the others: a process that compiled
-  # faster would otherwise wait in the step's first collective, whose set-up times out
-  # (30 s on CPU) well before a slow host's compile ends.
+  # Compiled ahead, then every process waits for the others: waiting in the step's first
+  # collective instead times out (30 s on CPU) well before a slow host's compile ends.
   rates = optim.learning_rates(config.optimizer, config.total_steps)
   train_step = train_step.lower(state, first_batch, rates[0], step_key, shift_pool).compile()
   sharding.wait_for_all_processes('train step compiled')
@@ -304,8 +283,7 @@ def _train_and_evaluate(config, workdir: epath.Path, mesh) -> dict:
       last = step == config.total_steps
       if step % config.log_every_steps == 0 or last or evaluating:
         _stop_if_nonfinite(state, checkpointer)
-        # The diagnostics look at the parameters this step produced, on its own batch
-        # and sampling (the step counter has moved on, hence step - 1).
+        # This step's parameters, batch and sampling (the counter has moved on: step - 1).
         diag = diagnose(state['params'], batch, state['step'] - 1, heldout, step_key,
                         shift_pool) if diagnose else {}
         row = {**jax.device_get(scalars), **jax.device_get(diag),
@@ -345,12 +323,8 @@ def _train_and_evaluate(config, workdir: epath.Path, mesh) -> dict:
 
 
 def _stop_if_nonfinite(state, checkpointer) -> None:
-  """Stops with a FloatingPointError when a step's loss or gradients were not finite.
-
-  The step that went bad computed them from the parameters of the step before, so the
-  checkpoints from that step on are moved aside (finite, but they lead to the NaN) and the
-  message names the newest one left, which a smaller learning rate can resume from.
-  """
+  """Raises FloatingPointError if a step's loss or gradients were not finite, after moving
+  aside the checkpoints from the step before it on (finite, but they lead to the NaN)."""
   first_bad = int(state['first_nonfinite_step'])
   if not first_bad:
     return

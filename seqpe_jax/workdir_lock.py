@@ -3,27 +3,11 @@
     with workdir_lock.held(workdir, purpose='train'):
       ...  # Nothing else writes here until the block ends.
 
-A second holder stops at once with `WorkdirInUse` (a ValueError: exit status 2 at the
-command line) naming the holder's host, pid and start time. A multi-process run takes the
-lock on process 0 only; every process learns whether it got it.
-
-Local paths (and NFS) use flock(2) on WORKDIR/workdir.lock: the kernel releases it when
-the holder exits in any way, so a lock file left by a process that died (SIGKILL, a
-crash) is taken over with a warning. The file names the holder and is removed on a clean
-exit.
-
-Other URLs (gs://) have no flock. There the lock is an object created only if it does not
-exist (gcsfs's `mode='create'`: GCS's ifGenerationMatch=0), so of two runs starting at
-once exactly one creates it. The holder rewrites it every HEARTBEAT_S seconds; one whose
-heartbeat is older than STALE_AFTER_S (the holder was killed or lost its network), or
-that names a pid of this host that no longer runs, is taken over with a warning. Taking
-over is not atomic: two runs that find the same stale lock within the same moment could
-both proceed, and a holder stalled for longer than STALE_AFTER_S can lose its lock (it
-then logs an error). Clocks of the hosts are assumed to agree to well under a minute.
-
-The first touch of the storage (creating the workdir, taking the lock) must answer within
-STORAGE_TIMEOUT_S, so a workdir URL whose storage cannot be reached is one sentence after
-~20 s rather than minutes of retries.
+A second holder stops at once with `WorkdirInUse` (a ValueError: exit status 2) naming the
+holder. Local paths (and NFS) use flock(2) on WORKDIR/workdir.lock, which the kernel releases
+however the holder ends; URLs (gs://) use an object created only if absent (GCS's
+ifGenerationMatch=0) with a heartbeat, taken over once stale or its pid is gone. What that
+does not guarantee (clocks, stalls, simultaneous takeovers) is in docs/clusters.md.
 """
 
 import contextlib
@@ -56,21 +40,17 @@ class StorageTimeout(OSError):
   """The storage of a workdir URL did not answer in time."""
 
 
-# Workdirs held here ((thread, path) -> depth): a holder may re-enter its own lock, while
-# another thread of this process (a study training runs in threads) is refused like
-# another process.
+# Workdirs held here ((thread, path) -> depth): a holder may re-enter its own lock; another
+# thread of this process (a study trains in threads) is refused like another process.
 _held: dict[tuple[int, str], int] = {}
 
 
 @contextlib.contextmanager
 def held(workdir, purpose: str):
-  """Holds `workdir` (created if needed) for the block; raises WorkdirInUse if another
-  process holds it, OSError if it cannot be created or its storage does not answer.
-
-  If the block fails and the lock created the workdir, the empty workdir is removed
-  again, so bad input leaves nothing behind."""
+  """Holds `workdir` (created if needed) for the block; raises WorkdirInUse or OSError. A
+  workdir the lock created is removed again if the block fails, so bad input leaves nothing."""
   import jax  # pylint: disable=g-import-not-at-top
-  key = (threading.get_ident(), str(_path(workdir)))
+  key = (threading.get_ident(), str(workdir_path(workdir)))
   if key in _held:
     _held[key] += 1
     try:
@@ -104,7 +84,8 @@ def held(workdir, purpose: str):
       lock.release(remove_workdir=failed)
 
 
-def _path(workdir) -> epath.Path:
+def workdir_path(workdir) -> epath.Path:
+  """The run directory; `gs://` and other URL schemes keep their meaning (no pathlib)."""
   path = epath.Path(workdir)
   return path if _is_url(workdir) else path.absolute()
 
@@ -117,7 +98,7 @@ def _take(workdir, purpose: str):
   record = {'host': socket.gethostname(), 'pid': os.getpid(), 'purpose': purpose,
             'started': time.time(), 'command': ' '.join(sys.argv)[:500],
             'token': uuid.uuid4().hex}
-  path = _path(workdir)
+  path = workdir_path(workdir)
   try:
     created = not answered_within(path.exists, f'reaching --workdir={workdir}')
     answered_within(lambda: path.mkdir(parents=True, exist_ok=True),
@@ -142,12 +123,9 @@ def _take(workdir, purpose: str):
   return lock
 
 
-def answered_within(fn, what: str, seconds: float | None = None):
-  """fn() if it returns within `seconds` (default STORAGE_TIMEOUT_S); else OSError.
-
-  The call runs on a daemon thread: one that never answers is abandoned, not waited for
-  (storage clients retry for minutes before they give up)."""
-  seconds = STORAGE_TIMEOUT_S if seconds is None else seconds
+def answered_within(fn, what: str):
+  """fn() if it returns within STORAGE_TIMEOUT_S, else StorageTimeout; on a daemon thread, so
+  a call that never answers is abandoned (storage clients retry for minutes)."""
   outcome = {}
 
   def call():
@@ -158,10 +136,10 @@ def answered_within(fn, what: str, seconds: float | None = None):
 
   thread = threading.Thread(target=call, daemon=True, name='storage call')
   thread.start()
-  thread.join(seconds)
+  thread.join(STORAGE_TIMEOUT_S)
   if thread.is_alive():
-    raise StorageTimeout(f'The storage did not answer within {seconds:g} s while {what}; check the '
-                  "network and this machine's credentials for it.")
+    raise StorageTimeout(f'The storage did not answer within {STORAGE_TIMEOUT_S:g} s while '
+                         f"{what}; check the network and this machine's credentials for it.")
   if 'error' in outcome:
     raise outcome['error']
   return outcome.get('value')
@@ -176,7 +154,7 @@ def _remove_if_empty(path: epath.Path) -> None:
 
 
 def describe(holder: dict) -> str:
-  """'train (pid 12, host h, started 2026-12-04 23:50:01 UTC)'."""
+  """'train (pid 12 on host h, started 2026-12-04 23:50:01 UTC)'."""
   started = datetime.datetime.fromtimestamp(holder.get('started', 0), datetime.timezone.utc)
   return (f"{holder.get('purpose', 'a run')} (pid {holder.get('pid', '?')} on host "
           f"{holder.get('host', '?')}, started {started:%Y-%m-%d %H:%M:%S} UTC)")
@@ -194,19 +172,6 @@ def _parse(text: str | bytes) -> dict | None:
   except ValueError:
     return None
   return holder if isinstance(holder, dict) else None
-
-
-def _runs_here(holder: dict) -> bool | None:
-  """Whether the holder's pid runs; None when it is on another host (cannot tell)."""
-  if holder.get('host') != socket.gethostname():
-    return None
-  try:
-    os.kill(int(holder['pid']), 0)
-  except ProcessLookupError:
-    return False
-  except (PermissionError, KeyError, ValueError, TypeError):
-    return True  # Alive under another user, or a record we cannot read: assume held.
-  return True
 
 
 def _warn_taken_over(path, holder: dict) -> None:
@@ -242,12 +207,9 @@ class _FileLock:
         logging.warning('%s cannot be locked (%s); nothing stops a second writer there.',
                         workdir, e.strerror)
         return cls(-1, path)
-      try:
-        same_file = os.fstat(fd).st_ino == os.stat(path).st_ino
-      except FileNotFoundError:
-        same_file = False
-      if same_file:
-        break
+      with contextlib.suppress(FileNotFoundError):
+        if os.fstat(fd).st_ino == os.stat(path).st_ino:
+          break
       os.close(fd)  # The holder removed it while releasing: lock the new file instead.
     previous = _parse(os.read(fd, 1 << 16))
     if previous:  # Written by a holder that ended without releasing (the kernel did).
@@ -298,9 +260,18 @@ class _ObjectLock:
 
   @staticmethod
   def _abandoned(holder: dict) -> bool:
-    if _runs_here(holder) is False:
+    """Whether the holder's heartbeat is stale or its pid no longer runs on this host."""
+    if time.time() - holder.get('heartbeat', 0) > STALE_AFTER_S:
       return True
-    return time.time() - holder.get('heartbeat', 0) > STALE_AFTER_S
+    if holder.get('host') != socket.gethostname():
+      return False
+    try:
+      os.kill(int(holder['pid']), 0)
+    except ProcessLookupError:
+      return True
+    except (PermissionError, KeyError, ValueError, TypeError):
+      pass  # Alive under another user, or a record we cannot read: assume held.
+    return False
 
   def _ours(self) -> bool:
     try:

@@ -1,18 +1,11 @@
 """Multi-head attention whose positional behaviour comes only from a PE layer hook.
 
-Three ways to compute the same attention (`implementation`):
-
-- 'xla' / 'cudnn': `jax.nn.dot_product_attention` (cuDNN's fused kernel on GPUs in half
-  precision; XLA's dense softmax elsewhere, which holds an L x L score matrix);
-- 'blockwise': query blocks x key blocks with an online softmax (`blockwise_attention`),
-  O(L) memory on any backend, and the only path with attention-probability dropout;
-- 'auto': the fused/dense call up to `block_size` tokens, and beyond it cuDNN on a GPU in
-  half precision or the blockwise path otherwise (CPU, TPU, float32).
-
-All paths take an explicit scale (attn_scalar widens q/k to 2 d_h but keeps 1/sqrt(d_h)),
-values narrower than keys, an additive bias in key-position form [B, H, 1, S] (ALiBi)
-or full form [B, H, L, S], and a causal `local_window` T (each query sees only its last T
-keys, itself included; 0 = all), the local-attention control of eval.local_window.
+`implementation` picks one of three ways to compute the same attention (docs/library.md):
+'xla' / 'cudnn' (`jax.nn.dot_product_attention`), 'blockwise' (`blockwise_attention`: O(L)
+memory on any backend, and the only path with probability dropout) or 'auto' ('xla' up to
+`block_size` tokens, beyond it 'cudnn' on a GPU in half precision, else 'blockwise'). All take
+an explicit scale, values narrower than keys, an additive bias [B, H, 1, S] or [B, H, L, S],
+and a causal `local_window` T (each query sees its last T keys, itself included; 0 = all).
 """
 
 import functools
@@ -36,13 +29,9 @@ MASKED_LOGIT = -1e9
 def dot_product_attention(q_BLHK, k_BSHK, v_BSHD, *, scale: float, bias=None, mask=None,
                           causal: bool = False, implementation: str | None = None,
                           local_window: int = 0):
-  """`jax.nn.dot_product_attention` that also takes keys wider than values.
-
-  SeqPE's attn_scalar appends p_q / p_k channels to q / k (width K = 2 d_h) while the
-  values keep d_h; the fused kernels want equal widths, so v is zero-padded to K and the
-  padding sliced off the output. `scale` is explicit because a kernel's default
-  1/sqrt(K) would be wrong for the widened keys.
-  """
+  """`jax.nn.dot_product_attention` that also takes keys wider than values (attn_scalar
+  appends p_q / p_k channels, K = 2 d_h): v is zero-padded to K for the fused kernels, and
+  `scale` is explicit because their default 1/sqrt(K) would be wrong."""
   value_dim = v_BSHD.shape[-1]
   if k_BSHK.shape[-1] != value_dim:
     pad = [(0, 0)] * (v_BSHD.ndim - 1) + [(0, k_BSHK.shape[-1] - value_dim)]
@@ -58,15 +47,10 @@ def dot_product_attention(q_BLHK, k_BSHK, v_BSHD, *, scale: float, bias=None, ma
 def blockwise_attention(q_BLHK, k_BSHK, v_BSHD, *, scale: float, bias=None, causal: bool = False,
                         block_q: int = 512, block_k: int = 512, dropout_rate: float = 0.0,
                         dropout_rng=None, local_window: int = 0):
-  """Exact softmax attention in query x key blocks with an online softmax.
-
-  Memory is O(block_q x S) instead of O(L x S): each query block runs a scan over key
-  blocks carrying the running max, normaliser and weighted sum; under a causal mask key
-  blocks entirely in the future (or, with a `local_window`, entirely before every query's
-  window) are skipped (`lax.cond`). The query block is
-  rematerialised in the backward pass, so training memory stays linear as well.
-  Attention dropout (if any) drops normalised probabilities, as in dense attention.
-  Causal masking aligns query i with key i (L == S).
+  """Exact softmax attention in query x key blocks with an online softmax: O(block_q x S)
+  memory, also in training (the query block is rematerialised in the backward pass). Causal
+  masking aligns query i with key i (L == S) and skips key blocks no query of the block sees.
+  Dropout drops normalised probabilities, as in dense attention.
   """
   _check_window(local_window, causal)
   batch, length, heads, _ = q_BLHK.shape
@@ -169,27 +153,16 @@ def _check_window(local_window: int, causal: bool) -> None:
 def _auto(q_BLHK, block_size: int) -> str:
   if q_BLHK.shape[1] <= block_size:
     return 'xla'
-  on_gpu = jax.default_backend() == 'gpu'
-  if on_gpu and q_BLHK.dtype in (jnp.bfloat16, jnp.float16):
+  if jax.default_backend() == 'gpu' and q_BLHK.dtype in (jnp.bfloat16, jnp.float16):
     return 'cudnn'
   return 'blockwise'
-
-
-def with_key_mask(bias, key_mask_BS: jax.Array):
-  """`bias` (None, key-position [B, H, 1, S] or full [B, H, L, S]) plus MASKED_LOGIT on
-  the keys where `key_mask_BS` is false, in key-position form so a KV cache can hold it."""
-  masked = jnp.where(key_mask_BS, 0.0, MASKED_LOGIT).astype(jnp.float32)[:, None, None, :]
-  return masked if bias is None else bias + masked
 
 
 def window_position_logits(hook, pe_state, windows: int, length: int, heads: int,
                            head_dim: int, dtype) -> jax.Array:
   """The attention logits the PE alone gives this layer in each of `pe_state`'s windows,
-  [W, H, L, L] in float32, no mask: the hook applied to constant content (q = k = 1),
-  scaled as the attention scales them. For attn_scalar p_q.p_k/sqrt(d_h) plus a
-  constant, for attn_mul p_q.p_k/sqrt(d_h), for RoPE the rotation's, for ALiBi its bias;
-  constant across keys when the layer hook ignores position (no PE, or one added to the
-  input)."""
+  [W, H, L, L] in float32, unmasked: the hook applied to constant content (q = k = 1), scaled
+  as attention scales them (constant across keys when the layer hook ignores position)."""
   ones = jnp.ones((windows, length, heads, head_dim), dtype)
   q, k, bias = hook(ones, ones, pe_state)
   logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
@@ -201,8 +174,7 @@ def position_logits(hook, pe_state, length: int, heads: int, head_dim: int, *,
   """`window_position_logits` of the first window, [H, L, L], with -inf on the keys a
   query cannot see."""
   logits = window_position_logits(hook, pe_state, 1, length, heads, head_dim, dtype)
-  visible = jnp.tril(jnp.ones((length, length), bool)) if causal else jnp.ones(
-      (length, length), bool)
+  visible = jnp.tri(length, dtype=bool) if causal else jnp.ones((length, length), bool)
   return jnp.where(visible, logits[0], -jnp.inf)
 
 
@@ -216,40 +188,21 @@ def position_logit_spread(logits_HLL: jax.Array) -> jax.Array:
   return jnp.mean(jnp.sqrt(var))
 
 
-# Collection the attention layers write their `position_logits` to when it is mutable
-# (lab/position_profile.py).
+# Collections the layers write to when they are mutable: their `position_logits`
+# (lab/position_profile.py), and the probes' `window_position_logits` by probe name.
 POSITION_LOGITS = 'position_logits'
-# Collection the attention layers write the probes' `window_position_logits` to, one entry
-# per probe name, when it is mutable (`transformer.stacked_probe_logits` reads it).
 PROBE_LOGITS = 'probe_logits'
 
 
 class MultiHeadAttention(nn.Module):
   """Self-attention; q/k get their positions from `pe_hook` (an `inject.LayerHook`).
 
-  With `decode=True` the layer keeps a KV cache (collection 'cache'): initialise it by
-  calling the model once on an input of the maximum length, then feed one token per call
-  (a first call with several tokens is the prefill from position 0). The cache stores
-  what the PE hook made of each key (rotated k, k * p_k, or [k; p_k] for attn_scalar)
-  and its key-position bias (ALiBi), so every cached key keeps its true position.
-  `key_mask_BS` (true on real tokens) keeps left padding out of every query's view; it
-  enters as a key-position bias, so the cache keeps it with the keys. `probes` (name -> the
-  PE state of another set of positions, [W, L, ...]) make the layer report the logits its
-  PE hook alone gives among each (`window_position_logits`) in PROBE_LOGITS, when the
-  caller makes that collection mutable: the intermediates a PE's regulariser reads.
-
-  Attributes:
-    num_heads: heads H; the head width is D / H.
-    pe_hook: factory of this layer's PE hook (its parameters live under `pe`).
-    causal: mask future keys.
-    use_bias: biases on the q/k/v and output projections.
-    kernel_init / out_init: initialisers of the q/k/v and output projections.
-    implementation / block_size: see `attend`.
-    local_window: each query sees only its last `local_window` keys (0 = all; causal only).
-    dropout: attention-probability dropout (training only).
-    decode: use and update the KV cache.
-    dtype: of the projections and attention inputs (the softmax runs in float32); the PE
-      hook's q/k are cast to it, so the position terms follow the model's precision.
+  With `decode=True` the layer keeps a KV cache (collection 'cache') of what the PE hook made
+  of each key and its key-position bias, `key_mask_BS` included: initialise it on an input of
+  the maximum length, then feed one token per call (or first a prefill from position 0).
+  `probes` (name -> the PE state of other positions, [W, L, ...]) make the layer report their
+  `window_position_logits` in PROBE_LOGITS when that collection is mutable. `dtype`: of the
+  projections and attention inputs, the PE hook's q/k included (the softmax runs in float32).
   """
   num_heads: int
   pe_hook: Callable[..., inject.LayerHook] = inject.LayerHook
@@ -278,7 +231,8 @@ class MultiHeadAttention(nn.Module):
     q, k, bias = hook(q, k, pe_state)
     q, k = q.astype(self.dtype), k.astype(self.dtype)
     if key_mask_BS is not None:
-      bias = with_key_mask(bias, key_mask_BS)
+      masked = jnp.where(key_mask_BS, 0.0, MASKED_LOGIT).astype(jnp.float32)[:, None, None, :]
+      bias = masked if bias is None else bias + masked
     # Diagnostics, only when the caller asks for their collection (never in training; `init`
     # makes every collection but 'intermediates' mutable, hence the initialising check).
     wants = [c for c in ('intermediates', POSITION_LOGITS) if self.is_mutable_collection(c)]
@@ -300,10 +254,8 @@ class MultiHeadAttention(nn.Module):
                                   implementation=self.implementation, block_size=self.block_size,
                                   dropout_rate=self.dropout, dropout_rng=dropout_key,
                                   local_window=self.local_window)
-    if self.decode:
-      out = self._cached(q, k, v, bias, attention, scale)
-    else:
-      out = attention(q, k, v, bias=bias)
+    out = (self._cached(q, k, v, bias, attention, scale) if self.decode
+           else attention(q, k, v, bias=bias))
     return nn.DenseGeneral(d_model, axis=(-2, -1), use_bias=self.use_bias,
                            kernel_init=self.out_init, dtype=self.dtype, name='out')(out)
 

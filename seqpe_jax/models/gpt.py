@@ -1,12 +1,9 @@
 """GPT-style decoder (pre-LN, tied embeddings) and greedy KV-cache generation.
 
-Positions enter only through the PE's hooks, as in the ViT: SeqPE's LM default adds
-p_q.p_k to every logit through the concatenated q/k form, APE/sinusoidal add a table
-to the token embeddings, RoPE rotates q/k, ALiBi adds a key-position bias. With a KV cache
-each hook's output per key is cached, so decoding sees the true position of every cached
-key (the reference loses it for attn_scalar and ALiBi). Prompts of different lengths decode
-together left-padded: each example's positions count from its own first real token, and
-the padding is masked out of every attention, so a batch decodes as its examples alone.
+Positions enter only through the PE's hooks. The KV cache keeps each hook's output per key,
+so decoding sees every cached key's true position (the reference loses it for attn_scalar and
+ALiBi). Left-padded prompts decode together: each example's positions count from its first
+real token and its padding is masked out, so a batch decodes as its examples alone.
 """
 
 import functools
@@ -48,14 +45,8 @@ def host_spec(variant: str, length: int, dtype=jnp.float32) -> posenc.HostSpec:
 
 
 class GPT(nn.Module):
-  """Tokens [B, L] + PE features for positions 0..L-1 -> next-token logits [B, L, V].
-
-  HF GPT-2 initialisation: normal(0.02) everywhere, residual output projections
-  0.02 / sqrt(2 * depth); LayerNorm eps 1e-5; output projection tied to the embedding.
-  The token embeddings pass through `perturb('embeddings')`, so tests can take gradients
-  with respect to them. `key_mask_BL` (true on real tokens) hides padding from attention;
-  `probes` see `transformer.Transformer`.
-  """
+  """Tokens [B, L] + PE features for positions 0..L-1 -> next-token logits [B, L, V], with
+  HF GPT-2's initialisation; `perturb('embeddings')` lets tests take gradients there."""
   vocab_size: int
   width: int
   depth: int
@@ -94,10 +85,8 @@ def feature_length(features) -> int:
 
 
 def shifted_features(features, shift_B: jax.Array, length: int):
-  """Per-example rows of a one-window table: example b's column t reads row t - shift_b,
-  so its positions start at 0 on column shift_b (its first real token after left padding).
-  Columns before that read row 0; they are padding, masked out of attention. [B, length, ...]
-  """
+  """Per-example rows [B, length, ...] of a one-window table: example b's column t reads row
+  t - shift_b, so its positions start at 0 on its first real token (padding reads row 0)."""
   if not jax.tree.leaves(features):
     return features
   if jax.tree.leaves(features)[0].shape[0] != 1:
@@ -109,23 +98,9 @@ def shifted_features(features, shift_B: jax.Array, length: int):
 @functools.partial(jax.jit, static_argnames=('model', 'max_new_tokens'))
 def generate(model: GPT, params, features, prompt_BT: jax.Array, max_new_tokens: int,
              prompt_mask_BT: jax.Array | None = None):
-  """Greedy decoding with a KV cache.
-
-  Args:
-    model: the GPT (its `decode` flag is set here).
-    params: the model's parameters.
-    features: the PE table for positions 0..N-1 with N >= T + max_new_tokens - 1 (compute
-      it once, e.g. with `posenc.TableCache`); step t reads row t.
-    prompt_BT: prompts of equal length T, or left-padded prompts (with `prompt_mask_BT`).
-    max_new_tokens: tokens to generate.
-    prompt_mask_BT: optional, true on the real tokens of left-padded prompts (each row's
-      padding, then its prompt). An example's positions then start at 0 on its first real
-      token and its padding is invisible, so it decodes as it would alone.
-
-  Returns:
-    (tokens [B, max_new_tokens], logits [B, max_new_tokens, V]): each generated token and
-    the logits it was chosen from.
-  """
+  """Greedy decoding with a KV cache: tokens [B, max_new_tokens] and the logits each was
+  chosen from. `features`: the PE table of positions 0..N-1, N >= T + max_new_tokens - 1 (e.g.
+  from `posenc.TableCache`); `prompt_mask_BT` (true on real tokens): left-padded prompts."""
   prompt_len = prompt_BT.shape[1]
   decoder, features, cache, mask = _decoding(model, features, prompt_BT, prompt_mask_BT,
                                              max_new_tokens)
@@ -148,12 +123,9 @@ def generate(model: GPT, params, features, prompt_BT: jax.Array, max_new_tokens:
 @functools.partial(jax.jit, static_argnames=('model',))
 def continuation_logprobs(model: GPT, params, features, prompt_BT: jax.Array,
                           continuations_BCK: jax.Array, prompt_mask_BT: jax.Array | None = None):
-  """Teacher-forced log p(continuation token k | prompt, its tokens before k) [B, C, K].
-
-  Each prompt is read once into the KV cache, which its C continuations (K tokens each,
-  right-padded as the caller likes: a padding token only affects the ones after it) then
-  share. `features` and `prompt_mask_BT` as in `generate`, with K new tokens.
-  """
+  """Teacher-forced log p(continuation token k | prompt, its tokens before k) [B, C, K]; each
+  prompt is read once into the KV cache its C continuations share (a right-padding token
+  only affects the ones after it). `features` and `prompt_mask_BT` as in `generate`."""
   batch, prompt_len = prompt_BT.shape
   _, num, width = continuations_BCK.shape
   decoder, features, cache, mask = _decoding(model, features, prompt_BT, prompt_mask_BT, width)

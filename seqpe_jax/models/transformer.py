@@ -2,7 +2,6 @@
 
 import dataclasses
 from collections.abc import Callable
-
 from typing import Any
 
 import flax.linen as nn
@@ -15,8 +14,7 @@ from seqpe_jax.models import attention
 
 @dataclasses.dataclass(frozen=True)
 class AttentionOptions:
-  """How attention is computed (see `attention.attend`), its probability dropout and its
-  causal local window (0 = every key; eval.local_window)."""
+  """`attention.MultiHeadAttention`'s implementation, block size, dropout and local window."""
   implementation: str = 'auto'
   block_size: int = 512
   dropout: float = 0.0
@@ -34,8 +32,7 @@ class Block(nn.Module):
   attention: AttentionOptions = AttentionOptions()
   out_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
   decode: bool = False
-  # The MLP's activation: GPT-2's tanh GELU; the ViT may take the exact one (timm).
-  activation: Callable[[jax.Array], jax.Array] = nn.gelu
+  activation: Callable[[jax.Array], jax.Array] = nn.gelu  # The MLP's: GPT-2's tanh GELU.
   # Activations and matmuls (parameters stay float32; norms reduce in float32).
   dtype: Any = jnp.float32
 
@@ -59,14 +56,9 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-  """Token embeddings [B, P+N, D] + PE features -> final hidden states [B, P+N, D].
-
-  `features` come from `pe.features(...)`, computed once per set of positions outside the
-  model; the model hook turns them into the per-forward PE state every layer reads.
-  `probes` (name -> features of another set of positions) go through the same model hook,
-  and every attention layer reports the logits the PE alone gives among them
-  (`attention.PROBE_LOGITS`, read by `stacked_probe_logits`); they do not touch the output.
-  """
+  """Token embeddings [B, P+N, D] + PE features -> final hidden states [B, P+N, D]. Every
+  layer reports the logits the PE alone gives among the `probes` (name -> features of other
+  positions; `stacked_probe_logits`), which do not touch the output."""
   num_layers: int
   num_heads: int
   mlp_dim: int
@@ -77,15 +69,13 @@ class Transformer(nn.Module):
   attention: AttentionOptions = AttentionOptions()
   out_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
   decode: bool = False
-  # The MLP's activation: GPT-2's tanh GELU; the ViT may take the exact one (timm).
   activation: Callable[[jax.Array], jax.Array] = nn.gelu
-  dtype: Any = jnp.float32  # Of activations and matmuls (see Block).
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array, features, *, deterministic: bool = True,
                key_mask_BL: jax.Array | None = None, probes=None):
     hook = self.pe.model_hook(name='pe_inject')
-    # The probes' PE states come through the same model hook, with the same parameters.
     probes = {name: hook(f) for name, f in probes.items()} if probes else None
     pe_state = hook(features)
     x_BLD = hook.embed(x_BLD.astype(self.dtype), pe_state).astype(self.dtype)

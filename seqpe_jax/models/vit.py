@@ -24,9 +24,8 @@ SIZES = {
 
 @dataclasses.dataclass(frozen=True)
 class InitOptions:
-  """How the host ViT is initialised and activated (`config.model` fields). The defaults are
-  the CPU configs' choices; `:paper` sets the reference's timm ViT: exact-erf GELU, a
-  truncated-normal(0.02) head, and PyTorch's default Conv2d init of the patch embedding."""
+  """How the host ViT is initialised and activated (`config.model` fields): the CPU configs'
+  defaults, or `:paper`'s timm ViT (exact GELU, trunc_normal head, PyTorch's Conv2d init)."""
   # 'tanh' (the approximation; GPT-2 keeps it) | 'erf' (exact, as torch.nn.GELU).
   gelu: str = 'tanh'
   # 'zeros' | 'trunc_normal' (std 0.02, cut at +-2 absolute as PyTorch's trunc_normal_).
@@ -39,10 +38,8 @@ class InitOptions:
 
   @classmethod
   def from_config(cls, model) -> 'InitOptions':
-    """From `config.model`; a field a config lacks (saved before it existed) keeps the
-    default, which is what such a run trained with."""
-    values = {name: model.get(name, default) for name, default in
-              (('gelu', cls.gelu), ('head_init', cls.head_init), ('patch_init', cls.patch_init))}
+    """From `config.model`; a field an older config lacks keeps the default it trained with."""
+    values = {name: model.get(name, getattr(cls, name)) for name in cls.CHOICES}
     for name, value in values.items():
       if value not in cls.CHOICES[name]:
         raise ValueError(f"model.{name} must be one of {', '.join(cls.CHOICES[name])}, got "
@@ -62,11 +59,8 @@ def parse_variant(variant: str) -> dict[str, int]:
 
 
 class ViT(nn.Module):
-  """Images [B, H, W, C] + PE features for the (H/p, W/p) grid -> logits [B, classes].
-
-  A learned CLS token sits before the patches (the PE's prefix token); classification
-  reads its final state. `probes`: see `transformer.Transformer`.
-  """
+  """Images [B, H, W, C] + PE features for the (H/p, W/p) grid -> logits [B, classes], read
+  from a learned CLS token before the patches (the PE's prefix token)."""
   num_classes: int
   width: int
   depth: int
