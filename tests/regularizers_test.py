@@ -118,6 +118,8 @@ def test_losses_train_the_encoder_and_the_task_still_reaches_the_teacher():
     ({'contrastive__weight': -0.1}, 'pe.contrastive.weight must be non-negative, got -0.1.'),
     ({'ood__weight': -1.0}, 'pe.ood.weight must be non-negative'),
     ({'shift__prob': 1.5}, 'pe.shift.prob must be a probability, got 1.5.'),
+    ({'shift__num_windows': 0}, 'pe.shift.num_windows must be at least 1, got 0.'),
+    ({'contrastive__num_pivots': 0}, 'pe.contrastive.num_pivots must be at least 1, got 0.'),
     ({'contrastive__num_candidates': 900}, '900 contrastive candidates do not fit'),
     ({'ood__num_teachers': 17}, '17 OOD teachers exceed the 16 positions'),
     ({'shift__pool_size': 800}, 'The shift pool of 800 exceeds the 729 window starts'),

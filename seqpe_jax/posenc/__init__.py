@@ -151,62 +151,6 @@ def seqpe_num_digits(cfg: ml_collections.ConfigDict) -> int:
   return cfg.num_digits or positions.num_digits(cfg.max_position, cfg.base)
 
 
-@dataclasses.dataclass(frozen=True)
-class PEKind:
-  """How to build one kind of PE, registered under its `config.pe.name` (docs/adding_a_pe.md).
-
-  Attributes:
-    methods: the injection methods it supports; the first is its default.
-    source, hooks: (pe config, host, method) -> its source module, and -> its (model hook,
-      layer hook) classes (by default the method's).
-    config_section: the `config.pe` section its parameters depend on (checked when a QA
-      run starts from an LM run); '' if none.
-    canvas: whether `pe.canvas_stride` can spread its source's per-axis coordinates.
-    shifts: whether it has positions beyond the training window for pe.shift to move to.
-  """
-  methods: tuple[str, ...]
-  source: Callable[[ml_collections.ConfigDict, HostSpec, str], nn.Module]
-  hooks: Callable[[ml_collections.ConfigDict, HostSpec, str], tuple] = None
-  config_section: str = ''
-  canvas: bool = False
-  shifts: bool = True
-
-  def __post_init__(self):
-    unknown = [m for m in self.methods if m not in inject.METHODS]
-    if not self.methods or unknown:
-      raise ValueError(f'A PE needs injection methods from {", ".join(inject.METHODS)}; got '
-                       f'{self.methods}.')
-    if self.hooks is None:
-      object.__setattr__(self, 'hooks', method_hooks)
-
-
-REGISTRY: dict[str, PEKind] = {}
-
-
-def register(name: str, kind: PEKind) -> PEKind:
-  """Makes `config.pe.name = name` build `kind` (see README, "Add a position encoding")."""
-  if name in REGISTRY:
-    raise ValueError(f"A PE named '{name}' is already registered.")
-  REGISTRY[name] = kind
-  return kind
-
-
-def build(cfg: ml_collections.ConfigDict, host: HostSpec) -> PositionalEncoding:
-  """Builds the PE named `cfg.name` for `host`, validating every choice up front."""
-  if cfg.name not in REGISTRY:
-    raise choices.unknown('pe.name', cfg.name, REGISTRY)
-  kind = REGISTRY[cfg.name]
-  method = cfg.inject.method or kind.methods[0]
-  if method not in kind.methods:
-    raise choices.unknown(f"pe.inject.method (of PE '{cfg.name}')", method, kind.methods)
-  if canvas_of(cfg, host) and not kind.canvas:
-    raise ValueError(f"pe.canvas_stride spreads per-axis coordinates over a canvas, and PE "
-                     f"'{cfg.name}' has none to spread; set pe.canvas_stride = 0 for it.")
-  source = kind.source(cfg, host, method)
-  model_hook, layer_hook = kind.hooks(cfg, host, method)
-  return PositionalEncoding(cfg.name, method, host, source, model_hook, layer_hook)
-
-
 def method_hooks(cfg, host: HostSpec, method: str):
   """The (model hook, layer hook) of an injection method."""
   if method == 'input_add':
@@ -241,6 +185,60 @@ def _qk_injection_hooks(cfg, host: HostSpec, method: str):
       multi_head=cfg.inject.multi_head, scalar_impl=cfg.inject.scalar_impl,
       proj_init_std=init_std, proj_bias_init=bias_init, dtype=host.dtype)
   return model_hook, layer_hook
+
+
+@dataclasses.dataclass(frozen=True)
+class PEKind:
+  """How to build one kind of PE, registered under its `config.pe.name` (docs/adding_a_pe.md).
+
+  Attributes:
+    methods: the injection methods it supports; the first is its default.
+    source, hooks: (pe config, host, method) -> its source module, and -> its (model hook,
+      layer hook) classes (by default the method's).
+    config_section: the `config.pe` section its parameters depend on (checked when a QA
+      run starts from an LM run); '' if none.
+    canvas: whether `pe.canvas_stride` can spread its source's per-axis coordinates.
+    shifts: whether it has positions beyond the training window for pe.shift to move to.
+  """
+  methods: tuple[str, ...]
+  source: Callable[[ml_collections.ConfigDict, HostSpec, str], nn.Module]
+  hooks: Callable[[ml_collections.ConfigDict, HostSpec, str], tuple] = method_hooks
+  config_section: str = ''
+  canvas: bool = False
+  shifts: bool = True
+
+  def __post_init__(self):
+    unknown = [m for m in self.methods if m not in inject.METHODS]
+    if not self.methods or unknown:
+      raise ValueError(f'A PE needs injection methods from {", ".join(inject.METHODS)}; got '
+                       f'{self.methods}.')
+
+
+REGISTRY: dict[str, PEKind] = {}
+
+
+def register(name: str, kind: PEKind) -> PEKind:
+  """Makes `config.pe.name = name` build `kind` (see README, "Add a position encoding")."""
+  if name in REGISTRY:
+    raise ValueError(f"A PE named '{name}' is already registered.")
+  REGISTRY[name] = kind
+  return kind
+
+
+def build(cfg: ml_collections.ConfigDict, host: HostSpec) -> PositionalEncoding:
+  """Builds the PE named `cfg.name` for `host`, validating every choice up front."""
+  if cfg.name not in REGISTRY:
+    raise choices.unknown('pe.name', cfg.name, REGISTRY)
+  kind = REGISTRY[cfg.name]
+  method = cfg.inject.method or kind.methods[0]
+  if method not in kind.methods:
+    raise choices.unknown(f"pe.inject.method (of PE '{cfg.name}')", method, kind.methods)
+  if canvas_of(cfg, host) and not kind.canvas:
+    raise ValueError(f"pe.canvas_stride spreads per-axis coordinates over a canvas, and PE "
+                     f"'{cfg.name}' has none to spread; set pe.canvas_stride = 0 for it.")
+  source = kind.source(cfg, host, method)
+  model_hook, layer_hook = kind.hooks(cfg, host, method)
+  return PositionalEncoding(cfg.name, method, host, source, model_hook, layer_hook)
 
 
 # ---------------------------------------------------------------- The built-in PEs.

@@ -95,9 +95,7 @@ def rope_mixed_init(key: jax.Array, num_heads: int, head_dim: int,
   frequencies, turned per head by a random theta (half the pairs by theta + pi/2)."""
   mag = jnp.asarray(rope_axial_frequencies(head_dim, base), jnp.float32)
   theta = jax.random.uniform(key, (num_heads, 1), maxval=2 * math.pi)
-  quarter = (num_heads, mag.shape[0])
-  angle = jnp.concatenate(
-      [jnp.broadcast_to(theta, quarter), jnp.broadcast_to(theta + math.pi / 2, quarter)], -1)
+  angle = jnp.repeat(jnp.concatenate([theta, theta + math.pi / 2], -1), mag.shape[0], axis=-1)
   mag = jnp.concatenate([mag, mag])
   return jnp.stack([mag * jnp.cos(angle), mag * jnp.sin(angle)])
 

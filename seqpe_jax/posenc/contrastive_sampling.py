@@ -147,8 +147,7 @@ def sample_train_window_contrastive(key: jax.Array, train_shape: Sequence[int], 
   order = jnp.argsort(priority, axis=1)[:, :num_candidates]
   if order.shape[1] < num_candidates:  # A window smaller than K: pad with masked entries.
     order = jnp.pad(order, [(0, 0), (0, num_candidates - order.shape[1])])
-  valid = jnp.arange(num_candidates)[None] < min(num_candidates, n - 1)
-  valid = jnp.broadcast_to(valid, order.shape)
+  valid = jnp.broadcast_to(jnp.arange(num_candidates) < min(num_candidates, n - 1), order.shape)
   window_mode = MODES.index('window')
   return _with_labels(grid[pivot_idx], grid[order], valid,
                       jnp.full((num_pivots,), window_mode, jnp.int32),
@@ -277,13 +276,12 @@ def _edit(key, string, length, spec: ContrastiveSpec):
   d_insert = jnp.where(i == 0, 1 + jnp.floor(u_d * (base - 1)), jnp.floor(u_d * base))
   d_replace = (s_i + 1 + jnp.floor(u_d * (base - 1)).astype(jnp.int32)) % base  # != s_i.
   slot = jnp.arange(size)
-  shifted_right = jnp.take_along_axis(s, jnp.broadcast_to((slot - 1).clip(0), s.shape), -1)
-  shifted_left = jnp.take_along_axis(
-      s, jnp.broadcast_to((slot + 1).clip(max=size - 1), s.shape), -1)
+  right = jnp.take_along_axis(s, jnp.broadcast_to((slot - 1).clip(0), s.shape), -1)
+  left = jnp.take_along_axis(s, jnp.broadcast_to((slot + 1).clip(max=size - 1), s.shape), -1)
   before_i = slot < i[..., None]
   inserted = jnp.where(before_i, s, jnp.where(slot == i[..., None],
-                                              d_insert.astype(jnp.int32)[..., None], shifted_right))
-  deleted = jnp.where(before_i, s, shifted_left)
+                                              d_insert.astype(jnp.int32)[..., None], right))
+  deleted = jnp.where(before_i, s, left)
   swapped = jnp.where(slot == lo[..., None], s_hi[..., None],
                       jnp.where(slot == hi[..., None], s_lo[..., None], s))
   replaced = jnp.where(slot == i[..., None], d_replace[..., None], s)

@@ -182,8 +182,7 @@ class Rotary(LayerHook):
   """Rotates q and k by precomputed angles shared by every head (RoPE, RoPE-2D)."""
 
   def __call__(self, q_BLHD, k_BLHD, state):
-    cos = per_example(state['cos'], q_BLHD.shape[0])[:, :, None]
-    sin = per_example(state['sin'], q_BLHD.shape[0])[:, :, None]
+    cos, sin = (per_example(state[key], q_BLHD.shape[0])[:, :, None] for key in ('cos', 'sin'))
     return baselines.rotate_pairs(q_BLHD, cos, sin), baselines.rotate_pairs(k_BLHD, cos, sin), None
 
 

@@ -63,24 +63,28 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
   if enc is None:
     return None
   ct, ood, shift, distill = cfg.contrastive, cfg.ood, cfg.shift, cfg.logit_distill
-  for name, value in (('pe.contrastive.weight', ct.weight), ('pe.ood.weight', ood.weight),
-                      ('pe.logit_distill.weight', distill.weight)):
-    if value < 0:
-      raise ValueError(f'{name} must be non-negative, got {value}.')
-  if not 0 <= shift.prob <= 1:
-    raise ValueError(f'pe.shift.prob must be a probability, got {shift.prob}.')
   control = cfg.regularizers
-  if control.warmup_steps < 0:
-    raise ValueError('pe.regularizers.warmup_steps must be a non-negative number of steps, '
-                     f'got {control.warmup_steps}.')
-  if control.balance not in BALANCE:
-    raise ValueError(f"Unknown pe.regularizers.balance '{control.balance}'; use one of: "
-                     f"{', '.join(BALANCE)}.")
-  if cfg.seqpe.remat not in REMAT:
-    raise ValueError(f"Unknown pe.seqpe.remat '{cfg.seqpe.remat}'; use one of: "
-                     f"{', '.join(REMAT)}.")
-  if not 0 <= ct.train_fraction <= 1:
-    raise ValueError(f'pe.contrastive.train_fraction must lie in [0, 1], got {ct.train_fraction}.')
+  shifts_lib.check(shift)
+  for name, value, ok, rule in (
+      ('pe.contrastive.weight', ct.weight, ct.weight >= 0, 'be non-negative'),
+      ('pe.ood.weight', ood.weight, ood.weight >= 0, 'be non-negative'),
+      ('pe.logit_distill.weight', distill.weight, distill.weight >= 0, 'be non-negative'),
+      ('pe.regularizers.warmup_steps', control.warmup_steps, control.warmup_steps >= 0,
+       'be a non-negative number of steps'),
+      ('pe.contrastive.train_fraction', ct.train_fraction, 0 <= ct.train_fraction <= 1,
+       'lie in [0, 1]'),
+      # The contrastive loss is computed (and logged) at any weight, so it needs pivots.
+      ('pe.contrastive.num_pivots', ct.num_pivots, ct.num_pivots >= 1, 'be at least 1'),
+      ('pe.logit_distill.num_windows', distill.num_windows,
+       not distill.weight or distill.num_windows >= 1, 'be a positive number of window copies'),
+      ('pe.logit_distill.num_far_keys', distill.num_far_keys,
+       not distill.weight or distill.num_far_keys >= 0, 'be a non-negative number of keys')):
+    if not ok:
+      raise ValueError(f'{name} must {rule}, got {value}.')
+  for name, value, allowed in (('pe.regularizers.balance', control.balance, BALANCE),
+                               ('pe.seqpe.remat', cfg.seqpe.remat, REMAT)):
+    if value not in allowed:
+      raise ValueError(f"Unknown {name} '{value}'; use one of: {', '.join(allowed)}.")
   if enc.d_out % enc.num_heads:
     raise ValueError(f'SeqPE d_out={enc.d_out} does not split into its {enc.num_heads} heads '
                      'for the distillation loss.')
@@ -95,12 +99,6 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
         train_shape=train_shape, num_pivots=ct.num_pivots - train_pivots,
         num_candidates=ct.num_candidates, mode_probs=ct.mode_probs,
         window_range=ct.window_range, hard_negative_rules=ct.hard_negative_rules)
-  if distill.weight and distill.num_windows < 1:
-    raise ValueError('pe.logit_distill.num_windows must be a positive number of window copies, '
-                     f'got {distill.num_windows}.')
-  if distill.weight and distill.num_far_keys < 0:
-    raise ValueError('pe.logit_distill.num_far_keys must be a non-negative number of keys, got '
-                     f'{distill.num_far_keys}.')
   if distill.weight and distill.num_far_keys and not (pe.host.causal and enc.ndim == 1):
     raise ValueError('pe.logit_distill.num_far_keys samples keys before a moved window, which only '
                      'a causal 1D host has; set it to 0 for this model.')

@@ -96,18 +96,15 @@ class SeqPEEncoder(nn.Module):
     if digits.shape[-1] != seq_len:
       raise ValueError(f'SeqPE expects {seq_len} digits per position ({self.ndim} axes x '
                        f'{self.num_digits} digits), got {digits.shape[-1]}.')
-    batch_shape = digits.shape[:-1]
-    digits_BS = digits.reshape(-1, seq_len)
-    x_BTd = self.embed_digits(digits_BS).astype(self.dtype)
-    mask_BHTT = None  # True = attend.
-    if self.digit_mask == 'causal':
-      mask_BHTT = jnp.tril(jnp.ones((seq_len + 1, seq_len + 1), bool))[None, None]
+    x_BTd = self.embed_digits(digits.reshape(-1, seq_len)).astype(self.dtype)
+    causal = jnp.tril(jnp.ones((seq_len + 1, seq_len + 1), bool))[None, None]  # True = attend.
+    mask_BHTT = causal if self.digit_mask == 'causal' else None
     for i, block in enumerate(self.blocks):
       # Only CLS is read out, so the last block computes CLS alone.
       x_BTd = block(x_BTd, mask_BHTT, deterministic=deterministic,
                     last_only=i == self.num_layers - 1)
     e = self.out_proj(self.ln_final(x_BTd[:, -1])).astype(jnp.float32)
-    return e.reshape(*batch_shape, self.d_out)
+    return e.reshape(*digits.shape[:-1], self.d_out)
 
   def embed_digits(self, digits_BS: jax.Array) -> jax.Array:
     """Digit + slot (+ axis) embeddings, CLS appended last: [B, n*k + 1, d]."""

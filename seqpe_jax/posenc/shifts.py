@@ -33,19 +33,25 @@ class Shifts:
     return sampling.sample_shift(shift_key, pool, num_windows=self.num_windows, prob=self.prob)
 
 
+def check(shift: ml_collections.ConfigDict) -> None:
+  """Raises ValueError on a `config.pe.shift` no PE can use: the check SeqPE's regularisers
+  and the baselines' shifts share."""
+  if not 0 <= shift.prob <= 1:
+    raise ValueError(f'pe.shift.prob must be a probability, got {shift.prob}.')
+  if shift.num_windows < 1:
+    raise ValueError(f'pe.shift.num_windows must be at least 1, got {shift.num_windows}.')
+
+
 def build(cfg: ml_collections.ConfigDict, pe, takes_shifts: bool) -> Shifts | None:
   """The shifts of PE `pe` (built by `posenc.build`) when pe.shift.prob > 0 and it has no
   regularisers of its own to draw them; None otherwise. `takes_shifts`: its kind's."""
   shift = cfg.shift
-  if not 0 <= shift.prob <= 1:
-    raise ValueError(f'pe.shift.prob must be a probability, got {shift.prob}.')
+  check(shift)
   if shift.prob == 0 or pe.seqpe_encoder is not None:
     return None
   if not takes_shifts:
     raise ValueError(f"PE '{pe.name}' has no positions beyond its training window to shift "
                      'to; set pe.shift.prob = 0 for it.')
-  if shift.num_windows < 1:
-    raise ValueError(f'pe.shift.num_windows must be at least 1, got {shift.num_windows}.')
   train_shape = pe.host.train_shape
   canvas = positions.canvas_of(train_shape, cfg.canvas_stride)
   sampling.check_shift(train_shape, cfg.seqpe.max_position, shift.pool_size, canvas)

@@ -99,7 +99,6 @@ class SinCosSource(nn.Module):
   base: float = 10_000.
   scale: float = 1.0  # The table's amplitude: the host's input scale (HostSpec.input_scale).
 
-  @nn.compact
   def __call__(self, shape, offsets=None, *, deterministic=True):
     flat = _flat_positions(window_positions(shape, offsets), shape, self.num_prefix)
     return {'e': self.scale * baselines.sincos_1d(flat, self.dim, self.base)}
@@ -113,7 +112,6 @@ class SinCosGridSource(nn.Module):
   canvas: tuple[int, ...] = ()
   scale: float = 1.0  # As SinCosSource's.
 
-  @nn.compact
   def __call__(self, shape, offsets=None, *, deterministic=True):
     e = self.scale * baselines.sincos_nd(window_positions(shape, offsets, self.canvas),
                                          self.dim, self.base)
@@ -132,7 +130,6 @@ class RotarySource(nn.Module):
   scaling: str = ''
   train_length: int = 0
 
-  @nn.compact
   def __call__(self, shape, offsets=None, *, deterministic=True):
     pos = window_positions(shape, offsets, self.canvas)
     if self.axial:  # Prefix tokens get angle 0: they are not rotated.
@@ -155,7 +152,6 @@ class CoordinateSource(nn.Module):
   num_prefix: int = 0
   canvas: tuple[int, ...] = ()
 
-  @nn.compact
   def __call__(self, shape, offsets=None, *, deterministic=True):
     pos = window_positions(shape, offsets, self.canvas).astype(jnp.float32)
     return {'pos': _with_prefix(jnp.zeros((self.num_prefix, len(shape))), pos)}
@@ -165,7 +161,6 @@ class KeyPositionSource(nn.Module):
   """Flat key positions [W, P+N] for ALiBi's per-key bias."""
   num_prefix: int = 0
 
-  @nn.compact
   def __call__(self, shape, offsets=None, *, deterministic=True):
     flat = _flat_positions(window_positions(shape, offsets), shape, self.num_prefix)
     return {'key_pos': flat.astype(jnp.float32)}
@@ -174,6 +169,5 @@ class KeyPositionSource(nn.Module):
 class NoSource(nn.Module):
   """No positional features at all."""
 
-  @nn.compact
   def __call__(self, shape, offsets=None, *, deterministic=True):
     return {}
