@@ -177,6 +177,25 @@ def test_qa_files_are_read_and_the_too_long_counted(tmp_path):
     tasks.build(qa_config('rope', **{'data.source': 'jsonl', 'data.dir': str(tmp_path),
                                      'eval.split': 'validation'}))
 
+
+@pytest.mark.parametrize('length,prompt,answer', [
+    (600, 'w ' * 500 + 'Answer:', 'a'),  # A prompt far longer than its file's length.
+    (300, 'x' * 520 + ' Answer:', 'x' * 520),  # A short prompt, but a long candidate.
+], ids=['long_prompt', 'long_candidate'])
+def test_sweep_tables_past_the_pe_stop_the_build_before_training(tmp_path, length, prompt,
+                                                                  answer):
+  """The sweep's table holds the longest prompt and then max_new_tokens or the longest
+  candidate: a SeqPE of 3 digits (0..999) fits 600 + 16 but not these, so the build fails."""
+  line = lambda i, n: json.dumps({'index': i, 'input': 'w ' * n + 'Answer:', 'outputs': ['a']})
+  (tmp_path / 'train.300.jsonl').write_text('\n'.join(line(i, 100) for i in range(12)) + '\n')
+  for n in (300, 600):
+    (tmp_path / f'validation.{n}.jsonl').write_text(line(0, n // 2 - 10) + '\n')
+  (tmp_path / f'validation.{length}.jsonl').write_text(
+      json.dumps({'index': 0, 'input': prompt, 'outputs': [answer]}) + '\n')
+  with pytest.raises(ValueError, match='does not fit 3 base-10 digits'):
+    tasks.build(qa_config('seqpe', **{'data.source': 'jsonl', 'data.dir': str(tmp_path),
+                                      'eval.split': 'validation'}))
+
 # ------------------------------------------------------------------ Batched decoding.
 
 

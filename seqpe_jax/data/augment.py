@@ -72,30 +72,23 @@ class Options:
     return self.per_example or self.mixes
 
   def check(self) -> None:
-    if self.crop not in ('centre', 'random_resized'):
-      raise ValueError(f"data.augment.crop must be 'centre' or 'random_resized', got "
-                       f"'{self.crop}'.")
-    low, high = self.crop_scale
-    if not 0 < low <= high <= 1:
-      raise ValueError('data.augment.crop_scale must be (low, high) with 0 < low <= high <= 1, '
-                       f'got {self.crop_scale}.')
-    low, high = self.crop_ratio
-    if not 0 < low <= high:
-      raise ValueError('data.augment.crop_ratio must be (low, high) with 0 < low <= high, got '
-                       f'{self.crop_ratio}.')
-    for name in ('flip_prob', 'erase_prob', 'mix_prob', 'mix_switch_prob'):
-      if not 0 <= getattr(self, name) <= 1:
-        raise ValueError(f'data.augment.{name} is a probability in [0, 1], got '
-                         f'{getattr(self, name)}.')
-    if not isinstance(self.randaugment_ops, int) or self.randaugment_ops < 0:
-      raise ValueError('data.augment.randaugment_ops must be a whole number >= 0, got '
-                       f'{self.randaugment_ops!r}.')
-    if not 0 <= self.randaugment_magnitude <= MAX_MAGNITUDE:
-      raise ValueError('data.augment.randaugment_magnitude must be in [0, 10], got '
-                       f'{self.randaugment_magnitude}.')
-    for name in ('randaugment_magnitude_std', 'mixup_alpha', 'cutmix_alpha'):
-      if not getattr(self, name) >= 0:
-        raise ValueError(f'data.augment.{name} must be >= 0, got {getattr(self, name)}.')
+    """Raises ValueError naming the first field out of its range."""
+    rules = [('crop', "must be 'centre' or 'random_resized'",
+              lambda x: x in ('centre', 'random_resized')),
+             ('crop_scale', 'must be (low, high) with 0 < low <= high <= 1',
+              lambda x: 0 < x[0] <= x[1] <= 1),
+             ('crop_ratio', 'must be (low, high) with 0 < low <= high', lambda x: 0 < x[0] <= x[1])]
+    rules += [(name, 'is a probability in [0, 1]', lambda x: 0 <= x <= 1)
+              for name in ('flip_prob', 'erase_prob', 'mix_prob', 'mix_switch_prob')]
+    rules += [('randaugment_ops', 'must be a whole number >= 0',
+               lambda x: isinstance(x, int) and x >= 0),
+              ('randaugment_magnitude', 'must be in [0, 10]', lambda x: 0 <= x <= MAX_MAGNITUDE)]
+    rules += [(name, 'must be >= 0', lambda x: x >= 0)
+              for name in ('randaugment_magnitude_std', 'mixup_alpha', 'cutmix_alpha')]
+    for name, requirement, holds in rules:
+      value = getattr(self, name)
+      if not holds(value):
+        raise ValueError(f'data.augment.{name} {requirement}, got {value!r}.')
 
 
 def example_rng(seed: int, step: int, row: int) -> np.random.Generator:
@@ -114,10 +107,9 @@ def batch_rng(seed: int, step: int, process: int) -> np.random.Generator:
 def augment_example(image: np.ndarray, size: int, options: Options,
                     rng: np.random.Generator) -> np.ndarray:
   """uint8 [H, W, C] of any size -> augmented uint8 [size, size, C]."""
-  pil = to_pil(image)
   if options.crop == 'random_resized':
-    top, left, h, w = crop_box(pil.height, pil.width, rng, options.crop_scale, options.crop_ratio)
-    pil = pil.resize((size, size), PIL.Image.BICUBIC, box=(left, top, left + w, top + h))
+    top, left, h, w = crop_box(*image.shape[:2], rng, options.crop_scale, options.crop_ratio)
+    pil = to_pil(image).resize((size, size), PIL.Image.BICUBIC, box=(left, top, left + w, top + h))
   else:
     pil = to_pil(resize_shorter_and_crop(image, size))
   if rng.random() < options.flip_prob:
@@ -303,7 +295,7 @@ def resize_shorter_and_crop(image: np.ndarray, size: int, crop: float = 1.0) -> 
   """Bicubic resize of the shorter side to size / crop (DeiT evaluates with crop 0.875),
   centre crop to size x size (uint8)."""
   h, w = image.shape[:2]
-  shorter = int(size / crop) if crop != 1 else size
+  shorter = int(size / crop)
   if (h, w) != (size, size) or shorter != size:
     scale = shorter / min(h, w)
     pil = to_pil(image).resize((max(shorter, round(w * scale)), max(shorter, round(h * scale))),

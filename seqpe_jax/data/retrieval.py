@@ -200,6 +200,9 @@ class KeyForm:
     return str(rng.integers(10 ** (self.digits - 1), 10 ** self.digits))
 
 
+DIGITS5 = KeyForm('digits5', digits=5)  # The default key form.
+
+
 def key_form(name: str, tokenizer: tokenizers.Tokenizer, field: str = '--key_form') -> KeyForm:
   """The KeyForm called `name` ('digitsN' with N = 1..9, or 'token') for `tokenizer`;
   errors name the setting as `field`."""
@@ -291,21 +294,19 @@ def passkey_example(tokenizer: tokenizers.Tokenizer, filler: Filler, length: int
 
 
 def passkey_examples(tokenizer: tokenizers.Tokenizer, filler: Filler, length: int, num: int,
-                     seed, keys: KeyForm | None = None) -> list[dict]:
+                     seed, keys: KeyForm = DIGITS5) -> list[dict]:
   """`num` passkey probes; `seed` an int or a sequence of ints; keys of form digits5 unless
   given."""
   _check_length(length)
-  keys = keys or KeyForm('digits5', digits=5)
   return [passkey_example(tokenizer, filler, length, i, _rng(seed, 'passkey', length, i), keys)
           for i in range(num)]
 
 # ------------------------------------------------------------------ By name.
 
 
-def min_length(tokenizer: tokenizers.Tokenizer, keys: KeyForm | None = None) -> int:
+def min_length(tokenizer: tokenizers.Tokenizer, keys: KeyForm = DIGITS5) -> int:
   """The shortest passkey prompt (tokens) with this tokenizer: its fixed text, the longest
   key and room for 16 filler tokens; never below MIN_LENGTH."""
-  keys = keys or KeyForm('digits5', digits=5)
   longest = max(keys.pool, key=lambda k: len(tokenizer.encode(k))) if keys.pool else (
       '9' * keys.digits)
   needle = PASSKEY_NEEDLE.format(key=longest)

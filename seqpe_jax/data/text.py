@@ -153,9 +153,7 @@ def train_batches(tokens: np.ndarray, *, length: int, global_batch: int,
                   seed: int) -> grain.MapDataset:
   """Shuffled, repeated batches {'tokens': int32[B/processes, length]}; element s = step s."""
   windows = Windows(tokens, length)
-
-  def read(idx):
-    return {'tokens': np.stack([windows[i] for i in idx]).astype(np.int32)}
+  read = lambda idx: {'tokens': np.stack([windows[i] for i in idx]).astype(np.int32)}
   return batching.step_batches(len(windows), global_batch=global_batch, seed=seed, read=read)
 
 

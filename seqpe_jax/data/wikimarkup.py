@@ -48,16 +48,13 @@ def _link(match: re.Match) -> str:
 
 def clean_markup(text: str) -> str:
   """MediaWiki source -> plain text, keeping `==` headings and line structure."""
-  text = _COMMENT.sub('', text)
-  text = _REF.sub('', text)
-  text = _DROP_BLOCK.sub('', text)
-  text = _until_stable(_TEMPLATE, '', text)
-  text = _until_stable(_TABLE, '', text)
-  text = _until_stable(_LINK, _link, text)
+  for pattern in (_COMMENT, _REF, _DROP_BLOCK):
+    text = pattern.sub('', text)
+  for pattern, repl in ((_TEMPLATE, ''), (_TABLE, ''), (_LINK, _link)):
+    text = _until_stable(pattern, repl, text)
   text = _EXTERNAL.sub(r'\1', text)
-  text = _TAG.sub('', text)
-  text = _EMPHASIS.sub('', text)
-  text = _MAGIC.sub('', text)
+  for pattern in (_TAG, _EMPHASIS, _MAGIC):
+    text = pattern.sub('', text)
   return html.unescape(text)
 
 
@@ -68,10 +65,8 @@ def to_wikitext_lines(title: str, markup: str) -> list[str]:
     line = _SPACES.sub(' ', raw).strip()
     heading = _HEADING.match(line)
     if heading:
-      level = len(heading.group(1))
-      name = heading.group(2).strip()
+      marks, name = ' '.join('=' * max(len(heading.group(1)), 2)), heading.group(2).strip()
       if name:
-        marks = ' '.join('=' * max(level, 2))
         lines += [f' {marks} {name} {marks} ', '']
       continue
     line = line.lstrip('*#:;=').strip()  # List/indent markers; stray '=' of formulas.

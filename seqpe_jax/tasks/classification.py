@@ -57,10 +57,9 @@ class ClassificationTask(base.Task):
     self.train_shape = host.train_shape
     self.pe, self.regularizers, self.shifts = common.build_pe(
         config, host, [self.grid(res) for res in config.eval.resolutions])
-    self.model = vit.ViT(self.num_classes, self.variant['width'], self.variant['depth'],
-                         self.variant['num_heads'], self.variant['mlp_dim'],
-                         self.variant['patch_size'], self.pe, dropout=config.model.dropout,
-                         init_options=init_options, dtype=common.model_dtype(config))
+    self.model = vit.ViT(self.num_classes, pe=self.pe, dropout=config.model.dropout,
+                         init_options=init_options, dtype=common.model_dtype(config),
+                         **self.variant)
     self.channels = self.splits['train'][0]['image'].shape[-1]
 
   def grid(self, resolution: int) -> tuple[int, int]:

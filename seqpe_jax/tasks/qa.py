@@ -99,8 +99,9 @@ def with_candidates(examples: list[dict]) -> list[list[str]]:
   answers = [e['outputs'][0].strip() for e in examples]
   result = []
   for i, (e, gold) in enumerate(zip(examples, answers)):
-    wrong = [c.strip() for c in e.get('candidates', [])]
-    if 'candidates' not in e:
+    if 'candidates' in e:
+      wrong = [c.strip() for c in e['candidates']]
+    else:
       others = answers[i + 1:] + answers[:i]
       wrong = list(dict.fromkeys(a for a in others if a.lower() != gold.lower()))
     result.append([gold] + wrong[:retrieval.NUM_CANDIDATES - 1])
@@ -160,14 +161,10 @@ class QATask(base.Task):
 
   def __init__(self, config):
     self.config = config
-    data, ev = config.data, config.eval
+    data = config.data
     _validate(config)
     if config.init_from != SCRATCH:  # Refuse another model before any data work.
       finetune.check_compatible(config, finetune.source_config(config.init_from))
-    host = gpt.host_spec(config.model.variant, data.seq_len, common.model_dtype(config))
-    self.train_shape = host.train_shape
-    self.pe, self.regularizers, self.shifts = common.build_pe(
-        config, host, [(length + ev.max_new_tokens,) for length in ev.lengths])
     self.corpus = _corpus_dir(data)
     self.tokenizer = text.load_tokenizer(data.tokenizer, self.corpus, data.vocab_size,
                                          data.cache_dir)
@@ -175,10 +172,15 @@ class QATask(base.Task):
     if data.source != 'jsonl':
       self.keys = retrieval.key_form(data.key_form, self.tokenizer, field='data.key_form')
       _check_room(config, retrieval.min_length(self.tokenizer, self.keys), self.tokenizer.name)
+    self._eval_sets = {}
+    # Missing files or impossible lengths fail now, not after training, and so does a PE
+    # that cannot make a table the sweep will ask for (prompts may run past their length).
+    shapes = [self._sweep_inputs(examples)[-1] for examples in self.eval_sets().values()]
+    host = gpt.host_spec(config.model.variant, data.seq_len, common.model_dtype(config))
+    self.train_shape = host.train_shape
+    self.pe, self.regularizers, self.shifts = common.build_pe(config, host, shapes)
     self.model = lm.gpt_model(config, self.tokenizer.vocab_size, self.pe)
     self.eval_model = self.model  # QA reads every length with the model as trained.
-    self._eval_sets = {}
-    self.eval_sets()  # Missing files or impossible lengths fail now, not after training.
     self._build_train_set()
 
   def _build_train_set(self) -> None:
@@ -186,12 +188,9 @@ class QATask(base.Task):
     examples = self._train_examples()
     tokens, mask, self.skipped = pack([encode(self.tokenizer, e) for e in examples],
                                       data.seq_len, self.tokenizer.eot_id)
-    logging.info('QA training set: %d of %d examples fit the %d-token block (%d skipped as '
-                 'longer); %d held out for diagnostics.', len(tokens), len(examples),
-                 data.seq_len, self.skipped, held)
-    if self.skipped:
-      logging.warning('Skipped %d of %d QA training examples longer than the %d-token block.',
-                      self.skipped, len(examples), data.seq_len)
+    log = logging.warning if self.skipped else logging.info
+    log('QA training set: %d of %d examples fit the %d-token block (%d skipped as longer); %d '
+        'held out for diagnostics.', len(tokens), len(examples), data.seq_len, self.skipped, held)
     if len(tokens) <= held:
       raise ValueError(f'Only {len(tokens)} QA training examples fit the {data.seq_len}-token '
                        f'block, and eval.batch_size={held} of them are held out; use more '
@@ -203,14 +202,25 @@ class QATask(base.Task):
     data = self.config.data
     if data.source == 'jsonl':
       return [e for group in retrieval.read_lengths(data.dir, 'train').values() for e in group]
-    return self._probes(data.seq_len - data.answer_room, data.num_train, data.probe_seed,
-                        data.filler_split)
+    return self._probes(data.seq_len, data.num_train, data.probe_seed, data.filler_split)
 
   def _probes(self, length: int, num: int, seed: int, split: str) -> list[dict]:
+    """Passkey probes for the nominal `length`: length - data.answer_room prompt tokens."""
     # The split is part of the seed: the repeat filler is the same text in every split.
     seed = (seed, retrieval.HELD_OUT.index(split))
-    filler = retrieval.load_filler(self.corpus, split, self.tokenizer, self.config.data.filler)
-    return retrieval.passkey_examples(self.tokenizer, filler, length, num, seed, self.keys)
+    data = self.config.data
+    filler = retrieval.load_filler(self.corpus, split, self.tokenizer, data.filler)
+    return retrieval.passkey_examples(self.tokenizer, filler, length - data.answer_room, num,
+                                      seed, self.keys)
+
+  def _sweep_inputs(self, examples: list[dict]):
+    """(prompt tokens, `candidate_tokens`' tokens and mask, the PE table shape): the longest
+    prompt, then max_new_tokens generated tokens or the longest candidate (a sequence's
+    last token is never fed back)."""
+    prompts = [self.tokenizer.encode(e['input'].strip()) for e in examples]
+    candidates, scored = candidate_tokens(self.tokenizer, with_candidates(examples))
+    longest = max(self.config.eval.max_new_tokens, candidates.shape[-1])
+    return prompts, candidates, scored, (max(map(len, prompts)) + longest - 1,)
 
   def eval_sets(self, split: str | None = None) -> dict[int, list[dict]]:
     """{length: examples} for `split` (default eval.split), made or read once."""
@@ -218,12 +228,10 @@ class QATask(base.Task):
     if split not in self._eval_sets:
       data, ev = self.config.data, self.config.eval
       if data.source == 'jsonl':
-        self._eval_sets[split] = {length: retrieval.read_jsonl(
-            epath.Path(data.dir) / f'{split}.{length}.jsonl') for length in ev.lengths}
+        read = lambda n: retrieval.read_jsonl(epath.Path(data.dir) / f'{split}.{n}.jsonl')
       else:
-        self._eval_sets[split] = {length: self._probes(
-            length - data.answer_room, ev.num_examples, ev.probe_seed, split)
-                                  for length in ev.lengths}
+        read = lambda n: self._probes(n, ev.num_examples, ev.probe_seed, split)
+      self._eval_sets[split] = {length: read(length) for length in ev.lengths}
     return self._eval_sets[split]
 
   def initial_params(self, abstract_params):
@@ -236,11 +244,8 @@ class QATask(base.Task):
 
   def train_batches(self, seed: int):
     tokens, mask = self.train_tokens, self.train_mask
-
-    def read(idx):
-      return {'tokens': tokens[idx], 'mask': mask[idx]}
     return batching.step_batches(len(tokens), global_batch=self.config.batch_size, seed=seed,
-                                 read=read)
+                                 read=lambda idx: {'tokens': tokens[idx], 'mask': mask[idx]})
 
   def heldout_batch(self, mesh):
     """The held-out training examples (diagnostics), repeated to fill the mesh's batch."""
@@ -265,32 +270,30 @@ class QATask(base.Task):
     results = {}
     progress = metrics.SweepProgress(self.axis_label, self.metric)
     for length, examples in self.eval_sets(split).items():
-      prompts = [self.tokenizer.encode(e['input'].strip()) for e in examples]
-      candidates, scored = candidate_tokens(self.tokenizer, with_candidates(examples))
+      prompts, candidates, scored, table_shape = self._sweep_inputs(examples)
       width = max(map(len, prompts))  # One compiled decoder per length.
-      table = tables((width + max(new, candidates.shape[-1]) - 1,))
+      table = tables(table_shape)
+      # The rows that fill the last batch continue with zeros, which nothing reads.
+      candidates = np.pad(candidates, ((0, -len(candidates) % rows), (0, 0), (0, 0)))
       outputs, logp = [], []
       for start in range(0, len(prompts), rows):
         chunk = prompts[start:start + rows]
         batch = sharding.global_batch_from_full(
-            left_pad(chunk, width, rows, self.tokenizer.eot_id), mesh)
+            dict(left_pad(chunk, width, rows, self.tokenizer.eot_id),
+                 candidates=candidates[start:start + rows]), mesh)
         tokens, _ = gpt.generate(self.model, params['model'], table, batch['tokens'], new,
                                  batch['mask'])
         outputs += [decode_answer(self.tokenizer, row) for row in gather(tokens)[:len(chunk)]]
-        continuations = np.zeros((rows,) + candidates.shape[1:], np.int32)
-        continuations[:len(chunk)] = candidates[start:start + rows]
-        token_logp = gpt.continuation_logprobs(
-            self.model, params['model'], table, batch['tokens'],
-            sharding.global_batch_from_full({'c': continuations}, mesh)['c'], batch['mask'])
+        token_logp = gpt.continuation_logprobs(self.model, params['model'], table,
+                                               batch['tokens'], batch['candidates'], batch['mask'])
         logp.append(gather(token_logp)[:len(chunk)])
       logp = np.concatenate(logp)
       candidate_scores = np.where(scored.any(-1), (logp * scored).sum(-1), -np.inf)
-      results[length] = score(examples, outputs, candidate_scores)
-      progress.done(length, results[length])
+      results[length] = result = score(examples, outputs, candidate_scores)
+      progress.done(length, result)
       logging.info('QA at %d tokens: EM %.3f, gold log-probability %.2f, rank accuracy %.2f; '
-                   'first output %r, gold %r.', length, results[length]['em'],
-                   results[length]['answer_logp'], results[length]['rank_acc'], outputs[0],
-                   examples[0]['outputs'])
+                   'first output %r, gold %r.', length, result['em'], result['answer_logp'],
+                   result['rank_acc'], outputs[0], examples[0]['outputs'])
     return results
 
   def write_plots(self, workdir, results, suffix: str = '') -> None:
@@ -320,8 +323,7 @@ def _validate(config) -> None:
     if data.probe_seed == ev.probe_seed:
       raise ValueError(f'data.probe_seed and eval.probe_seed are both {ev.probe_seed}, so the '
                        'model would train on its evaluation probes; use different seeds.')
-    for field, length in [('data.seq_len', data.seq_len)] + [('eval.lengths', n)
-                                                             for n in ev.lengths]:
+    for field, length in _probe_lengths(config):
       if not retrieval.MIN_LENGTH <= length - data.answer_room <= retrieval.MAX_LENGTH:
         raise ValueError(f'{field} holds {length}: probes are {length} - data.answer_room='
                          f'{data.answer_room} prompt tokens, outside the generator\'s '
@@ -331,13 +333,18 @@ def _validate(config) -> None:
 def _check_room(config, minimum: int, tokenizer: str) -> None:
   """Every probe length must leave the generator the prompt it needs with this tokenizer."""
   data = config.data
-  for field, length in [('data.seq_len', data.seq_len)] + [('eval.lengths', n)
-                                                           for n in config.eval.lengths]:
+  for field, length in _probe_lengths(config):
     if length - data.answer_room < minimum:
       raise ValueError(f'{field} holds {length}, whose probes have {length - data.answer_room} '
                        f'prompt tokens after data.answer_room={data.answer_room}, fewer than the '
                        f'{minimum} {tokenizer} tokens the {data.source} generator needs; use '
                        f'at least {minimum + data.answer_room}.')
+
+
+def _probe_lengths(config) -> list[tuple[str, int]]:
+  """(field, length) of the training block and of every evaluation length."""
+  return [('data.seq_len', config.data.seq_len)] + [('eval.lengths', n)
+                                                    for n in config.eval.lengths]
 
 
 def _corpus_dir(data):
