@@ -54,10 +54,9 @@ def without_mutable(flat: dict) -> dict:
 
 def differences(then: dict, now: dict, prefix: str = ''):
   """'field: value then vs value now' for every differing leaf, most important first."""
-  found = list(_differences(then, now, prefix))
   rank = lambda line: next((i for i, top in enumerate(IMPORTANCE)
                             if line.startswith((f'{top}.', f'{top}:'))), len(IMPORTANCE))
-  return sorted(found, key=rank)
+  return sorted(_differences(then, now, prefix), key=rank)
 
 
 def _differences(a, b, prefix):
@@ -147,7 +146,10 @@ class Checkpointer:
     try:
       return self._manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # pylint: disable=broad-except
-      self._set_aside(step, e)
+      aside = self._move(step, 'checkpoints.unreadable')
+      logging.warning('The checkpoint at step %d cannot be read (%s, reading %s); moved it to '
+                      '%s and trying the one before.', step, type(e).__name__,
+                      _failed_file(e, self.directory / str(step)), aside)
       return None
 
   def _check_structure(self, step: int, saved, abstract_state) -> None:
@@ -164,12 +166,6 @@ class Checkpointer:
                           in sorted(extra.items())][:2])
       raise ValueError(f'The checkpoint at step {step} in {self.directory} does not match this '
                        f'model ({detail}); use another --workdir.')
-
-  def _set_aside(self, step: int, error: Exception) -> None:
-    aside = self._move(step, 'checkpoints.unreadable')
-    logging.warning('The checkpoint at step %d cannot be read (%s, reading %s); moved it to %s '
-                    'and trying the one before.', step, type(error).__name__,
-                    _failed_file(error, self.directory / str(step)), aside)
 
   def set_aside_from(self, first: int) -> tuple[epath.Path, list[int]]:
     """Moves the checkpoints of step `first` on to WORKDIR/checkpoints.nonfinite/ (they are

@@ -121,7 +121,11 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     remaining = flags.FLAGS([_installed_config(arg) for arg in argv])
     if 'config' in flags.FLAGS:
-      _load_config()
+      path = config_flags.get_config_filename(flags.FLAGS['config']).split(':', 1)[0]
+      if not pathlib.Path(path).is_file():
+        raise FileNotFoundError(f'the config file {path} does not exist (the configs are in '
+                                'configs/, e.g. --config=configs/vit_seqpe.py:smoke).')
+      flags.FLAGS.config.to_dict()  # Touches every field, so deferred errors surface now.
   except Exception as e:  # pylint: disable=broad-except
     if _show_tracebacks():
       raise
@@ -140,14 +144,6 @@ def _installed_config(arg: str) -> str:
   if pathlib.Path(path).exists() or not beside_package.is_file():  # Absolute: joins to itself.
     return arg
   return f'--config={beside_package}{colon}{variant}'
-
-
-def _load_config() -> None:
-  path = config_flags.get_config_filename(flags.FLAGS['config']).split(':', 1)[0]
-  if not pathlib.Path(path).is_file():
-    raise FileNotFoundError(f'the config file {path} does not exist (the configs are in '
-                            'configs/, e.g. --config=configs/vit_seqpe.py:smoke).')
-  flags.FLAGS.config.to_dict()  # Touches every field, so deferred errors surface now.
 
 
 def error_chain(error: BaseException):

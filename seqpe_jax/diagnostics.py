@@ -29,18 +29,15 @@ def make_diagnostics(task, gradients):
   pe = task.pe
   num_prefix = pe.host.num_prefix  # The Task contract declares `pe`, whose host spec this is.
 
-  def heldout_loss(params, batch, features, capture=False):
-    out = task.logits(params['model'], batch, features, train=False,
-                      mutable=['intermediates'] if capture else False)
-    logits, state = out if capture else (out, None)
-    return task.loss(logits, batch)[0], state
-
   def diagnose(params, train_batch, step, heldout_batch):
     features = pe.features(params['pe'], task.train_shape)
-    loss, state = heldout_loss(params, heldout_batch, features, capture=True)
-    ablated, _ = heldout_loss(params, heldout_batch, ablate_positions(features, num_prefix))
+    logits, state = task.logits(params['model'], heldout_batch, features, train=False,
+                                mutable=['intermediates'])
+    ablated = task.logits(params['model'], heldout_batch, ablate_positions(features, num_prefix),
+                          train=False)
+    heldout_loss = lambda logits: task.loss(logits, heldout_batch)[0]
     spreads = jax.tree.leaves(state['intermediates'])
-    out = {'diag/pe_ablation_delta': ablated - loss,
+    out = {'diag/pe_ablation_delta': heldout_loss(ablated) - heldout_loss(logits),
            'diag/pos_term_std': jnp.mean(jnp.stack(spreads)) if spreads else jnp.zeros(())}
     if 'e' in features:
       out['diag/pe_spread'] = embedding_spread(features['e'][0, num_prefix:])

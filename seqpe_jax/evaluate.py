@@ -33,6 +33,7 @@ from etils import epath
 
 from seqpe_jax import checkpoint, cli, results as results_files, workdir_lock
 
+
 def evaluate_workdir(workdir: str, split: str | None = None, overrides: dict | None = None,
                      name: str = '') -> dict:
   """Re-runs the sweep of the run in `workdir` from its latest checkpoint into

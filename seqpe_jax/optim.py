@@ -93,10 +93,9 @@ def learning_rates(cfg, total_steps: int) -> np.ndarray:
 
 def global_norms(grads) -> dict[str, jax.Array]:
   """Gradient norms of the two clipping groups, for logging."""
-  seqpe = jax.tree_util.tree_map_with_path(
-      lambda p, g: g if is_seqpe_encoder(p) else jnp.zeros_like(g), grads)
-  host = jax.tree_util.tree_map_with_path(
-      lambda p, g: jnp.zeros_like(g) if is_seqpe_encoder(p) else g, grads)
+  leaves = jax.tree_util.tree_leaves_with_path(grads)
+  seqpe = [g for p, g in leaves if is_seqpe_encoder(p)]
+  host = [g for p, g in leaves if not is_seqpe_encoder(p)]
   return {'grad_norm/seqpe': optax.tree.norm(seqpe), 'grad_norm/host': optax.tree.norm(host)}
 
 

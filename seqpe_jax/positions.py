@@ -29,11 +29,8 @@ def num_digits(max_position: int, base: int = 10) -> int:
 def grid(shape: Sequence[int], start: Sequence[int] | jax.Array | None = None) -> jax.Array:
   """All positions of an N-D grid, row-major: int32[prod(shape), ndim], shifted by the
   per-axis `start` (it may be traced, so a shifted window costs no recompilation)."""
-  axes = [jnp.arange(n, dtype=jnp.int32) for n in shape]
-  pos = jnp.stack(jnp.meshgrid(*axes, indexing='ij'), axis=-1).reshape(-1, len(shape))
-  if start is not None:
-    pos = pos + jnp.asarray(start, jnp.int32)
-  return pos
+  pos = jnp.indices(shape, dtype=jnp.int32).reshape(len(shape), -1).T
+  return pos if start is None else pos + jnp.asarray(start, jnp.int32)
 
 
 def canvas_grid(shape: Sequence[int], canvas: Sequence[int] = ()) -> jax.Array:
@@ -45,9 +42,8 @@ def canvas_grid(shape: Sequence[int], canvas: Sequence[int] = ()) -> jax.Array:
   if any(n > c for n, c in zip(shape, canvas)):
     raise ValueError(f'The {tuple(shape)} grid has more positions per axis than its canvas '
                      f'{tuple(canvas)} (pe.canvas_stride times the training grid) holds.')
-  axes = [(2 * jnp.arange(n, dtype=jnp.int32) + 1) * c // (2 * n)
-          for n, c in zip(shape, canvas)]
-  return jnp.stack(jnp.meshgrid(*axes, indexing='ij'), axis=-1).reshape(-1, len(shape))
+  return ((2 * grid(shape) + 1) * jnp.asarray(canvas, jnp.int32)
+          // (2 * jnp.asarray(shape, jnp.int32)))
 
 
 def canvas_of(train_shape: Sequence[int], stride: int) -> tuple[int, ...]:

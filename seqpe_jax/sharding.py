@@ -92,8 +92,7 @@ def eval_batch_size(requested: int, mesh: Mesh) -> int:
 
 def process_rows(global_batch_size: int, mesh: Mesh) -> np.ndarray:
   """The rows of a global batch that this process feeds (its devices' shards, in order)."""
-  shape = (global_batch_size,)
-  index_map = batch_sharding(mesh).addressable_devices_indices_map(shape)
+  index_map = batch_sharding(mesh).addressable_devices_indices_map((global_batch_size,))
   rows = sorted({r for index in index_map.values() for r in range(global_batch_size)[index[0]]})
   return np.asarray(rows, np.int64)
 
@@ -115,12 +114,11 @@ def sum_per_batch(outputs) -> np.ndarray:
   """The float64 sum of a jitted evaluation step's replicated outputs (scalars per batch),
   each read after the next batch is dispatched: one in flight (dispatching every batch before
   reading any can starve XLA:CPU's collectives on a few cores)."""
-  total, previous = None, None
-  for out in itertools.chain(outputs, [None]):  # None: read the last one.
-    if previous is not None:
-      values = np.asarray(jax.device_get(previous), np.float64)
-      total = values if total is None else total + values
-    previous = out
+  total = None
+  # pairwise draws the next output (dispatching it) before it yields the pair; None: the last.
+  for out, _ in itertools.pairwise(itertools.chain(outputs, [None])):
+    values = np.asarray(jax.device_get(out), np.float64)
+    total = values if total is None else total + values
   return np.zeros(0) if total is None else total
 
 

@@ -4,6 +4,7 @@ Sections follow big_vision's order: mesh, input pipeline, model and optimizer, s
 state, update step, checkpoint restore, evaluation, loop.
 """
 
+import contextlib
 import itertools
 
 import jax
@@ -124,11 +125,11 @@ def jit_diagnostics(task, state_shardings, mesh):
                  out_shardings=replicated)
 
 
-def lower_train_step(config: ml_collections.ConfigDict) -> jax.stages.Lowered:
-  """The train step lowered for the configured mesh from an abstract state and batch (one
-  batch is read for its shapes); nothing is allocated or written."""
+def lower_train_step(config: ml_collections.ConfigDict, mesh=None) -> jax.stages.Lowered:
+  """The train step lowered for `mesh` (by default the configured one) from an abstract state
+  and batch (one batch is read for its shapes); nothing is allocated or written."""
   validate(config)
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
   sharding.check_batch(config.batch_size, mesh)
   task = tasks.build(config)
   _, step_key, pool_key = jax.random.split(jax.random.key(config.seed), 3)
@@ -147,8 +148,8 @@ def lower_train_step(config: ml_collections.ConfigDict) -> jax.stages.Lowered:
 def compile_report(config: ml_collections.ConfigDict) -> dict[str, float]:
   """XLA's per-device memory plan and FLOPs of the compiled train step (`--compile_only`),
   without allocating the state."""
-  compiled = lower_train_step(config).compile()
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh)  # Once: it warns when devices stay idle.
+  compiled = lower_train_step(config, mesh).compile()
   memory = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # Older JAX: one per module.
@@ -182,7 +183,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   touched (a typo should not cost a minute of compiling or leave an empty run behind)."""
   for field in ('total_steps', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
                 'batch_size', 'eval.batch_size'):
-    value = config[field] if '.' not in field else config.eval[field.split('.')[1]]
+    value = config[field]
     if not isinstance(value, int) or value < 1:
       raise ValueError(f'{field} must be a positive whole number, got {value!r}.')
   if not isinstance(config.eval_every_steps, int) or config.eval_every_steps < 0:
@@ -204,12 +205,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   sharding.check_batch(config.batch_size, mesh)
 
   # Before anything is written (and before the data are read, which can take minutes, so
-  # a second run on the same workdir stops at once).
-  with workdir_lock.held(workdir, purpose='train'):
-    return _train_and_evaluate(config, checkpoint.workdir_path(workdir), mesh)
+  # a second run on the same workdir stops at once); what the run opens is closed (its saves
+  # finished) before the lock is released.
+  with workdir_lock.held(workdir, purpose='train'), contextlib.ExitStack() as cleanup:
+    return _train_and_evaluate(config, checkpoint.workdir_path(workdir), mesh, cleanup)
 
 
-def _train_and_evaluate(config, workdir: epath.Path, mesh) -> dict:
+def _train_and_evaluate(config, workdir: epath.Path, mesh, cleanup: contextlib.ExitStack):
   # ---------------------------------------------------------------- Input pipeline and task.
   task = tasks.build(config)
   data = task.train_batches(config.seed)
@@ -223,15 +225,11 @@ def _train_and_evaluate(config, workdir: epath.Path, mesh) -> dict:
   target = abstract_state(task, optimizer, mesh)
   state_shardings = jax.tree.map(lambda x: x.sharding, target)
   checkpointer = checkpoint.Checkpointer(workdir, config, keep=config.keep_checkpoints)
-  try:
-    state = checkpointer.restore(target, defaults=NEWER_ENTRIES)
-  except Exception:
-    checkpointer.close()
-    raise
+  cleanup.callback(checkpointer.close)
+  state = checkpointer.restore(target, defaults=NEWER_ENTRIES)
   if state is not None and int(state['step']) == config.total_steps:
     recorded = results_files.read_extrapolation(workdir, step=config.total_steps)
     if recorded is not None:
-      checkpointer.close()
       metrics.say(f'{workdir} has already finished its {config.total_steps} steps; its results '
                   f'are in {workdir}/extrapolation.json (`python -m seqpe_jax.evaluate '
                   f'--workdir={workdir}` sweeps again).')
@@ -255,16 +253,17 @@ def _train_and_evaluate(config, workdir: epath.Path, mesh) -> dict:
 
   # ---------------------------------------------------------------- Update step.
   train_step = jit_train_step(task, optimizer, state_shardings, mesh)
-  diagnose, heldout = None, None
-  if config.diagnostics:
-    diagnose, heldout = jit_diagnostics(task, state_shardings, mesh), task.heldout_batch(mesh)
+  diagnose = jit_diagnostics(task, state_shardings, mesh) if config.diagnostics else None
+  heldout = task.heldout_batch(mesh) if config.diagnostics else None
 
   # ---------------------------------------------------------------- Loop.
   start = int(state['step'])
   writer = metrics.MetricWriter(workdir, resumed_at=start)
+  cleanup.callback(writer.close)
   if start == 0:
     writer.write_config(config.to_dict())
   preemption = PreemptionWatch()
+  cleanup.callback(preemption.close)
   batches = (sharding.global_batch(b, mesh) for b in data[start:].to_iter_dataset())
   first_batch = next(batches)
   # Compiled ahead, then every process waits for the others: waiting in the step's first
@@ -274,52 +273,47 @@ def _train_and_evaluate(config, workdir: epath.Path, mesh) -> dict:
   sharding.wait_for_all_processes('train step compiled')
   batches = itertools.chain([first_batch], batches)
   progress = metrics.Progress(config.total_steps, start)
-  try:
-    for step in range(start + 1, config.total_steps + 1):
-      batch = next(batches)
-      rate = rates[step - 1]  # The schedule counts updates from 0.
-      state, scalars = train_step(state, batch, rate, step_key, shift_pool)
-      evaluating = bool(config.eval_every_steps) and step % config.eval_every_steps == 0
-      last = step == config.total_steps
-      if step % config.log_every_steps == 0 or last or evaluating:
-        _stop_if_nonfinite(state, checkpointer)
-        # This step's parameters, batch and sampling (the counter has moved on: step - 1).
-        diag = diagnose(state['params'], batch, state['step'] - 1, heldout, step_key,
-                        shift_pool) if diagnose else {}
-        row = {**jax.device_get(scalars), **jax.device_get(diag),
-               'train/lr': rate,  # The rate this step's update used.
-               'train/steps_per_sec': progress.update(step)}
-        writer.write(step, row)
-        metrics.say(progress.line(step, row))
-      if evaluating:
-        results = task.sweep(state['params'], mesh)
-        writer.write(step, results_files.flatten(results, task.metric))
-        metrics.say(f'step {step} evaluation, {metrics.summary_line(results, task.metric)}')
-      preempted = preemption.reached(step)
-      if step % config.checkpoint_every_steps == 0 or last or preempted:
-        _stop_if_nonfinite(state, checkpointer)
-        checkpointer.save(step, state, force=preempted)
-      if preempted:
-        checkpointer.wait()
-        stop = cli.Interrupted if preemption.interrupted else cli.Preempted
-        raise stop(f'{preemption.signal_name}: saved a checkpoint at step {step} and stopped; '
-                   'run the same command again to resume.')
-    # ---------------------------------------------------------------- Final sweep.
-    preemption.close()  # The last checkpoint is saved: a Ctrl-C now just stops the sweep.
-    results = task.sweep(state['params'], mesh)
-    writer.write(config.total_steps, results_files.flatten(results, task.metric))
-    metrics.say(f'Final evaluation, {metrics.summary_line(results, task.metric)}; '
-                f'{workdir}/extrapolation.json.')
-    if jax.process_index() == 0:
-      results_files.write_extrapolation(workdir, results, task.metric, task.axis_label,
-                                        title=f'{config.model.name} {config.pe.name}',
-                                        protocol=task.sweep_protocol, step=config.total_steps)
-      task.write_plots(workdir, results)  # Task-specific figures (QA: EM by depth).
-    return results
-  finally:
-    preemption.close()
-    checkpointer.close()
-    writer.close()
+  for step in range(start + 1, config.total_steps + 1):
+    batch = next(batches)
+    rate = rates[step - 1]  # The schedule counts updates from 0.
+    state, scalars = train_step(state, batch, rate, step_key, shift_pool)
+    evaluating = bool(config.eval_every_steps) and step % config.eval_every_steps == 0
+    last = step == config.total_steps
+    if step % config.log_every_steps == 0 or last or evaluating:
+      _stop_if_nonfinite(state, checkpointer)
+      # This step's parameters, batch and sampling (the counter has moved on: step - 1).
+      diag = diagnose(state['params'], batch, state['step'] - 1, heldout, step_key,
+                      shift_pool) if diagnose else {}
+      row = {**jax.device_get(scalars), **jax.device_get(diag),
+             'train/lr': rate,  # The rate this step's update used.
+             'train/steps_per_sec': progress.update(step)}
+      writer.write(step, row)
+      metrics.say(progress.line(step, row))
+    if evaluating:
+      results = task.sweep(state['params'], mesh)
+      writer.write(step, results_files.flatten(results, task.metric))
+      metrics.say(f'step {step} evaluation, {metrics.summary_line(results, task.metric)}')
+    preempted = preemption.reached(step)
+    if step % config.checkpoint_every_steps == 0 or last or preempted:
+      _stop_if_nonfinite(state, checkpointer)
+      checkpointer.save(step, state, force=preempted)
+    if preempted:
+      checkpointer.wait()
+      stop = cli.Interrupted if preemption.interrupted else cli.Preempted
+      raise stop(f'{preemption.signal_name}: saved a checkpoint at step {step} and stopped; '
+                 'run the same command again to resume.')
+  # ---------------------------------------------------------------- Final sweep.
+  preemption.close()  # The last checkpoint is saved: a Ctrl-C now just stops the sweep.
+  results = task.sweep(state['params'], mesh)
+  writer.write(config.total_steps, results_files.flatten(results, task.metric))
+  metrics.say(f'Final evaluation, {metrics.summary_line(results, task.metric)}; '
+              f'{workdir}/extrapolation.json.')
+  if jax.process_index() == 0:
+    results_files.write_extrapolation(workdir, results, task.metric, task.axis_label,
+                                      title=f'{config.model.name} {config.pe.name}',
+                                      protocol=task.sweep_protocol, step=config.total_steps)
+    task.write_plots(workdir, results)  # Task-specific figures (QA: EM by depth).
+  return results
 
 
 def _stop_if_nonfinite(state, checkpointer) -> None:

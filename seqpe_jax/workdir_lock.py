@@ -40,9 +40,9 @@ class StorageTimeout(OSError):
   """The storage of a workdir URL did not answer in time."""
 
 
-# Workdirs held here ((thread, path) -> depth): a holder may re-enter its own lock; another
-# thread of this process (a study trains in threads) is refused like another process.
-_held: dict[tuple[int, str], int] = {}
+# Workdirs held here (thread, path): a holder may re-enter its own lock; another thread of
+# this process (a study trains in threads) is refused like another process.
+_held: set[tuple[int, str]] = set()
 
 
 @contextlib.contextmanager
@@ -51,12 +51,8 @@ def held(workdir, purpose: str):
   workdir the lock created is removed again if the block fails, so bad input leaves nothing."""
   import jax  # pylint: disable=g-import-not-at-top
   key = (threading.get_ident(), str(workdir_path(workdir)))
-  if key in _held:
-    _held[key] += 1
-    try:
-      yield
-    finally:
-      _held[key] -= 1
+  if key in _held:  # Re-entered by its holder: the outer block releases it.
+    yield
     return
   error, lock = None, None
   if jax.process_index() == 0:
@@ -67,19 +63,18 @@ def held(workdir, purpose: str):
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
-    taken = multihost_utils.broadcast_one_to_all(np.int32(error is None and
-                                                          jax.process_index() == 0))
+    taken = multihost_utils.broadcast_one_to_all(np.int32(lock is not None))
     if error is None and not taken:
       error = WorkdirInUse(f'Process 0 could not take --workdir={workdir}; its log says why.')
   if error is not None:
     raise error
-  _held[key] = 1
+  _held.add(key)
   failed = True
   try:
     yield
     failed = False
   finally:
-    del _held[key]
+    _held.remove(key)
     if lock is not None:
       lock.release(remove_workdir=failed)
 
@@ -103,9 +98,9 @@ def _take(workdir, purpose: str):
     created = not answered_within(path.exists, f'reaching --workdir={workdir}')
     answered_within(lambda: path.mkdir(parents=True, exist_ok=True),
                     f'creating --workdir={workdir}')
+  except StorageTimeout:
+    raise
   except Exception as e:  # pylint: disable=broad-except
-    if isinstance(e, StorageTimeout):
-      raise
     reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
     raise OSError(f'Cannot create --workdir={workdir} ({reason}); for a gs:// workdir check '
                   'that the bucket exists and that this machine has credentials for it.') from e
@@ -174,6 +169,15 @@ def _parse(text: str | bytes) -> dict | None:
   return holder if isinstance(holder, dict) else None
 
 
+def _holds(fs, path: str, record: dict) -> bool:
+  """Whether the lock object at `path` is `record`'s: not if it is gone or unreadable."""
+  try:
+    holder = _parse(fs.cat_file(path))
+  except FileNotFoundError:
+    return False
+  return holder is not None and holder.get('token') == record['token']
+
+
 def _warn_taken_over(path, holder: dict) -> None:
   logging.warning('Took over the lock of %s from %s, which no longer runs.', path.parent,
                   describe(holder))
@@ -220,10 +224,9 @@ class _FileLock:
     return cls(fd, path)
 
   def release(self, remove_workdir: bool) -> None:
-    if self._fd < 0:
-      return
     self._path.unlink(missing_ok=True)  # While still locked: see the inode check above.
-    os.close(self._fd)
+    if self._fd >= 0:  # -1: this filesystem has no flock, and take closed the file.
+      os.close(self._fd)
     if remove_workdir and self.created:
       _remove_if_empty(self.workdir)
 
@@ -253,8 +256,8 @@ class _ObjectLock:
         _warn_taken_over(epath.Path(str(workdir)) / LOCK_NAME, holder or {})
         fs.rm_file(path)
         continue
-      if _parse(fs.cat_file(path)).get('token') != record['token']:
-        break  # Another run took over the same stale lock at the same moment.
+      if not _holds(fs, path, record):
+        break  # Another run took over the same stale lock at the same moment (or it is garbled).
       return cls(fs, path, record)
     raise _in_use(workdir, _parse(fs.cat_file(path)))
 
@@ -273,16 +276,10 @@ class _ObjectLock:
       pass  # Alive under another user, or a record we cannot read: assume held.
     return False
 
-  def _ours(self) -> bool:
-    try:
-      return (_parse(self._fs.cat_file(self._path)) or {}).get('token') == self._record['token']
-    except FileNotFoundError:
-      return False
-
   def _beat_loop(self) -> None:
     while not self._stop.wait(HEARTBEAT_S):
       try:
-        if not self._ours():
+        if not _holds(self._fs, self._path, self._record):
           logging.error('Lost the lock %s (its heartbeat was late and another process took '
                         'it over); two processes may now write this workdir.', self._path)
           return
@@ -296,7 +293,7 @@ class _ObjectLock:
     self._stop.set()
     self._beat.join(STORAGE_TIMEOUT_S)
     try:
-      if self._ours():
+      if _holds(self._fs, self._path, self._record):
         self._fs.rm_file(self._path)
     except Exception as e:  # pylint: disable=broad-except
       logging.warning('Could not remove the lock %s (%s); the next run will find it stale.',

@@ -388,3 +388,9 @@ def test_compile_only_reports_the_per_device_plan_and_writes_nothing(tmp_path, m
   assert sharded['arguments_bytes'] < 0.9 * replicated['arguments_bytes']
   assert 'FLOPs per step' in train.format_compile_report(sharded)
   assert not list(tmp_path.iterdir())
+
+
+def test_compile_only_says_once_that_devices_stay_idle(caplog):
+  report = train.compile_report(smoke_config('ape', **{'mesh.data': 4}))
+  assert report['devices'] == 4
+  assert caplog.text.count('uses 4 of 8 devices') == 1

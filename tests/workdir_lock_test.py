@@ -4,6 +4,8 @@ gs:// runs on an in-memory fake of gcsfs (exclusive create as GCS's ifGeneration
 registered with fsspec for the test; nothing touches the network.
 """
 
+import errno
+import fcntl
 import json
 import os
 import pathlib
@@ -90,6 +92,21 @@ def test_a_failed_start_leaves_no_workdir_behind(tmp_path):
   assert (tmp_path / 'kept').is_dir()  # It was there before: not the lock's to remove.
 
 
+@pytest.mark.parametrize('code', [errno.ENOLCK, errno.EOPNOTSUPP], ids=['ENOLCK', 'EOPNOTSUPP'])
+def test_without_flock_a_failed_start_leaves_no_workdir_behind(tmp_path, monkeypatch, code):
+  def no_flock(fd, operation):
+    raise OSError(code, os.strerror(code))
+
+  monkeypatch.setattr(fcntl, 'flock', no_flock)
+  with pytest.raises(ValueError, match='bad input'):
+    with workdir_lock.held(tmp_path / 'new', purpose='train'):
+      raise ValueError('bad input')
+  assert not (tmp_path / 'new').exists()
+  with workdir_lock.held(tmp_path / 'run', purpose='train'):
+    pass
+  assert list((tmp_path / 'run').iterdir()) == []  # A clean exit leaves no lock file either.
+
+
 class FakeGcs(MemoryFileSystem):
   """gcsfs's interface on memory; `answering` cleared: every call waits (no network)."""
   protocol = ('gs', 'gcs')
@@ -155,6 +172,20 @@ def test_gcs_a_stale_or_dead_holder_is_taken_over(fake_gcs, holder, caplog):
   with workdir_lock.held('gs://bucket/run', purpose='train'):
     assert lock_record(fs)['pid'] == os.getpid()
   assert f"pid {holder['pid']} on host {holder['host']}" in caplog.text
+
+
+def test_gcs_a_lock_that_reads_back_unparseable_is_not_ours(fake_gcs, monkeypatch):
+  real_pipe = fake_gcs.pipe_file
+
+  def garbled(self, path, value, **kwargs):  # Our create lands, but reads back as no record.
+    return real_pipe(self, path, b'{not json' if kwargs.get('mode') == 'create' else value,
+                     **kwargs)
+
+  monkeypatch.setattr(fake_gcs, 'pipe_file', garbled)
+  with pytest.raises(workdir_lock.WorkdirInUse, match='gs://bucket/run is in use by another '
+                     r'process \(it has not yet written its name\)'):
+    with workdir_lock.held('gs://bucket/run', purpose='train'):
+      pass
 
 
 def test_gcs_a_live_holder_on_another_host_is_not_taken_over(fake_gcs):

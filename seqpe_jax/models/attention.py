@@ -62,8 +62,8 @@ def blockwise_attention(q_BLHK, k_BSHK, v_BSHD, *, scale: float, bias=None, caus
     x = jnp.pad(x, [(0, 0), (0, n * b - x.shape[1]), (0, 0), (0, 0)])
     return x.reshape(batch, n, b, heads, x.shape[-1]).transpose(1, 0, 3, 2, 4)
 
-  q_blocks, k_blocks, v_blocks = blocks(q_BLHK, nq, bq), blocks(k_BSHK, nk, bk), blocks(
-      v_BSHD, nk, bk)
+  q_blocks = blocks(q_BLHK, nq, bq)
+  k_blocks, v_blocks = blocks(k_BSHK, nk, bk), blocks(v_BSHD, nk, bk)
   if bias is not None:
     rows = bias.shape[-2]
     bias = jnp.broadcast_to(bias, (batch, heads, rows, keys)).astype(jnp.float32)

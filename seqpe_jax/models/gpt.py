@@ -128,7 +128,7 @@ def continuation_logprobs(model: GPT, params, features, prompt_BT: jax.Array,
   only affects the ones after it). `features` and `prompt_mask_BT` as in `generate`."""
   batch, prompt_len = prompt_BT.shape
   _, num, width = continuations_BCK.shape
-  decoder, features, cache, mask = _decoding(model, features, prompt_BT, prompt_mask_BT, width)
+  decoder, features, cache, _ = _decoding(model, features, prompt_BT, prompt_mask_BT, width)
   cache, logits = _run(decoder, params, cache, features, prompt_BT, 0, prompt_mask_BT)
   first = jnp.take_along_axis(jax.nn.log_softmax(logits)[:, None, :],
                               continuations_BCK[..., :1], axis=-1)[..., 0]  # [B, C]
@@ -138,11 +138,11 @@ def continuation_logprobs(model: GPT, params, features, prompt_BT: jax.Array,
   if prompt_mask_BT is not None:
     features = jax.tree.map(repeat, features)
   tokens_NK = continuations_BCK.reshape(batch * num, width)
-  mask_n = (lambda n: jnp.ones((batch * num, n), bool)) if prompt_mask_BT is not None else mask
+  new_mask = None if prompt_mask_BT is None else jnp.ones((batch * num, 1), bool)
 
   def step(cache, k):
     cache, logits = _run(decoder, params, cache, features, tokens_NK[:, k, None],
-                         prompt_len + k, mask_n(1))
+                         prompt_len + k, new_mask)
     target = tokens_NK[:, k + 1, None]
     return cache, jnp.take_along_axis(jax.nn.log_softmax(logits), target, axis=-1)[:, 0]
 

@@ -41,9 +41,7 @@ class Block(nn.Module):
     h = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name='ln_attn')(x_BLD)
     h = attention.MultiHeadAttention(
         self.num_heads, pe_hook=self.pe.layer_hook, causal=self.causal, out_init=self.out_init,
-        implementation=self.attention.implementation, block_size=self.attention.block_size,
-        local_window=self.attention.local_window, dropout=self.attention.dropout,
-        decode=self.decode, dtype=self.dtype,
+        **dataclasses.asdict(self.attention), decode=self.decode, dtype=self.dtype,
         name='attn')(h, pe_state, deterministic=deterministic, key_mask_BS=key_mask_BL,
                      probes=probes)
     x_BLD = x_BLD + rng.Dropout(self.dropout)(h, deterministic=deterministic)
