@@ -250,7 +250,10 @@ class _ObjectLock:
       try:
         fs.pipe_file(path, json.dumps(record).encode(), mode='create')
       except FileExistsError:
-        holder = _parse(fs.cat_file(path))
+        try:
+          holder = _parse(fs.cat_file(path))
+        except FileNotFoundError:
+          continue  # Its holder released it between our two calls: try to create it again.
         if holder and not cls._abandoned(holder):
           raise _in_use(workdir, holder) from None
         _warn_taken_over(epath.Path(str(workdir)) / LOCK_NAME, holder or {})
@@ -259,7 +262,11 @@ class _ObjectLock:
       if not _holds(fs, path, record):
         break  # Another run took over the same stale lock at the same moment (or it is garbled).
       return cls(fs, path, record)
-    raise _in_use(workdir, _parse(fs.cat_file(path)))
+    try:
+      holder = _parse(fs.cat_file(path))
+    except FileNotFoundError:
+      holder = None
+    raise _in_use(workdir, holder)
 
   @staticmethod
   def _abandoned(holder: dict) -> bool:

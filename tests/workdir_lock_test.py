@@ -188,6 +188,22 @@ def test_gcs_a_lock_that_reads_back_unparseable_is_not_ours(fake_gcs, monkeypatc
       pass
 
 
+def test_gcs_a_lock_released_between_create_and_read_is_taken(fake_gcs, monkeypatch):
+  fs = fake_gcs()
+  fs.pipe_file('/bucket/run/workdir.lock', json.dumps(
+      {'host': 'other-host', 'pid': 1, 'started': 0, 'heartbeat': time.time()}).encode())
+  real_cat = fake_gcs.cat_file
+
+  def released_first(self, path, *args, **kwargs):  # The holder ends just before our read.
+    monkeypatch.setattr(fake_gcs, 'cat_file', real_cat)
+    self.rm_file(path)
+    return real_cat(self, path, *args, **kwargs)
+
+  monkeypatch.setattr(fake_gcs, 'cat_file', released_first)
+  with workdir_lock.held('gs://bucket/run', purpose='train'):
+    assert lock_record(fs)['pid'] == os.getpid()
+
+
 def test_gcs_a_live_holder_on_another_host_is_not_taken_over(fake_gcs):
   fs = fake_gcs()
   fs.pipe_file('/bucket/run/workdir.lock', json.dumps(
