@@ -172,10 +172,10 @@ class QATask(base.Task):
     if data.source != 'jsonl':
       self.keys = retrieval.key_form(data.key_form, self.tokenizer, field='data.key_form')
       _check_room(config, retrieval.min_length(self.tokenizer, self.keys), self.tokenizer.name)
-    self._eval_sets = {}
+    self._eval_sets, self._inputs = {}, {}
     # Missing files or impossible lengths fail now, not after training, and so does a PE
     # that cannot make a table the sweep will ask for (prompts may run past their length).
-    shapes = [self._sweep_inputs(examples)[-1] for examples in self.eval_sets().values()]
+    shapes = [inputs[-1] for inputs in self._sweep_inputs().values()]
     host = gpt.host_spec(config.model.variant, data.seq_len, common.model_dtype(config))
     self.train_shape = host.train_shape
     self.pe, self.regularizers, self.shifts = common.build_pe(config, host, shapes)
@@ -213,14 +213,21 @@ class QATask(base.Task):
     return retrieval.passkey_examples(self.tokenizer, filler, length - data.answer_room, num,
                                       seed, self.keys)
 
-  def _sweep_inputs(self, examples: list[dict]):
-    """(prompt tokens, `candidate_tokens`' tokens and mask, the PE table shape): the longest
-    prompt, then max_new_tokens generated tokens or the longest candidate (a sequence's
-    last token is never fed back)."""
-    prompts = [self.tokenizer.encode(e['input'].strip()) for e in examples]
-    candidates, scored = candidate_tokens(self.tokenizer, with_candidates(examples))
-    longest = max(self.config.eval.max_new_tokens, candidates.shape[-1])
-    return prompts, candidates, scored, (max(map(len, prompts)) + longest - 1,)
+  def _sweep_inputs(self, split: str | None = None) -> dict[int, tuple]:
+    """{length: (examples, prompt tokens, `candidate_tokens`' tokens and mask, the PE table
+    shape)} of `split`, tokenised once. The table spans the longest prompt, then
+    max_new_tokens generated tokens or the longest candidate (a sequence's last token is
+    never fed back)."""
+    split = split or self.config.eval.split
+    if split not in self._inputs:
+      self._inputs[split] = {}
+      for length, examples in self.eval_sets(split).items():
+        prompts = [self.tokenizer.encode(e['input'].strip()) for e in examples]
+        candidates, scored = candidate_tokens(self.tokenizer, with_candidates(examples))
+        longest = max(self.config.eval.max_new_tokens, candidates.shape[-1])
+        shape = (max(map(len, prompts)) + longest - 1,)
+        self._inputs[split][length] = examples, prompts, candidates, scored, shape
+    return self._inputs[split]
 
   def eval_sets(self, split: str | None = None) -> dict[int, list[dict]]:
     """{length: examples} for `split` (default eval.split), made or read once."""
@@ -269,8 +276,8 @@ class QATask(base.Task):
     gather = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
     results = {}
     progress = metrics.SweepProgress(self.axis_label, self.metric)
-    for length, examples in self.eval_sets(split).items():
-      prompts, candidates, scored, table_shape = self._sweep_inputs(examples)
+    for length, inputs in self._sweep_inputs(split).items():
+      examples, prompts, candidates, scored, table_shape = inputs
       width = max(map(len, prompts))  # One compiled decoder per length.
       table = tables(table_shape)
       # The rows that fill the last batch continue with zeros, which nothing reads.
