@@ -169,12 +169,17 @@ def _parse(text: str | bytes) -> dict | None:
   return holder if isinstance(holder, dict) else None
 
 
-def _holds(fs, path: str, record: dict) -> bool:
-  """Whether the lock object at `path` is `record`'s: not if it is gone or unreadable."""
+def _holder_of(fs, path: str) -> dict | None:
+  """The record in the lock object at `path`; None if it is gone or unreadable."""
   try:
-    holder = _parse(fs.cat_file(path))
+    return _parse(fs.cat_file(path))
   except FileNotFoundError:
-    return False
+    return None
+
+
+def _holds(fs, path: str, record: dict) -> bool:
+  """Whether the lock object at `path` is `record`'s."""
+  holder = _holder_of(fs, path)
   return holder is not None and holder.get('token') == record['token']
 
 
@@ -262,11 +267,7 @@ class _ObjectLock:
       if not _holds(fs, path, record):
         break  # Another run took over the same stale lock at the same moment (or it is garbled).
       return cls(fs, path, record)
-    try:
-      holder = _parse(fs.cat_file(path))
-    except FileNotFoundError:
-      holder = None
-    raise _in_use(workdir, holder)
+    raise _in_use(workdir, _holder_of(fs, path))
 
   @staticmethod
   def _abandoned(holder: dict) -> bool:
