@@ -399,11 +399,30 @@ def hardware() -> str:
 # ------------------------------------------------------------------ Command line.
 
 
-def main(argv):
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """The command line's flags, in `flag_values` (tests parse theirs in-process)."""
+  define = dict(flag_values=flag_values)
+  flags.DEFINE_string('suite', None, f"Which study: {' | '.join(SUITES)}.", **define)
+  flags.DEFINE_string('workdir', None, 'The study directory (search/, final/, tables, report).',
+                      **define)
+  flags.DEFINE_string('variant', '', "'' (the default configs) or smoke (a few steps).",
+                      **define)
+  flags.DEFINE_integer('jobs', 1, 'Runs trained at once on this machine.', **define)
+  flags.DEFINE_enum('dispatch', 'local', ['local', 'slurm'], 'Train here, or submit each run '
+                    'as its own Slurm job through launch/gpu_slurm.sh.', **define)
+  # Spelt as the launchers spell it (launch/*.sh --dry-run).
+  flags.DEFINE_bool('dry-run', False, 'Print the command of every unfinished run; run nothing.',
+                    **define)
+  flags.DEFINE_bool('final', False, 'Read the test split of the runs CHOSEN.json names.',
+                    **define)
+  flags.DEFINE_string('lm_study', '', "--suite=qa: the LM study whose choices are fine-tuned "
+                      "(default: the suite's, lab/results/lm_fair).", **define)
+
+
+def main(argv, args: flags.FlagValues = flags.FLAGS):
   if len(argv) > 1:
     print(f'Unexpected arguments: {" ".join(argv[1:])}.', file=sys.stderr)
     sys.exit(2)
-  args = flags.FLAGS
   if not args.suite or not args.workdir:
     print('Pass --suite=lm|vit|qa and --workdir=DIR.', file=sys.stderr)
     sys.exit(2)
@@ -427,15 +446,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.DEFINE_string('suite', None, f"Which study: {' | '.join(SUITES)}.")
-  flags.DEFINE_string('workdir', None, 'The study directory (search/, final/, tables, report).')
-  flags.DEFINE_string('variant', '', "'' (the default configs) or smoke (a few steps).")
-  flags.DEFINE_integer('jobs', 1, 'Runs trained at once on this machine.')
-  flags.DEFINE_enum('dispatch', 'local', ['local', 'slurm'], 'Train here, or submit each run '
-                    'as its own Slurm job through launch/gpu_slurm.sh.')
-  # Spelt as the launchers spell it (launch/*.sh --dry-run).
-  flags.DEFINE_bool('dry-run', False, 'Print the command of every unfinished run; run nothing.')
-  flags.DEFINE_bool('final', False, 'Read the test split of the runs CHOSEN.json names.')
-  flags.DEFINE_string('lm_study', '', "--suite=qa: the LM study whose choices are fine-tuned "
-                      "(default: the suite's, lab/results/lm_fair).")
+  define_flags()
   app.run(main)

@@ -301,13 +301,31 @@ def _run_cli(*args, cwd=REPO_ROOT):
                         text=True, cwd=cwd, check=False, timeout=600)
 
 
-def test_dry_run_prints_every_search_command_and_runs_nothing(tmp_path):
-  out = _run_cli('--suite=lm', f'--workdir={tmp_path}', '--dry-run')
+def _run_main(capsys, *args) -> subprocess.CompletedProcess:
+  """`python -m lab.study ARGS` in this process (its flags parsed into flag values of their
+  own): the command line's exit status and output, without a Python start per case. The
+  process itself is tested once, by the lock test below."""
+  flag_values = flags.FlagValues()
+  study.define_flags(flag_values)
+  argv = flag_values(['lab.study', *args])
+  capsys.readouterr()
+  try:
+    study.main(argv, flag_values)
+    status = 0
+  except SystemExit as e:
+    status = e.code
+  out = capsys.readouterr()
+  return subprocess.CompletedProcess(argv, status, out.out, out.err)
+
+
+def test_dry_run_prints_every_search_command_and_runs_nothing(tmp_path, capsys):
+  out = _run_main(capsys, '--suite=lm', f'--workdir={tmp_path}', '--dry-run')
   assert out.returncode == 0, out.stderr
   commands = [line for line in out.stdout.splitlines() if 'seqpe_jax.main' in line]
   assert len(commands) == 6 * suites.SEARCH_BUDGET
   assert not list(tmp_path.iterdir())
-  slurm = _run_cli('--suite=vit', f'--workdir={tmp_path}', '--dispatch=slurm', '--dry-run')
+  slurm = _run_main(capsys, '--suite=vit', f'--workdir={tmp_path}', '--dispatch=slurm',
+                    '--dry-run')
   submissions = [line for line in slurm.stdout.splitlines() if line.startswith('sbatch')]
   # The ViT's first stage: its variants join at each PE's best rate once the rates have run.
   assert len(submissions) == 10 * len(suites.LEARNING_RATES)
@@ -321,9 +339,9 @@ def test_dry_run_prints_every_search_command_and_runs_nothing(tmp_path):
     (['--suite=lm', '--workdir=W', '--jobs=0'], '--jobs must be at least 1'),
     (['--suite=lm', '--workdir=W', '--final'], 'does not exist: run the study without --final'),
 ])
-def test_bad_arguments_are_one_sentence(tmp_path, args, message):
+def test_bad_arguments_are_one_sentence(tmp_path, capsys, args, message):
   args = [a.replace('W', str(tmp_path / 'w')) for a in args]
-  out = _run_cli(*args)
+  out = _run_main(capsys, *args)
   assert out.returncode == 2
   assert message in out.stderr and 'Traceback' not in out.stderr
 
@@ -442,8 +460,8 @@ def test_the_qa_smoke_study_fine_tunes_the_lm_choices_and_reads_test_once(smoke_
       root / 'REPORT.md').read_text()
 
 
-def test_a_qa_study_pretrains_the_lms_no_study_chose(tmp_path):
-  out = _run_cli('--suite=qa', f'--workdir={tmp_path}', '--dry-run')
+def test_a_qa_study_pretrains_the_lms_no_study_chose(tmp_path, capsys):
+  out = _run_main(capsys, '--suite=qa', f'--workdir={tmp_path}', '--dry-run')
   assert out.returncode == 0, out.stderr
   commands = [line for line in out.stdout.splitlines() if 'seqpe_jax.main' in line]
   assert len(commands) == 2 and all('configs/lm_seqpe.py' in c for c in commands)
