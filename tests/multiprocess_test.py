@@ -9,7 +9,6 @@ import pathlib
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import jax
@@ -30,12 +29,9 @@ pytestmark = pytest.mark.xdist_group('multiprocess')
 STEPS = 30
 OVERRIDES = [f'--config.total_steps={STEPS}', '--config.log_every_steps=3',
              '--config.checkpoint_every_steps=100', '--config.eval.lengths=(48,)']
-# The processes share the tests' compilation cache: the second and third runs compile nothing.
-ENV = {'JAX_COMPILATION_CACHE_DIR': str(pathlib.Path(tempfile.gettempdir()) /
-                                        'seqpe_jax_tests_xla_cache'),
-       'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
-       'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0',
-       'DEVICES_PER_PROCESS': '4',
+# The processes share the tests' compilation cache through the environment conftest.py set:
+# the second and third runs compile nothing.
+ENV = {'DEVICES_PER_PROCESS': '4',
        'PYTHON': sys.executable}  # The launcher's default python3 may lack this environment.
 
 
