@@ -96,7 +96,6 @@ def test_paper_config_matches_the_method_table():
   assert (s.base, s.max_position, posenc.seqpe_num_digits(s)) == (10, 20_000, 5)
   assert (s.d_model, s.num_heads, s.num_layers, s.dropout, pe.seqpe_encoder.d_out) == (
       768, 12, 2, 0.1, 768)
-  assert s.digit_mask == 'causal'
   ct, ood, shift = c.pe.contrastive, c.pe.ood, c.pe.shift
   assert (ct.num_pivots, ct.num_candidates, ct.window_range) == (64, 32, 256)
   assert (ood.num_groups, ood.num_teachers) == (64, 32)

@@ -348,6 +348,17 @@ def test_seqpe_position_space_may_grow_but_keep_its_digits():
     finetune.check_compatible(qa_config('seqpe'), lm)
 
 
+def test_an_lm_run_recording_a_retired_field_at_its_kept_value_is_compatible():
+  lm = json.loads(lm_base.get_config('smoke', 'seqpe').to_json_best_effort())
+  for field, value in finetune.RETIRED.items():  # 'pe.<section>.<leaf>'
+    _, section, leaf = field.split('.')
+    lm['pe'][section][leaf] = value
+  finetune.check_compatible(qa_config('seqpe'), lm)
+  lm['pe']['seqpe']['digit_mask'] = 'bidirectional'
+  with pytest.raises(ValueError, match="trained with pe.seqpe.digit_mask='bidirectional'"):
+    finetune.check_compatible(qa_config('seqpe'), lm)
+
+
 @pytest.mark.parametrize('overrides,error,message', [
     ({'init_from': ''}, ValueError, 'config.init_from is empty'),
     ({'eval.probe_seed': 1}, ValueError, 'probe_seed are both 1'),

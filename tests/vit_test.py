@@ -22,7 +22,6 @@ def test_paper_config_matches_the_method_table():
   s = c.pe.seqpe
   assert (s.base, s.max_position, s.d_model, s.num_heads, s.num_layers, s.dropout) == (
       10, 100, 384, 6, 2, 0.1)
-  assert s.digit_mask == 'causal'
   assert (c.pe.contrastive.num_pivots, c.pe.contrastive.num_candidates) == (128, 64)
   assert (c.pe.ood.num_groups, c.pe.ood.num_teachers) == (128, 64)
   assert (c.pe.contrastive.weight, c.pe.ood.weight, c.pe.shift.prob) == (0.1, 0.1, 0.1)

@@ -257,8 +257,7 @@ def _seqpe_source(cfg, host: HostSpec, method: str):
   positions.check_extent_fits(canvas or host.train_shape, base=s.base, width=num_digits)
   encoder = seqpe.SeqPEEncoder(
       ndim=host.ndim, num_digits=num_digits, d_out=d_out, base=s.base, d_model=s.d_model,
-      num_heads=s.num_heads, num_layers=s.num_layers, dropout=s.dropout,
-      digit_mask=s.digit_mask, dtype=host.dtype)
+      num_heads=s.num_heads, num_layers=s.num_layers, dropout=s.dropout, dtype=host.dtype)
   return sources.SeqPESource(encoder, num_prefix=host.num_prefix, canvas=canvas)
 
 

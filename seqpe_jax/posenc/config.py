@@ -46,8 +46,6 @@ def get_config() -> ml_collections.ConfigDict:
   pe.seqpe.d_out = 0
   # Residual dropout inside the encoder.
   pe.seqpe.dropout = 0.1
-  # The encoder's mask over a position's digits: causal (reference) | bidirectional.
-  pe.seqpe.digit_mask = 'causal'
   # What the backward of the regularisers' encoder pass recomputes, for the same numbers:
   # all (less memory, ~3% more time; docs/benchmarks.md) | matmuls (keeps products and masks).
   pe.seqpe.remat = 'all'

@@ -39,10 +39,8 @@ class EncoderBlock(nn.Module):
     q = h[:, queries] @ qkv_kernel[:, :d] + qkv_bias[:d]
     kv = h @ qkv_kernel[:, d:] + qkv_bias[d:]
     heads = lambda t: t.reshape(batch, -1, self.num_heads, head_dim)
-    if mask_BHTT is not None:
-      mask_BHTT = mask_BHTT[..., queries, :]
     attn = jax.nn.dot_product_attention(heads(q), heads(kv[..., :d]), heads(kv[..., d:]),
-                                        mask=mask_BHTT, scale=head_dim**-0.5)
+                                        mask=mask_BHTT[..., queries, :], scale=head_dim**-0.5)
     attn = dense(d, name='attn_out')(attn.reshape(batch, -1, d))
     x_BTd = x_BTd[:, queries] + rng.Dropout(self.dropout)(attn, deterministic=deterministic)
     h = layer_norm(name='ln_mlp')(x_BTd)
@@ -68,16 +66,12 @@ class SeqPEEncoder(nn.Module):
   num_heads: int = 6
   num_layers: int = 2
   dropout: float = 0.1
-  digit_mask: str = 'causal'
   dtype: Any = jnp.float32
 
   def setup(self):
     if self.d_model % self.num_heads:
       raise ValueError(f'SeqPE width {self.d_model} is not divisible by its {self.num_heads} '
                        'heads.')
-    if self.digit_mask not in ('causal', 'bidirectional'):
-      raise ValueError("pe.seqpe.digit_mask must be 'causal' or 'bidirectional', got "
-                       f"'{self.digit_mask}'.")
     # Digit-slot ids 0 .. n*k-1 over all axes (the reference code; the paper's figure
     # numbers the slots of each axis 0 .. k-1).
     num_slots = self.ndim * self.num_digits
@@ -97,8 +91,7 @@ class SeqPEEncoder(nn.Module):
       raise ValueError(f'SeqPE expects {seq_len} digits per position ({self.ndim} axes x '
                        f'{self.num_digits} digits), got {digits.shape[-1]}.')
     x_BTd = self.embed_digits(digits.reshape(-1, seq_len)).astype(self.dtype)
-    causal = jnp.tril(jnp.ones((seq_len + 1, seq_len + 1), bool))[None, None]  # True = attend.
-    mask_BHTT = causal if self.digit_mask == 'causal' else None
+    mask_BHTT = jnp.tril(jnp.ones((seq_len + 1, seq_len + 1), bool))[None, None]  # True = attend.
     for i, block in enumerate(self.blocks):
       # Only CLS is read out, so the last block computes CLS alone.
       x_BTd = block(x_BTd, mask_BHTT, deterministic=deterministic,

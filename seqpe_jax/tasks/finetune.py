@@ -22,6 +22,9 @@ from seqpe_jax.posenc import baselines
 
 # Training-only fields of the model section (the parameters mean the same without them).
 TRAINING_ONLY = ('dropout', 'attention_dropout', 'attention_kernel', 'attention_block', 'dtype')
+# Retired fields (docs/method.md §10) with the value the code now always has: an LM run that
+# recorded that value is compatible; another value is named as a difference.
+RETIRED = {'pe.seqpe.digit_mask': 'causal'}
 
 
 def parameter_fields(config: dict) -> dict:
@@ -45,7 +48,7 @@ def parameter_fields(config: dict) -> dict:
   fields['data.tokenizer'] = data['tokenizer']
   if data['tokenizer'] == 'bpe':  # Trained on this corpus at this size.
     fields['data.name'], fields['data.vocab_size'] = data['name'], data['vocab_size']
-  return fields
+  return {k: v for k, v in fields.items() if k not in RETIRED or v != RETIRED[k]}
 
 
 def source_config(workdir: str) -> dict:
