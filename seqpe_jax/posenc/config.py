@@ -72,9 +72,6 @@ def get_config() -> ml_collections.ConfigDict:
   # Pivots per step and K candidates per pivot (ViT: 128 x 64 globally; LM: 64 x 32).
   pe.contrastive.num_pivots = 128
   pe.contrastive.num_candidates = 64
-  # (uniform, hard, window) mode probabilities; unset = reference mix for the ndim
-  # (1D: 0 / 0.4 / 0.6, 2D: 0.5 / 0.3 / 0.2).
-  pe.contrastive.mode_probs = ml_collections.config_dict.placeholder(tuple)
   # Digit-edit rules of the hard negatives: 'clean' (at most k digits per axis, checked once at
   # the end) | 'reference' (the reference sampler's, quirks included; docs/method.md §5.2).
   pe.contrastive.hard_negative_rules = 'clean'

@@ -65,7 +65,7 @@ def contrastive_spec(*, ndim: int, max_position: int, base: int, num_digits: int
   default_probs, default_hard = REFERENCE_MIX.get(ndim, REFERENCE_MIX[2])
   probs = tuple(float(p) for p in (mode_probs or default_probs))
   if len(probs) != 3 or min(probs) < 0 or not math.isclose(sum(probs), 1.0, abs_tol=1e-6):
-    raise ValueError(f'pe.contrastive.mode_probs must be three non-negative probabilities of '
+    raise ValueError(f'mode_probs must be three non-negative probabilities of '
                      f'(uniform, hard, window) summing to 1, got {probs}.')
   hard_fraction = default_hard if hard_fraction is None else hard_fraction
   if not 0 <= hard_fraction < 1:
@@ -75,8 +75,8 @@ def contrastive_spec(*, ndim: int, max_position: int, base: int, num_digits: int
     raise ValueError(f"Unknown pe.contrastive.hard_negative_rules '{hard_negative_rules}'; use "
                      f"one of: {', '.join(HARD_NEGATIVE_RULES)}.")
   if probs[1] > 0 and ndim > 2:
-    raise ValueError('Digit-edit hard negatives are defined for 1D and 2D positions; give the '
-                     'hard mode probability 0 in pe.contrastive.mode_probs.')
+    raise ValueError('Digit-edit hard negatives are defined for 1D and 2D positions; set '
+                     'pe.contrastive.weight to 0 for more axes.')
   if probs[1] > 0 and base**(ndim * num_digits) >= 2**31:
     raise ValueError(f'{ndim * num_digits} base-{base} digits overflow int32 hard negatives; '
                      'use fewer digits or no hard mode.')

@@ -97,8 +97,8 @@ def build(cfg: ml_collections.ConfigDict, pe) -> Regularizers | None:
     spec = contrastive_sampling.contrastive_spec(
         ndim=enc.ndim, max_position=max_position, base=enc.base, num_digits=enc.num_digits,
         train_shape=train_shape, num_pivots=ct.num_pivots - train_pivots,
-        num_candidates=ct.num_candidates, mode_probs=ct.mode_probs,
-        window_range=ct.window_range, hard_negative_rules=ct.hard_negative_rules)
+        num_candidates=ct.num_candidates, window_range=ct.window_range,
+        hard_negative_rules=ct.hard_negative_rules)
   if distill.weight and distill.num_far_keys and not (pe.host.causal and enc.ndim == 1):
     raise ValueError('pe.logit_distill.num_far_keys samples keys before a moved window, which only '
                      'a causal 1D host has; set it to 0 for this model.')
