@@ -10,6 +10,7 @@ from seqpe_jax import diagnostics, optim, posenc, sharding, tasks, train
 from seqpe_jax import state as state_lib
 from seqpe_jax.models import attention
 from seqpe_jax.posenc import baselines, inject
+from tests import qk_projection
 
 pytestmark = pytest.mark.xdist_group('diagnostics')
 
@@ -42,7 +43,7 @@ def test_alibi_position_logit_spread_equals_its_formula():
                              rtol=1e-5)
 
 
-def lm_diagnostics(pe, **overrides):
+def lm_diagnostics(pe, qk_scale=1.0, **overrides):
   config = lm_base.get_config('smoke', pe=pe)
   config.mesh.data = 1
   config.update_from_flattened_dict(overrides)
@@ -54,7 +55,8 @@ def lm_diagnostics(pe, **overrides):
   diagnose = jax.jit(diagnostics.make_diagnostics(task, gradients))
   batch = jax.tree.map(jnp.asarray, task.train_batches(0)[0])
   heldout = task.heldout_batch(sharding.make_mesh(config.mesh))
-  return jax.device_get(diagnose(state['params'], batch, jnp.zeros((), jnp.int32), heldout))
+  params = qk_projection.scale_kernels(state['params'], qk_scale)
+  return jax.device_get(diagnose(params, batch, jnp.zeros((), jnp.int32), heldout))
 
 
 def test_no_pe_reads_zero_and_rope_does_not():
@@ -74,7 +76,7 @@ def test_seqpe_diagnostics_at_initialisation():
                       'diag/grad_ratio'}
   assert 0 < ref['diag/grad_ratio'] < 0.1
   assert 0 < ref['diag/pe_spread'] < 1
-  big = lm_diagnostics('seqpe', **{'pe.inject.proj_init_std': 0.2})
+  big = lm_diagnostics('seqpe', qk_scale=10.0)  # p_q.p_k grows 100 times.
   np.testing.assert_allclose(big['diag/pos_term_std'] / ref['diag/pos_term_std'], 100, rtol=0.05)
 
 

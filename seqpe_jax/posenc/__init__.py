@@ -173,17 +173,15 @@ def _qk_injection_hooks(cfg, host: HostSpec, method: str):
     raise ValueError(f"pe.inject.scalar_impl must be 'concat' or 'bias', got "
                      f"'{cfg.inject.scalar_impl}'.")
   d_out = host.d_model if cfg.inject.multi_head else host.head_dim
-  if cfg.inject.proj_init_std <= 0:
-    raise ValueError(f'pe.inject.proj_init_std must be positive, got {cfg.inject.proj_init_std}.')
-  init_std, bias_init = cfg.inject.proj_init_std, cfg.inject.proj_bias_init
-  shared = functools.partial(inject.SharedQKProjection, d_out=d_out, init_std=init_std,
-                             bias_init=bias_init, dtype=host.dtype)
+  bias_init = cfg.inject.proj_bias_init
+  shared = functools.partial(inject.SharedQKProjection, d_out=d_out, bias_init=bias_init,
+                             dtype=host.dtype)
   model_hook = {'per_layer': inject.ModelHook, 'none': inject.DuplicateQK,
                 'shared': shared}[qk_proj]
   layer_hook = functools.partial(
       inject.QKInjection, method=method, per_layer=qk_proj == 'per_layer',
       multi_head=cfg.inject.multi_head, scalar_impl=cfg.inject.scalar_impl,
-      proj_init_std=init_std, proj_bias_init=bias_init, dtype=host.dtype)
+      proj_bias_init=bias_init, dtype=host.dtype)
   return model_hook, layer_hook
 
 

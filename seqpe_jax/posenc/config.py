@@ -26,10 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
   pe.inject.multi_head = True
   # attn_scalar as concatenated q/k channels (fused attention, KV cache) or a dense bias.
   pe.inject.scalar_impl = 'concat'
-  # SeqPE q/k projection p = b + W e: b's initial value and W's initial std (reference 0 and
-  # 0.02; docs/method.md §9).
+  # Initial b of SeqPE's q/k projection p = b + W e (reference 0; docs/method.md §9).
   pe.inject.proj_bias_init = 0.0
-  pe.inject.proj_init_std = 0.02
 
   pe.seqpe = ml_collections.ConfigDict()
   # Numeral base of the digit sequences, 2..36.

@@ -94,14 +94,13 @@ class QKProjection(nn.Module):
   """The Dense e -> [p_q; p_k] = b + W e (parameter names as nn.Dense's), projected once per
   distinct window, not once per copy, when the features are marked WINDOWS_ALIKE."""
   d_out: int
-  init_std: float = 0.02
   bias_init: float = 0.0
   dtype: Any = jnp.float32  # Of the product; the parameters stay float32.
 
   @nn.compact
   def __call__(self, features) -> jax.Array:
     e = features['e']
-    kernel = self.param('kernel', nn.initializers.normal(self.init_std),
+    kernel = self.param('kernel', nn.initializers.normal(0.02),  # The reference's std.
                         (e.shape[-1], 2 * self.d_out))
     bias = self.param('bias', nn.initializers.constant(self.bias_init), (2 * self.d_out,))
     e, kernel, bias = (x.astype(self.dtype) for x in (e, kernel, bias))
@@ -114,14 +113,12 @@ class QKProjection(nn.Module):
 class SharedQKProjection(ModelHook):
   """One Dense e -> [p_q; p_k] owned by the host and applied once per forward."""
   d_out: int
-  init_std: float = 0.02
   bias_init: float = 0.0
   dtype: Any = jnp.float32  # Of the projection's product.
 
   @nn.compact
   def __call__(self, features):
-    pqk = QKProjection(self.d_out, self.init_std, self.bias_init, self.dtype,
-                       name='qk_proj')(features)
+    pqk = QKProjection(self.d_out, self.bias_init, self.dtype, name='qk_proj')(features)
     return {'pq': pqk[..., :self.d_out], 'pk': pqk[..., self.d_out:]}
 
 
@@ -149,7 +146,6 @@ class QKInjection(LayerHook):
   per_layer: bool
   multi_head: bool = True
   scalar_impl: str = 'concat'
-  proj_init_std: float = 0.02
   proj_bias_init: float = 0.0
   dtype: Any = jnp.float32
 
@@ -158,8 +154,7 @@ class QKInjection(LayerHook):
     batch, _, heads, head_dim = q_BLHD.shape
     if self.per_layer:
       d_out = state['e'].shape[-1]
-      pqk = QKProjection(d_out, self.proj_init_std, self.proj_bias_init, self.dtype,
-                         name='qk_proj')(state)
+      pqk = QKProjection(d_out, self.proj_bias_init, self.dtype, name='qk_proj')(state)
       pq, pk = pqk[..., :d_out], pqk[..., d_out:]
     else:
       pq, pk = state['pq'], state['pk']
