@@ -9,6 +9,7 @@ import pytest
 from seqpe_jax import posenc
 from seqpe_jax.models import attention, gpt, transformer
 from seqpe_jax.posenc import config as pe_config
+from tests import qk_projection
 
 VOCAB = 37
 # (PE name, injection) pairs: SeqPE's LM default and its other injections, every baseline.
@@ -16,12 +17,13 @@ PES = [('seqpe', 'attn_scalar'), ('seqpe', 'attn_mul'), ('seqpe', 'input_add'), 
        ('sincos', ''), ('rope', ''), ('alibi', ''), ('none', '')]
 
 
-def build(name, method='', *, train_len=16, scalar_impl='concat', impl='xla', block=512):
+def build(name, method='', *, train_len=16, bias_oracle=False, impl='xla', block=512):
   cfg = pe_config.get_config()
-  cfg.name, cfg.inject.method, cfg.inject.scalar_impl = name, method, scalar_impl
-  cfg.inject.qk_proj = 'shared'
+  cfg.name, cfg.inject.method, cfg.inject.qk_proj = name, method, 'shared'
   cfg.seqpe.max_position, cfg.seqpe.d_model, cfg.seqpe.num_heads = 1000, 32, 2
   pe = posenc.build(cfg, gpt.host_spec('nano', train_len))
+  if bias_oracle:
+    pe = qk_projection.with_bias_oracle(pe)
   model = gpt.GPT(VOCAB, pe=pe, attention=transformer.AttentionOptions(impl, block),
                   **gpt.parse_variant('nano'))
   return pe, model
@@ -81,14 +83,14 @@ def test_cached_greedy_decoding_equals_the_full_forward(name, method):
 def test_attn_scalar_concat_with_cache_equals_the_dense_bias_oracle():
   prompt_len, new = 4, 6
   pe, model = build('seqpe', 'attn_scalar')
-  _, oracle = build('seqpe', 'attn_scalar', scalar_impl='bias')
+  _, oracle = build('seqpe', 'attn_scalar', bias_oracle=True)
   params, table = init(pe, model, prompt_len + new - 1)
   prompt = jax.random.randint(jax.random.key(2), (1, prompt_len), 0, VOCAB)
   tokens, logits = gpt.generate(model, params, table, prompt, new)
   sequence = jnp.concatenate([prompt, tokens[:, :-1]], axis=1)
   dense = oracle.apply({'params': params}, sequence, table)
   np.testing.assert_allclose(logits[0], dense[0, prompt_len - 1:], atol=1e-5, rtol=1e-5)
-  with pytest.raises(ValueError, match='scalar_impl="concat" for cached decoding'):
+  with pytest.raises(ValueError, match='which a KV cache cannot hold'):
     gpt.generate(oracle, params, table, prompt, new)
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from seqpe_jax import posenc
 from seqpe_jax.models import attention, transformer
+from tests import qk_projection
 
 HEADS, HEAD_DIM = 2, 8
 D = HEADS * HEAD_DIM
@@ -29,10 +30,9 @@ def test_wider_keys_keep_the_explicit_scale():
   np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
-def seqpe_pe(method, qk_proj='per_layer', scalar_impl='concat', multi_head=True, shape=(6,)):
+def seqpe_pe(method, qk_proj='per_layer', multi_head=True, shape=(6,)):
   cfg = posenc.config.get_config()
-  cfg.inject.method, cfg.inject.qk_proj = method, qk_proj
-  cfg.inject.scalar_impl, cfg.inject.multi_head = scalar_impl, multi_head
+  cfg.inject.method, cfg.inject.qk_proj, cfg.inject.multi_head = method, qk_proj, multi_head
   cfg.seqpe.d_model, cfg.seqpe.num_heads = 32, 2
   return posenc.build(cfg, posenc.HostSpec(D, HEADS, shape, causal=True))
 
@@ -84,8 +84,8 @@ def _run_stack(pe, x, features, params=None):
 @pytest.mark.parametrize('qk_proj, multi_head', [('shared', True), ('per_layer', True),
                                                  ('none', True), ('shared', False)])
 def test_attn_scalar_concat_equals_the_explicit_bias(qk_proj, multi_head):
-  concat = seqpe_pe('attn_scalar', qk_proj, 'concat', multi_head)
-  bias = seqpe_pe('attn_scalar', qk_proj, 'bias', multi_head)
+  concat = seqpe_pe('attn_scalar', qk_proj, multi_head)
+  bias = qk_projection.with_bias_oracle(concat)
   pe_params = concat.init(jax.random.key(0), (6,))
   offsets = jnp.asarray([[0], [11]])  # Two windows: examples alternate between them.
   # Scaled up so that the position term is not negligible next to q.k at initialisation.

@@ -91,7 +91,6 @@ def test_paper_config_matches_the_method_table():
   pe = posenc.build(c.pe, gpt.host_spec('small', 512))
   assert (pe.method, c.pe.inject.qk_proj, c.pe.inject.multi_head) == ('attn_scalar', 'shared',
                                                                       True)
-  assert c.pe.inject.scalar_impl == 'concat'
   s = c.pe.seqpe
   assert (s.base, s.max_position, posenc.seqpe_num_digits(s)) == (10, 20_000, 5)
   assert (s.d_model, s.num_heads, s.num_layers, s.dropout, pe.seqpe_encoder.d_out) == (

@@ -262,7 +262,7 @@ class MultiHeadAttention(nn.Module):
   def _cached(self, q, k, v, bias, attention, scale):
     if bias is not None and bias.shape[-2] != 1:
       raise ValueError('This PE adds a bias per (query, key) pair, which a KV cache cannot '
-                       'hold; use pe.inject.scalar_impl="concat" for cached decoding.')
+                       'hold; cached decoding needs a bias per key or none.')
     batch, new, heads, _ = k.shape
     first_call = not self.has_variable('cache', 'key')
     key = self.variable('cache', 'key', jnp.zeros, k.shape, k.dtype)

@@ -169,9 +169,6 @@ def _qk_injection_hooks(cfg, host: HostSpec, method: str):
   qk_proj = cfg.inject.qk_proj
   if qk_proj not in QK_PROJ:
     raise ValueError(f"Unknown pe.inject.qk_proj '{qk_proj}'; use one of {', '.join(QK_PROJ)}.")
-  if cfg.inject.scalar_impl not in ('concat', 'bias'):
-    raise ValueError(f"pe.inject.scalar_impl must be 'concat' or 'bias', got "
-                     f"'{cfg.inject.scalar_impl}'.")
   d_out = host.d_model if cfg.inject.multi_head else host.head_dim
   bias_init = cfg.inject.proj_bias_init
   shared = functools.partial(inject.SharedQKProjection, d_out=d_out, bias_init=bias_init,
@@ -180,8 +177,7 @@ def _qk_injection_hooks(cfg, host: HostSpec, method: str):
                 'shared': shared}[qk_proj]
   layer_hook = functools.partial(
       inject.QKInjection, method=method, per_layer=qk_proj == 'per_layer',
-      multi_head=cfg.inject.multi_head, scalar_impl=cfg.inject.scalar_impl,
-      proj_bias_init=bias_init, dtype=host.dtype)
+      multi_head=cfg.inject.multi_head, proj_bias_init=bias_init, dtype=host.dtype)
   return model_hook, layer_hook
 
 

@@ -24,8 +24,6 @@ def get_config() -> ml_collections.ConfigDict:
   pe.inject.qk_proj = 'per_layer'
   # Split p_q, p_k into heads (d_out = model width) or share one head-width vector.
   pe.inject.multi_head = True
-  # attn_scalar as concatenated q/k channels (fused attention, KV cache) or a dense bias.
-  pe.inject.scalar_impl = 'concat'
   # Initial b of SeqPE's q/k projection p = b + W e (reference 0; docs/method.md §9).
   pe.inject.proj_bias_init = 0.0
 

@@ -140,17 +140,27 @@ class LayerHook(nn.Module):
 class QKInjection(LayerHook):
   """SeqPE's attn_mul / attn_add / attn_scalar (docs/method.md §4) with this layer's q/k
   projection (`per_layer`) or the model hook's p_q, p_k, split into heads if `multi_head`.
-  attn_scalar's 'concat' appends them as channels (no L x L tensor, so fused attention and
-  the KV cache work); 'bias' materialises a [B, H, L, L] bias (the test oracle)."""
+  attn_scalar appends them as channels: no L x L tensor, so fused attention and the KV cache
+  work."""
   method: str
   per_layer: bool
   multi_head: bool = True
-  scalar_impl: str = 'concat'
   proj_bias_init: float = 0.0
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, q_BLHD, k_BLHD, state):
+    pq, pk = self.position_vectors(q_BLHD, k_BLHD, state)
+    if self.method == 'attn_mul':
+      return q_BLHD * pq, k_BLHD * pk, None
+    if self.method == 'attn_add':
+      return q_BLHD + pq, k_BLHD + pk, None
+    # [q; p_q].[k; p_k] = q.k + p_q.p_k exactly; the attention keeps 1/sqrt(d_h).
+    return (jnp.concatenate([q_BLHD, jnp.broadcast_to(pq, q_BLHD.shape)], axis=-1),
+            jnp.concatenate([k_BLHD, jnp.broadcast_to(pk, k_BLHD.shape)], axis=-1), None)
+
+  def position_vectors(self, q_BLHD, k_BLHD, state):
+    """p_q, p_k [B or 1, L, H or 1, d_h] per example, in the dtypes of q and k."""
     batch, _, heads, head_dim = q_BLHD.shape
     if self.per_layer:
       d_out = state['e'].shape[-1]
@@ -161,16 +171,7 @@ class QKInjection(LayerHook):
     split = (heads, head_dim) if self.multi_head else (1, head_dim)
     pq = per_example(pq.reshape(*pq.shape[:-1], *split), batch).astype(q_BLHD.dtype)
     pk = per_example(pk.reshape(*pk.shape[:-1], *split), batch).astype(k_BLHD.dtype)
-    if self.method == 'attn_mul':
-      return q_BLHD * pq, k_BLHD * pk, None
-    if self.method == 'attn_add':
-      return q_BLHD + pq, k_BLHD + pk, None
-    if self.scalar_impl == 'bias':
-      bias_BHLL = jnp.einsum('...qhd,...khd->...hqk', pq, pk)
-      return q_BLHD, k_BLHD, bias_BHLL * head_dim**-0.5
-    # [q; p_q].[k; p_k] = q.k + p_q.p_k exactly; the attention keeps 1/sqrt(d_h).
-    return (jnp.concatenate([q_BLHD, jnp.broadcast_to(pq, q_BLHD.shape)], axis=-1),
-            jnp.concatenate([k_BLHD, jnp.broadcast_to(pk, k_BLHD.shape)], axis=-1), None)
+    return pq, pk
 
 
 class Rotary(LayerHook):

@@ -24,7 +24,8 @@ from seqpe_jax.posenc import baselines
 TRAINING_ONLY = ('dropout', 'attention_dropout', 'attention_kernel', 'attention_block', 'dtype')
 # Retired fields (docs/method.md §10) with the value the code now always has: an LM run that
 # recorded that value is compatible; another value is named as a difference.
-RETIRED = {'pe.seqpe.digit_mask': 'causal', 'pe.inject.proj_init_std': 0.02}
+RETIRED = {'pe.seqpe.digit_mask': 'causal', 'pe.inject.proj_init_std': 0.02,
+           'pe.inject.scalar_impl': 'concat'}
 
 
 def parameter_fields(config: dict) -> dict:
