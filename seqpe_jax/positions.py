@@ -74,13 +74,6 @@ def digitize(pos: jax.Array, *, base: int = 10, width: int) -> jax.Array:
   return digits.reshape(*pos.shape[:-1], pos.shape[-1] * width)
 
 
-def undigitize(digits: jax.Array, *, base: int = 10, width: int) -> jax.Array:
-  """Inverse of `digitize`: int[..., ndim * width] digits -> int32[..., ndim] positions."""
-  ndim = digits.shape[-1] // width
-  digits = jnp.asarray(digits, jnp.int32).reshape(*digits.shape[:-1], ndim, width)
-  return jnp.sum(digits * _place_values(base, width), axis=-1)
-
-
 def _place_values(base: int, width: int) -> jax.Array:
   """base**(width-1) .. base**0; int32 holds them wherever the largest position fits int32,
   which check_fits and the table builders guarantee."""
