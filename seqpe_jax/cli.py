@@ -63,8 +63,7 @@ def exit_statuses():
 
 def prepare_process(dtype: str = 'float32') -> None:
   """What every entry point does before JAX starts a backend: quiet logs, XLA:CPU tuned for
-  the precision the process computes in (`model.dtype` of its run; float32 where a process
-  runs several)."""
+  the process's precision (its run's `model.dtype`; float32 for several runs)."""
   quiet_library_logs()
   # bfloat16 keeps YNNPACK: XLA:CPU's own emitter fails on a bfloat16 product contracting
   # several dimensions ("UNIMPLEMENTED: Dot with multiple contracting dimensions").
@@ -97,15 +96,13 @@ def run_dtype(workdir: str) -> str:
     return 'float32'  # The evaluation itself says what is wrong with the run.
 
 
-# Libraries whose warnings are advice for their developers, not for a user of a run: orbax's
-# on save timing (a small run triggers it on every save), gcsfs's on each failed bucket probe
-# (the run's own error says what to check).
+# Libraries whose warnings advise their developers, not a run's user: orbax's on save timing
+# (every save of a small run), gcsfs's on each failed bucket probe (the run's error says why).
 QUIET_LIBRARIES = ('/orbax/', '/gcsfs/')
 
 
 def quiet_library_logs() -> None:
-  """Library INFO logs off, and the warnings of QUIET_LIBRARIES, unless --verbosity is given
-  (e.g. --verbosity=0 for INFO)."""
+  """Library INFO logs and QUIET_LIBRARIES' warnings off, unless --verbosity is given."""
   if flags.FLAGS['verbosity'].present:
     return
   logging.set_verbosity(logging.WARNING)

@@ -1,6 +1,5 @@
 """Does the PE carry position? The diag/* scalars logged beside the training metrics; what
-each measures and what a dead PE reads is tabled in docs/experiments.md.
-"""
+each measures and what a dead PE reads is tabled in docs/experiments.md."""
 
 import jax
 import jax.numpy as jnp

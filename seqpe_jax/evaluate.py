@@ -8,16 +8,8 @@ and .png (extrapolation_valid.json/png for the validation split).
     python -m seqpe_jax.evaluate --workdir=DIR --config.eval.lengths=128,8192 --name=long
 
 sweeps other eval.* settings from the same checkpoint into DIR/extrapolation_long.json/png,
-leaving the run's own record untouched. The LM's evaluation-time baselines are such
-settings (tasks/lm.py):
-
-    python -m seqpe_jax.evaluate --workdir=ROPE_RUN --split=valid \
-        --config.eval.rope_scaling=yarn --name=yarn      # or pi, ntk
-    python -m seqpe_jax.evaluate --workdir=RUN --split=valid \
-        --config.eval.local_window=128 --name=local      # keys limited to the last 128
-
-write DIR/extrapolation_valid_yarn.json and _valid_local.json (a scaling asked of a PE
-without RoPE frequencies stops with one sentence).
+leaving the run's own record untouched; so do the LM's evaluation-time baselines (tasks/lm.py),
+e.g. `--split=valid --config.eval.rope_scaling=yarn --name=yarn` into _valid_yarn.json.
 
     python -m seqpe_jax.evaluate --compare=DIR1,DIR2,... --out=FILE.png
 
@@ -130,8 +122,7 @@ def parse_overrides(argv: list[str]) -> tuple[list[str], dict]:
 
 
 def compare(workdirs: list[str], out: str) -> str:
-  """One plot of several runs' extrapolation.json (same metric) and their Markdown table, each
-  run labelled by `run_labels`."""
+  """One plot of several runs' extrapolation.json (same metric) and their Markdown table."""
   runs = {}
   for workdir in workdirs:
     path = epath.Path(workdir) / 'extrapolation.json'

@@ -90,8 +90,7 @@ class Progress:
 
 
 class SweepProgress:
-  """One console line per evaluated resolution or length, with its value and time (a sweep
-  at paper scale spends minutes on each)."""
+  """One console line per evaluated resolution or length, with its value and time."""
 
   def __init__(self, axis_label: str, metric: str, *, clock=time.perf_counter):
     self._axis, self._metric, self._clock = axis_label.split(' (')[0], metric, clock

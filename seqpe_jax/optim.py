@@ -70,8 +70,7 @@ def make(cfg, params) -> optax.GradientTransformationExtraArgs:
 
 def scale_by_given_learning_rate() -> optax.GradientTransformationExtraArgs:
   """`optax.scale_by_learning_rate` with the rate passed to `update(..., learning_rate=)`, so
-  runs of other rates or lengths share one compiled step; the state (optax's update count)
-  keeps checkpoints' layout."""
+  runs of other rates share one compiled step; its state keeps checkpoints' layout."""
   def init(params):
     del params
     return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))

@@ -47,8 +47,7 @@ def canvas_grid(shape: Sequence[int], canvas: Sequence[int] = ()) -> jax.Array:
 
 
 def canvas_of(train_shape: Sequence[int], stride: int) -> tuple[int, ...]:
-  """The canvas on which the training grid's positions lie `stride` apart (pe.canvas_stride;
-  0 = no canvas, the empty tuple)."""
+  """The canvas on which the training positions lie `stride` apart; () for stride 0."""
   if stride < 0 or stride == 1:
     raise ValueError('pe.canvas_stride must be 0 (grid positions) or at least 2, so positions '
                      f'of larger grids fit between the trained ones; got {stride}.')
@@ -64,8 +63,7 @@ def canvas_cell(train_shape: Sequence[int], canvas: Sequence[int]
 
 
 def digitize(pos: jax.Array, *, base: int = 10, width: int) -> jax.Array:
-  """int[..., ndim] coordinates -> int32[..., ndim * width] digits, axes concatenated:
-  (2, 3) with width 2 gives [0, 2, 0, 3]."""
+  """int[..., ndim] -> int32[..., ndim * width] digits: (2, 3), width 2 -> [0, 2, 0, 3]."""
   _check_base(base)
   if not isinstance(pos, jax.core.Tracer):
     check_fits(np.asarray(pos), base=base, width=width)

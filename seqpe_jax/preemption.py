@@ -2,12 +2,9 @@
 
 A scheduler's SIGTERM reaches one process (or all, at slightly different times). If each
 stopped at its own step, one would enter the collective checkpoint save while another entered
-the next train step, and both would wait forever. With several processes JAX's preemption
-service (its SIGTERM handler, installed by `jax.distributed.initialize`) agrees on one step
-for all; a single process stops after the step it is in.
-
-A Ctrl-C (SIGINT) saves the same way (with several processes, by sending this process a
-SIGTERM); a second Ctrl-C exits at once, without saving.
+the next train step, and both would wait forever; JAX's preemption service (installed by
+`jax.distributed.initialize`) agrees on one step for all. A Ctrl-C saves the same way; a
+second one exits at once (docs/clusters.md).
 """
 
 import os

@@ -1,11 +1,9 @@
 """Random draws of any shape that XLA:CPU compiles quickly.
 
-jax.random lays a draw's threefry counters out in the draw's shape, and XLA:CPU compiles the
-kernel of a high-rank shape slowly (`python -m benchmarks.compile_draws` times both; a
-rank-6 draw of the reference sampler compiled ~40x slower shaped). The values are the same
-either way (a counter is an element's linear index; tests/rng_test.py checks it), so these
-draw flat and reshape. Dropout draws the largest such arrays (a SeqPE encoder's
-[positions, digits, width] mask).
+jax.random lays a draw's threefry counters out in the draw's shape, and XLA:CPU compiles a
+high-rank kernel slowly (~40x for a rank-6 draw of the reference sampler; `python -m
+benchmarks.compile_draws`). The values are the same either way (tests/rng_test.py), so these
+draw flat and reshape.
 """
 
 import math

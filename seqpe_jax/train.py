@@ -146,8 +146,7 @@ def lower_train_step(config: ml_collections.ConfigDict, mesh=None) -> jax.stages
 
 
 def compile_report(config: ml_collections.ConfigDict) -> dict[str, float]:
-  """XLA's per-device memory plan and FLOPs of the compiled train step (`--compile_only`),
-  without allocating the state."""
+  """XLA's per-device memory plan and FLOPs of the train step (`--compile_only`, no state)."""
   mesh = sharding.make_mesh(config.mesh)  # Once: it warns when devices stay idle.
   compiled = lower_train_step(config, mesh).compile()
   memory = compiled.memory_analysis()
@@ -196,17 +195,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains, checkpoints and evaluates `config` in `workdir`; returns the final sweep (the
   recorded one if the run already finished). Raises ValueError/OSError for bad input (before
-  any side effect), FloatingPointError on a non-finite loss, and cli.Preempted/Interrupted
-  after saving on a SIGTERM/Ctrl-C."""
+  any side effect), FloatingPointError on a non-finite loss, cli.Preempted/Interrupted."""
   validate(config)
 
   # ---------------------------------------------------------------- Mesh.
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch(config.batch_size, mesh)
 
-  # Before anything is written (and before the data are read, which can take minutes, so
-  # a second run on the same workdir stops at once); what the run opens is closed (its saves
-  # finished) before the lock is released.
+  # Before anything is written or read (data can take minutes: a second run on the workdir
+  # stops at once); what the run opens is closed, its saves finished, before the release.
   with workdir_lock.held(workdir, purpose='train'), contextlib.ExitStack() as cleanup:
     return _train_and_evaluate(config, checkpoint.workdir_path(workdir), mesh, cleanup)
 

@@ -4,10 +4,8 @@
       ...  # Nothing else writes here until the block ends.
 
 A second holder stops at once with `WorkdirInUse` (a ValueError: exit status 2) naming the
-holder. Local paths (and NFS) use flock(2) on WORKDIR/workdir.lock, which the kernel releases
-however the holder ends; URLs (gs://) use an object created only if absent (GCS's
-ifGenerationMatch=0) with a heartbeat, taken over once stale or its pid is gone. What that
-does not guarantee (clocks, stalls, simultaneous takeovers) is in docs/clusters.md.
+holder. Local paths use flock(2) on WORKDIR/workdir.lock; URLs (gs://) an object created only
+if absent, with a heartbeat (docs/clusters.md: how, and what that does not guarantee).
 """
 
 import contextlib

@@ -44,8 +44,7 @@ class Options:
 
   @classmethod
   def from_config(cls, augment) -> 'Options':
-    """Checked options from a config section (None: a run saved before augmentation
-    existed, which trained without it)."""
+    """Checked options from a config section (None: a run from before augmentation)."""
     if augment is None:
       return cls()
     fields = {f.name for f in dataclasses.fields(cls)}
@@ -292,8 +291,7 @@ def to_array(image: PIL.Image.Image, channels: int) -> np.ndarray:
 
 
 def resize_shorter_and_crop(image: np.ndarray, size: int, crop: float = 1.0) -> np.ndarray:
-  """Bicubic resize of the shorter side to size / crop (DeiT evaluates with crop 0.875),
-  centre crop to size x size (uint8)."""
+  """Bicubic resize of the shorter side to size / crop (DeiT: 0.875), centre crop to size."""
   h, w = image.shape[:2]
   shorter = int(size / crop)
   if (h, w) != (size, size) or shorter != size:

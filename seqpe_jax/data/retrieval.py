@@ -1,25 +1,17 @@
 """Long-context QA and passkey retrieval probes in the reference's QA jsonl schema.
 
-Schema: one JSON object per line, `{"index": int, "input": str, "outputs": [str, ...]}`,
-one file per context length (`validation.2048.jsonl`); extra fields are kept. A model
-reads `input` and should continue it with one of `outputs`.
+Schema: one JSON object per line, `{"index": int, "input": str, "outputs": [str, ...]}`, one
+file per context length (`validation.2048.jsonl`); extra fields are kept. Generated passkey
+probes (no download) add `length` (actual tokens), `depth` (0..1: the filler's fraction
+before the needle) and `candidates` (9 wrong keys of the gold key's form).
 
-Generated passkey probes (no download) add `length` (the prompt's actual token count),
-`depth` (0..1: the fraction of the filler before the needle) and `candidates` (9 wrong keys
-of the gold key's form). A random key is stated once inside filler, then asked for. Filler
-'wiki' is paragraphs of a held-out split of the LM corpus (never train); 'repeat' the
-classic repeated sentences. Key forms: 'digitsN' (N = 1..9, no leading zero) or 'token' (a
-number the tokenizer writes as one token after a space).
+Lengths are met within TOLERANCE: the filler is tokenised once and cut at word boundaries
+(tokens that start with whitespace, where BPE pre-tokenisation splits anyway, so pieces
+tokenise the same alone as joined). Example i sits in depth decile i mod 10, so a length x
+depth heatmap has every cell, and draws from a generator seeded by (seed, task, length, i):
+a seed reproduces a file byte for byte, so training and evaluation sets need different seeds.
 
-Lengths (MIN_LENGTH..MAX_LENGTH tokens of the configured tokenizer, at least `min_length`)
-are met within TOLERANCE: the filler is tokenised once and cut at word boundaries (tokens
-that start with whitespace, where BPE pre-tokenisation splits anyway, so pieces tokenise the
-same alone as joined). Example i sits in depth decile i mod 10, so a length x depth heatmap
-has every cell, and draws from a generator seeded by (seed, task, length, i): a seed
-reproduces a file byte for byte, so training and evaluation sets need different seeds.
-
-    python -m seqpe_jax.data.retrieval --task=passkey --length=N --num=M --seed=S \\
-        --out=FILE.jsonl [--tokenizer=gpt2|bpe|byte] [--filler=wiki|repeat] [--key_form=token]
+    python -m seqpe_jax.data.retrieval --task=passkey --length=N --num=M --seed=S --out=F.jsonl
 """
 
 import dataclasses
@@ -46,8 +38,8 @@ PASSKEY_PREFIX = ('There is an important info hidden inside a lot of irrelevant 
                   'and memorize it. I will quiz you about the important information there.\n')
 PASSKEY_NEEDLE = ' The pass key is {key}. Remember it. {key} is the pass key.'
 PASSKEY_QUESTION = '\nWhat is the pass key? The pass key is'
-# The classic passkey filler (landmark attention's), one repetition; a leading space so that
-# repetitions tokenise the same joined as alone.
+# The classic passkey filler (landmark attention's); its leading space makes repetitions
+# tokenise the same joined as alone.
 REPEATED_FILLER = (' The grass is green. The sky is blue. The sun is yellow. Here we go. '
                    'There and back again.')
 NUM_CANDIDATES = 10  # The gold answer and 9 wrong ones of its form.
@@ -89,8 +81,7 @@ def _schema_problem(example) -> str:
       return f'"{field}" is a {type(value).__name__}, not a {kind.__name__}'
   if not all(isinstance(o, str) for o in example['outputs']):
     return '"outputs" holds something other than strings'
-  # Retrieval asks for something the context states (compared as exact match compares),
-  # else no model could be scored fairly on it.
+  # Else no model could be scored fairly: retrieval asks for something the context states.
   if not any(o.strip() and o.strip().lower() in example['input'].lower()
              for o in example['outputs']):
     return 'none of the "outputs" occurs in its "input"'
@@ -150,9 +141,8 @@ _FILLERS: dict[tuple[str, str, str], Filler] = {}
 
 def load_filler(directory, split: str, tokenizer: tokenizers.Tokenizer,
                 kind: str = 'wiki') -> Filler:
-  """Filler of `kind`: 'wiki', the paragraphs (not headings) of `wiki.<split>.raw` joined
-  by newlines; 'repeat', REPEATED_FILLER over and over (directory and split unused).
-  Cached per process."""
+  """Filler of `kind`, cached per process: 'wiki', the paragraphs (not headings) of
+  `wiki.<split>.raw` joined by newlines; 'repeat', REPEATED_FILLER over and over."""
   if kind not in FILLERS:
     raise ValueError(f"Unknown filler '{kind}'; use one of: {', '.join(FILLERS)}.")
   if kind == 'wiki' and split not in HELD_OUT:
@@ -204,8 +194,7 @@ DIGITS5 = KeyForm('digits5', digits=5)  # The default key form.
 
 
 def key_form(name: str, tokenizer: tokenizers.Tokenizer, field: str = '--key_form') -> KeyForm:
-  """The KeyForm called `name` ('digitsN' with N = 1..9, or 'token') for `tokenizer`;
-  errors name the setting as `field`."""
+  """The KeyForm `name` ('digitsN', N = 1..9, or 'token'); errors name the setting `field`."""
   match = re.fullmatch(r'digits([1-9])', name)
   if match:
     digits = int(match.group(1))
@@ -217,8 +206,7 @@ def key_form(name: str, tokenizer: tokenizers.Tokenizer, field: str = '--key_for
     raise ValueError(f"{field}='{name}' is not a key form; use digitsN (N = 1..9 digits, e.g. "
                      "digits5) or 'token'.")
   numbers = [str(n) for n in range(10, 10_000)]
-  # One batch: `Tokenizer.encode` runs a batch of one (with tiktoken a thread-pool round
-  # trip, ~1 ms), which would dominate.
+  # One batch: `Tokenizer.encode` runs a batch of one (~1 ms in tiktoken's thread pool).
   encoded = tokenizer._encode_batch([' ' + n for n in numbers])  # pylint: disable=protected-access
   pool = tuple(n for n, ids in zip(numbers, encoded) if len(ids) == 1)
   if len(pool) < NUM_CANDIDATES:
@@ -295,8 +283,7 @@ def passkey_example(tokenizer: tokenizers.Tokenizer, filler: Filler, length: int
 
 def passkey_examples(tokenizer: tokenizers.Tokenizer, filler: Filler, length: int, num: int,
                      seed, keys: KeyForm = DIGITS5) -> list[dict]:
-  """`num` passkey probes; `seed` an int or a sequence of ints; keys of form digits5 unless
-  given."""
+  """`num` passkey probes; `seed` an int or a sequence of ints."""
   _check_length(length)
   return [passkey_example(tokenizer, filler, length, i, _rng(seed, 'passkey', length, i), keys)
           for i in range(num)]

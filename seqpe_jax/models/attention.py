@@ -1,10 +1,8 @@
 """Multi-head attention whose positional behaviour comes only from a PE layer hook.
 
-`implementation` picks one of three ways to compute the same attention (docs/library.md):
-'xla' / 'cudnn' (`jax.nn.dot_product_attention`), 'blockwise' (`blockwise_attention`: O(L)
-memory on any backend, and the only path with probability dropout) or 'auto' ('xla' up to
-`block_size` tokens, beyond it 'cudnn' on a GPU in half precision, else 'blockwise'). All take
-an explicit scale, values narrower than keys, an additive bias [B, H, 1, S] or [B, H, L, S],
+`implementation` picks how the same attention is computed (docs/library.md): 'xla' / 'cudnn',
+'blockwise' (O(L) memory on any backend, the only path with probability dropout) or 'auto'.
+All take an explicit scale, values narrower than keys, a bias [B, H, 1, S] or [B, H, L, S],
 and a causal `local_window` T (each query sees its last T keys, itself included; 0 = all).
 """
 
@@ -20,9 +18,8 @@ from seqpe_jax import rng
 from seqpe_jax.posenc import inject
 
 IMPLEMENTATIONS = ('auto', 'xla', 'cudnn', 'blockwise')
-# Logit added on a masked key (left padding). Finite, so a padding query whose every key is
-# masked still gets a finite softmax (no NaN leaks through its values), and large enough
-# that exp() of it relative to any real key is exactly 0 in float32.
+# Logit of a masked key (left padding): finite, so a query whose every key is masked gets no
+# NaN, and exp() of it relative to any real key is exactly 0 in float32.
 MASKED_LOGIT = -1e9
 
 
@@ -50,8 +47,7 @@ def blockwise_attention(q_BLHK, k_BSHK, v_BSHD, *, scale: float, bias=None, caus
   """Exact softmax attention in query x key blocks with an online softmax: O(block_q x S)
   memory, also in training (the query block is rematerialised in the backward pass). Causal
   masking aligns query i with key i (L == S) and skips key blocks no query of the block sees.
-  Dropout drops normalised probabilities, as in dense attention.
-  """
+  Dropout drops normalised probabilities, as in dense attention."""
   _check_window(local_window, causal)
   batch, length, heads, _ = q_BLHK.shape
   keys, value_dim = k_BSHK.shape[1], v_BSHD.shape[-1]
@@ -171,8 +167,7 @@ def window_position_logits(hook, pe_state, windows: int, length: int, heads: int
 
 def position_logits(hook, pe_state, length: int, heads: int, head_dim: int, *,
                     causal: bool, dtype) -> jax.Array:
-  """`window_position_logits` of the first window, [H, L, L], with -inf on the keys a
-  query cannot see."""
+  """`window_position_logits` of the first window, [H, L, L], -inf where a key is unseen."""
   logits = window_position_logits(hook, pe_state, 1, length, heads, head_dim, dtype)
   visible = jnp.tri(length, dtype=bool) if causal else jnp.ones((length, length), bool)
   return jnp.where(visible, logits[0], -jnp.inf)

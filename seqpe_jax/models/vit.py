@@ -110,8 +110,7 @@ def uniform(bound: float) -> nn.initializers.Initializer:
 
 def truncated_normal(std: float, *, bound: float) -> nn.initializers.Initializer:
   """N(0, std) cut at +-bound in absolute units, as PyTorch's trunc_normal_(std=...) (its
-  default bound 2 is 100 std at 0.02, so nothing is cut there; flax's truncated_normal would
-  cut at 2 std and rescale)."""
+  bound 2 is 100 std at 0.02; flax's truncated_normal would cut at 2 std and rescale)."""
   def init(key, shape, dtype=jax.numpy.float32):
     return std * jax.random.truncated_normal(key, -bound / std, bound / std, shape, dtype)
   return init

@@ -95,8 +95,7 @@ class PositionalEncoding:
 
 class TableCache:
   """Evaluation-mode features per shape for fixed parameters, each shape encoded once; a long
-  1D SeqPE table `chunk` positions at a time (at 16k the paper's encoder would otherwise
-  need about 2.6 GiB of temporaries)."""
+  1D SeqPE table `chunk` positions at a time (else ~2.6 GiB of temporaries at 16k)."""
 
   def __init__(self, pe: PositionalEncoding, params, chunk: int = 4096):
     self._pe, self._params, self._chunk, self._tables = pe, params, chunk, {}

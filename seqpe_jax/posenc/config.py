@@ -8,13 +8,10 @@ def get_config() -> ml_collections.ConfigDict:
   """The PE section of an experiment config, with the ViT reference's sizes; experiment
   configs set every size from their SEQPE_SIZES table (configs/common.SeqPESizes)."""
   pe = ml_collections.ConfigDict()
-  # Which PE: seqpe | ape | sincos | sincos2d | rope | rope2d | rope_mixed | alibi | none, or
-  # one registered with posenc.register.
+  # seqpe | ape | sincos | sincos2d | rope | rope2d | rope_mixed | alibi | none, or registered.
   pe.name = 'seqpe'
 
-  # Grid positions: 0 = patch indices (the reference); s >= 2 = cell centres on a canvas s
-  # times the training grid per axis, so a larger grid falls between the trained positions
-  # (docs/method.md §9). For seqpe, sincos2d, rope2d and rope_mixed.
+  # 0 = patch indices (reference); s >= 2 = cell centres on a canvas s times the grid (§9).
   pe.canvas_stride = 0
 
   pe.inject = ml_collections.ConfigDict()
@@ -42,8 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
   pe.seqpe.d_out = 0
   # Residual dropout inside the encoder.
   pe.seqpe.dropout = 0.1
-  # What the backward of the regularisers' encoder pass recomputes, for the same numbers:
-  # all (less memory, ~3% more time; docs/benchmarks.md) | matmuls (keeps products and masks).
+  # What the regularisers' encoder backward recomputes: all (less memory) | matmuls.
   pe.seqpe.remat = 'all'
 
   pe.sincos = ml_collections.ConfigDict()
@@ -68,8 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Pivots per step and K candidates per pivot (ViT: 128 x 64 globally; LM: 64 x 32).
   pe.contrastive.num_pivots = 128
   pe.contrastive.num_candidates = 64
-  # Digit-edit rules of the hard negatives: 'clean' (at most k digits per axis, checked once at
-  # the end) | 'reference' (the reference sampler's, quirks included; docs/method.md §5.2).
+  # Hard negatives' digit edits: clean (<= k digits per axis) | reference (quirks kept; §5.2).
   pe.contrastive.hard_negative_rules = 'clean'
   # 1D window range r: the window is max(r, 5K) long, starting in [0, P - r).
   pe.contrastive.window_range = 256
@@ -84,16 +79,13 @@ def get_config() -> ml_collections.ConfigDict:
   pe.ood.num_teachers = 64
 
   pe.logit_distill = ml_collections.ConfigDict()
-  # Logit distillation (not in the reference; 0 turns it off): each layer's position-only
-  # attention over the training window is asked of moved copies of it (docs/method.md §9).
+  # Logit distillation (not in the reference; 0 turns it off; docs/method.md §9).
   pe.logit_distill.weight = 0.0
   pe.logit_distill.num_windows = 4
   pe.logit_distill.num_far_keys = 64
 
   pe.shift = ml_collections.ConfigDict()
-  # Probability that a training step uses shifted position windows (0 turns it off; not for
-  # APE or 'none'): windows start anywhere they fit in [0, pe.seqpe.max_position) per axis,
-  # or on a canvas move inside their cells; a baseline draws SeqPE's (posenc/shifts.py).
+  # Probability of a step on shifted position windows (0 turns it off; posenc/shifts.py).
   pe.shift.prob = 0.1
   # Fixed pool of window starts drawn once from the run's seed.
   pe.shift.pool_size = 320
@@ -103,8 +95,7 @@ def get_config() -> ml_collections.ConfigDict:
   pe.regularizers = ml_collections.ConfigDict()
   # Optimizer steps over which every regulariser weight ramps linearly from 0 (0: no ramp).
   pe.regularizers.warmup_steps = 0
-  # none (reference) | grad_norm: cap the encoder's regulariser gradient at the task
-  # gradient's norm (docs/method.md §9).
+  # none (reference) | grad_norm: cap the encoder's regulariser gradient at the task's (§9).
   pe.regularizers.balance = 'none'
   pe.lock()  # A misspelt field is an error, not a silently ignored key.
   return pe

@@ -135,9 +135,8 @@ def sample_contrastive(key: jax.Array, spec: ContrastiveSpec) -> dict[str, jax.A
 def sample_train_window_contrastive(key: jax.Array, train_shape: Sequence[int], *,
                                     num_pivots: int, num_candidates: int,
                                     canvas: Sequence[int] = ()) -> dict[str, jax.Array]:
-  """Pivots inside the training window, each with K other window positions as candidates,
-  masked past the window's N - 1 others (pe.contrastive.train_fraction, docs/method.md §9).
-  Returns `sample_contrastive`'s keys."""
+  """`sample_contrastive`'s draws for pivots inside the training window, each with K other
+  window positions as candidates, masked past the window's N - 1 others (docs/method.md §9)."""
   grid = positions.canvas_grid(train_shape, canvas)  # [N, n]
   n = grid.shape[0]
   pivot_key, pick_key = jax.random.split(key)
@@ -171,8 +170,7 @@ def _window_draws(key, spec: ContrastiveSpec):
   start = rng.randint(start_key, (spec.num_pivots, 1, n), 0, spec.window_starts)
   window = start + cells[None]  # [B, R^n, n]
   inside = jnp.all(window < p, axis=-1)
-  # Random priorities with cells outside the space last: the first K are a draw without
-  # replacement from the cells inside.
+  # Cells outside the space last: the first K are a draw without replacement from the rest.
   priority = rng.uniform(pick_key, inside.shape) + 2.0 * ~inside
   order = jnp.argsort(priority, axis=1)[:, :spec.num_candidates]
   return (jnp.take_along_axis(window, order[..., None], axis=1),

@@ -139,9 +139,8 @@ class LayerHook(nn.Module):
 
 class QKInjection(LayerHook):
   """SeqPE's attn_mul / attn_add / attn_scalar (docs/method.md §4) with this layer's q/k
-  projection (`per_layer`) or the model hook's p_q, p_k, split into heads if `multi_head`.
-  attn_scalar appends them as channels: no L x L tensor, so fused attention and the KV cache
-  work."""
+  projection (`per_layer`) or the model hook's p_q, p_k, split into heads if `multi_head`;
+  attn_scalar appends them as channels (no L x L tensor: fused attention, KV cache)."""
   method: str
   per_layer: bool
   multi_head: bool = True

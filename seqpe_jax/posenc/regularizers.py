@@ -140,8 +140,7 @@ def sample_pivots(key: jax.Array, reg: Regularizers) -> dict[str, jax.Array]:
 def keep_products_and_masks(prim, *avals, **params) -> bool:
   """A `jax.checkpoint` policy keeping matrix products (costly to redo) and comparisons
   (dropout's one-byte masks, else redrawn). The cheap elementwise rest, several times the
-  products' size, is recomputed: ViT-S/16 at batch 32 needs about 3.7 GB fewer temporaries.
-  """
+  products' size, is recomputed: ViT-S/16 at batch 32 needs about 3.7 GB fewer temporaries."""
   return (jax.checkpoint_policies.dots_with_no_batch_dims_saveable(prim, *avals, **params)
           or prim.name in ('lt', 'le', 'gt', 'ge', 'eq', 'ne'))
 
@@ -221,10 +220,9 @@ def seqpe_step(pe, params, key: jax.Array, pool: jax.Array, reg: Regularizers, *
 
 def training_step(pe, reg: Regularizers | None, params, key: jax.Array, step: jax.Array,
                   pool: jax.Array, shifts: shifts_lib.Shifts | None = None):
-  """The PE's part of a training step, the same call for every PE (`shifts`: the shifted
-  windows of a PE without regularisers): features for the host; probes, whose position-only
-  logits the host reports ({} without pe.logit_distill); the terms `regularizer_loss` reads;
-  and scalars to log."""
+  """The PE's part of a training step, the same call for every PE (`shifts`: a baseline's):
+  features for the host; probes, whose position-only logits the host reports ({} without
+  pe.logit_distill); the terms `regularizer_loss` reads; and scalars to log."""
   if reg is None:
     features = shifts_lib.training_features(pe, shifts, params, key, pool)
     return features, {}, {'loss': jnp.zeros((), jnp.float32)}, {}
@@ -242,8 +240,7 @@ def training_step(pe, reg: Regularizers | None, params, key: jax.Array, step: ja
 def regularizer_loss(reg: Regularizers | None, terms, probe_logits):
   """The PE's regulariser loss and scalars to log: `training_step`'s scheduled losses plus,
   with pe.logit_distill, the weighted logit distillation loss of the host's probe logits
-  ({'teacher': [layers, 1, H, N, N], 'student': [layers, S, H, N + F, N + F]}), averaged
-  over layers."""
+  ({'teacher': [layers, 1, H, N, N], 'student': [layers, S, H, N + F, N + F]}) per layer."""
   if not probe_logits:
     return terms['loss'], {}
   per_layer = jax.vmap(lambda teacher, student: losses.logit_distill_loss(

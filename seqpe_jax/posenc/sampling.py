@@ -64,8 +64,7 @@ def sample_ood(key: jax.Array, *, train_shape: Sequence[int], max_position: int,
                num_groups: int, num_teachers: int,
                canvas: Sequence[int] = ()) -> dict[str, jax.Array]:
   """Per group, teachers int32[G, n_t] (distinct row-major indices into the training window)
-  and one offset int32[G, n] that moves them to the students (docs/method.md §6; on a canvas,
-  inside their cells)."""
+  and one offset int32[G, n] that moves them to the students (docs/method.md §6)."""
   n = int(np.prod(train_shape))
   teacher_key, offset_key = jax.random.split(key)
   priority = rng.uniform(teacher_key, (num_groups, n))

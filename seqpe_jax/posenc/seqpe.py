@@ -72,8 +72,7 @@ class SeqPEEncoder(nn.Module):
     if self.d_model % self.num_heads:
       raise ValueError(f'SeqPE width {self.d_model} is not divisible by its {self.num_heads} '
                        'heads.')
-    # Digit-slot ids 0 .. n*k-1 over all axes (the reference code; the paper's figure
-    # numbers the slots of each axis 0 .. k-1).
+    # Slot ids 0 .. n*k-1 over all axes, as the reference code (the paper's figure: per axis).
     num_slots = self.ndim * self.num_digits
     self.digit_embed = self.param('digit_embed', INIT, (self.base, self.d_model))
     self.slot_embed = self.param('slot_embed', INIT, (num_slots, self.d_model))

@@ -34,8 +34,7 @@ class Shifts:
 
 
 def check(shift: ml_collections.ConfigDict) -> None:
-  """Raises ValueError on a `config.pe.shift` no PE can use: the check SeqPE's regularisers
-  and the baselines' shifts share."""
+  """Raises ValueError on a `config.pe.shift` no PE can use (SeqPE's and the baselines')."""
   if not 0 <= shift.prob <= 1:
     raise ValueError(f'pe.shift.prob must be a probability, got {shift.prob}.')
   if shift.num_windows < 1:

@@ -12,9 +12,8 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 def model_dtype(config):
-  """config.model.dtype as a JAX dtype: the host's activations and matmuls (parameters,
-  optimizer state, softmax and losses stay float32). Runs saved before the field existed
-  trained in float32."""
+  """config.model.dtype (float32 for runs saved before it) as a JAX dtype: the host's
+  activations and matmuls (parameters, optimizer state, softmax and losses stay float32)."""
   name = config.model.get('dtype', 'float32')
   if name not in DTYPES:
     raise choices.unknown('model.dtype', name, DTYPES)
@@ -23,8 +22,7 @@ def model_dtype(config):
 
 def build_pe(config, host: posenc.HostSpec, eval_shapes: Iterable[Sequence[int]]):
   """(PE, SeqPE's regularisers or None, a baseline's shifted windows or None) for `host`;
-  fails now, not after training, on a batch that cannot share the shift windows or an
-  evaluation shape the PE cannot produce."""
+  fails now on a batch that cannot share the windows or an evaluation shape out of reach."""
   pe = posenc.build(config.pe, host)
   reg = regularizers.build(config.pe, pe)
   shifts = posenc.shifts.build(config.pe, pe, posenc.REGISTRY[pe.name].shifts)

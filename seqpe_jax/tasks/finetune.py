@@ -94,8 +94,7 @@ def latest_step(workdir: str) -> int | None:
 
 
 def load_params(workdir: str, abstract_params):
-  """The LM run's newest parameters, read as host arrays, shaped and placed like
-  `abstract_params`."""
+  """The LM run's newest parameters, shaped and placed like `abstract_params`."""
   path = checkpoint.workdir_path(workdir) / 'checkpoints' / str(latest_step(workdir)) / 'state'
   with ocp.PyTreeCheckpointer() as reader:
     item = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype),

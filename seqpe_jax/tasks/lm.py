@@ -1,14 +1,11 @@
 """Language modelling with a GPT: train at one length, report perplexity at longer ones.
 
 Evaluation cuts eval.split into windows of every length in eval.lengths by eval.protocol
-(`text.eval_windows`): 'non_overlapping' (tokens early in a window have little context,
-which flatters some PEs) or 'sliding' (a stride of eval.stride_fraction x the length).
-Each PE's table is computed once per length; perplexity = exp(total NLL / tokens).
-
-Evaluation-time baselines from a trained run, no retraining (fair_benchmark.md):
-`eval.rope_scaling` rescales a RoPE run's frequencies beyond the training length ('pi' |
-'ntk' | 'yarn', `posenc.with_rope_scaling`), and `eval.local_window` = T limits every query
-to its last T keys (the local-attention control; 0 = all keys).
+(`text.eval_windows`): 'non_overlapping' or 'sliding' (a stride of eval.stride_fraction x
+the length); perplexity = exp(total NLL / tokens). Evaluation-time baselines from a trained
+run, no retraining: `eval.rope_scaling` rescales a RoPE run's frequencies beyond the
+training length ('pi' | 'ntk' | 'yarn', `posenc.with_rope_scaling`), and `eval.local_window`
+= T limits every query to its last T keys (the local-attention control; 0 = all keys).
 """
 
 import dataclasses

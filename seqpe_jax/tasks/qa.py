@@ -1,19 +1,12 @@
 """Long-context QA fine-tuning: answer-only loss at one block, exact match by length and depth.
 
-The run starts from an LM run's parameters (`config.init_from`, see tasks/finetune.py) and
-trains on examples in the reference's QA schema (data/retrieval.py), by data.source:
-- 'passkey': probes of data.seq_len - data.answer_room prompt tokens (data.filler,
-  data.key_form); evaluation probes use eval.probe_seed and eval.split, so no training
-  prompt is an evaluation prompt;
-- 'jsonl': `train.<L>.jsonl` in data.dir for training, `<eval.split>.<L>.jsonl` per eval length.
-
-Evaluation decodes greedily with the KV cache (eval.max_new_tokens, 16 in the reference),
-prompts left-padded (each one's positions start at 0 on its first real token), and scores
-the reference's exact match. Two measures see below its floor: teacher-forced, each prompt
-is continued with the gold answer and 9 wrong candidates of its form; `answer_logp` is the
-gold continuation's log-probability (nats, 0 is certainty) and `rank_acc` the share of
-examples where it is strictly the most probable (chance 0.1). Probes also report each per
-decile of the needle's depth ('em_depth3'), drawn as heatmaps.
+Starts from an LM run's parameters (`config.init_from`, tasks/finetune.py) and trains on the
+reference's QA schema (data/retrieval.py): passkey probes (evaluation probes from their own
+eval.probe_seed) or, with data.source='jsonl', the files in data.dir. Evaluation decodes
+greedily with the KV cache, prompts left-padded, and scores the reference's exact match; two
+teacher-forced measures against 9 wrong candidates see below its floor: `answer_logp` (nats)
+and `rank_acc` (chance 0.1). Probes also report each per decile of the needle's depth
+('em_depth3'), drawn as heatmaps (docs/experiments.md).
 """
 
 import math
@@ -214,10 +207,9 @@ class QATask(base.Task):
                                       seed, self.keys)
 
   def _sweep_inputs(self, split: str | None = None) -> dict[int, tuple]:
-    """{length: (examples, prompt tokens, `candidate_tokens`' tokens and mask, the PE table
-    shape)} of `split`, tokenised once. The table spans the longest prompt, then
-    max_new_tokens generated tokens or the longest candidate (a sequence's last token is
-    never fed back)."""
+    """{length: (examples, prompt tokens, `candidate_tokens`' tokens and mask, PE table shape)}
+    of `split`, tokenised once. The table spans the longest prompt and the longer of
+    max_new_tokens and the longest candidate, less the last token (never fed back)."""
     split = split or self.config.eval.split
     if split not in self._inputs:
       self._inputs[split] = {}
