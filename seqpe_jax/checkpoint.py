@@ -1,10 +1,9 @@
 """A thin orbax wrapper: periodic async saves, keep-N, resume, and a config guard.
 
-Each checkpoint holds the train state and a JSON record of the config that made it; the data
-position and every random draw are functions of the step, so the state alone resumes exactly.
-Restoring into a run whose model, PE or optimizer differ is refused; a newest checkpoint that
-cannot be read is moved to WORKDIR/checkpoints.unreadable/ (never deleted) and the next newest
-one is used.
+Each checkpoint holds the train state and the config that made it; the data position and
+every random draw are functions of the step, so the state alone resumes exactly. Another
+model, PE or optimizer is refused; an unreadable newest checkpoint is moved aside to
+WORKDIR/checkpoints.unreadable/ and the one before it used.
 """
 
 import collections

@@ -1,9 +1,8 @@
 """What every command line of the project does the same way: exit statuses and errors.
 
-A scheduler (Slurm, a TPU queue, a study script) needs to tell a finished run from a bad
-command, a diverged model and a preempted job, so each has its own exit status (EXIT_*, 0 when
-finished; the table is in docs/clusters.md). User errors print one sentence on stderr, without
-a traceback; set SEQPE_TRACEBACK=1 to see where they came from.
+A finished run, a bad command, a diverged model and a preempted job each have their own exit
+status (EXIT_*, for schedulers; docs/clusters.md). User errors print one sentence on stderr;
+SEQPE_TRACEBACK=1 shows their traceback.
 """
 
 import contextlib
@@ -78,8 +77,7 @@ YNN_FUSIONS_FLAG = 'xla_cpu_experimental_ynn_fusion_type'
 def without_ynn_fusions() -> None:
   """Turns off XLA:CPU's YNNPACK fusions (Eigen's kernels run instead; results differ in
   rounding only) unless XLA_FLAGS sets them; must run before JAX's first computation. Their
-  scratch, past glibc's mmap threshold, is faulted in afresh on every call: ~1 GB more peak
-  memory and a 10% slower ViT step on 2 cores (docs/benchmarks.md)."""
+  scratch is faulted in afresh on every call (docs/benchmarks.md: memory and time)."""
   flags_now = os.environ.get('XLA_FLAGS', '')
   if YNN_FUSIONS_FLAG not in flags_now:
     os.environ['XLA_FLAGS'] = f'{flags_now} --{YNN_FUSIONS_FLAG}='.strip()

@@ -1,9 +1,7 @@
 """Entry point: python -m seqpe_jax.main --config=configs/vit_seqpe.py --workdir=DIR.
 
-One process per host. Several processes form one run when started with
-`--coordinator_address=HOST:PORT --num_processes=N --process_id=I` (e.g. by
-launch/local_multiprocess.sh) or with `--distributed`, which takes them from the cluster
-(TPU VM pods, Slurm; see launch/). Exit statuses: `seqpe_jax.cli`.
+One process per host; several form one run with the flags below (launch/ and
+docs/clusters.md). Exit statuses: `seqpe_jax.cli`.
 """
 
 import os

@@ -1,8 +1,7 @@
 """Metric writing on process 0: TensorBoard event files, WORKDIR/metrics.jsonl, a progress line.
 
-TensorBoard files come from tensorboardX, which writes the event format without
-TensorFlow (the stack trains on hosts that have no TensorFlow wheel, e.g. aarch64). The
-console gets one line per log step; the full rows are in metrics.jsonl.
+TensorBoard files come from tensorboardX, which needs no TensorFlow (some training hosts,
+e.g. aarch64, have no wheel of it).
 """
 
 import json

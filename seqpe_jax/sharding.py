@@ -1,10 +1,9 @@
 """Device mesh and sharding rules: one code path from 1 CPU to a pod.
 
-The mesh has axes ('data', 'fsdp', 'tensor'), sized from config with one -1. Parameters
-follow a rule table on their paths: matrices split their output features over 'tensor'
-(when it divides) and their largest remaining dimension over 'fsdp' (when it divides and
-the tensor is big enough to be worth it); everything that does not divide stays
-replicated, so tiny test models run on any mesh. Batches split over ('data', 'fsdp').
+The mesh has axes ('data', 'fsdp', 'tensor'), one may be -1. Matrices split their output
+features over 'tensor' (TENSOR_RULES) and their largest other dimension over 'fsdp'; what does
+not divide stays replicated, so tiny test models run on any mesh. Batches split over ('data',
+'fsdp').
 """
 
 import itertools

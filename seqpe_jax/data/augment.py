@@ -1,10 +1,9 @@
 """The DeiT training augmentations, in NumPy and PIL on the input pipeline's workers.
 
-Per example, in this order (as the reference's timm transform): random-resized crop
-(bicubic), horizontal flip, RandAugment, random erasing; then per batch, mixup or cutmix.
-Images stay uint8 until the model normalises them on the device. Every draw comes from a
-NumPy generator the caller seeds with (seed, step, row), so a batch depends only on the
-seed and the step: resumed runs and any number of workers read the same augmented pixels.
+Per example, in the reference's (timm's) order: random-resized crop (bicubic), flip,
+RandAugment, random erasing; then per batch, mixup or cutmix, on uint8 images. Every draw
+comes from a NumPy generator seeded with (seed, step, row), so resumed runs and any number
+of workers read the same augmented pixels.
 """
 
 import dataclasses

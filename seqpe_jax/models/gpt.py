@@ -1,9 +1,8 @@
 """GPT-style decoder (pre-LN, tied embeddings) and greedy KV-cache generation.
 
-Positions enter only through the PE's hooks. The KV cache keeps each hook's output per key,
-so decoding sees every cached key's true position (the reference loses it for attn_scalar and
-ALiBi). Left-padded prompts decode together: each example's positions count from its first
-real token and its padding is masked out, so a batch decodes as its examples alone.
+Positions enter only through the PE's hooks; the KV cache keeps each hook's output per key,
+so decoding sees every cached key's true position (docs/library.md). Left-padded prompts
+decode together, each example's positions counting from its first real token.
 """
 
 import functools

@@ -25,12 +25,10 @@ SIZES = {
 @dataclasses.dataclass(frozen=True)
 class InitOptions:
   """How the host ViT is initialised and activated (`config.model` fields): the CPU configs'
-  defaults, or `:paper`'s timm ViT (exact GELU, trunc_normal head, PyTorch's Conv2d init)."""
-  # 'tanh' (the approximation; GPT-2 keeps it) | 'erf' (exact, as torch.nn.GELU).
+  defaults, or `:paper`'s timm ViT (exact GELU, trunc_normal head, PyTorch's Conv2d init);
+  configs/vit_base.py describes each choice."""
   gelu: str = 'tanh'
-  # 'zeros' | 'trunc_normal' (std 0.02, cut at +-2 absolute as PyTorch's trunc_normal_).
   head_init: str = 'zeros'
-  # 'normal' (kernel N(0, 0.02), bias 0) | 'torch' (kernel and bias U(+-1/sqrt(fan_in))).
   patch_init: str = 'normal'
 
   CHOICES = {'gelu': ('tanh', 'erf'), 'head_init': ('zeros', 'trunc_normal'),

@@ -1,9 +1,8 @@
 """The task contract: everything the trainer and the evaluator may ask of a task.
 
-The trainer knows tasks, not PEs or models: a task owns its data, model, loss and sweep,
-and the PE's training-time part through hooks whose defaults serve every task built with
-`tasks.common.build_pe`. A new experiment family subclasses `Task` and registers itself in
-`tasks.TASKS`.
+The trainer knows tasks, not PEs or models: a task owns its data, model, loss and sweep, and
+the PE's training-time part through hooks whose defaults serve every task built with
+`tasks.common.build_pe`. A new family subclasses `Task` and registers in `tasks.TASKS`.
 """
 
 import abc

@@ -1,10 +1,8 @@
 """Image classification with a ViT: train at one resolution, evaluate at larger ones.
 
-Evaluation resizes the test images (bicubic), so the patch grid grows while the patch size
-stays (28 px with patch 4 is a 7x7 grid, 84 px 21x21); each PE extends to the new grid its
-own way, computed once per resolution. Training may augment (`data.augment`, the DeiT
-recipe in `:paper`); the loss mixes mixup/cutmix one-hot targets before label smoothing
-(smoothing is affine, so this equals mixing smoothed ones).
+Evaluation resizes the test images (bicubic): the patch grid grows, the patch size stays,
+and each PE extends to the new grid its own way. The loss mixes mixup/cutmix one-hot targets
+before label smoothing (smoothing is affine, so this equals mixing smoothed ones).
 """
 
 import functools
