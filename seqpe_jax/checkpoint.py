@@ -167,8 +167,7 @@ class Checkpointer:
                        f'model ({detail}); use another --workdir.')
 
   def set_aside_from(self, first: int) -> tuple[epath.Path, list[int]]:
-    """Moves the checkpoints of step `first` on to WORKDIR/checkpoints.nonfinite/ (they are
-    finite but lead to a non-finite loss); returns that folder and the steps moved."""
+    """Moves checkpoints from step `first` on to WORKDIR/checkpoints.nonfinite/: (folder, steps)."""
     self._manager.wait_until_finished()
     folder = self.directory.parent / 'checkpoints.nonfinite'
     moved = [step for step in sorted(self._manager.all_steps()) if step >= first]

@@ -84,8 +84,7 @@ def without_ynn_fusions() -> None:
 
 
 def run_dtype(workdir: str) -> str:
-  """`model.dtype` of the training run in `workdir` (float32 where its record has none or
-  there is no record yet), for `prepare_process` before the run is restored."""
+  """`model.dtype` of the run in `workdir` (float32 without a record), for `prepare_process`."""
   from etils import epath  # pylint: disable=g-import-not-at-top
   path = epath.Path(workdir) / 'config.json'
   try:
@@ -110,9 +109,8 @@ def quiet_library_logs() -> None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing for `app.run(main, flags_parser=cli.parse_flags)`, with the config
-  loaded at once, so a bad config file, variant, override key or value is one sentence and
-  status 2 before anything else runs (absl would print its usage page or three tracebacks)."""
+  """absl's flag parsing with the config loaded at once, so a bad config file, variant,
+  override key or value is one sentence and status 2 before anything else runs."""
   try:
     remaining = flags.FLAGS([_installed_config(arg) for arg in argv])
     if 'config' in flags.FLAGS:
@@ -130,8 +128,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def _installed_config(arg: str) -> str:
-  """--config=configs/x.py from outside the checkout: the configs installed beside the
-  package (`pip install -e .` or a wheel) when the path does not exist here."""
+  """--config=configs/x.py from outside the checkout: the configs installed beside the package."""
   if not arg.startswith('--config='):
     return arg
   path, colon, variant = arg[len('--config='):].partition(':')

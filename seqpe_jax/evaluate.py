@@ -29,8 +29,7 @@ from seqpe_jax import checkpoint, cli, results as results_files, workdir_lock
 def evaluate_workdir(workdir: str, split: str | None = None, overrides: dict | None = None,
                      name: str = '') -> dict:
   """Re-runs the sweep of the run in `workdir` from its latest checkpoint into
-  extrapolation.json/png, or with another `split` or eval `overrides` ({'eval.lengths':
-  (128, 4096)}) into extrapolation_{split}_{name}.json/png beside them."""
+  extrapolation.json/png, or for `split` or eval `overrides` into _{split}_{name}.json/png."""
   if overrides and not name:
     raise ValueError('Name the evaluation with --name=... when overriding eval settings; '
                      'its results go to extrapolation_<name>.json.')
@@ -57,8 +56,7 @@ def results_table(results: dict, axis_label: str) -> str:
 
 
 def restore_run(workdir: str, overrides: dict | None = None):
-  """(config, task, state, mesh) of the latest checkpoint of the training run in `workdir`,
-  its config changed by the evaluation `overrides`."""
+  """(config, task, state, mesh) of `workdir`'s latest checkpoint, with eval `overrides`."""
   from seqpe_jax import sharding, tasks  # pylint: disable=g-import-not-at-top
   from seqpe_jax import state as state_lib  # pylint: disable=g-import-not-at-top
   path = epath.Path(workdir) / 'config.json'
@@ -201,8 +199,7 @@ _OVERRIDES = {}
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's parsing of the flags, after taking out the --config.eval.* overrides (their
-  keys depend on the run, so absl cannot declare them)."""
+  """absl's flag parsing after taking out the run-dependent --config.eval.* overrides."""
   with cli.exit_statuses():
     argv, overrides = parse_overrides(argv)
   _OVERRIDES.update(overrides)

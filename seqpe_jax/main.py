@@ -52,8 +52,7 @@ def initialize_processes(args) -> None:
 
 
 def use_compilation_cache(directory: str | None) -> None:
-  """Compiled steps are kept on disk, so a rerun, a resume or a sweep of the same config
-  skips XLA's compile (most of a small run's start-up)."""
+  """Compiled steps kept on disk: a rerun, resume or sweep of a config skips XLA's compile."""
   directory = directory or os.environ.get('JAX_COMPILATION_CACHE_DIR') or str(
       cache.root() / 'xla')
   if directory == 'off':

@@ -37,8 +37,7 @@ class MetricWriter:
       f.write(json.dumps({'step': step, **scalars}) + '\n')
 
   def write_config(self, config: dict) -> None:
-    """The run's config, once: as TensorBoard hparams (flattened, for the HParams tab) and
-    as JSON text (the Text tab), so a plot can be traced to the settings that made it."""
+    """The run's config, once: as TensorBoard hparams (HParams tab) and JSON text (Text tab)."""
     if not self._is_main:
       return
     flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
@@ -65,8 +64,7 @@ def flatten_config(tree: dict, prefix: str = '') -> dict:
 
 
 class Progress:
-  """One console line per log step: step, loss, steps/s and time left, at the rate of the
-  last interval (the first counted from the start, after the compile)."""
+  """One console line per log step: step, loss, steps/s and time left at the last rate."""
 
   def __init__(self, total_steps: int, start_step: int, *, clock=time.perf_counter):
     self._total, self._clock = total_steps, clock

@@ -56,8 +56,7 @@ def clip_groups(cfg, params) -> optax.GradientTransformation:
 
 
 def make(cfg, params) -> optax.GradientTransformationExtraArgs:
-  """The optimizer for params {'model': ..., 'pe': ...}; its `update` takes the step's
-  rate as `learning_rate=` (`learning_rates(cfg, total_steps)[count]`)."""
+  """The optimizer for params {'model', 'pe'}; its `update` takes the step's `learning_rate=`."""
   return optax.chain(
       clip_groups(cfg, params),
       optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
@@ -84,8 +83,7 @@ def scale_by_given_learning_rate() -> optax.GradientTransformationExtraArgs:
 
 
 def learning_rates(cfg, total_steps: int) -> np.ndarray:
-  """float32[total_steps]: the schedule's rate at every (0-based, int32) update count, computed
-  once so the loop hands each step its own without a device round trip."""
+  """float32[total_steps]: the schedule's rate at every (0-based) update count, computed once."""
   counts = jnp.arange(max(total_steps, 1), dtype=jnp.int32)
   return np.asarray(jax.device_get(schedule(cfg, total_steps)(counts)), np.float32)
 
@@ -106,7 +104,6 @@ def encoder_norm(pe_grads) -> jax.Array:
 
 
 def encoder_grad_ratio(pe_task_grads, pe_reg_grads) -> jax.Array:
-  """||task gradient|| / ||regulariser gradient|| on the SeqPE encoder (inf when the
-  regularisers contribute nothing, e.g. with every regulariser weight 0)."""
+  """||task gradient|| / ||regulariser gradient|| on the SeqPE encoder (inf for a zero one)."""
   task_norm, reg_norm = encoder_norm(pe_task_grads), encoder_norm(pe_reg_grads)
   return jnp.where(reg_norm > 0, task_norm / jnp.where(reg_norm > 0, reg_norm, 1.0), jnp.inf)

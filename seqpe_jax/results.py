@@ -22,8 +22,7 @@ def write_extrapolation(workdir, results: dict[int, dict[str, float]], metric: s
                         axis_label: str, title: str = '', suffix: str = '',
                         protocol: str = '', overrides: dict | None = None,
                         step: int | None = None) -> None:
-  """WORKDIR/extrapolation{suffix}.json (metric per resolution/length) and .png; `protocol`
-  (e.g. sliding windows) goes in both, the eval `overrides` and checkpoint `step` in the JSON."""
+  """WORKDIR/extrapolation{suffix}.json and .png; the eval `overrides` and `step` in the JSON."""
   workdir = epath.Path(workdir)
   table = {str(x): values for x, values in sorted(results.items())}
   record = {'metric': metric, 'axis': axis_label, 'protocol': protocol, 'results': table}

@@ -103,8 +103,7 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
 
 
 def global_batch_from_full(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """A batch that every process holds in full (evaluation) -> global arrays; each process
-  contributes only its own rows, so no example is computed twice."""
+  """A batch every process holds in full -> global arrays, each process giving its own rows."""
   rows = process_rows(len(next(iter(batch.values()))), mesh)
   return global_batch({k: v[rows] for k, v in batch.items()}, mesh)
 

@@ -18,8 +18,7 @@ NEWER_ENTRIES = {'first_nonfinite_step': 0}
 
 
 def init_state(task, optimizer, key):
-  """Fresh parameters {'model', 'pe'}, optimizer state, step 0, and the first step whose
-  loss or gradients were not finite (0: none so far)."""
+  """Fresh parameters {'model', 'pe'}, optimizer state, step 0 and first_nonfinite_step 0."""
   pe_key, model_key = jax.random.split(key)
   pe_params = task.pe.init(pe_key, task.train_shape)
   features = task.pe.features(pe_params, task.train_shape)

@@ -73,8 +73,7 @@ def balance_pe_gradients(grads, target: float = 1.0):
 
 
 def make_train_step(task, optimizer, base_key, shift_pool):
-  """(state, batch, learning_rate) -> (state, metrics): one update at the given rate
-  (`optim.learning_rates`' entry for the step); all randomness is a function of the step."""
+  """(state, batch, learning_rate) -> (state, metrics); all randomness is a function of the step."""
   balance = task.pe_balances_gradients
   gradients = make_gradients(task, base_key, shift_pool)
 
@@ -113,8 +112,7 @@ def jit_train_step(task, optimizer, state_shardings, mesh):
 
 
 def jit_diagnostics(task, state_shardings, mesh):
-  """(params, batch, step, heldout_batch, step_key, shift_pool) -> diag/* scalars, jitted
-  like the train step (`diagnostics.make_diagnostics`), the key and pool as arguments."""
+  """(params, batch, step, heldout, step_key, shift_pool) -> diag/* scalars, jitted as the step."""
   def diagnose(params, batch, step, heldout, step_key, shift_pool):
     gradients = make_gradients(task, step_key, shift_pool)
     return diagnostics.make_diagnostics(task, gradients)(params, batch, step, heldout)
@@ -126,8 +124,7 @@ def jit_diagnostics(task, state_shardings, mesh):
 
 
 def lower_train_step(config: ml_collections.ConfigDict, mesh=None) -> jax.stages.Lowered:
-  """The train step lowered for `mesh` (by default the configured one) from an abstract state
-  and batch (one batch is read for its shapes); nothing is allocated or written."""
+  """The train step lowered for `mesh` from an abstract state and batch; nothing allocated."""
   validate(config)
   mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
   sharding.check_batch(config.batch_size, mesh)

@@ -13,17 +13,15 @@ WORKER_BUFFER = 2
 
 def step_batches(num_examples: int, *, global_batch: int, seed: int,
                  read: Callable[[np.ndarray], dict], workers: int = 0) -> 'StepBatches':
-  """Shuffled, repeated global batches; element s is the batch of step s, so the iterator
-  state is the step and a resumed run reads exactly the batches an uninterrupted one would.
-  `read` gets this process's example indices of a batch."""
+  """Shuffled, repeated global batches; element s is the batch of step s, so a resumed run
+  reads exactly the batches an uninterrupted one would. `read` gets this process's indices."""
   indices, _ = step_indices(num_examples, global_batch=global_batch, seed=seed)
   return StepBatches(indices.map(read), workers)
 
 
 def step_indices(num_examples: int, *, global_batch: int,
                  seed: int) -> tuple[grain.MapDataset, int]:
-  """(element s = this process's example indices at step s, this process's first row of
-  the global batch). For pipelines whose `read` also needs the step (`map_with_index`)."""
+  """(element s = this process's example indices at step s, its first row of the global batch)."""
   if global_batch % jax.process_count():
     raise ValueError(f'The batch of {global_batch} does not split over {jax.process_count()} '
                      'processes.')
@@ -35,9 +33,8 @@ def step_indices(num_examples: int, *, global_batch: int,
 
 
 class StepBatches(grain.MapDataset):
-  """Step-addressed batches that keep their reading settings through slicing: the trainer
-  iterates `batches[start:]`, and with `workers` > 0 that iteration runs the reads in grain
-  worker processes (decoding and augmenting ImageNet needs more than one Python thread)."""
+  """Step-addressed batches that keep `workers` through slicing (the trainer iterates
+  `batches[start:]`): with workers > 0 the reads run in grain worker processes."""
 
   def __init__(self, parent: grain.MapDataset, workers: int):
     super().__init__(parent)
@@ -61,8 +58,7 @@ class StepBatches(grain.MapDataset):
 
 def read(dataset: grain.MapDataset, workers: int, read_options=None, *,
          allow_nones: bool = False) -> grain.IterDataset:
-  """`dataset` in order, read by this process's threads (workers = 0: grain's defaults, as
-  before workers existed) or by `workers` processes that each read one element at a time."""
+  """`dataset` in order, read by this process's threads (workers = 0) or `workers` processes."""
   check_workers(workers)
   if not workers:
     return dataset.to_iter_dataset(read_options, allow_nones=allow_nones)

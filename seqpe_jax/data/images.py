@@ -72,9 +72,8 @@ def load_digits() -> dict[str, Split]:
 
 
 def load_imagenet(data_dir: str | None) -> dict[str, object]:
-  """ImageNet-1k, {'train', 'validation'}: the ILSVRC class folders of JPEGs under
-  `data_dir` (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG, as the reference's timm reads it), or
-  else TFDS's prepared `imagenet2012`, read without TensorFlow."""
+  """ImageNet-1k, {'train', 'validation'}: ILSVRC class folders of JPEGs under `data_dir`
+  (train/<wnid>/, val/<wnid>/, as timm reads them), else TFDS's prepared `imagenet2012`."""
   if data_dir and ImageFolder.holds(pathlib.Path(data_dir) / 'train'):
     root = pathlib.Path(data_dir)
     if not ImageFolder.holds(root / 'val'):
@@ -142,8 +141,7 @@ class Subset:
 
 def load(name: str, data_dir: str | None, *, valid_size: int) -> dict[str, Split]:
   """{'train', 'valid', 'test'}: 'valid' is `valid_size` training examples held out of
-  'train' for choosing between variants (the test split is only for reporting); with
-  `valid_size` 0, {'train', 'test'} with the whole train split."""
+  'train' (for choosing variants); {'train', 'test'} when `valid_size` is 0."""
   if name == 'fashion_mnist':
     splits = load_fashion_mnist(data_dir)
   elif name == 'digits':
@@ -178,8 +176,7 @@ def holdout(n: int, valid_size: int, *, spread: bool) -> tuple[np.ndarray, np.nd
 def train_batches(split, *, global_batch: int, seed: int, image_size: int,
                   options: augment.Options = augment.Options(),
                   workers: int = 0) -> batching.StepBatches:
-  """Shuffled, repeated, batched training data; element s is the global batch of step s
-  (this process's rows of it), augmented as `options` say."""
+  """Shuffled, repeated training batches augmented as `options` say; element s is step s's."""
   if not options.active:
     return batching.step_batches(len(split), global_batch=global_batch, seed=seed,
                                  read=lambda idx: _read(split, idx, image_size), workers=workers)
@@ -193,8 +190,7 @@ def train_batches(split, *, global_batch: int, seed: int, image_size: int,
 def eval_batches(split, *, batch_size: int, image_size: int, rows: np.ndarray | None = None,
                  crop: float = 1.0, workers: int = 0):
   """Every example once, in order, the last batch padded and masked; with `rows`, only those
-  rows of each batch (a process's share). Images are read in parallel (threads, or
-  `workers` processes), resized as `augment.resize_shorter_and_crop` says."""
+  rows of each batch (a process's share), read by threads or `workers` processes."""
   n = len(split)
   rows = np.arange(batch_size) if rows is None else np.asarray(rows)
   idx = (np.arange(-(-n // batch_size))[:, None] * batch_size + rows[None]).ravel()

@@ -305,8 +305,7 @@ def generate(task: str, length: int, num: int, seed: int, *, tokenizer: str = 'g
              vocab_size: int = 4096, corpus: str = 'wiki_gensim', data_dir: str = '',
              cache_dir: str = '', split: str = 'valid', filler: str = 'wiki',
              key: str = 'digits5') -> list[dict]:
-  """`num` examples of `task` at `length` tokens of the named tokenizer (as text.py loads
-  it for `corpus`, whose held-out `split` gives the wiki filler of passkey probes)."""
+  """`num` `task` examples of `length` tokens; held-out `split` of `corpus` gives the filler."""
   if task not in TASKS:
     raise ValueError(f"Unknown retrieval task '{task}'; use one of: {', '.join(TASKS)}.")
   _check_length(length)

@@ -157,8 +157,7 @@ def _auto(q_BLHK, block_size: int) -> str:
 def window_position_logits(hook, pe_state, windows: int, length: int, heads: int,
                            head_dim: int, dtype) -> jax.Array:
   """The attention logits the PE alone gives this layer in each of `pe_state`'s windows,
-  [W, H, L, L] in float32, unmasked: the hook applied to constant content (q = k = 1), scaled
-  as attention scales them (constant across keys when the layer hook ignores position)."""
+  [W, H, L, L] in float32, unmasked: the hook applied to q = k = 1, scaled as attention does."""
   ones = jnp.ones((windows, length, heads, head_dim), dtype)
   q, k, bias = hook(ones, ones, pe_state)
   logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)

@@ -87,8 +87,7 @@ class Transformer(nn.Module):
 
 
 def stacked_probe_logits(collections) -> dict[str, jax.Array]:
-  """{probe name: the position-only logits of every attention layer, [layers, W, H, L, L]}
-  from a forward's mutable `attention.PROBE_LOGITS` collection (see `Transformer`)."""
+  """{probe name: position-only logits [layers, W, H, L, L]} from `attention.PROBE_LOGITS`."""
   by_name = {}
   for path, logits in jax.tree_util.tree_flatten_with_path(collections[attention.PROBE_LOGITS])[0]:
     name = path[-2].key  # sow keeps each value in a tuple: (..., layer, name, index).

@@ -125,8 +125,7 @@ def jitted_table(pe: PositionalEncoding, shape: tuple[int, ...], chunk: int = 40
 
 
 def with_rope_scaling(pe: PositionalEncoding, scaling: str) -> PositionalEncoding:
-  """`pe` with its 1D RoPE frequencies rescaled by `scaling` beyond the training length
-  (eval.rope_scaling, `sources.RotarySource`); '' returns `pe` itself."""
+  """`pe` with its 1D RoPE frequencies rescaled by `scaling` (eval.rope_scaling); '' keeps it."""
   if not scaling:
     return pe
   if scaling not in baselines.ROPE_SCALINGS:

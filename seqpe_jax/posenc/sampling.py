@@ -12,8 +12,7 @@ from seqpe_jax import positions, rng
 
 
 def check_cells_fit(train_shape: Sequence[int], max_position: int, canvas: Sequence[int]) -> None:
-  """Raises ValueError unless the training positions on the canvas, moved anywhere inside
-  their cells (`cell_offsets`), stay in the position space."""
+  """Raises ValueError unless training positions moved anywhere in their cells stay in range."""
   _, hi = positions.canvas_cell(train_shape, canvas)
   top = int(np.max(positions.canvas_grid(train_shape, canvas))) + int(np.max(hi)) - 1
   if top >= max_position:
@@ -147,8 +146,7 @@ def shift_pool(key: jax.Array, *, train_shape: Sequence[int], max_position: int,
 
 def sample_shift(key: jax.Array, pool: jax.Array, *, num_windows: int, prob: float):
   """This step's main windows (shifted bool[], offsets int32[W, n]): with probability `prob`,
-  W cyclically consecutive pool entries from a random start, else all at 0 (docs/method.md
-  §7: the start comes from the step's key, so resumed runs match uninterrupted ones)."""
+  W cyclically consecutive pool entries from a random start, else all at 0 (docs/method.md §7)."""
   coin_key, start_key = jax.random.split(key)
   shifted = jax.random.bernoulli(coin_key, prob)
   start = jax.random.randint(start_key, (), 0, pool.shape[0])

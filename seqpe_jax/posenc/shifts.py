@@ -42,8 +42,7 @@ def check(shift: ml_collections.ConfigDict) -> None:
 
 
 def build(cfg: ml_collections.ConfigDict, pe, takes_shifts: bool) -> Shifts | None:
-  """The shifts of PE `pe` (built by `posenc.build`) when pe.shift.prob > 0 and it has no
-  regularisers of its own to draw them; None otherwise. `takes_shifts`: its kind's."""
+  """`pe`'s shifts when pe.shift.prob > 0 and it has no regularisers to draw them, else None."""
   shift = cfg.shift
   check(shift)
   if shift.prob == 0 or pe.seqpe_encoder is not None:
@@ -59,8 +58,7 @@ def build(cfg: ml_collections.ConfigDict, pe, takes_shifts: bool) -> Shifts | No
 
 
 def training_features(pe, shifts: Shifts | None, params, key: jax.Array, pool: jax.Array):
-  """A baseline's features for one training step: one window at the training positions,
-  or with `shifts` one window per row of this step's offsets (all at 0 when unshifted)."""
+  """A baseline's features for a training step: one window, or one per row of the offsets."""
   offsets = None if shifts is None else shifts.sample(key, pool)[1]
   return pe.features(params, pe.host.train_shape, offsets, deterministic=False,
                      rngs={'dropout': key})

@@ -19,8 +19,7 @@ from seqpe_jax.posenc import baselines, seqpe
 
 def window_positions(shape: Sequence[int], offsets: jax.Array | None,
                      canvas: Sequence[int] = ()) -> jax.Array:
-  """int32[W, N, ndim]: the grid of `shape` (spread over `canvas` if one is given,
-  `positions.canvas_grid`) shifted by each window's offset (W=1 if None)."""
+  """int32[W, N, ndim]: the grid of `shape` (on `canvas`, if any) shifted by each offset."""
   pos = positions.canvas_grid(shape, canvas)[None]
   return pos if offsets is None else pos + jnp.asarray(offsets, jnp.int32)[:, None, :]
 

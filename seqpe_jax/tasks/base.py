@@ -48,8 +48,7 @@ class Task(Protocol):
   @abc.abstractmethod
   def logits(self, model_params, batch: Batch, features, *, train: bool, rng=None,
              mutable=False, probes=None):
-    """The host model's output on `batch` with PE `features` (and the `mutable`
-    collections; `probes`: see `models.transformer.Transformer`)."""
+    """The host model's output on `batch` with PE `features` (and the `mutable` collections)."""
 
   @abc.abstractmethod
   def loss(self, logits, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -89,14 +88,12 @@ class Task(Protocol):
 
   def pe_training_step(self, pe_params, key: jax.Array, step: jax.Array,
                        shift_pool: jax.Array):
-    """(features for the host, probes for `training_outputs`, regulariser terms for
-    `pe_regularizer`, scalars) of one training step."""
+    """(host features, probes, regulariser terms, scalars) of one training step."""
     return regularizers_lib.training_step(self.pe, self.regularizers, pe_params, key, step,
                                           shift_pool, self.shifts)
 
   def pe_regularizer(self, terms, probe_logits):
-    """(The PE's one regulariser loss of a training step, scalars to log) from its
-    `pe_training_step` terms and the host's probe logits."""
+    """(regulariser loss, scalars) from `pe_training_step`'s terms and the probe logits."""
     return regularizers_lib.regularizer_loss(self.regularizers, terms, probe_logits)
 
   @property

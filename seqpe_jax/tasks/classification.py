@@ -104,8 +104,7 @@ class ClassificationTask(base.Task):
     return loss, {'train/accuracy': accuracy}
 
   def sweep(self, params, mesh, split: str | None = None) -> dict[int, dict[str, float]]:
-    """Top-1 accuracy on `split` (default eval.split) at every eval resolution; each process
-    decodes only the images of its own devices."""
+    """Top-1 accuracy on `split` (default eval.split) at every eval resolution, on all devices."""
     split = split or self.config.eval.split
     tables = posenc.TableCache(self.pe, params['pe'])
     batch_size = sharding.eval_batch_size(self.config.eval.batch_size, mesh)

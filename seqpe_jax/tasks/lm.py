@@ -98,8 +98,7 @@ class LanguageModelTask(base.Task):
     return mean_nll(logits, batch, 'train/ppl')
 
   def sweep(self, params, mesh, split: str | None = None) -> dict[int, dict[str, float]]:
-    """Token perplexity on `split` (default eval.split) at every eval.lengths: windows split
-    over all devices of all processes, per-batch sums added on the host."""
+    """Token perplexity on `split` (default eval.split) at every eval.lengths, on all devices."""
     tables = posenc.TableCache(self.eval_pe, params['pe'])
     tokens = self.tokens[split or self.config.eval.split]
     batch_size = sharding.eval_batch_size(self.config.eval.batch_size, mesh)

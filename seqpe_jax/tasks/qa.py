@@ -49,8 +49,7 @@ def encode(tokenizer, example: dict) -> tuple[list[int], list[bool]]:
 
 
 def pack(encoded, block: int, pad_id: int) -> tuple[np.ndarray, np.ndarray, int]:
-  """Right-padded tokens int32[N, block] and scored-token masks bool[N, block] of the
-  examples that fit the block, and how many did not (skipped)."""
+  """Right-padded tokens and scored masks [N, block] of the fitting examples; how many did not."""
   kept = [(t, m) for t, m in encoded if len(t) <= block]
   tokens = np.full((len(kept), block), pad_id, np.int32)
   mask = np.zeros((len(kept), block), bool)
@@ -86,9 +85,8 @@ def rank_accuracy(scores_NC) -> float:
 
 
 def with_candidates(examples: list[dict]) -> list[list[str]]:
-  """Per example, its gold answer then its wrong candidates: the example's own
-  `candidates`, else (QA files) the other examples' first answers, in file order from the
-  next one, up to retrieval.NUM_CANDIDATES in all."""
+  """Per example, its gold answer then up to retrieval.NUM_CANDIDATES - 1 wrong ones: its own
+  `candidates`, else (QA files) the other examples' first answers, from the next one on."""
   answers = [e['outputs'][0].strip() for e in examples]
   result = []
   for i, (e, gold) in enumerate(zip(examples, answers)):
@@ -234,8 +232,7 @@ class QATask(base.Task):
     return self._eval_sets[split]
 
   def initial_params(self, abstract_params):
-    """The LM run's parameters placed like `abstract_params` (asked only without a checkpoint
-    of this run's own); None when init_from is 'scratch'."""
+    """The LM run's parameters placed like `abstract_params`; None when init_from is 'scratch'."""
     if self.config.init_from == SCRATCH:
       return None
     logging.info('Starting from the parameters of %s.', self.config.init_from)
@@ -260,8 +257,7 @@ class QATask(base.Task):
     return answer_loss(logits, batch)
 
   def sweep(self, params, mesh, split: str | None = None) -> dict[int, dict[str, float]]:
-    """EM, answer_logp and rank_acc at every eval length on `split` (default eval.split):
-    left-padded prompts split over all devices, one PE table per length."""
+    """EM, answer_logp and rank_acc at every eval length on `split` (default eval.split)."""
     tables = posenc.TableCache(self.pe, params['pe'])
     rows = sharding.eval_batch_size(self.config.eval.batch_size, mesh)
     new = self.config.eval.max_new_tokens
