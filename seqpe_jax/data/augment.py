@@ -143,8 +143,7 @@ def crop_box(height: int, width: int, rng: np.random.Generator, scale: tuple[flo
 
 
 def random_erase(image: np.ndarray, rng: np.random.Generator, prob: float) -> np.ndarray:
-  """With probability `prob`, one rectangle becomes per-pixel noise, N(0, 1) in the normalised
-  space timm erases in (clipped to uint8, which cuts the 2% of draws past ~2 std)."""
+  """With probability `prob`, one rectangle becomes N(0, 1) noise in timm's normalised space."""
   if prob == 0 or rng.random() >= prob:
     return image
   height, width, channels = image.shape

@@ -1,16 +1,10 @@
 """Language-model text: corpora in the WikiText-raw layout, tokenised once, cut into windows.
 
-Corpora (`config.data.name`):
-  wiki_gensim   the 106 English Wikipedia articles that ship in the gensim wheel, converted
-                once by our own cleaner (`wikimarkup`) and split by whole articles in file
-                order: articles under 50 words dropped, the last 10 give 5 valid + 5 test.
-  pydoc_topics  the Python reference prose in the standard library (no install), split by
-                entry the same way; for unit tests.
-  wikitext      a directory (`config.data.dir`) with wiki.train.raw, wiki.valid.raw,
-                wiki.test.raw, e.g. WikiText-103 for the paper run.
-
-Token arrays are cached, keyed by the corpus content and the tokenizer. Training windows
-are non-overlapping blocks of the train length, batched by step (`batching.py`).
+Corpora (`config.data.name`): wiki_gensim, the Wikipedia articles in the gensim wheel,
+cleaned by `wikimarkup` (docs/experiments.md); pydoc_topics, the standard library's Python
+reference prose, for unit tests; wikitext, a directory (`config.data.dir`) with
+wiki.{train,valid,test}.raw (WikiText-103 for the paper run). Both built corpora are split by
+whole articles (`_write_splits`); token arrays are cached per corpus content and tokenizer.
 """
 
 import hashlib

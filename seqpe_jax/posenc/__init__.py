@@ -187,8 +187,7 @@ class PEKind:
     methods: the injection methods it supports; the first is its default.
     source, hooks: (pe config, host, method) -> its source module, and -> its (model hook,
       layer hook) classes (by default the method's).
-    config_section: the `config.pe` section its parameters depend on (checked when a QA
-      run starts from an LM run); '' if none.
+    config_section: the `config.pe` section its parameters depend on ('' if none).
     canvas: whether `pe.canvas_stride` can spread its source's per-axis coordinates.
     shifts: whether it has positions beyond the training window for pe.shift to move to.
   """

@@ -5,8 +5,7 @@ import ml_collections
 
 
 def get_config() -> ml_collections.ConfigDict:
-  """The PE section of an experiment config, with the ViT reference's sizes; experiment
-  configs set every size from their SEQPE_SIZES table (configs/common.SeqPESizes)."""
+  """The PE section of a config at the ViT reference's sizes (configs/common.SeqPESizes: theirs)."""
   pe = ml_collections.ConfigDict()
   # seqpe | ape | sincos | sincos2d | rope | rope2d | rope_mixed | alibi | none, or registered.
   pe.name = 'seqpe'
