@@ -79,6 +79,10 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
   c.pe.inject.qk_proj = 'shared'
   if pe == 'seqpe' and recipe == 'tuned':
     c.pe.update_from_flattened_dict(TUNED_SEQPE)
+    # The distillation at smoke size: 16 moved copies of a QA smoke's 300-token block, each
+    # with 64 far keys, would triple its step time.
+    if variant == 'smoke':
+      c.pe.logit_distill.num_windows, c.pe.logit_distill.num_far_keys = 2, 8
 
   # The GPT-2 recipe: linear warm-up and decay, no weight decay. The peak rate is the one
   # every PE chose on validation in the fair LM study (lab/results/lm_fair/CHOSEN.json).
@@ -110,9 +114,6 @@ def get_config(arg: str | None, pe: str) -> ml_collections.ConfigDict:
     c.data.name, c.data.tokenizer, c.data.seq_len = 'pydoc_topics', 'byte', 32
     c.optimizer.warmup_steps = 2
     c.eval.lengths, c.eval.batch_size = (32, 64), 8
-    # The tuned recipe's distillation at the smoke's scale: 16 moved copies of a QA smoke's
-    # 300-token block, each with 64 far keys, would triple its step time.
-    c.pe.logit_distill.num_windows, c.pe.logit_distill.num_far_keys = 2, 8
   elif variant == 'paper':
     # GPT-2 small on WikiText-103 (docs/method.md §11.2).
     c.seed = 10086
