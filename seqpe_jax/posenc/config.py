@@ -5,7 +5,8 @@ import ml_collections
 
 
 def get_config() -> ml_collections.ConfigDict:
-  """The PE section of a config at the ViT reference's sizes (configs/common.SeqPESizes: theirs)."""
+  """The PE section of a config at the ViT reference's sizes (configs set their own sizes
+  with configs/common.SeqPESizes)."""
   pe = ml_collections.ConfigDict()
   # seqpe | ape | sincos | sincos2d | rope | rope2d | rope_mixed | alibi | none, or registered.
   pe.name = 'seqpe'
