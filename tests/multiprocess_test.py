@@ -1,7 +1,9 @@
 """Real multi-process runs: 2 processes x 4 CPU devices over loopback, started by
 launch/local_multiprocess.sh as a user would. A SIGTERM to one process stops both at the
-same step with one checkpoint and the "preempted" status; the resumed run ends bit-identical
-to an uninterrupted one; evaluation counts every token once."""
+same step with one checkpoint and the "preempted" status, and the resumed run ends
+bit-identical to an uninterrupted one; a Ctrl-C to the launcher saves one step on both and
+exits 130 (a resume restores such a checkpoint the same way: tests/train_test.py resumes
+after a Ctrl-C); evaluation counts every token once."""
 
 import json
 import os
@@ -128,8 +130,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_exactly(
   assert steps == list(range(3, STEPS + 1, 3))
 
 
-def test_ctrl_c_to_the_launcher_saves_one_step_on_both_exits_130_and_resumes_exactly(
-    uninterrupted, tmp_path):
+def test_ctrl_c_to_the_launcher_saves_one_step_on_both_and_exits_130(tmp_path):
   process = launch(tmp_path)
   # Once training runs (before, there is nothing to save and a Ctrl-C just stops): the
   # first logged step, with STEPS - 3 still to go.
@@ -146,7 +147,3 @@ def test_ctrl_c_to_the_launcher_saves_one_step_on_both_exits_130_and_resumes_exa
   stops = [line for line in logs(tmp_path).splitlines() if 'saved a checkpoint at step' in line]
   assert len(stops) == 2 and all(f'SIGINT: saved a checkpoint at step {saved[0]} ' in line
                                  for line in stops), stops
-  assert finish(launch(tmp_path), tmp_path) == 0, logs(tmp_path)
-  for a, b in zip(jax.tree.leaves(saved_params(uninterrupted, STEPS)),
-                  jax.tree.leaves(saved_params(tmp_path, STEPS))):
-    np.testing.assert_array_equal(a, b)

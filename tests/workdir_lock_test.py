@@ -281,20 +281,20 @@ def run_record(workdir):
           'files': sorted(p.name for p in workdir.iterdir() if not p.name.startswith('events'))}
 
 
-@pytest.mark.parametrize('second', [[], ['--config.pe.name=rope']],
-                         ids=['same config', 'another config'])
-def test_two_runs_started_at_once_one_trains_as_if_alone_the_other_exits_2(tmp_path, second):
+def test_three_runs_started_at_once_one_trains_as_if_alone_the_others_exit_2(tmp_path):
+  """Two with the same config and one with another: neither kind gets past the lock."""
   workdir = tmp_path / 'run'
-  commands = [LM_SMOKE, LM_SMOKE + second]
+  commands = [LM_SMOKE, LM_SMOKE, LM_SMOKE + ['--config.pe.name=rope']]
   runs = [start_main(*command, f'--workdir={workdir}') for command in commands]
   outputs = [run.communicate(timeout=900) for run in runs]
   codes = [run.returncode for run in runs]
-  assert sorted(codes) == [0, 2], outputs
+  assert sorted(codes) == [0, 2, 2], outputs
   winner = codes.index(0)
-  errors = [line for line in outputs[1 - winner][1].splitlines() if line.startswith('error: ')]
-  assert errors == [f'error: {workdir} is in use by train (pid {runs[winner].pid} on host '
-                    f'{socket.gethostname()}, started {errors[0].split("started ")[1]}'], outputs
-  assert 'Traceback' not in outputs[1 - winner][1]
+  for loser in {0, 1, 2} - {winner}:
+    errors = [line for line in outputs[loser][1].splitlines() if line.startswith('error: ')]
+    assert errors == [f'error: {workdir} is in use by train (pid {runs[winner].pid} on host '
+                      f'{socket.gethostname()}, started {errors[0].split("started ")[1]}'], outputs
+    assert 'Traceback' not in outputs[loser][1]
   lone = tmp_path / 'lone'
   alone = start_main(*commands[winner], f'--workdir={lone}')
   assert alone.communicate(timeout=900) and alone.returncode == 0
