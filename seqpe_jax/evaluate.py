@@ -91,8 +91,7 @@ def with_eval_overrides(config: ml_collections.ConfigDict,
     old = config.eval[field]
     if isinstance(old, (list, tuple)):
       value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
-    elif not isinstance(value, type(old)) and not (isinstance(old, float)
-                                                   and isinstance(value, int)):
+    elif not (isinstance(value, type(old)) or (isinstance(old, float) and isinstance(value, int))):
       raise ValueError(f'--config.{key}={value!r} should be a {type(old).__name__} like the '
                        f'recorded {old!r}.')
     config.eval[field] = value
