@@ -1,12 +1,11 @@
 """Starting a run from another run's parameters: `config.init_from=WORKDIR` (QA from an LM).
 
 The source is a finished LM run (its config.json and at least one checkpoint), a study's
-`<study>/final/<pe>/seed<i>` included, with this config's model, PE and tokenizer: the
-fields that fix the parameters' shapes and meaning are compared and the first that differs
-is named; those that only say how a run trains (dropout, attention kernels, the SeqPE
-regularisers' sampling) may change. The newest checkpoint's parameters are placed with this
-run's shardings; a learned APE table trained at another length is resampled linearly, as
-the LM's own evaluation does.
+`<study>/final/<pe>/seed<i>` included, with this config's model, PE and tokenizer: the fields that
+fix the parameters' shapes and meaning are compared and the first that differs is named; those that
+only say how a run trains (dropout, attention kernels, the SeqPE regularisers' sampling) may change.
+The newest checkpoint's parameters are placed with this run's shardings; a learned APE table trained
+at another length is resampled linearly, as the LM's own evaluation does.
 """
 
 import json
