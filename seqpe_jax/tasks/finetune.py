@@ -55,14 +55,13 @@ def source_config(workdir: str) -> dict:
   """The config (as JSON) of the LM run in `workdir`, checked to be one with a checkpoint."""
   path = epath.Path(workdir) / 'config.json'
   flag = f'--config.init_from={workdir}'
+  hint = 'point it at the --workdir of a configs/lm_<pe>.py run'
   if not path.exists():
-    raise FileNotFoundError(f'{flag} is not an LM run: it has no config.json (point it at the '
-                            '--workdir of a configs/lm_<pe>.py run).')
+    raise FileNotFoundError(f'{flag} is not an LM run: it has no config.json ({hint}).')
   config = json.loads(path.read_text())
   kind = config.get('task') or config.get('model', {}).get('name')
   if kind != 'gpt':
-    raise ValueError(f"{flag} is not an LM run: its config.json is a '{kind}' run (point it at "
-                     'the --workdir of a configs/lm_<pe>.py run).')
+    raise ValueError(f"{flag} is not an LM run: its config.json is a '{kind}' run ({hint}).")
   if latest_step(workdir) is None:
     raise FileNotFoundError(f'{flag} has no checkpoint to start from: train the LM run first '
                             f'(it saves to {epath.Path(workdir) / "checkpoints"}).')
