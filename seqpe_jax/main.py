@@ -53,8 +53,7 @@ def initialize_processes(args) -> None:
 
 def use_compilation_cache(directory: str | None) -> None:
   """Compiled steps kept on disk: a rerun, resume or sweep of a config skips XLA's compile."""
-  directory = directory or os.environ.get('JAX_COMPILATION_CACHE_DIR') or str(
-      cache.root() / 'xla')
+  directory = directory or os.environ.get('JAX_COMPILATION_CACHE_DIR') or str(cache.root() / 'xla')
   if directory == 'off':
     return
   jax.config.update('jax_compilation_cache_dir', directory)
