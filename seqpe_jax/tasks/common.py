@@ -7,7 +7,6 @@ import jax.numpy as jnp
 from seqpe_jax import choices, posenc
 from seqpe_jax.posenc import regularizers
 
-
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
