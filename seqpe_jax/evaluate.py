@@ -17,6 +17,7 @@ plots finished runs' extrapolation curves together and prints them as one Markdo
 """
 
 import ast
+import contextlib
 import json
 
 import ml_collections
@@ -38,10 +39,9 @@ def evaluate_workdir(workdir: str, split: str | None = None, overrides: dict | N
     results = task.sweep(state['params'], mesh, split=split)
     suffix = ''.join(f'_{part}' for part in (split, name) if part)
     results_files.write_extrapolation(
-        workdir, results, task.metric, task.axis_label,
+        workdir, results, task.metric, task.axis_label, suffix=suffix, step=int(state['step']),
         title=f'{config.model.name} {config.pe.name} {split or ""} {name}'.strip(),
-        suffix=suffix, protocol=task.sweep_protocol, overrides=overrides,
-        step=int(state['step']))
+        protocol=task.sweep_protocol, overrides=overrides)
     task.write_plots(workdir, results, suffix=suffix)  # Task-specific figures (QA: by depth).
   return results
 
@@ -68,10 +68,8 @@ def restore_run(workdir: str, overrides: dict | None = None):
   task = tasks.build(config)
   target = state_lib.abstract_state(task, state_lib.make_optimizer(task, config), mesh)
   checkpointer = checkpoint.Checkpointer(workdir, recorded, keep=config.keep_checkpoints)
-  try:
+  with contextlib.closing(checkpointer):
     state = checkpointer.restore(target, defaults=state_lib.NEWER_ENTRIES)
-  finally:
-    checkpointer.close()
   if state is None:
     raise FileNotFoundError(f'{workdir} has no checkpoint to evaluate.')
   return config, task, state, mesh
@@ -93,8 +91,7 @@ def with_eval_overrides(config: ml_collections.ConfigDict,
     old = config.eval[field]
     if isinstance(old, (list, tuple)):
       value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
-    elif not isinstance(value, type(old)) and not (isinstance(old, float)
-                                                   and isinstance(value, int)):
+    elif not (isinstance(value, type(old)) or (isinstance(old, float) and isinstance(value, int))):
       raise ValueError(f'--config.{key}={value!r} should be a {type(old).__name__} like the '
                        f'recorded {old!r}.')
     config.eval[field] = value
@@ -139,8 +136,7 @@ def compare(workdirs: list[str], out: str) -> str:
   metric = metrics_.pop()
   axis = next(iter(runs.values()))['axis']
   columns = sorted({int(x) for r in runs.values() for x in r['results']})
-  plt = results_files.pyplot()
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig, ax = results_files.pyplot().subplots(figsize=(6, 4))
   lines = [f"| run | {' | '.join(str(x) for x in columns)} |", '|---' * (len(columns) + 1) + '|']
   for key, run in runs.items():
     xs = sorted(int(x) for x in run['results'])

@@ -53,8 +53,7 @@ def initialize_processes(args) -> None:
 
 def use_compilation_cache(directory: str | None) -> None:
   """Compiled steps kept on disk: a rerun, resume or sweep of a config skips XLA's compile."""
-  directory = directory or os.environ.get('JAX_COMPILATION_CACHE_DIR') or str(
-      cache.root() / 'xla')
+  directory = directory or os.environ.get('JAX_COMPILATION_CACHE_DIR') or str(cache.root() / 'xla')
   if directory == 'off':
     return
   jax.config.update('jax_compilation_cache_dir', directory)
@@ -70,9 +69,8 @@ def main(argv):
     use_compilation_cache(flags.FLAGS.compilation_cache)
     initialize_processes(flags.FLAGS)
     if jax.process_count() > 1:  # Every host says it joined (each has its own log).
-      print(f'Process {jax.process_index()} of {jax.process_count()}; '
-            f'{jax.local_device_count()} local of {jax.device_count()} devices: '
-            f'{jax.devices()[0].device_kind}', flush=True)
+      print(f'Process {jax.process_index()} of {jax.process_count()}; {jax.local_device_count()} '
+            f'local of {jax.device_count()} devices: {jax.devices()[0].device_kind}', flush=True)
     if flags.FLAGS.compile_only:
       print(train.format_compile_report(train.compile_report(flags.FLAGS.config)))
       return

@@ -95,8 +95,7 @@ class SweepProgress:
 
   def done(self, x: int, values: dict[str, float]) -> None:
     now = self._clock()
-    say(f'  {self._axis} {x}: {self._metric} {values[self._metric]:.4g} '
-        f'({now - self._last:.1f} s)')
+    say(f'  {self._axis} {x}: {self._metric} {values[self._metric]:.4g} ({now - self._last:.1f} s)')
     self._last = now
 
 

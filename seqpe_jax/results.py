@@ -19,9 +19,8 @@ def flatten(results: dict[int, dict[str, float]], metric: str) -> dict[str, floa
 
 
 def write_extrapolation(workdir, results: dict[int, dict[str, float]], metric: str,
-                        axis_label: str, title: str = '', suffix: str = '',
-                        protocol: str = '', overrides: dict | None = None,
-                        step: int | None = None) -> None:
+                        axis_label: str, title: str = '', suffix: str = '', protocol: str = '',
+                        overrides: dict | None = None, step: int | None = None) -> None:
   """WORKDIR/extrapolation{suffix}.json and .png; the eval `overrides` and `step` in the JSON."""
   workdir = epath.Path(workdir)
   table = {str(x): values for x, values in sorted(results.items())}
@@ -31,9 +30,8 @@ def write_extrapolation(workdir, results: dict[int, dict[str, float]], metric: s
   if overrides:
     record['overrides'] = overrides
   (workdir / f'extrapolation{suffix}.json').write_text(json.dumps(record, indent=2))
-  plt = pyplot()
   xs = sorted(results)
-  fig, ax = plt.subplots(figsize=(5, 3.5))
+  fig, ax = pyplot().subplots(figsize=(5, 3.5))
   ax.plot(xs, [results[x][metric] for x in xs], marker='o')
   ax.set(xlabel=axis_label, ylabel=metric)
   ax.set_title(f'{title}\n{protocol}' if protocol else title, fontsize=9)

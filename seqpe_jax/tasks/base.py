@@ -86,8 +86,7 @@ class Task(Protocol):
                                       probes=probes, mutable=[attention.PROBE_LOGITS])
     return logits, transformer.stacked_probe_logits(collections)
 
-  def pe_training_step(self, pe_params, key: jax.Array, step: jax.Array,
-                       shift_pool: jax.Array):
+  def pe_training_step(self, pe_params, key: jax.Array, step: jax.Array, shift_pool: jax.Array):
     """(host features, probes, regulariser terms, scalars) of one training step."""
     return regularizers_lib.training_step(self.pe, self.regularizers, pe_params, key, step,
                                           shift_pool, self.shifts)

@@ -7,7 +7,6 @@ import jax.numpy as jnp
 from seqpe_jax import choices, posenc
 from seqpe_jax.posenc import regularizers
 
-
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
@@ -28,9 +27,8 @@ def build_pe(config, host: posenc.HostSpec, eval_shapes: Iterable[Sequence[int]]
   shifts = posenc.shifts.build(config.pe, pe, posenc.REGISTRY[pe.name].shifts)
   drawer = reg or shifts  # Whichever draws the training windows.
   if drawer and config.batch_size % drawer.num_windows:
-    raise ValueError(f'batch_size={config.batch_size} cannot share '
-                     f'pe.shift.num_windows={drawer.num_windows} windows evenly; '
-                     'use a batch that is a multiple of it.')
+    raise ValueError(f'batch_size={config.batch_size} cannot share pe.shift.num_windows='
+                     f'{drawer.num_windows} windows evenly; use a batch that is a multiple of it.')
   for shape in eval_shapes:
     pe.check_shape(shape)
   return pe, reg, shifts

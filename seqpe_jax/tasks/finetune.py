@@ -1,12 +1,11 @@
 """Starting a run from another run's parameters: `config.init_from=WORKDIR` (QA from an LM).
 
 The source is a finished LM run (its config.json and at least one checkpoint), a study's
-`<study>/final/<pe>/seed<i>` included, with this config's model, PE and tokenizer: the
-fields that fix the parameters' shapes and meaning are compared and the first that differs
-is named; those that only say how a run trains (dropout, attention kernels, the SeqPE
-regularisers' sampling) may change. The newest checkpoint's parameters are placed with this
-run's shardings; a learned APE table trained at another length is resampled linearly, as
-the LM's own evaluation does.
+`<study>/final/<pe>/seed<i>` included, with this config's model, PE and tokenizer: the fields that
+fix the parameters' shapes and meaning are compared and the first that differs is named; those that
+only say how a run trains (dropout, attention kernels, the SeqPE regularisers' sampling) may change.
+The newest checkpoint's parameters are placed with this run's shardings; a learned APE table trained
+at another length is resampled linearly, as the LM's own evaluation does.
 """
 
 import json
@@ -56,14 +55,13 @@ def source_config(workdir: str) -> dict:
   """The config (as JSON) of the LM run in `workdir`, checked to be one with a checkpoint."""
   path = epath.Path(workdir) / 'config.json'
   flag = f'--config.init_from={workdir}'
+  hint = 'point it at the --workdir of a configs/lm_<pe>.py run'
   if not path.exists():
-    raise FileNotFoundError(f'{flag} is not an LM run: it has no config.json (point it at the '
-                            '--workdir of a configs/lm_<pe>.py run).')
+    raise FileNotFoundError(f'{flag} is not an LM run: it has no config.json ({hint}).')
   config = json.loads(path.read_text())
   kind = config.get('task') or config.get('model', {}).get('name')
   if kind != 'gpt':
-    raise ValueError(f"{flag} is not an LM run: its config.json is a '{kind}' run (point it at "
-                     'the --workdir of a configs/lm_<pe>.py run).')
+    raise ValueError(f"{flag} is not an LM run: its config.json is a '{kind}' run ({hint}).")
   if latest_step(workdir) is None:
     raise FileNotFoundError(f'{flag} has no checkpoint to start from: train the LM run first '
                             f'(it saves to {epath.Path(workdir) / "checkpoints"}).')

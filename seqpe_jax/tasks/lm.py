@@ -21,7 +21,6 @@ from seqpe_jax.data import text
 from seqpe_jax.models import gpt, transformer
 from seqpe_jax.tasks import base, common
 
-
 PROTOCOLS = ('non_overlapping', 'sliding')
 
 

@@ -65,8 +65,7 @@ def decode_answer(tokenizer, tokens) -> str:
   return tokenizer.decode(tokens[:end])
 
 
-def left_pad(prompts: list[list[int]], width: int, rows: int,
-             pad_id: int) -> dict[str, np.ndarray]:
+def left_pad(prompts: list[list[int]], width: int, rows: int, pad_id: int) -> dict[str, np.ndarray]:
   """{'tokens', 'mask'} [rows, width]: each prompt at the right end, true on its tokens.
   Rows beyond the prompts (to fill a batch) hold one end-of-text token."""
   tokens = np.full((rows, width), pad_id, np.int32)
@@ -111,13 +110,11 @@ def candidate_tokens(tokenizer, candidates: list[list[str]]) -> tuple[np.ndarray
   for i, row in enumerate(encoded):
     for c in range(num):
       t = row[min(c, len(row) - 1)]
-      tokens[i, c, :len(t)] = t
-      mask[i, c, :len(t)] = c < len(row)
+      tokens[i, c, :len(t)], mask[i, c, :len(t)] = t, c < len(row)
   return tokens, mask
 
 
-def score(examples: list[dict], outputs: list[str],
-          candidate_scores=None) -> dict[str, float]:
+def score(examples: list[dict], outputs: list[str], candidate_scores=None) -> dict[str, float]:
   """EM and character accuracy; with `candidate_scores` (log-probabilities [N, C], gold
   first, -inf for missing candidates) also answer_logp and rank_acc. EM, answer_logp and
   rank_acc also per depth decile when every example records its depth."""
@@ -176,7 +173,10 @@ class QATask(base.Task):
 
   def _build_train_set(self) -> None:
     data, held = self.config.data, self.config.eval.batch_size
-    examples = self._train_examples()
+    if data.source == 'jsonl':
+      examples = [e for group in retrieval.read_lengths(data.dir, 'train').values() for e in group]
+    else:
+      examples = self._probes(data.seq_len, data.num_train, data.probe_seed, data.filler_split)
     tokens, mask, self.skipped = pack([encode(self.tokenizer, e) for e in examples],
                                       data.seq_len, self.tokenizer.eot_id)
     log = logging.warning if self.skipped else logging.info
@@ -188,12 +188,6 @@ class QATask(base.Task):
                        'examples or a longer data.seq_len.')
     self.train_tokens, self.train_mask = tokens[:-held], mask[:-held]
     self.heldout = {'tokens': tokens[-held:], 'mask': mask[-held:]}
-
-  def _train_examples(self) -> list[dict]:
-    data = self.config.data
-    if data.source == 'jsonl':
-      return [e for group in retrieval.read_lengths(data.dir, 'train').values() for e in group]
-    return self._probes(data.seq_len, data.num_train, data.probe_seed, data.filler_split)
 
   def _probes(self, length: int, num: int, seed: int, split: str) -> list[dict]:
     """Passkey probes for the nominal `length`: length - data.answer_room prompt tokens."""
@@ -260,7 +254,6 @@ class QATask(base.Task):
     """EM, answer_logp and rank_acc at every eval length on `split` (default eval.split)."""
     tables = posenc.TableCache(self.pe, params['pe'])
     rows = sharding.eval_batch_size(self.config.eval.batch_size, mesh)
-    new = self.config.eval.max_new_tokens
     gather = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
     results = {}
     progress = metrics.SweepProgress(self.axis_label, self.metric)
@@ -276,14 +269,13 @@ class QATask(base.Task):
         batch = sharding.global_batch_from_full(
             dict(left_pad(chunk, width, rows, self.tokenizer.eot_id),
                  candidates=candidates[start:start + rows]), mesh)
-        tokens, _ = gpt.generate(self.model, params['model'], table, batch['tokens'], new,
-                                 batch['mask'])
+        tokens, _ = gpt.generate(self.model, params['model'], table, batch['tokens'],
+                                 self.config.eval.max_new_tokens, batch['mask'])
         outputs += [decode_answer(self.tokenizer, row) for row in gather(tokens)[:len(chunk)]]
         token_logp = gpt.continuation_logprobs(self.model, params['model'], table,
                                                batch['tokens'], batch['candidates'], batch['mask'])
         logp.append(gather(token_logp)[:len(chunk)])
-      logp = np.concatenate(logp)
-      candidate_scores = np.where(scored.any(-1), (logp * scored).sum(-1), -np.inf)
+      candidate_scores = np.where(scored.any(-1), (np.concatenate(logp) * scored).sum(-1), -np.inf)
       results[length] = result = score(examples, outputs, candidate_scores)
       progress.done(length, result)
       logging.info('QA at %d tokens: EM %.3f, gold log-probability %.2f, rank accuracy %.2f; '
@@ -372,9 +364,8 @@ def write_depth_heatmap(workdir, results: dict[int, dict[str, float]], title: st
       grids.append((grid, label, limits))
   if not grids:
     return None
-  plt = results_files.pyplot()
-  fig, axes = plt.subplots(len(grids), 1, squeeze=False,
-                           figsize=(7, len(grids) * (1.2 + 0.45 * len(lengths))))
+  fig, axes = results_files.pyplot().subplots(
+      len(grids), 1, squeeze=False, figsize=(7, len(grids) * (1.2 + 0.45 * len(lengths))))
   for ax, (grid, label, limits) in zip(axes[:, 0], grids):
     low, high = limits or (np.nanmin(grid), np.nanmax(grid))
     image = ax.imshow(grid, vmin=low, vmax=high, cmap='viridis', aspect='auto')
