@@ -41,9 +41,7 @@ def _until_stable(pattern: re.Pattern, repl, text: str) -> str:
 
 def _link(match: re.Match) -> str:
   inner = match.group(1)
-  if _DROP_LINK.match(inner):
-    return ''
-  return inner.split('|')[-1] if '|' in inner else inner
+  return '' if _DROP_LINK.match(inner) else inner.split('|')[-1]  # The label of [[target|label]].
 
 
 def clean_markup(text: str) -> str:
