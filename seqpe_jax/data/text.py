@@ -119,11 +119,8 @@ def tokenize_splits(directory: pathlib.Path, tokenizer: tokenizers.Tokenizer,
 
 
 def _digest(path: pathlib.Path) -> str:
-  h = hashlib.sha1()
   with path.open('rb') as f:
-    for block in iter(lambda: f.read(1 << 24), b''):
-      h.update(block)
-  return h.hexdigest()[:16]
+    return hashlib.file_digest(f, 'sha1').hexdigest()[:16]
 
 
 class Windows:
@@ -170,8 +167,7 @@ def eval_windows(tokens: np.ndarray, length: int,
   return windows, exists & scored
 
 
-def eval_batches(tokens: np.ndarray, *, length: int, batch_size: int,
-                 stride: int | None = None):
+def eval_batches(tokens: np.ndarray, *, length: int, batch_size: int, stride: int | None = None):
   """Batches of `eval_windows`, the last filled with all-masked padding windows."""
   windows, mask = eval_windows(tokens, length, stride)
   for start in range(0, len(windows), batch_size):
