@@ -45,8 +45,7 @@ def corpus_dir(name: str, data_dir: str = '', cache_dir: str = '') -> pathlib.Pa
     if not all(p.exists() for p in raw_files(directory).values()):
       articles = _gensim_articles() if name == 'wiki_gensim' else _pydoc_articles()
       _write_splits(directory, articles)
-  missing = [p.name for p in raw_files(directory).values() if not p.exists()]
-  if missing:
+  if missing := [p.name for p in raw_files(directory).values() if not p.exists()]:
     raise FileNotFoundError(f"{directory} lacks {', '.join(missing)}: a text corpus directory "
                             'needs wiki.train.raw, wiki.valid.raw and wiki.test.raw (the layout '
                             'of wikitext-103-raw-v1.zip).')

@@ -61,8 +61,7 @@ def to_wikitext_lines(title: str, markup: str) -> list[str]:
   lines = [f' = {title} = ', '']
   for raw in clean_markup(markup).split('\n'):
     line = _SPACES.sub(' ', raw).strip()
-    heading = _HEADING.match(line)
-    if heading:
+    if heading := _HEADING.match(line):
       marks, name = ' '.join('=' * max(len(heading.group(1)), 2)), heading.group(2).strip()
       if name:
         lines += [f' {marks} {name} {marks} ', '']
