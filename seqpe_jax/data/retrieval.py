@@ -293,8 +293,7 @@ def min_length(tokenizer: tokenizers.Tokenizer, keys: KeyForm = DIGITS5) -> int:
   longest = max(keys.pool, key=lambda k: len(tokenizer.encode(k))) if keys.pool else (
       '9' * keys.digits)
   needle = PASSKEY_NEEDLE.format(key=longest)
-  shortest = len(tokenizer.encode(PASSKEY_PREFIX + needle + PASSKEY_QUESTION)) + 16 + 2
-  return max(MIN_LENGTH, shortest)
+  return max(MIN_LENGTH, len(tokenizer.encode(PASSKEY_PREFIX + needle + PASSKEY_QUESTION)) + 16 + 2)
 
 
 def generate(task: str, length: int, num: int, seed: int, *, tokenizer: str = 'gpt2',
