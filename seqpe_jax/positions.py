@@ -54,8 +54,7 @@ def canvas_of(train_shape: Sequence[int], stride: int) -> tuple[int, ...]:
   return tuple(stride * n for n in train_shape) if stride else ()
 
 
-def canvas_cell(train_shape: Sequence[int], canvas: Sequence[int]
-                ) -> tuple[np.ndarray, np.ndarray]:
+def canvas_cell(train_shape: Sequence[int], canvas: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
   """Per-axis offsets [lo, hi) that move a training position anywhere inside its canvas
   cell (C_a // n_a wide, the position at its centre): int arrays lo, hi of length ndim."""
   stride = np.asarray([c // n for n, c in zip(train_shape, canvas)])
@@ -87,9 +86,8 @@ def check_fits(pos: np.ndarray | int, *, base: int, width: int) -> None:
   lo, hi = int(pos.min()), int(pos.max())
   if lo < 0 or hi >= limit:
     bad = lo if lo < 0 else hi
-    raise ValueError(
-        f'Position {bad} does not fit {width} base-{base} digits (valid range 0..{limit - 1}); '
-        f'raise pe.seqpe.max_position or pe.seqpe.num_digits.')
+    raise ValueError(f'Position {bad} does not fit {width} base-{base} digits (valid range '
+                     f'0..{limit - 1}); raise pe.seqpe.max_position or pe.seqpe.num_digits.')
 
 
 def check_extent_fits(shape: Sequence[int], *, base: int, width: int, offset: int = 0) -> None:

@@ -22,8 +22,7 @@ def init_state(task, optimizer, key):
   pe_key, model_key = jax.random.split(key)
   pe_params = task.pe.init(pe_key, task.train_shape)
   features = task.pe.features(pe_params, task.train_shape)
-  model_params = task.init_model(model_key, features)
-  params = {'model': model_params, 'pe': pe_params}
+  params = {'model': task.init_model(model_key, features), 'pe': pe_params}
   zero = jnp.zeros((), jnp.int32)
   return {'params': params, 'opt_state': optimizer.init(params), 'step': zero,
           'first_nonfinite_step': zero}

@@ -139,11 +139,9 @@ def answered_within(fn, what: str):
 
 
 def _remove_if_empty(path: epath.Path) -> None:
-  try:
+  with contextlib.suppress(OSError):  # Someone else wrote there meanwhile: it is theirs.
     if path.is_dir() and not any(path.iterdir()):
       path.rmdir()
-  except OSError:
-    pass  # Someone else wrote there meanwhile: it is theirs.
 
 
 def describe(holder: dict) -> str:

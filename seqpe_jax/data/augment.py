@@ -47,8 +47,7 @@ class Options:
     if augment is None:
       return cls()
     fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(augment) - fields)
-    if unknown:
+    if unknown := sorted(set(augment) - fields):
       raise ValueError(f"Unknown data.augment field '{unknown[0]}'; use one of: "
                        f"{', '.join(sorted(fields))}.")
     values = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in augment.items()}

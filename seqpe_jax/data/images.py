@@ -19,10 +19,8 @@ import PIL.Image
 from seqpe_jax.data import augment, batching
 
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
-FASHION_MNIST_FILES = {
-    'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
-    'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'),
-}
+FASHION_MNIST_FILES = {'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
+                       'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')}
 NUM_CLASSES = {'fashion_mnist': 10, 'digits': 10, 'imagenet2012': 1000}
 
 
@@ -87,8 +85,7 @@ def load_imagenet(data_dir: str | None) -> dict[str, object]:
                       'tensorflow-datasets), or set --config.data.dir to a folder with the '
                       'ILSVRC train/<wnid>/ and val/<wnid>/ JPEG folders.') from e
   try:
-    return {split: tfds.data_source('imagenet2012', split=split, data_dir=data_dir,
-                                    download=False)
+    return {split: tfds.data_source('imagenet2012', split=split, data_dir=data_dir, download=False)
             for split in ('train', 'validation')}
   except Exception as e:  # TFDS raises several types for a missing dataset.
     raise FileNotFoundError(
@@ -224,10 +221,9 @@ def _read_augmented(split, idx: np.ndarray, image_size: int, options: augment.Op
   """This process's rows of step `step`, augmented; example randomness is keyed by its row
   of the global batch, so it does not depend on how many processes share the batch."""
   examples = [split[int(i)] for i in idx]
-  images = np.stack([
-      augment.augment_example(e['image'], image_size, options,
-                              augment.example_rng(seed, step, first_row + j))
-      for j, e in enumerate(examples)])
+  images = np.stack([augment.augment_example(e['image'], image_size, options,
+                                             augment.example_rng(seed, step, first_row + j))
+                     for j, e in enumerate(examples)])
   batch = {'image': images, 'label': np.asarray([e['label'] for e in examples], np.int32)}
   if options.mixes:
     batch.update(augment.mix_batch(images, batch['label'], augment.batch_rng(seed, step, process),

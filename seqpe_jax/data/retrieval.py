@@ -31,8 +31,7 @@ MIN_LENGTH, MAX_LENGTH = 128, 16_384
 TOLERANCE = 8  # |actual - requested| prompt tokens.
 HELD_OUT = ('valid', 'test')
 FIELDS = {'index': int, 'input': str, 'outputs': list}
-SCHEMA = ('one JSON object per line with "index" (int), "input" (str) and "outputs" '
-          '(list of str)')
+SCHEMA = 'one JSON object per line with "index" (int), "input" (str) and "outputs" (list of str)'
 
 PASSKEY_PREFIX = ('There is an important info hidden inside a lot of irrelevant text. Find it '
                   'and memorize it. I will quiz you about the important information there.\n')
@@ -63,8 +62,7 @@ def read_jsonl(path) -> list[dict]:
         example = json.loads(line)
       except json.JSONDecodeError as e:
         raise ValueError(f'{path}:{number}: not valid JSON ({e.msg}); expected {SCHEMA}.') from None
-      problem = _schema_problem(example)
-      if problem:
+      if problem := _schema_problem(example):
         raise ValueError(f'{path}:{number}: {problem}; expected {SCHEMA}.')
       examples.append(example)
   return examples
@@ -113,8 +111,7 @@ def depth_decile(depth: float) -> int:
 
 def _check_length(length: int) -> None:
   if not MIN_LENGTH <= length <= MAX_LENGTH:
-    raise ValueError(f'Retrieval prompts are {MIN_LENGTH}..{MAX_LENGTH} tokens long, not '
-                     f'{length}.')
+    raise ValueError(f'Retrieval prompts are {MIN_LENGTH}..{MAX_LENGTH} tokens long, not {length}.')
 
 
 def _rng(seed, task: str, length: int, index: int) -> np.random.Generator:
@@ -195,8 +192,7 @@ DIGITS5 = KeyForm('digits5', digits=5)  # The default key form.
 
 def key_form(name: str, tokenizer: tokenizers.Tokenizer, field: str = '--key_form') -> KeyForm:
   """The KeyForm `name` ('digitsN', N = 1..9, or 'token'); errors name the setting `field`."""
-  match = re.fullmatch(r'digits([1-9])', name)
-  if match:
+  if match := re.fullmatch(r'digits([1-9])', name):
     digits = int(match.group(1))
     if 9 * 10 ** (digits - 1) < NUM_CANDIDATES:
       raise ValueError(f"{field}='{name}' has fewer than the {NUM_CANDIDATES} different keys a "
@@ -297,8 +293,7 @@ def min_length(tokenizer: tokenizers.Tokenizer, keys: KeyForm = DIGITS5) -> int:
   longest = max(keys.pool, key=lambda k: len(tokenizer.encode(k))) if keys.pool else (
       '9' * keys.digits)
   needle = PASSKEY_NEEDLE.format(key=longest)
-  shortest = len(tokenizer.encode(PASSKEY_PREFIX + needle + PASSKEY_QUESTION)) + 16 + 2
-  return max(MIN_LENGTH, shortest)
+  return max(MIN_LENGTH, len(tokenizer.encode(PASSKEY_PREFIX + needle + PASSKEY_QUESTION)) + 16 + 2)
 
 
 def generate(task: str, length: int, num: int, seed: int, *, tokenizer: str = 'gpt2',
@@ -333,8 +328,7 @@ def main(argv):
       raise ValueError('Pass --task=passkey, --length=N and --out=FILE.jsonl.')
     examples = generate(f.task, f.length, f.num, f.seed, tokenizer=f.tokenizer,
                         vocab_size=f.vocab_size, corpus=f.corpus, data_dir=f.data_dir,
-                        cache_dir=f.cache_dir, split=f.split, filler=f.filler,
-                        key=f.key_form)
+                        cache_dir=f.cache_dir, split=f.split, filler=f.filler, key=f.key_form)
   write_jsonl(f.out, examples)
   print(f.out)
   print(f'{f.task} at {f.length} {f.tokenizer} tokens (seed {f.seed}): {summary(examples)}')

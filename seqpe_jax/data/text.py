@@ -45,8 +45,7 @@ def corpus_dir(name: str, data_dir: str = '', cache_dir: str = '') -> pathlib.Pa
     if not all(p.exists() for p in raw_files(directory).values()):
       articles = _gensim_articles() if name == 'wiki_gensim' else _pydoc_articles()
       _write_splits(directory, articles)
-  missing = [p.name for p in raw_files(directory).values() if not p.exists()]
-  if missing:
+  if missing := [p.name for p in raw_files(directory).values() if not p.exists()]:
     raise FileNotFoundError(f"{directory} lacks {', '.join(missing)}: a text corpus directory "
                             'needs wiki.train.raw, wiki.valid.raw and wiki.test.raw (the layout '
                             'of wikitext-103-raw-v1.zip).')
@@ -119,11 +118,8 @@ def tokenize_splits(directory: pathlib.Path, tokenizer: tokenizers.Tokenizer,
 
 
 def _digest(path: pathlib.Path) -> str:
-  h = hashlib.sha1()
   with path.open('rb') as f:
-    for block in iter(lambda: f.read(1 << 24), b''):
-      h.update(block)
-  return h.hexdigest()[:16]
+    return hashlib.file_digest(f, 'sha1').hexdigest()[:16]
 
 
 class Windows:
@@ -170,8 +166,7 @@ def eval_windows(tokens: np.ndarray, length: int,
   return windows, exists & scored
 
 
-def eval_batches(tokens: np.ndarray, *, length: int, batch_size: int,
-                 stride: int | None = None):
+def eval_batches(tokens: np.ndarray, *, length: int, batch_size: int, stride: int | None = None):
   """Batches of `eval_windows`, the last filled with all-masked padding windows."""
   windows, mask = eval_windows(tokens, length, stride)
   for start in range(0, len(windows), batch_size):

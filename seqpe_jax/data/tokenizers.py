@@ -32,8 +32,7 @@ class Tokenizer:
 
   def encode_lines(self, lines: Sequence[str]) -> np.ndarray:
     """Token ids of the concatenation of `lines` (each keeps its own newline)."""
-    pieces = self._encode_batch(list(lines))
-    return np.fromiter((t for ids in pieces for t in ids), np.int32)
+    return np.fromiter((t for ids in self._encode_batch(list(lines)) for t in ids), np.int32)
 
   def encode(self, text: str) -> list[int]:
     return self._encode_batch([text])[0]

@@ -41,9 +41,7 @@ def _until_stable(pattern: re.Pattern, repl, text: str) -> str:
 
 def _link(match: re.Match) -> str:
   inner = match.group(1)
-  if _DROP_LINK.match(inner):
-    return ''
-  return inner.split('|')[-1] if '|' in inner else inner
+  return '' if _DROP_LINK.match(inner) else inner.split('|')[-1]  # The label of [[target|label]].
 
 
 def clean_markup(text: str) -> str:
@@ -63,8 +61,7 @@ def to_wikitext_lines(title: str, markup: str) -> list[str]:
   lines = [f' = {title} = ', '']
   for raw in clean_markup(markup).split('\n'):
     line = _SPACES.sub(' ', raw).strip()
-    heading = _HEADING.match(line)
-    if heading:
+    if heading := _HEADING.match(line):
       marks, name = ' '.join('=' * max(len(heading.group(1)), 2)), heading.group(2).strip()
       if name:
         lines += [f' {marks} {name} {marks} ', '']
