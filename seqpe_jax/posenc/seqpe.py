@@ -108,8 +108,7 @@ class SeqPEEncoder(nn.Module):
     return jnp.concatenate([x, cls], axis=1)
 
 
-def encode_positions(encoder: SeqPEEncoder, params, pos: jax.Array, *,
-                     deterministic: bool = True, rngs=None) -> jax.Array:
-  """Digitises int[..., ndim] coordinates and encodes them: float[..., d_out]."""
+def encode_positions(encoder: SeqPEEncoder, params, pos: jax.Array) -> jax.Array:
+  """Digitises int[..., ndim] coordinates and encodes them in evaluation mode: float[..., d_out]."""
   digits = positions.digitize(pos, base=encoder.base, width=encoder.num_digits)
-  return encoder.apply({'params': params}, digits, deterministic=deterministic, rngs=rngs)
+  return encoder.apply({'params': params}, digits)
