@@ -101,8 +101,7 @@ def sample_logit_distill_probes(key: jax.Array, *, train_shape: Sequence[int],
       raise ValueError('A canvas copy moves inside its cells: it has no keys before it.')
     offsets = cell_offsets(offset_key, num_windows, train_shape, canvas)
   elif len(train_shape) == 1:
-    (length,) = train_shape
-    top = max_position - length
+    top = max_position - train_shape[0]
     u = rng.uniform(offset_key, (num_windows, 1), maxval=math.log(top + 1))
     offsets = jnp.clip(jnp.floor(jnp.exp(u)), 1, top).astype(jnp.int32)
   else:
