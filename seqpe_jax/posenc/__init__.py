@@ -197,8 +197,7 @@ class PEKind:
   shifts: bool = True
 
   def __post_init__(self):
-    unknown = [m for m in self.methods if m not in inject.METHODS]
-    if not self.methods or unknown:
+    if not self.methods or not set(self.methods) <= set(inject.METHODS):
       raise ValueError(f'A PE needs injection methods from {", ".join(inject.METHODS)}; got '
                        f'{self.methods}.')
 
