@@ -158,8 +158,7 @@ def _with_labels(pivots, candidates, valid, mode, origin):
   distance = jnp.where(valid, squared_distance(pivots[:, None], candidates),
                        jnp.iinfo(jnp.int32).max)
   return {'pivots': pivots, 'candidates': candidates, 'valid': valid,
-          'labels': jnp.argmin(distance, axis=1).astype(jnp.int32), 'mode': mode,
-          'origin': origin}
+          'labels': jnp.argmin(distance, axis=1).astype(jnp.int32), 'mode': mode, 'origin': origin}
 
 
 def _window_draws(key, spec: ContrastiveSpec):

@@ -59,9 +59,8 @@ def _ood_offset_count(train_shape, max_position):
   return (max_position - h) * (max_position - w) - h * w
 
 
-def sample_ood(key: jax.Array, *, train_shape: Sequence[int], max_position: int,
-               num_groups: int, num_teachers: int,
-               canvas: Sequence[int] = ()) -> dict[str, jax.Array]:
+def sample_ood(key: jax.Array, *, train_shape: Sequence[int], max_position: int, num_groups: int,
+               num_teachers: int, canvas: Sequence[int] = ()) -> dict[str, jax.Array]:
   """Per group, teachers int32[G, n_t] (distinct row-major indices into the training window)
   and one offset int32[G, n] that moves them to the students (docs/method.md §6)."""
   n = int(np.prod(train_shape))

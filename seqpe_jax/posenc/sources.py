@@ -137,8 +137,7 @@ class RotarySource(nn.Module):
       flat = _flat_positions(pos, shape, self.num_prefix)
       if self.scaling and shape[0] > self.train_length:
         freqs, factor = baselines.scaled_rope_frequencies(
-            self.scaling, self.head_dim, self.base, shape[0] / self.train_length,
-            self.train_length)
+            self.scaling, self.head_dim, self.base, shape[0] / self.train_length, self.train_length)
         angles = jnp.asarray(flat, jnp.float32)[..., None] * jnp.asarray(freqs, jnp.float32)
         return {'cos': factor * jnp.cos(angles), 'sin': factor * jnp.sin(angles)}
       angles = baselines.rope_angles(flat, self.head_dim, self.base)
