@@ -169,14 +169,12 @@ def _qk_injection_hooks(cfg, host: HostSpec, method: str):
     raise ValueError(f"Unknown pe.inject.qk_proj '{qk_proj}'; use one of {', '.join(QK_PROJ)}.")
   d_out = host.d_model if cfg.inject.multi_head else host.head_dim
   bias_init = cfg.inject.proj_bias_init
-  shared = functools.partial(inject.SharedQKProjection, d_out=d_out, bias_init=bias_init,
-                             dtype=host.dtype)
   model_hook = {'per_layer': inject.ModelHook, 'none': inject.DuplicateQK,
-                'shared': shared}[qk_proj]
-  layer_hook = functools.partial(
+                'shared': functools.partial(inject.SharedQKProjection, d_out=d_out,
+                                            bias_init=bias_init, dtype=host.dtype)}[qk_proj]
+  return model_hook, functools.partial(
       inject.QKInjection, method=method, per_layer=qk_proj == 'per_layer',
       multi_head=cfg.inject.multi_head, proj_bias_init=bias_init, dtype=host.dtype)
-  return model_hook, layer_hook
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,8 +197,7 @@ class PEKind:
   shifts: bool = True
 
   def __post_init__(self):
-    unknown = [m for m in self.methods if m not in inject.METHODS]
-    if not self.methods or unknown:
+    if not self.methods or not set(self.methods) <= set(inject.METHODS):
       raise ValueError(f'A PE needs injection methods from {", ".join(inject.METHODS)}; got '
                        f'{self.methods}.')
 
@@ -227,9 +224,8 @@ def build(cfg: ml_collections.ConfigDict, host: HostSpec) -> PositionalEncoding:
   if canvas_of(cfg, host) and not kind.canvas:
     raise ValueError(f"pe.canvas_stride spreads per-axis coordinates over a canvas, and PE "
                      f"'{cfg.name}' has none to spread; set pe.canvas_stride = 0 for it.")
-  source = kind.source(cfg, host, method)
-  model_hook, layer_hook = kind.hooks(cfg, host, method)
-  return PositionalEncoding(cfg.name, method, host, source, model_hook, layer_hook)
+  return PositionalEncoding(cfg.name, method, host, kind.source(cfg, host, method),
+                            *kind.hooks(cfg, host, method))
 
 
 # ---------------------------------------------------------------- The built-in PEs.

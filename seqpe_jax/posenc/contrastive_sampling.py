@@ -158,8 +158,7 @@ def _with_labels(pivots, candidates, valid, mode, origin):
   distance = jnp.where(valid, squared_distance(pivots[:, None], candidates),
                        jnp.iinfo(jnp.int32).max)
   return {'pivots': pivots, 'candidates': candidates, 'valid': valid,
-          'labels': jnp.argmin(distance, axis=1).astype(jnp.int32), 'mode': mode,
-          'origin': origin}
+          'labels': jnp.argmin(distance, axis=1).astype(jnp.int32), 'mode': mode, 'origin': origin}
 
 
 def _window_draws(key, spec: ContrastiveSpec):
@@ -309,13 +308,10 @@ def _split_numeral(key, string, length, spec: ContrastiveSpec):
   if spec.ndim == 1:
     return value(jnp.zeros_like(length), length)[..., None], length >= 1
   pad_key, cut_key = jax.random.split(key)
-  # A one-digit string gets a 0 appended or prepended so that it splits in two.
+  # A one-digit string gets a 0 prepended, or appended (its slot 1 is already 0), to split in two.
   one = length == 1
-  prepend = rng.bernoulli(pad_key, 0.5, length.shape)
-  first_digit = string[..., 0]
-  string = jnp.where((one & prepend)[..., None] & (slot == 0), 0, string)
-  string = jnp.where((one & prepend)[..., None] & (slot == 1), first_digit[..., None], string)
-  string = jnp.where((one & ~prepend)[..., None] & (slot == 1), 0, string)
+  prepend = one & rng.bernoulli(pad_key, 0.5, length.shape)
+  string = jnp.where(prepend[..., None], jnp.roll(string, 1, axis=-1), string)
   length = jnp.where(one, 2, length)
   lo_cut, hi_cut = jnp.maximum(1, length - k), jnp.minimum(k, length - 1)
   cut = lo_cut + jnp.floor(rng.uniform(cut_key, length.shape) *

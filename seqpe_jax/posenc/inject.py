@@ -168,9 +168,8 @@ class QKInjection(LayerHook):
     else:
       pq, pk = state['pq'], state['pk']
     split = (heads, head_dim) if self.multi_head else (1, head_dim)
-    pq = per_example(pq.reshape(*pq.shape[:-1], *split), batch).astype(q_BLHD.dtype)
-    pk = per_example(pk.reshape(*pk.shape[:-1], *split), batch).astype(k_BLHD.dtype)
-    return pq, pk
+    return (per_example(pq.reshape(*pq.shape[:-1], *split), batch).astype(q_BLHD.dtype),
+            per_example(pk.reshape(*pk.shape[:-1], *split), batch).astype(k_BLHD.dtype))
 
 
 class Rotary(LayerHook):
@@ -188,8 +187,7 @@ class MixedRotary(LayerHook):
   @nn.compact
   def __call__(self, q_BLHD, k_BLHD, state):
     _, _, heads, head_dim = q_BLHD.shape
-    freqs = self.param('freqs', lambda key: baselines.rope_mixed_init(key, heads, head_dim,
-                                                                      self.base))
+    freqs = self.param('freqs', baselines.rope_mixed_init, heads, head_dim, self.base)
     pos = per_example(state['pos'], q_BLHD.shape[0])  # [B, L, 2] as (row, col).
     angles = (pos[..., 1, None, None] * freqs[0] + pos[..., 0, None, None] * freqs[1])
     cos, sin = jnp.cos(angles), jnp.sin(angles)

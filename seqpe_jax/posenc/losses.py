@@ -6,13 +6,11 @@ import jax.numpy as jnp
 
 
 def contrastive_loss(pivot_Bd: jax.Array, cand_BKd: jax.Array, labels_B: jax.Array,
-                     valid_BK: jax.Array | None = None) -> jax.Array:
+                     valid_BK: jax.Array) -> jax.Array:
   """Mean cross-entropy of the nearest candidate under raw dot-product logits, so the PE's
   norm acts as the temperature; masked candidates get no probability."""
   logits_BK = jnp.einsum('bd,bkd->bk', pivot_Bd, cand_BKd).astype(jnp.float32)
-  if valid_BK is not None:
-    logits_BK = jnp.where(valid_BK, logits_BK, -jnp.inf)
-  log_probs = jax.nn.log_softmax(logits_BK, axis=-1)
+  log_probs = jax.nn.log_softmax(jnp.where(valid_BK, logits_BK, -jnp.inf), axis=-1)
   return -jnp.mean(jnp.take_along_axis(log_probs, labels_B[:, None], axis=-1))
 
 

@@ -22,8 +22,7 @@ REMAT = ('matmuls', 'all')
 @dataclasses.dataclass(frozen=True)
 class Regularizers:
   """Static settings of SeqPE's training-time work, validated from `config.pe`."""
-  # None when every pivot is in the training window.
-  contrastive: contrastive_sampling.ContrastiveSpec | None
+  contrastive: contrastive_sampling.ContrastiveSpec | None  # None: all pivots in the window.
   ct_train_pivots: int  # Pivots drawn inside the training window (pe.contrastive.train_fraction).
   ct_num_candidates: int
   ct_weight: float

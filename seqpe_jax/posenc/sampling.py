@@ -59,9 +59,8 @@ def _ood_offset_count(train_shape, max_position):
   return (max_position - h) * (max_position - w) - h * w
 
 
-def sample_ood(key: jax.Array, *, train_shape: Sequence[int], max_position: int,
-               num_groups: int, num_teachers: int,
-               canvas: Sequence[int] = ()) -> dict[str, jax.Array]:
+def sample_ood(key: jax.Array, *, train_shape: Sequence[int], max_position: int, num_groups: int,
+               num_teachers: int, canvas: Sequence[int] = ()) -> dict[str, jax.Array]:
   """Per group, teachers int32[G, n_t] (distinct row-major indices into the training window)
   and one offset int32[G, n] that moves them to the students (docs/method.md §6)."""
   n = int(np.prod(train_shape))
@@ -101,8 +100,7 @@ def sample_logit_distill_probes(key: jax.Array, *, train_shape: Sequence[int],
       raise ValueError('A canvas copy moves inside its cells: it has no keys before it.')
     offsets = cell_offsets(offset_key, num_windows, train_shape, canvas)
   elif len(train_shape) == 1:
-    (length,) = train_shape
-    top = max_position - length
+    top = max_position - train_shape[0]
     u = rng.uniform(offset_key, (num_windows, 1), maxval=math.log(top + 1))
     offsets = jnp.clip(jnp.floor(jnp.exp(u)), 1, top).astype(jnp.int32)
   else:

@@ -72,10 +72,9 @@ class SeqPEEncoder(nn.Module):
     if self.d_model % self.num_heads:
       raise ValueError(f'SeqPE width {self.d_model} is not divisible by its {self.num_heads} '
                        'heads.')
-    # Slot ids 0 .. n*k-1 over all axes, as the reference code (the paper's figure: per axis).
-    num_slots = self.ndim * self.num_digits
     self.digit_embed = self.param('digit_embed', INIT, (self.base, self.d_model))
-    self.slot_embed = self.param('slot_embed', INIT, (num_slots, self.d_model))
+    # Slot ids 0 .. n*k-1 over all axes, as the reference code (the paper's figure: per axis).
+    self.slot_embed = self.param('slot_embed', INIT, (self.ndim * self.num_digits, self.d_model))
     if self.ndim > 1:  # The reference has no axis table for 1D positions.
       self.axis_embed = self.param('axis_embed', INIT, (self.ndim, self.d_model))
     self.cls = self.param('cls', INIT, (self.d_model,))
@@ -108,8 +107,7 @@ class SeqPEEncoder(nn.Module):
     return jnp.concatenate([x, cls], axis=1)
 
 
-def encode_positions(encoder: SeqPEEncoder, params, pos: jax.Array, *,
-                     deterministic: bool = True, rngs=None) -> jax.Array:
-  """Digitises int[..., ndim] coordinates and encodes them: float[..., d_out]."""
+def encode_positions(encoder: SeqPEEncoder, params, pos: jax.Array) -> jax.Array:
+  """Digitises int[..., ndim] coordinates and encodes them in evaluation mode: float[..., d_out]."""
   digits = positions.digitize(pos, base=encoder.base, width=encoder.num_digits)
-  return encoder.apply({'params': params}, digits, deterministic=deterministic, rngs=rngs)
+  return encoder.apply({'params': params}, digits)

@@ -62,4 +62,3 @@ def training_features(pe, shifts: Shifts | None, params, key: jax.Array, pool: j
   offsets = None if shifts is None else shifts.sample(key, pool)[1]
   return pe.features(params, pe.host.train_shape, offsets, deterministic=False,
                      rngs={'dropout': key})
-

@@ -28,13 +28,12 @@ def _flat_positions(pos_WNn: jax.Array, shape: Sequence[int], num_prefix: int) -
   """int32[W, P+N]: prefix tokens at 0..P-1, then P + each row-major index within `shape`."""
   strides = np.cumprod((1,) + tuple(shape[:0:-1]))[::-1]
   flat = jnp.sum(pos_WNn * jnp.asarray(strides, jnp.int32), axis=-1) + num_prefix
-  prefix = jnp.broadcast_to(jnp.arange(num_prefix, dtype=flat.dtype), (flat.shape[0], num_prefix))
-  return jnp.concatenate([prefix, flat], axis=1)
+  return _with_prefix(jnp.arange(num_prefix), flat)
 
 
-def _with_prefix(prefix_Pd: jax.Array, grid_WNd: jax.Array) -> jax.Array:
-  prefix = jnp.broadcast_to(prefix_Pd, (grid_WNd.shape[0],) + prefix_Pd.shape)
-  return jnp.concatenate([prefix.astype(grid_WNd.dtype), grid_WNd], axis=1)
+def _with_prefix(prefix_P: jax.Array, grid_WN: jax.Array) -> jax.Array:
+  prefix = jnp.broadcast_to(prefix_P, (grid_WN.shape[0],) + prefix_P.shape)
+  return jnp.concatenate([prefix.astype(grid_WN.dtype), grid_WN], axis=1)
 
 
 class SeqPESource(nn.Module):
@@ -138,8 +137,7 @@ class RotarySource(nn.Module):
       flat = _flat_positions(pos, shape, self.num_prefix)
       if self.scaling and shape[0] > self.train_length:
         freqs, factor = baselines.scaled_rope_frequencies(
-            self.scaling, self.head_dim, self.base, shape[0] / self.train_length,
-            self.train_length)
+            self.scaling, self.head_dim, self.base, shape[0] / self.train_length, self.train_length)
         angles = jnp.asarray(flat, jnp.float32)[..., None] * jnp.asarray(freqs, jnp.float32)
         return {'cos': factor * jnp.cos(angles), 'sin': factor * jnp.sin(angles)}
       angles = baselines.rope_angles(flat, self.head_dim, self.base)
