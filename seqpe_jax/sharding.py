@@ -20,10 +20,10 @@ MIN_FSDP_SIZE = 2**12  # Smaller tensors are replicated: sharding them costs mor
 TENSOR_RULES = (r'mlp_in/kernel$', r'qkv/kernel$', r'qkv_kernel$')
 
 
-def make_mesh(mesh_cfg, devices=None) -> Mesh:
+def make_mesh(mesh_cfg) -> Mesh:
   """A mesh with the configured axis sizes (one may be -1), laid out by the topology-aware
   `jax.make_mesh`; a fully specified smaller mesh uses the first devices only, and says so."""
-  devices = np.asarray(devices if devices is not None else jax.devices()).reshape(-1)
+  devices = np.asarray(jax.devices())
   sizes = [mesh_cfg[a] for a in AXES]
   if sizes.count(-1) > 1:
     raise ValueError('At most one of mesh.data, mesh.fsdp, mesh.tensor may be -1.')
