@@ -1,9 +1,8 @@
 """A thin orbax wrapper: periodic async saves, keep-N, resume, and a config guard.
 
 Each checkpoint holds the train state and the config that made it; the data position and
-every random draw are functions of the step, so the state alone resumes exactly. Another
-model, PE or optimizer is refused; an unreadable newest checkpoint is moved aside to
-WORKDIR/checkpoints.unreadable/ and the one before it used.
+every random draw are functions of the step, so the state alone resumes exactly (what a resume
+refuses or sets aside: docs/clusters.md, "Preemption and resume").
 """
 
 import collections
@@ -97,10 +96,8 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         preservation_policy=checkpoint_managers.LatestN(keep), create=True)
     # Named handlers let item_metadata read a checkpoint's array layout before restoring it.
-    self._manager = ocp.CheckpointManager(
-        self.directory, options=options,
-        item_handlers={'state': ocp.StandardCheckpointHandler(),
-                       'meta': ocp.JsonCheckpointHandler()})
+    self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
+        'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -158,11 +155,9 @@ class Checkpointer:
         (tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(tree))
     want, have = describe(abstract_state), describe(saved)
     if want != have:
-      missing, extra = want - have, have - want
-      detail = '; '.join([f'{n} array(s) of {shape} {dtype} missing' for (shape, dtype), n
-                          in sorted(missing.items())][:2] +
-                         [f'{n} unexpected array(s) of {shape} {dtype}' for (shape, dtype), n
-                          in sorted(extra.items())][:2])
+      missing = [f'{n} array(s) of {s} {d} missing' for (s, d), n in sorted((want - have).items())]
+      extra = [f'{n} unexpected array(s) of {s} {d}' for (s, d), n in sorted((have - want).items())]
+      detail = '; '.join(missing[:2] + extra[:2])
       raise ValueError(f'The checkpoint at step {step} in {self.directory} does not match this '
                        f'model ({detail}); use another --workdir.')
 

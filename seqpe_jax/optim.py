@@ -98,9 +98,8 @@ def global_norms(grads) -> dict[str, jax.Array]:
 
 def encoder_norm(pe_grads) -> jax.Array:
   """Global norm of the SeqPE encoder's part of a PE gradient (0 for the baselines)."""
-  if 'encoder' not in pe_grads:
-    return jnp.zeros((), jnp.float32)
-  return optax.tree.norm(pe_grads['encoder'])
+  return (optax.tree.norm(pe_grads['encoder']) if 'encoder' in pe_grads
+          else jnp.zeros((), jnp.float32))
 
 
 def encoder_grad_ratio(pe_task_grads, pe_reg_grads) -> jax.Array:

@@ -1,9 +1,8 @@
 """Device mesh and sharding rules: one code path from 1 CPU to a pod.
 
-The mesh has axes ('data', 'fsdp', 'tensor'), one may be -1. Matrices split their output
-features over 'tensor' (TENSOR_RULES) and their largest other dimension over 'fsdp'; what does
-not divide stays replicated, so tiny test models run on any mesh. Batches split over ('data',
-'fsdp').
+The mesh has axes ('data', 'fsdp', 'tensor'), one may be -1. Matrices split their output features
+over 'tensor' (TENSOR_RULES) and their largest other dimension over 'fsdp'; what does not divide
+stays replicated, so tiny test models run on any mesh. Batches split over ('data', 'fsdp').
 """
 
 import itertools
@@ -21,10 +20,10 @@ MIN_FSDP_SIZE = 2**12  # Smaller tensors are replicated: sharding them costs mor
 TENSOR_RULES = (r'mlp_in/kernel$', r'qkv/kernel$', r'qkv_kernel$')
 
 
-def make_mesh(mesh_cfg, devices=None) -> Mesh:
+def make_mesh(mesh_cfg) -> Mesh:
   """A mesh with the configured axis sizes (one may be -1), laid out by the topology-aware
   `jax.make_mesh`; a fully specified smaller mesh uses the first devices only, and says so."""
-  devices = np.asarray(devices if devices is not None else jax.devices()).reshape(-1)
+  devices = np.asarray(jax.devices())
   sizes = [mesh_cfg[a] for a in AXES]
   if sizes.count(-1) > 1:
     raise ValueError('At most one of mesh.data, mesh.fsdp, mesh.tensor may be -1.')
@@ -123,9 +122,8 @@ def sum_per_batch(outputs) -> np.ndarray:
 def wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
   """A barrier of all processes through the coordination service (no device collective, so
   it may be long: e.g. until every host has compiled). A no-op in a single process."""
-  if jax.process_count() == 1:
-    return
-  coordination_client().wait_at_barrier(name, timeout_s * 1000)
+  if jax.process_count() > 1:
+    coordination_client().wait_at_barrier(name, timeout_s * 1000)
 
 
 def coordination_client():

@@ -16,8 +16,7 @@ from absl import logging
 from clu import parameter_overview
 from etils import epath
 
-from seqpe_jax import checkpoint, cli, diagnostics, metrics, optim, sharding, tasks
-from seqpe_jax import workdir_lock
+from seqpe_jax import checkpoint, cli, diagnostics, metrics, optim, sharding, tasks, workdir_lock
 from seqpe_jax import results as results_files
 from seqpe_jax.state import NEWER_ENTRIES, abstract_state, init_state, make_optimizer
 from seqpe_jax.preemption import PreemptionWatch
@@ -47,9 +46,8 @@ def make_gradients(task, base_key, shift_pool):
     pe_out, pe_vjp, pe_scalars = jax.vjp(pe_forward, params['pe'], has_aux=True)
     (total, (loss, task_scalars, reg_scalars)), (model_grads, *pe_cot) = jax.value_and_grad(
         total_loss, argnums=(0, 1, 2, 3), has_aux=True)(params['model'], *pe_out)
-    pe_scalars = {**pe_scalars, **reg_scalars}
     scalars = {'train/loss': total, 'train/task_loss': loss, **task_scalars,
-               **{f'train/seqpe/{k}': v for k, v in pe_scalars.items()}}
+               **{f'train/seqpe/{k}': v for k, v in {**pe_scalars, **reg_scalars}.items()}}
     if not split:
       (pe_grads,) = pe_vjp(tuple(pe_cot))
       return scalars, {'model': model_grads, 'pe': pe_grads}
@@ -119,8 +117,7 @@ def jit_diagnostics(task, state_shardings, mesh):
 
   replicated, batches = sharding.replicated(mesh), sharding.batch_sharding(mesh)
   return jax.jit(diagnose, in_shardings=(state_shardings['params'], batches, None, batches,
-                                         replicated, replicated),
-                 out_shardings=replicated)
+                                         replicated, replicated), out_shardings=replicated)
 
 
 def lower_train_step(config: ml_collections.ConfigDict, mesh=None) -> jax.stages.Lowered:
@@ -318,11 +315,10 @@ def _stop_if_nonfinite(state, checkpointer) -> None:
     return
   folder, moved = checkpointer.set_aside_from(first_bad - 1)
   newest = checkpointer.latest_step()
-  if newest is None:
-    advice = 'no earlier checkpoint is left: start again with a smaller --config.optimizer.lr'
-  else:
-    advice = (f'run the same command with a smaller --config.optimizer.lr to resume from the '
-              f'checkpoint at step {newest}')
+  advice = ('no earlier checkpoint is left: start again with a smaller --config.optimizer.lr'
+            if newest is None else
+            f'run the same command with a smaller --config.optimizer.lr to resume from the '
+            f'checkpoint at step {newest}')
   aside = (f'the checkpoints of steps {", ".join(map(str, moved))} (which lead to it) were moved '
            f'to {folder}, ' if moved else '')
   raise FloatingPointError(

@@ -201,8 +201,6 @@ class MultiHeadAttention(nn.Module):
   num_heads: int
   pe_hook: Callable[..., inject.LayerHook] = inject.LayerHook
   causal: bool = False
-  use_bias: bool = True
-  kernel_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
   out_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
   implementation: str = 'auto'
   block_size: int = 512
@@ -218,8 +216,8 @@ class MultiHeadAttention(nn.Module):
     if d_model % self.num_heads:
       raise ValueError(f'Model width {d_model} is not divisible by {self.num_heads} heads.')
     head_dim = d_model // self.num_heads
-    qkv = nn.DenseGeneral((3, self.num_heads, head_dim), use_bias=self.use_bias,
-                          kernel_init=self.kernel_init, dtype=self.dtype, name='qkv')(x_BLD)
+    qkv = nn.DenseGeneral((3, self.num_heads, head_dim), kernel_init=nn.initializers.normal(0.02),
+                          dtype=self.dtype, name='qkv')(x_BLD)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     hook = self.pe_hook(name='pe')
     q, k, bias = hook(q, k, pe_state)
@@ -250,8 +248,8 @@ class MultiHeadAttention(nn.Module):
                                   local_window=self.local_window)
     out = (self._cached(q, k, v, bias, attention, scale) if self.decode
            else attention(q, k, v, bias=bias))
-    return nn.DenseGeneral(d_model, axis=(-2, -1), use_bias=self.use_bias,
-                           kernel_init=self.out_init, dtype=self.dtype, name='out')(out)
+    return nn.DenseGeneral(d_model, axis=(-2, -1), kernel_init=self.out_init, dtype=self.dtype,
+                           name='out')(out)
 
   def _cached(self, q, k, v, bias, attention, scale):
     if bias is not None and bias.shape[-2] != 1:

@@ -177,6 +177,5 @@ def _run(decoder, params, cache, features, tokens, start, key_mask):
   """Feeds `tokens` at positions start.. through the cached decoder: (cache, last logits)."""
   logits, updated = decoder.apply(
       {'params': params, 'cache': cache}, tokens,
-      slice_features(features, start, tokens.shape[1]), key_mask_BL=key_mask,
-      mutable=['cache'])
+      slice_features(features, start, tokens.shape[1]), key_mask_BL=key_mask, mutable=['cache'])
   return updated['cache'], logits[:, -1].astype(jnp.float32)

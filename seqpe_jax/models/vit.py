@@ -72,8 +72,7 @@ class ViT(nn.Module):
   dtype: Any = jax.numpy.float32  # Of activations and matmuls; the logits are float32.
 
   @nn.compact
-  def __call__(self, images_BHWC: jax.Array, features, *, deterministic: bool = True,
-               probes=None):
+  def __call__(self, images_BHWC: jax.Array, features, *, deterministic: bool = True, probes=None):
     p = self.patch_size
     if self.init_options.patch_init == 'torch':
       bound = 1 / np.sqrt(p * p * images_BHWC.shape[-1])
