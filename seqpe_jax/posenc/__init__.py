@@ -103,7 +103,6 @@ class TableCache:
   def __call__(self, shape: Sequence[int]):
     shape = tuple(shape)
     if shape not in self._tables:
-      self._pe.check_shape(shape)
       self._tables[shape] = jitted_table(self._pe, shape, self._chunk)(self._params)
     return self._tables[shape]
 
@@ -112,7 +111,8 @@ class TableCache:
 def jitted_table(pe: PositionalEncoding, shape: tuple[int, ...], chunk: int = 4096):
   """The jitted params -> evaluation features function for `shape` (see TableCache)."""
   if pe.seqpe_encoder is None or len(shape) != 1 or shape[0] <= chunk:
-    return jax.jit(lambda params: pe.features(params, shape))
+    return jax.jit(lambda params: pe.features(params, shape))  # Its trace refuses bad shapes.
+  pe.check_shape(shape)  # The chunks' traces see `chunk` positions only: check them all now.
   num_chunks = -(-shape[0] // chunk)
 
   def chunked(params):
