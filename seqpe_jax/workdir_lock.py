@@ -89,8 +89,7 @@ def _is_url(workdir) -> bool:
 
 def _take(workdir, purpose: str):
   record = {'host': socket.gethostname(), 'pid': os.getpid(), 'purpose': purpose,
-            'started': time.time(), 'command': ' '.join(sys.argv)[:500],
-            'token': uuid.uuid4().hex}
+            'started': time.time(), 'command': ' '.join(sys.argv)[:500], 'token': uuid.uuid4().hex}
   path = workdir_path(workdir)
   try:
     created = not answered_within(path.exists, f'reaching --workdir={workdir}')

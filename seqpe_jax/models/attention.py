@@ -132,9 +132,8 @@ def attend(q_BLHK, k_BSHK, v_BSHD, *, scale: float, bias=None, causal: bool = Fa
     implementation = 'blockwise'  # The fused kernels have no probability dropout.
   if implementation == 'blockwise':
     return blockwise_attention(q_BLHK, k_BSHK, v_BSHD, scale=scale, bias=bias, causal=causal,
-                               block_q=block_size, block_k=block_size,
-                               dropout_rate=dropout_rate, dropout_rng=dropout_rng,
-                               local_window=local_window)
+                               block_q=block_size, block_k=block_size, dropout_rate=dropout_rate,
+                               dropout_rng=dropout_rng, local_window=local_window)
   return dot_product_attention(q_BLHK, k_BSHK, v_BSHD, scale=scale, bias=bias, causal=causal,
                                implementation=implementation, local_window=local_window)
 

@@ -66,10 +66,9 @@ class GPT(nn.Module):
     x = self.perturb('embeddings', embed(tokens_BL))
     x = transformer.Transformer(
         self.depth, self.num_heads, self.mlp_dim, self.pe, causal=True, dropout=self.dropout,
-        ln_eps=self.ln_eps, attention=self.attention,
-        out_init=nn.initializers.normal(0.02 / math.sqrt(2 * self.depth)), decode=self.decode,
-        dtype=self.dtype, name='decoder')(x, features, deterministic=deterministic,
-                                          key_mask_BL=key_mask_BL, probes=probes)
+        ln_eps=self.ln_eps, attention=self.attention, decode=self.decode, dtype=self.dtype,
+        out_init=nn.initializers.normal(0.02 / math.sqrt(2 * self.depth)), name='decoder')(
+            x, features, deterministic=deterministic, key_mask_BL=key_mask_BL, probes=probes)
     return embed.attend(x).astype(jnp.float32)
 
 
