@@ -110,8 +110,7 @@ class Checkpointer:
       meta = self._read(step, meta=ocp.args.JsonRestore())
       if meta is None:
         continue
-      diffs = differences(without_mutable(meta['meta']['config']), self._fingerprint)
-      if diffs:
+      if diffs := differences(without_mutable(meta['meta']['config']), self._fingerprint):
         more = f' and {len(diffs) - 3} more' if len(diffs) > 3 else ''
         raise ValueError(f'The checkpoint in {self.directory} was made by another config '
                          f'({"; ".join(diffs[:3])}{more}); use another --workdir.')

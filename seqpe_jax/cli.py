@@ -87,10 +87,9 @@ def run_dtype(workdir: str) -> str:
   """`model.dtype` of the run in `workdir` (float32 without a record), for `prepare_process`."""
   from etils import epath  # pylint: disable=g-import-not-at-top
   path = epath.Path(workdir) / 'config.json'
-  try:
+  with contextlib.suppress(OSError, ValueError):
     return json.loads(path.read_text()).get('model', {}).get('dtype', 'float32')
-  except (OSError, ValueError):
-    return 'float32'  # The evaluation itself says what is wrong with the run.
+  return 'float32'  # The evaluation itself says what is wrong with the run.
 
 
 # Libraries whose warnings advise their developers, not a run's user: orbax's on save timing

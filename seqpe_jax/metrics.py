@@ -56,10 +56,8 @@ def flatten_config(tree: dict, prefix: str = '') -> dict:
   """{'model': {'name': 'gpt'}} -> {'model.name': 'gpt'}."""
   flat = {}
   for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(flatten_config(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
+    flat.update(flatten_config(value, f'{prefix}{key}.') if isinstance(value, dict)
+                else {f'{prefix}{key}': value})
   return flat
 
 

@@ -67,14 +67,11 @@ def digitize(pos: jax.Array, *, base: int = 10, width: int) -> jax.Array:
   if not isinstance(pos, jax.core.Tracer):
     check_fits(np.asarray(pos), base=base, width=width)
   pos = jnp.asarray(pos, jnp.int32)
-  digits = (pos[..., None] // _place_values(base, width)) % base  # [..., ndim, width]
+  # base**(width-1) .. base**0: int32 holds them wherever the largest position fits int32,
+  # which check_fits and the table builders guarantee.
+  places = jnp.asarray([base**(width - 1 - j) for j in range(width)], jnp.int32)
+  digits = (pos[..., None] // places) % base  # [..., ndim, width]
   return digits.reshape(*pos.shape[:-1], pos.shape[-1] * width)
-
-
-def _place_values(base: int, width: int) -> jax.Array:
-  """base**(width-1) .. base**0; int32 holds them wherever the largest position fits int32,
-  which check_fits and the table builders guarantee."""
-  return jnp.asarray([base**(width - 1 - j) for j in range(width)], jnp.int32)
 
 
 def check_fits(pos: np.ndarray | int, *, base: int, width: int) -> None:

@@ -51,8 +51,7 @@ def param_spec(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
     if shape[-1] % tensor == 0:
       spec[-1] = 'tensor'
   if fsdp > 1 and int(np.prod(shape)) >= MIN_FSDP_SIZE:
-    free = [i for i in np.argsort(shape)[::-1] if spec[i] is None and shape[i] % fsdp == 0]
-    if free:
+    if free := [i for i in np.argsort(shape)[::-1] if spec[i] is None and shape[i] % fsdp == 0]:
       spec[free[0]] = 'fsdp'
   return P(*spec)
 

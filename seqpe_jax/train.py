@@ -134,9 +134,8 @@ def lower_train_step(config: ml_collections.ConfigDict, mesh=None) -> jax.stages
   batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
       (x.shape[0] * jax.process_count(),) + x.shape[1:], x.dtype,
       sharding=sharding.batch_sharding(mesh)), first)
-  train_step = jit_train_step(task, optimizer, state_shardings, mesh)
-  return train_step.lower(target, batch, np.float32(config.optimizer.lr), step_key,
-                          task.shift_pool(pool_key))
+  return jit_train_step(task, optimizer, state_shardings, mesh).lower(
+      target, batch, np.float32(config.optimizer.lr), step_key, task.shift_pool(pool_key))
 
 
 def compile_report(config: ml_collections.ConfigDict) -> dict[str, float]:

@@ -89,8 +89,7 @@ def _is_url(workdir) -> bool:
 
 def _take(workdir, purpose: str):
   record = {'host': socket.gethostname(), 'pid': os.getpid(), 'purpose': purpose,
-            'started': time.time(), 'command': ' '.join(sys.argv)[:500],
-            'token': uuid.uuid4().hex}
+            'started': time.time(), 'command': ' '.join(sys.argv)[:500], 'token': uuid.uuid4().hex}
   path = workdir_path(workdir)
   try:
     created = not answered_within(path.exists, f'reaching --workdir={workdir}')
@@ -158,19 +157,17 @@ def _in_use(path, holder: dict | None) -> WorkdirInUse:
 
 
 def _parse(text: str | bytes) -> dict | None:
-  try:
+  with contextlib.suppress(ValueError):
     holder = json.loads(text)
-  except ValueError:
-    return None
-  return holder if isinstance(holder, dict) else None
+    return holder if isinstance(holder, dict) else None
+  return None
 
 
 def _holder_of(fs, path: str) -> dict | None:
   """The record in the lock object at `path`; None if it is gone or unreadable."""
-  try:
+  with contextlib.suppress(FileNotFoundError):
     return _parse(fs.cat_file(path))
-  except FileNotFoundError:
-    return None
+  return None
 
 
 def _holds(fs, path: str, record: dict) -> bool:

@@ -176,11 +176,6 @@ def _affine(image, matrix, fill):
   return image.transform(image.size, PIL.Image.AFFINE, matrix, PIL.Image.BICUBIC, fillcolor=fill)
 
 
-def _solarize_add(image, add):
-  lut = [min(255, v + add) if v < 128 else v for v in range(256)]
-  return image.point(lut * len(image.getbands()))
-
-
 def _enhance(enhancer):
   return lambda image, level, rng, fill: enhancer(image).enhance(1 + _signed(rng, 0.9 * level))
 
@@ -195,7 +190,9 @@ RAND_AUGMENT_OPS = {
         image, 4 - int(4 * level)),
     'solarize': lambda image, level, rng, fill: PIL.ImageOps.solarize(
         image, 256 - int(256 * level)),
-    'solarize_add': lambda image, level, rng, fill: _solarize_add(image, int(110 * level)),
+    'solarize_add': lambda image, level, rng, fill: image.point(
+        [min(255, v + int(110 * level)) if v < 128 else v for v in range(256)]
+        * len(image.getbands())),
     'color': _enhance(PIL.ImageEnhance.Color),
     'contrast': _enhance(PIL.ImageEnhance.Contrast),
     'brightness': _enhance(PIL.ImageEnhance.Brightness),

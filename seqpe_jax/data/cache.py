@@ -16,8 +16,5 @@ def atomic_write(path: pathlib.Path, data: str | bytes) -> None:
   disk) never see a partial file; the last writer wins with identical content."""
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(f'{path.name}.{uuid.uuid4().hex}.tmp')
-  if isinstance(data, str):
-    tmp.write_text(data, encoding='utf-8')
-  else:
-    tmp.write_bytes(data)
+  tmp.write_bytes(data.encode('utf-8') if isinstance(data, str) else data)
   tmp.replace(path)

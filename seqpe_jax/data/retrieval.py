@@ -236,8 +236,7 @@ def _cut_points(filler: Filler, start: int, size: int, depth: float,
   target, window = depth * end, max(2.0, SENTENCE_WINDOW * end)
   for positions, a, b in ((sentences, max(lo, target - window), min(hi, target + window)),
                           (words, lo, hi), (words, 0, end)):
-    needle = _nearest(positions, target, a, b)
-    if needle is not None:
+    if (needle := _nearest(positions, target, a, b)) is not None:
       return needle, end
   return 0, end
 

@@ -109,9 +109,8 @@ def tokenize_splits(directory: pathlib.Path, tokenizer: tokenizers.Tokenizer,
       continue
     with path.open(encoding='utf-8') as f:
       tokens = tokenizer.encode_lines(f.readlines())
-    dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.int32
     buffer = io.BytesIO()
-    np.save(buffer, tokens.astype(dtype))
+    np.save(buffer, tokens.astype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.int32))
     cache.atomic_write(cached, buffer.getvalue())
     out[split] = tokens
   return out

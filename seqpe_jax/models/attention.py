@@ -31,8 +31,7 @@ def dot_product_attention(q_BLHK, k_BSHK, v_BSHD, *, scale: float, bias=None, ma
   `scale` is explicit because their default 1/sqrt(K) would be wrong."""
   value_dim = v_BSHD.shape[-1]
   if k_BSHK.shape[-1] != value_dim:
-    pad = [(0, 0)] * (v_BSHD.ndim - 1) + [(0, k_BSHK.shape[-1] - value_dim)]
-    v_BSHD = jnp.pad(v_BSHD, pad)
+    v_BSHD = jnp.pad(v_BSHD, [(0, 0)] * (v_BSHD.ndim - 1) + [(0, k_BSHK.shape[-1] - value_dim)])
   _check_window(local_window, causal)
   window = (local_window - 1, 0) if local_window else None  # Keys i-T+1 .. i.
   out = jax.nn.dot_product_attention(q_BLHK, k_BSHK, v_BSHD, bias=bias, mask=mask, scale=scale,
@@ -133,9 +132,8 @@ def attend(q_BLHK, k_BSHK, v_BSHD, *, scale: float, bias=None, causal: bool = Fa
     implementation = 'blockwise'  # The fused kernels have no probability dropout.
   if implementation == 'blockwise':
     return blockwise_attention(q_BLHK, k_BSHK, v_BSHD, scale=scale, bias=bias, causal=causal,
-                               block_q=block_size, block_k=block_size,
-                               dropout_rate=dropout_rate, dropout_rng=dropout_rng,
-                               local_window=local_window)
+                               block_q=block_size, block_k=block_size, dropout_rate=dropout_rate,
+                               dropout_rng=dropout_rng, local_window=local_window)
   return dot_product_attention(q_BLHK, k_BSHK, v_BSHD, scale=scale, bias=bias, causal=causal,
                                implementation=implementation, local_window=local_window)
 

@@ -66,10 +66,9 @@ class GPT(nn.Module):
     x = self.perturb('embeddings', embed(tokens_BL))
     x = transformer.Transformer(
         self.depth, self.num_heads, self.mlp_dim, self.pe, causal=True, dropout=self.dropout,
-        ln_eps=self.ln_eps, attention=self.attention,
-        out_init=nn.initializers.normal(0.02 / math.sqrt(2 * self.depth)), decode=self.decode,
-        dtype=self.dtype, name='decoder')(x, features, deterministic=deterministic,
-                                          key_mask_BL=key_mask_BL, probes=probes)
+        ln_eps=self.ln_eps, attention=self.attention, decode=self.decode, dtype=self.dtype,
+        out_init=nn.initializers.normal(0.02 / math.sqrt(2 * self.depth)), name='decoder')(
+            x, features, deterministic=deterministic, key_mask_BL=key_mask_BL, probes=probes)
     return embed.attend(x).astype(jnp.float32)
 
 
@@ -100,7 +99,6 @@ def generate(model: GPT, params, features, prompt_BT: jax.Array, max_new_tokens:
   """Greedy decoding with a KV cache: tokens [B, max_new_tokens] and the logits each was
   chosen from. `features`: the PE table of positions 0..N-1, N >= T + max_new_tokens - 1 (e.g.
   from `posenc.TableCache`); `prompt_mask_BT` (true on real tokens): left-padded prompts."""
-  prompt_len = prompt_BT.shape[1]
   decoder, features, cache, mask = _decoding(model, features, prompt_BT, prompt_mask_BT,
                                              max_new_tokens)
   cache, logits = _run(decoder, params, cache, features, prompt_BT, 0, prompt_mask_BT)
@@ -113,7 +111,7 @@ def generate(model: GPT, params, features, prompt_BT: jax.Array, max_new_tokens:
     return (cache, new_token), (new_token, new_logits)
 
   _, (tokens, all_logits) = jax.lax.scan(
-      step, (cache, token), prompt_len + jnp.arange(max_new_tokens - 1))
+      step, (cache, token), prompt_BT.shape[1] + jnp.arange(max_new_tokens - 1))
   tokens = jnp.concatenate([token[None], tokens], axis=0).T
   all_logits = jnp.concatenate([logits[None], all_logits], axis=0).transpose(1, 0, 2)
   return tokens, all_logits

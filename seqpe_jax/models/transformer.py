@@ -41,9 +41,8 @@ class Block(nn.Module):
     h = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name='ln_attn')(x_BLD)
     h = attention.MultiHeadAttention(
         self.num_heads, pe_hook=self.pe.layer_hook, causal=self.causal, out_init=self.out_init,
-        **dataclasses.asdict(self.attention), decode=self.decode, dtype=self.dtype,
-        name='attn')(h, pe_state, deterministic=deterministic, key_mask_BS=key_mask_BL,
-                     probes=probes)
+        **dataclasses.asdict(self.attention), decode=self.decode, dtype=self.dtype, name='attn')(
+            h, pe_state, deterministic=deterministic, key_mask_BS=key_mask_BL, probes=probes)
     x_BLD = x_BLD + rng.Dropout(self.dropout)(h, deterministic=deterministic)
     h = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name='ln_mlp')(x_BLD)
     h = nn.Dense(self.mlp_dim, kernel_init=nn.initializers.normal(0.02), dtype=self.dtype,

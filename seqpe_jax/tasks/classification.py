@@ -115,9 +115,8 @@ class ClassificationTask(base.Task):
       features = tables(self.grid(res))
       correct, total = sharding.sum_per_batch(
           _eval_step(self, params['model'], features, sharding.global_batch(b, mesh))
-          for b in images.eval_batches(self.splits[split], batch_size=batch_size,
-                                       image_size=res, rows=rows, crop=self.eval_crop,
-                                       workers=self.workers))
+          for b in images.eval_batches(self.splits[split], batch_size=batch_size, image_size=res,
+                                       rows=rows, crop=self.eval_crop, workers=self.workers))
       results[res] = {'accuracy': int(correct) / int(total)}
       progress.done(res, results[res])
     return results

@@ -299,8 +299,7 @@ def _validate(config) -> None:
     raise ValueError("data.source='jsonl' needs data.dir, a directory with train.<L>.jsonl and "
                      f'{ev.split}.<L>.jsonl files (one QA example per line).')
   for field in ('data.answer_room', 'data.num_train', 'eval.num_examples', 'eval.max_new_tokens'):
-    section, name = field.split('.')
-    value = config[section][name]
+    value = config[field]
     if not isinstance(value, int) or value < 1:
       raise ValueError(f'{field} must be a positive whole number, got {value!r}.')
   if data.source != 'jsonl':
