@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from etils.epath import backend as epath_backend
 from fsspec.implementations.memory import MemoryFileSystem
 
 from seqpe_jax import workdir_lock
@@ -133,10 +134,16 @@ def fake_gcs(monkeypatch):
   registry = sys.modules['fsspec.registry']._registry  # pylint: disable=protected-access
   for name in FakeGcs.protocol:
     monkeypatch.setitem(registry, name, FakeGcs)
+  # epath keeps the gs:// filesystem it first made: forget it on both sides of the test, or
+  # later tests in this process would reach the fake through epath and gcsfs through fsspec.
+  # pylint: disable-next=protected-access
+  forget_epath_filesystems = epath_backend.fsspec_backend._get_filesystem.cache_clear
   FakeGcs.clear_instance_cache()
+  forget_epath_filesystems()
   yield FakeGcs
   FakeGcs.answering.set()  # Lets an abandoned call end.
   FakeGcs.clear_instance_cache()
+  forget_epath_filesystems()
 
 
 def lock_record(fs):
