@@ -6,7 +6,7 @@ import pathlib
 import tempfile
 
 # XLA:CPU's older emitters compile small programs (every eager operation of a test is one) in
-# about half the time of its fusion emitters: a third less CPU for a suite run on an empty
+# about half the time of its fusion emitters: 30% less CPU for test files run on an empty
 # compilation cache, the same on a full one; the pinned one-step numbers pass under both.
 # Only on the jaxlib versions tested with it: XLA aborts on a flag it no longer knows.
 _FAST_COMPILE = ('--xla_cpu_use_fusion_emitters=false'
